@@ -39,7 +39,7 @@ class Tokenizer(Protocol):
 
     bos_token_id: int | None
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ...) -> list[int]: ...
 
     def convert_tokens_to_ids(self, token: str) -> int: ...
 
@@ -109,10 +109,11 @@ class FimFormat:
                 out += [(self.repo_name, True), (prompt.repo + ("" if self.path_in_prefix else "\n"), False)]
             for snippet in prompt.snippets:
                 out += [(self.file_sep, True), (f"{snippet.path}\n{_ended(snippet.text)}", False)]
-            if prompt.path and self.path_in_prefix:  # ...<file_sep><fim_prefix>path\ncode
+            if self.path_in_prefix:  # ...<file_sep><fim_prefix>path\ncode
                 if prompt.snippets or prompt.repo:
                     out.append((self.file_sep, True))
-                prefix = f"{prompt.path}\n{prefix}"
+                if prompt.path:
+                    prefix = f"{prompt.path}\n{prefix}"
             elif prompt.path or prompt.snippets:
                 out += [(self.file_sep, True), (f"{prompt.path}\n", False)]
         else:
@@ -136,18 +137,23 @@ class FimFormat:
             if special:
                 ids.append(_special_id(tokenizer, text))
             elif text:
-                ids += tokenizer.encode(text, add_special_tokens=False)
+                ids += _encode_text(tokenizer, text)
         return ids
 
     def encode_example(self, prompt: FimPrompt, middle: str, tokenizer: Tokenizer, mode: Mode | None = None) -> list[int]:
         """A training example: the served prompt, then the middle and end of text."""
         ids = self.encode(prompt, tokenizer, mode)
         if middle:
-            ids += tokenizer.encode(middle, add_special_tokens=False)
+            ids += _encode_text(tokenizer, middle)
         return ids + [_special_id(tokenizer, self.eot)]
 
     def required_tokens(self) -> tuple[str, ...]:
         return tuple(t for t in (self.prefix, self.suffix, self.middle) if t)
+
+
+def _encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids of plain text: a special token's string inside it (`"<|endoftext|>"` in a docstring) stays text."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
 def _ended(text: str) -> str:

@@ -8,9 +8,16 @@ enclosing signature, definitions from other files) ordered stable-first for prom
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import tree_sitter
 
 from midline.model.fim import Snippet
+from midline.server import languages
+from midline.server.documents import Document, utf8
+from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
 
 
 class Hole(enum.Enum):
@@ -44,3 +51,235 @@ class CompletionContext:
         """Text of the cursor's line after the cursor."""
         end = self.text.find("\n", self.offset)
         return self.text[self.offset : end if end >= 0 else len(self.text)]
+
+
+def build_context(
+    doc: Document,
+    offset: int,
+    *,
+    count_tokens: Callable[[str], int],
+    budget: int = 1536,
+    prefix_share: float = 0.75,
+    symbols: SymbolIndex | None = None,
+    max_snippets: int = 6,
+    snippet_budget: int = 512,
+) -> CompletionContext:
+    """The context for a completion at `offset` in `doc`.
+
+    The windows hold about `budget` model tokens, `prefix_share` of them for the prefix (a side that
+    reaches the end of the file gives what it does not use to the other). Snippets, at most
+    `max_snippets` of about `snippet_budget` tokens in all, come stable first: definitions from other
+    files of names used near the cursor, then this file's imports and the enclosing signature when the
+    prefix window cut them off.
+    """
+    text = doc.text
+    byte_offset = len(utf8(text[:offset]))
+    prefix_start, suffix_end = _windows(doc, offset, byte_offset, count_tokens, budget, prefix_share)
+    prefix, suffix = text[prefix_start:offset], text[offset:suffix_end]
+    hole = classify_hole(text, offset, doc.language)
+    snippets: list[Snippet] = []
+    if doc.tree is not None and hole is not Hole.NONE:  # (no completion mid-word: spare the lookups)
+        window_byte = byte_offset - len(utf8(prefix))
+        snippets = _snippets(doc, byte_offset, window_byte, prefix + suffix, count_tokens, symbols, max_snippets, snippet_budget)
+    return CompletionContext(doc.path, doc.language, text, offset, prefix, suffix, hole, snippets)
+
+
+# -- hole -----------------------------------------------------------------------------------------
+
+_INDENT_OPENERS = (":", "(", "[", "{")
+_BRACE_OPENERS = ("{", "(", "[", "=>")
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def classify_hole(text: str, offset: int, language: str) -> Hole:
+    """What kind of completion fits at `offset`.
+
+    NONE in the middle of a word; MULTI_LINE on a blank line, or at the end of a line that ends with a
+    block opener (`:` `(` `[` `{` in Python; `{` `(` `[` `=>` in brace languages); otherwise
+    SINGLE_LINE, also when only closing brackets or quotes follow the cursor (`foo(|)`).
+    """
+    before = text[offset - 1] if offset > 0 else ""
+    after = text[offset] if offset < len(text) else ""
+    if _is_word(before) and _is_word(after):
+        return Hole.NONE
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = _line_end(text, offset)
+    line_prefix, line_suffix = text[line_start:offset], text[offset:line_end]
+    if line_suffix.strip():
+        return Hole.SINGLE_LINE
+    if not line_prefix.strip():
+        return Hole.MULTI_LINE
+    spec = languages.resolve(language)
+    openers = _INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS if spec.grammar else ()
+    return Hole.MULTI_LINE if openers and line_prefix.rstrip().endswith(openers) else Hole.SINGLE_LINE
+
+
+# -- windows --------------------------------------------------------------------------------------
+
+
+def _line_end(text: str, offset: int) -> int:
+    end = text.find("\n", offset)
+    return len(text) if end < 0 else end
+
+
+def _lines_up(text: str, line_start: int) -> Iterator[tuple[int, str]]:
+    """Lines above `line_start`, nearest first, as (their start, their text with its newline)."""
+    end = line_start
+    while end > 0:
+        start = text.rfind("\n", 0, end - 1) + 1
+        yield start, text[start:end]
+        end = start
+
+
+def _lines_down(text: str, line_end: int) -> Iterator[tuple[int, str]]:
+    """Lines below the one ending at `line_end`, nearest first, as (their end, newline + their text)."""
+    start = line_end
+    while start < len(text):
+        end = _line_end(text, start + 1)
+        yield end, text[start:end]
+        start = end
+
+
+class _Side:
+    """The whole lines on one side of the cursor, taken nearest first while they fit a token budget."""
+
+    def __init__(self, lines: Iterator[tuple[int, str]], count_tokens: Callable[[str], int]) -> None:
+        self._lines = lines
+        self._count = count_tokens
+        self.cuts: list[int] = []  # window edge when lines up to this one are taken
+        self._costs: list[int] = []
+        self.taken = 0
+        self.complete = False  # every line fits
+
+    def fit(self, budget: int) -> int:
+        """Take as many lines as fit `budget`; return the unused budget if they all fit, else 0."""
+        used = self.taken = 0
+        while True:
+            if self.taken == len(self._costs):
+                line = next(self._lines, None)
+                if line is None:
+                    self.complete = True
+                    return max(budget - used, 0)
+                self.cuts.append(line[0])
+                self._costs.append(self._count(line[1]))
+            if used + self._costs[self.taken] > budget:
+                self.complete = False
+                return 0
+            used += self._costs[self.taken]
+            self.taken += 1
+
+    def edge(self, default: int, rows: Iterable[int], good_rows: set[int]) -> int:
+        """Where the window ends: at the furthest line taken, or, if the side was cut, at a nearer line
+        in `good_rows` (`rows` are the lines' rows, nearest first) that keeps at least half of them."""
+        if self.taken == 0:
+            return default
+        if not self.complete and good_rows:
+            rows = list(itertools.islice(rows, self.taken))
+            for i in range(self.taken - 1, (self.taken - 1) // 2 - 1, -1):
+                if rows[i] in good_rows:
+                    return self.cuts[i]
+        return self.cuts[self.taken - 1]
+
+
+def _windows(
+    doc: Document, offset: int, byte_offset: int, count_tokens: Callable[[str], int], budget: int, prefix_share: float
+) -> tuple[int, int]:
+    """Start of the prefix window and end of the suffix window, as string indexes."""
+    text = doc.text
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = _line_end(text, offset)
+    prefix_budget = int(budget * prefix_share)
+    suffix_budget = budget - prefix_budget - count_tokens(text[offset:line_end])
+    prefix_budget -= count_tokens(text[line_start:offset])
+    up = _Side(_lines_up(text, line_start), count_tokens)
+    down = _Side(_lines_down(text, line_end), count_tokens)
+    spare = down.fit(suffix_budget + up.fit(prefix_budget))
+    if spare and not up.complete:
+        up.fit(prefix_budget + spare)
+    starts: set[int] = set()
+    ends: set[int] = set()
+    if doc.tree is not None and not (up.complete and down.complete):
+        starts, ends = _boundary_rows(doc.tree, byte_offset)
+    row = text.count("\n", 0, offset)
+    start = up.edge(line_start, itertools.count(row - 1, -1), starts)
+    end = down.edge(line_end, itertools.count(row + 1), ends)
+    return start, end
+
+
+def _end_row(node: tree_sitter.Node) -> int:
+    """Last row with text of the node (a node ending in a newline ends at column 0 of the next row)."""
+    row, column = node.end_point
+    return row - 1 if column == 0 and row > node.start_point.row else row
+
+
+def _boundary_rows(tree: tree_sitter.Tree, byte_offset: int) -> tuple[set[int], set[int]]:
+    """Rows a prefix window may start at, and rows a suffix window may end with, without cutting a
+    syntax node beside the cursor in two: those of the cursor's ancestors and of their children
+    (top-level statements, class members, statements of the enclosing function, ...)."""
+    starts: set[int] = set()
+    ends: set[int] = set()
+    node: tree_sitter.Node | None = tree.root_node
+    while node is not None:
+        children = node.named_children
+        node = None
+        previous_end = -1  # a row where an earlier sibling still runs is no clean start
+        for child in children:
+            if child.start_byte >= byte_offset:
+                break
+            if child.start_point.row > previous_end:
+                starts.add(child.start_point.row)
+            previous_end = max(previous_end, _end_row(child))
+            if byte_offset <= child.end_byte:
+                node = child
+        next_start = 1 << 62  # a row where a later sibling already starts is no clean end
+        for child in reversed(children):
+            if child.end_byte < byte_offset:
+                break
+            if _end_row(child) < next_start:
+                ends.add(_end_row(child))
+            next_start = min(next_start, child.start_point.row)
+    return starts, ends
+
+
+# -- snippets -------------------------------------------------------------------------------------
+
+
+def _snippets(
+    doc: Document,
+    byte_offset: int,
+    window_byte: int,
+    window: str,
+    count_tokens: Callable[[str], int],
+    index: SymbolIndex | None,
+    max_snippets: int,
+    budget: int,
+) -> list[Snippet]:
+    """Extra context, chosen most relevant first, returned stable first."""
+    tree, source, language = doc.tree, doc.source, doc.language
+    assert tree is not None
+    local: list[Snippet] = []
+    used = 0
+    scopes = [s for s in enclosing_scopes(tree, byte_offset, language) if s.start_byte < window_byte]
+    missing = [line for line in imports(tree, source, language) if line not in window]
+    for text in (render_scope(scopes, source, language) if scopes else "", "\n".join(missing)):
+        cost = count_tokens(text) if text else 0
+        if text and used + cost <= budget and len(local) < max_snippets:
+            local.append(Snippet(doc.path, text))
+            used += cost
+    picked: list[Definition] = []
+    if index is not None:
+        paths: set[str] = set()
+        for d in index.lookup(identifiers_near(tree, source, byte_offset), exclude_path=doc.path):
+            if d.path not in paths and len(paths) + len(local) >= max_snippets:
+                continue
+            cost = count_tokens(d.signature)
+            if used + cost <= budget:
+                picked.append(d)
+                paths.add(d.path)
+                used += cost
+    picked.sort(key=lambda d: (d.path, d.line))
+    other_files = [Snippet(path, render(list(defs))) for path, defs in itertools.groupby(picked, key=lambda d: d.path)]
+    return other_files + local[::-1]  # imports before the enclosing signature

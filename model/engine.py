@@ -1,0 +1,163 @@
+"""The decode loop: FIM prompt in, completion out.
+
+`Engine.generate` is a plain loop in the style of gpt-fast's generate.py: prefill the prompt once, then
+feed back one token at a time through the model's KV cache, stopping on an end/FIM token, a length limit,
+the caller's `should_stop`, a cancel event or a deadline.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from midline.model import fim
+from midline.model.fim import FimFormat, FimPrompt, Mode
+from midline.model.loader import load_model
+
+
+@dataclass
+class Generation:
+    """One completion and how it ended."""
+
+    text: str  # decoded generated text (stop token excluded)
+    token_ids: list[int]
+    finish_reason: str  # "eot" | "length" | "stop" | "cancelled" | "timeout"
+    mean_logprob: float  # mean log-probability of the generated tokens (nan if none)
+    prompt_tokens: int  # prompt length actually fed to the model (after any truncation)
+    elapsed_s: float
+
+
+class Engine:
+    """A loaded model, its tokenizer and FIM format, and a decode loop."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.fim = fim_format
+        config = model.config
+        self.max_context: int = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        self.stop_ids: frozenset[int] = _stop_ids(tokenizer, model, fim_format)
+        # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False) -> Engine:
+        """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one."""
+        model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code)
+        fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
+        return cls(model, tokenizer, device_, fmt)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as plain text (special-token strings in it count as text)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+
+    def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> list[int]:
+        """Token ids of a FIM prompt in this model's format."""
+        return self.fim.encode(prompt, self.tokenizer, mode)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        should_stop: Callable[[str], bool] | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> Generation:
+        """Complete `prompt_ids`: greedy at temperature 0, else temperature + top-p sampling.
+
+        `should_stop` sees the text so far after each token; `deadline` is a `time.monotonic()` time.
+        A prompt longer than `max_context - max_new_tokens` keeps its last tokens.
+        """
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        with self._lock, torch.inference_mode():
+            start = time.monotonic()
+            prompt_ids = list(prompt_ids[-max(1, self.max_context - max_new_tokens):])
+            generator = None
+            if temperature > 0:
+                generator = torch.Generator(device=self.device)
+                if seed is None:
+                    generator.seed()
+                else:
+                    generator.manual_seed(seed)
+
+            tokens: list[int] = []
+            logprobs: list[float] = []
+            finish_reason = "length"
+            cache = None  # the model makes its own cache (DynamicCache) on prefill
+            input_ids = torch.tensor([prompt_ids], device=self.device)
+            for _ in range(max_new_tokens):
+                if cancel is not None and cancel.is_set():
+                    finish_reason = "cancelled"
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    finish_reason = "timeout"
+                    break
+                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **self._last_only)
+                cache = out.past_key_values
+                logits = out.logits[0, -1].float()
+                token = sample(logits, temperature, top_p, generator)
+                if token in self.stop_ids:
+                    finish_reason = "eot"
+                    break
+                tokens.append(token)
+                logprobs.append(torch.log_softmax(logits, dim=-1)[token].item())
+                if should_stop is not None and should_stop(self.decode(tokens)):
+                    finish_reason = "stop"
+                    break
+                input_ids = torch.tensor([[token]], device=self.device)
+
+            return Generation(
+                text=self.decode(tokens),
+                token_ids=tokens,
+                finish_reason=finish_reason,
+                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else math.nan,
+                prompt_tokens=len(prompt_ids),
+                elapsed_s=time.monotonic() - start,
+            )
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of generated tokens, without special tokens or a trailing incomplete UTF-8 character."""
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text.rstrip("\ufffd")
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    """Next token from a 1-D logits vector: argmax at temperature 0, else from the top-p nucleus."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        probs, order = probs.sort(descending=True)
+        probs[probs.cumsum(-1) - probs >= top_p] = 0  # keep the smallest head whose mass reaches top_p
+        return int(order[torch.multinomial(probs, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, fmt: FimFormat) -> frozenset[int]:
+    """Ids of the format's stop tokens that the vocabulary has, plus the tokenizer's and model's EOS."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in fmt.stop_tokens if t in vocab}
+    generation_config = getattr(model, "generation_config", None)
+    for eos in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(eos)
+    return frozenset(ids)

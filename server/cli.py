@@ -1,0 +1,74 @@
+"""`midline`: `serve` runs the language server on stdio; `complete` prints one completion."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from midline.model import DEFAULT_MODEL_DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="midline", description="Private, local AI code completion.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (logs go to stderr)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", parents=[common], help="run the language server on stdio (what an editor starts)")
+
+    complete = commands.add_parser("complete", parents=[common], help="print the completion at FILE:LINE:COL (1-based)")
+    complete.add_argument("location", help="FILE:LINE:COL, line and column counted from 1")
+    complete.add_argument("--model", help=f"local model directory (default: {DEFAULT_MODEL_DIR})")
+    complete.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    complete.add_argument("--settings", default="{}", help="JSON object of settings, as in the editor's `midline` section")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "serve":
+        from .server import server
+
+        server.start_io()
+        return 0
+    return _complete(args)
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from midline.model.engine import Engine
+
+    from . import languages
+    from .completion import Completer
+    from .config import Config
+    from .documents import Document
+
+    try:
+        path_text, line, col = args.location.rsplit(":", 2)
+        path = Path(path_text)
+        text = path.read_text(encoding="utf-8")
+        settings = Config.from_json(json.loads(args.settings))
+        settings.model = args.model or settings.model
+        settings.device = args.device
+        engine = Engine.load(settings.model or DEFAULT_MODEL_DIR, device=settings.device, fim_format=settings.fim_format,
+                             trust_remote_code=settings.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - a command-line tool reports any failure in one line
+        print(f"midline complete: {exc}", file=sys.stderr)
+        return 2
+    lines = text.split("\n")
+    row, column = int(line) - 1, int(col) - 1
+    if not (0 <= row < len(lines) and 0 <= column <= len(lines[row])):
+        print(f"midline complete: {args.location} is outside the file ({len(lines)} lines)", file=sys.stderr)
+        return 2
+    offset = sum(len(text_line) + 1 for text_line in lines[:row]) + column
+    doc = Document(path.resolve().as_uri(), languages.resolve(None, str(path)).name, 0, text)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, settings, executor, root=str(Path.cwd()))
+        suggestion = asyncio.run(completer.complete(doc, offset))
+    if suggestion is None:
+        print("midline complete: no suggestion here", file=sys.stderr)
+        return 1
+    print(suggestion.text)
+    return 0

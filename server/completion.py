@@ -1,0 +1,240 @@
+"""The path of one keystroke: document -> context -> prompt -> model -> post-processing -> suggestion.
+
+`Completer.complete` is shared by the LSP handlers and `midline complete`. Around the model call it
+adds what makes completion feel instant: a debounce for automatic triggers, typing-through (the user
+types what is shown: answer with the rest, no model call), a cache keyed by the prompt, and
+cancellation (a cancelled or superseded request stops its generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from midline.model.engine import Engine
+from midline.model.fim import FimPrompt, Snippet
+
+from . import languages
+from .config import Config
+from .context import CompletionContext, Hole, build_context
+from .documents import Document
+from .postprocess import Suggestion, block_complete, postprocess
+from .symbols import SymbolIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Shown:
+    """The last suggestion given for a document, and the text around the cursor it was made for."""
+
+    before: str
+    after: str
+    suggestion: Suggestion
+
+
+@dataclass
+class Trace:
+    """What happened to the last request that reached the model (for "why no suggestion?")."""
+
+    line_prefix: str = ""
+    hole: str = ""
+    raw: str = ""  # the model's text before post-processing
+    finish_reason: str = ""
+    shown: str | None = None  # what post-processing kept
+
+
+@dataclass
+class Stats:
+    """Counters for logs and benchmarks."""
+
+    requests: int = 0
+    model_calls: int = 0
+    cache_hits: int = 0
+    typed_through: int = 0
+    cancelled: int = 0
+    timeouts: int = 0
+    last_latency_ms: float = 0.0
+
+
+class Completer:
+    """Answers completion requests for open documents with one model."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        executor: Executor,
+        *,
+        symbols: SymbolIndex | None = None,
+        root: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.executor = executor  # one worker: the model runs one generation at a time
+        self.symbols = symbols
+        self.root = Path(root) if root else None
+        self.stats = Stats()
+        self.trace = Trace()
+        self._cache: OrderedDict[tuple, Suggestion | None] = OrderedDict()
+        self._shown: dict[str, _Shown] = {}
+        self._latest: dict[str, int] = {}  # uri -> id of its newest request
+        self._running: dict[str, threading.Event] = {}  # uri -> cancel flag of its generation
+
+    async def complete(self, doc: Document, offset: int, *, automatic: bool = False) -> Suggestion | None:
+        """The suggestion for the cursor at `offset` in `doc`, or None."""
+        started = time.perf_counter()
+        self.stats.requests += 1
+        request = self._latest[doc.uri] = self._latest.get(doc.uri, 0) + 1
+        if not self.config.enabled_for(doc.language_id):
+            return None
+        if (rest := self._type_through(doc, offset)) is not None:
+            self.stats.typed_through += 1
+            return rest
+        if automatic and self.config.debounce_ms:
+            await asyncio.sleep(self.config.debounce_ms / 1000)
+            if self._latest.get(doc.uri) != request:  # superseded while waiting
+                return None
+
+        ctx = self.context(doc, offset)
+        if ctx.hole is Hole.NONE:
+            return None
+        prompt_ids = self.engine.encode(self.prompt(ctx), self._mode())
+        key = (tuple(prompt_ids), ctx.hole, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
+        if key in self._cache:
+            self.stats.cache_hits += 1
+            self._cache.move_to_end(key)
+            suggestion = self._cache[key]
+        else:
+            suggestion = await self._generate(doc.uri, ctx, prompt_ids)
+            if suggestion is not _NOT_FINISHED:
+                self._remember(key, suggestion)
+            else:
+                suggestion = None
+        if suggestion is not None:
+            self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestion)
+        self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
+        return suggestion
+
+    def context(self, doc: Document, offset: int) -> CompletionContext:
+        ctx_config = self.config.context
+        return build_context(
+            doc,
+            offset,
+            count_tokens=self.engine.count_tokens,
+            budget=ctx_config.budget,
+            prefix_share=ctx_config.prefix_share,
+            symbols=self.symbols if ctx_config.cross_file else None,
+            max_snippets=ctx_config.max_snippets,
+            snippet_budget=ctx_config.snippet_budget,
+        )
+
+    def prompt(self, ctx: CompletionContext) -> FimPrompt:
+        return FimPrompt(
+            prefix=ctx.prefix,
+            suffix=ctx.suffix,
+            path=self._shown_path(ctx.path),
+            snippets=[Snippet(self._shown_path(s.path), s.text) for s in ctx.snippets],
+            repo=self.root.name if self.root else "",
+            comment=languages.resolve(ctx.language).line_comment,
+        )
+
+    @property
+    def generating(self) -> bool:
+        """Whether a generation is running now."""
+        return bool(self._running)
+
+    def forget(self, uri: str) -> None:
+        """Drop per-document state (the document was closed) and stop its generation."""
+        self._shown.pop(uri, None)
+        self._latest.pop(uri, None)
+        if (flag := self._running.pop(uri, None)) is not None:
+            flag.set()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _shown_path(self, path: str) -> str:
+        """A path as the model sees it: relative to the workspace root when inside it."""
+        p = Path(path)
+        return (p.relative_to(self.root) if self.root and p.is_relative_to(self.root) else p).as_posix()
+
+    def _mode(self):
+        return None if self.config.fim_mode == "auto" else self.config.fim_mode
+
+    def _type_through(self, doc: Document, offset: int) -> Suggestion | None:
+        """The rest of the shown suggestion if the user has typed its first characters."""
+        shown = self._shown.get(doc.uri)
+        if shown is None or doc.text[offset:] != shown.after:
+            return None
+        before = doc.text[:offset]
+        if not before.startswith(shown.before):
+            return None
+        typed = before[len(shown.before) :]
+        text = shown.suggestion.text
+        if typed and len(typed) < len(text) and text.startswith(typed):
+            return Suggestion(text[len(typed) :], shown.suggestion.replace)
+        return None
+
+    async def _generate(self, uri: str, ctx: CompletionContext, prompt_ids: list[int]):
+        """Run the model off the event loop; a newer request for the same document stops this one."""
+        if (previous := self._running.get(uri)) is not None:
+            previous.set()
+        cancel = self._running[uri] = threading.Event()
+        config = self.config
+        max_lines = config.max_lines
+
+        def run():
+            return self.engine.generate(
+                prompt_ids,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed,
+                should_stop=lambda text: block_complete(text, ctx, max_lines),
+                cancel=cancel,
+                deadline=time.monotonic() + config.timeout_ms / 1000,
+            )
+
+        self.stats.model_calls += 1
+        try:
+            generation = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+        except asyncio.CancelledError:  # $/cancelRequest, or shutdown: stop the generation too
+            cancel.set()
+            self.stats.cancelled += 1
+            raise
+        finally:
+            if self._running.get(uri) is cancel:
+                del self._running[uri]
+        log.debug(
+            "generated %d tokens in %.0f ms (%s, prompt %d tokens)",
+            len(generation.token_ids), generation.elapsed_s * 1000, generation.finish_reason, generation.prompt_tokens,
+        )
+        finished = generation.finish_reason not in ("cancelled", "timeout")
+        suggestion = postprocess(generation.text, ctx, max_lines) if finished else None
+        self.trace = Trace(
+            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, suggestion.text if suggestion else None
+        )
+        if generation.finish_reason == "cancelled":
+            self.stats.cancelled += 1
+            return _NOT_FINISHED
+        if generation.finish_reason == "timeout":
+            self.stats.timeouts += 1
+            log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
+            return _NOT_FINISHED
+        return suggestion
+
+    def _remember(self, key: tuple, suggestion: Suggestion | None) -> None:
+        if self.config.cache_size <= 0:
+            return
+        self._cache[key] = suggestion
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+
+
+_NOT_FINISHED = object()  # generation was cancelled or timed out: nothing to cache

@@ -1,0 +1,515 @@
+"""Turn the model's raw continuation into what the editor shows, or drop it.
+
+`postprocess` runs once per finished generation:
+
+  single-line hole: first line -> reuse auto-closed brackets, else trim overlap with the line suffix
+                    -> balance brackets
+  multi-line hole:  strip trailing whitespace -> stop at the end of the cursor's block -> stop where the
+                    suffix's next line is repeated -> at most `max_lines` lines -> trim overlap with the line suffix
+  both:             drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
+
+`block_complete` runs after every generated token and applies the cheap stopping rules of the same
+pipeline, so generation ends as soon as the answer is whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import tree_sitter
+
+from .context import CompletionContext, Hole
+from .languages import new_parser, resolve
+
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_OPENER_OF = {close: open_ for open_, close in _PAIRS.items()}
+_BRACKETS = frozenset("()[]{}")
+
+# A line suffix an editor typically auto-inserted: closers and quotes, then maybe one terminator.
+_AUTO_CLOSED = re.compile(r"([)\]}\"'`]+)([:;,]?)\s*")
+# A line that starts a new top-level definition (kept simple and language-agnostic).
+_DEFINITION = re.compile(
+    r"@|#include\b|(?:(?:export|pub|public|private|protected|static|async|abstract|final|default|unsafe)\s+)*"
+    r"(?:def|class|function|func|fn|struct|enum|trait|impl|interface|mod)\b"
+)
+# A short unit (up to 10 characters) repeated at least four times in a row.
+_REPEATED_UNIT = re.compile(r"(\S.{0,9}?)(?:\s*\1){3,}", re.S)
+_TOKEN = re.compile(r"\w+|\S")
+_MAX_GATE_TRIES = 12  # parses per candidate at most, the full candidate included
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """What the editor inserts at the cursor."""
+
+    text: str  # text to insert at the cursor
+    replace: int = 0  # number of characters right after the cursor (on the cursor's line) that `text` replaces
+
+
+def block_complete(text: str, ctx: CompletionContext, max_lines: int) -> bool:
+    """True once `text` already holds a whole answer, so generation can stop early. Cheap: no parsing."""
+    if ctx.hole is Hole.NONE:
+        return True
+    if ctx.hole is Hole.SINGLE_LINE:
+        return "\n" in text.lstrip()
+    end = text.rfind("\n")
+    if end < 0:
+        return False
+    complete = text[:end]  # only whole lines: the last one may still grow
+    return complete.count("\n") + 1 >= _line_budget(text, max_lines) or _block_end(complete, ctx) is not None
+
+
+def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion | None:
+    """Clean a raw candidate; None to drop it."""
+    if ctx.hole is Hole.NONE:
+        return None
+    if ctx.hole is Hole.SINGLE_LINE:
+        suggestion = _fit_line(_first_line(text), ctx)
+    else:
+        suggestion = _fit_block(text, ctx, max_lines)
+    if suggestion is None or _is_repetitive(suggestion.text):
+        return None
+    return _syntax_gate(suggestion, ctx)
+
+
+# -- single-line holes ----------------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    """The first line with content; a line after leading newlines loses its indentation (it joins the cursor's line)."""
+    lines = text.split("\n")
+    if lines[0].strip():
+        return lines[0].rstrip()
+    return next((line.strip() for line in lines[1:] if line.strip()), "")
+
+
+def _fit_line(line: str, ctx: CompletionContext) -> Suggestion | None:
+    """Fit one line between the line prefix and suffix: reuse auto-closed closers or trim overlap, then balance."""
+    suffix = ctx.line_suffix
+    if not _AUTO_CLOSED.fullmatch(suffix):
+        line = _trim_overlap(line, suffix)
+    lexicon = _lexicon(ctx.language)
+    quote, free, spare = _line_balance(ctx, lexicon)
+    marks = _scan(line, lexicon, quote)
+    reused, replace = _reused_closers(line, marks, suffix)
+    end = _balanced_end(line, marks, reused, free, spare)
+    if end < len(line):  # the shorter line may reuse fewer closers
+        line = line[:end].rstrip()
+        _, replace = _reused_closers(line, _scan(line, lexicon, quote), suffix)
+    if not line.strip() or line == suffix[:replace]:
+        return None
+    return Suggestion(line, replace)
+
+
+def _trim_overlap(text: str, line_suffix: str) -> str:
+    """Drop the longest end of `text` that the line suffix starts with (it is already there)."""
+    for size in range(min(len(text), len(line_suffix)), 0, -1):
+        if text.endswith(line_suffix[:size]):
+            return text[:-size].rstrip()
+    return text
+
+
+def _reused_closers(line: str, marks: list[_Mark], line_suffix: str) -> tuple[int, int]:
+    """(closers, characters) of an auto-closed line suffix that `line` writes itself and so replaces.
+
+    Applies when the line suffix is only closers/quotes (plus maybe `:`, `;` or `,`): the line's closers of
+    brackets and strings opened before the cursor replace the suffix's, in order, instead of duplicating them.
+    """
+    auto = _AUTO_CLOSED.fullmatch(line_suffix)
+    if not auto:
+        return 0, 0
+    closers, terminator = auto.groups()
+    excess = _match(marks)[1]
+    count = 0
+    while count < min(len(excess), len(closers)) and excess[count].char == closers[count]:
+        count += 1
+    if count == len(closers) and terminator:
+        after = excess[count - 1].index + 1
+        if line[after : after + 1] == terminator:
+            return count, count + 1
+    return count, count
+
+
+def _line_balance(ctx: CompletionContext, lexicon: _Lexicon) -> tuple[str | None, int, int]:
+    """(open quote at the cursor, brackets the line prefix leaves open that nothing after the cursor closes,
+    closers in the line suffix with nothing on the line to close)."""
+    prefix_marks, quote = _scan_state(ctx.line_prefix, lexicon)
+    opened = len(_match(prefix_marks)[0])
+    closed = len(_match(_scan(ctx.line_suffix, lexicon, quote))[1])
+    return quote, max(0, opened - closed), max(0, closed - opened)
+
+
+def _balanced_end(line: str, marks: list[_Mark], reused: int, free: int, spare: int) -> int:
+    """End of the longest prefix of `line` that leaves its brackets and strings balanced.
+
+    Closers of what was opened before the cursor are allowed for the `reused` auto-closed ones plus `free`
+    more; up to `spare` brackets may stay open when the line suffix has that many surplus closers.
+    A mismatched or surplus closer ends the line just before it.
+    """
+    stack: list[str] = []
+    excess = 0
+    last_ok = 0
+
+    def ok() -> bool:
+        return len(stack) <= spare and all(char in _PAIRS for char in stack)
+
+    for mark in marks:
+        if mark.opens:
+            if ok():
+                last_ok = mark.index
+            stack.append(mark.char)
+        elif stack and stack[-1] == _OPENER_OF.get(mark.char, mark.char):
+            stack.pop()
+        elif stack:
+            return mark.index if ok() else last_ok
+        else:
+            excess += 1
+            if excess > reused + free:
+                return mark.index
+    return len(line) if ok() else last_ok
+
+
+# -- multi-line holes -----------------------------------------------------------------------------
+
+
+def _fit_block(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion | None:
+    """Cut a multi-line candidate to the cursor's block, before the suffix, and to `max_lines` lines."""
+    text = _strip_trailing(text)
+    if (end := _block_end(text, ctx)) is not None:
+        text = _strip_trailing(text[:end])
+    text = _cut_at_suffix_line(text, ctx)
+    text = "\n".join(text.split("\n")[: _line_budget(text, max_lines)])
+    text = _trim_overlap(text, ctx.line_suffix) if ctx.line_suffix.strip() else text
+    return Suggestion(text) if text.strip() else None
+
+
+def _strip_trailing(text: str) -> str:
+    """Without trailing whitespace on each line and without trailing blank lines."""
+    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip()
+
+
+def _line_budget(text: str, max_lines: int) -> int:
+    """Lines `text` may have: `max_lines`, plus the empty rest of the cursor's line when it starts with a newline."""
+    first, newline, _ = text.partition("\n")
+    return max_lines + bool(newline and not first.strip())
+
+
+def _cut_at_suffix_line(text: str, ctx: CompletionContext) -> str:
+    """Cut before the first generated line that equals the suffix's next non-empty line (never re-insert it)."""
+    following = next((line.rstrip() for line in ctx.suffix.split("\n")[1:] if line.strip()), None)
+    if following is None:
+        return text
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if (ctx.line_prefix + line if i == 0 else line).rstrip() == following:
+            return _strip_trailing("\n".join(lines[:i]))
+    return text
+
+
+def _block_end(text: str, ctx: CompletionContext) -> int | None:
+    """Where the block the cursor is in ends within `text` (an index to cut at), or None.
+
+    The earliest of: a closer of a bracket opened before the cursor (`_closer_end`), a new top-level
+    definition while the cursor is indented (`_definition_end`), and for indent languages a dedent
+    (`_dedent_end`). Plain text has no blocks.
+    """
+    spec = resolve(ctx.language)
+    if spec.grammar is None:
+        return None
+    lines = text.split("\n")
+    indent = _block_indent(lines, ctx)
+    ends = [_closer_end(text, ctx), _definition_end(lines, indent)]
+    if spec.indent_blocks:
+        ends.append(_dedent_end(lines, indent))
+    return min((end for end in ends if end is not None), default=None)
+
+
+def _block_indent(lines: list[str], ctx: CompletionContext) -> int | None:
+    """Least indentation of lines in the cursor's block; None until the candidate shows it.
+
+    The cursor line's indentation, plus one (any deeper indentation) after a block opener. On a blank line
+    it is where the candidate's first line starts.
+    """
+    line_prefix = ctx.line_prefix
+    if line_prefix.strip():
+        opens = line_prefix.rstrip().endswith((":", "{", "(", "["))
+        return _indent(line_prefix) + opens
+    for i, line in enumerate(lines):
+        if line.strip():
+            return _indent(line_prefix + line if i == 0 else line)
+    return None
+
+
+def _indent(line: str) -> int:
+    """Width of the leading whitespace, a tab counting 4."""
+    return len(line[: len(line) - len(line.lstrip())].expandtabs(4))
+
+
+def _line_starts(lines: list[str]) -> Iterator[tuple[int, str]]:
+    """(offset, line) for each line after the first (the first continues the cursor's line)."""
+    offset = len(lines[0]) + 1
+    for line in lines[1:]:
+        yield offset, line
+        offset += len(line) + 1
+
+
+def _dedent_end(lines: list[str], indent: int | None) -> int | None:
+    """Start of the first line indented less than the block (lines starting with a closer are left to `_closer_end`)."""
+    if indent is None:
+        return None
+    for offset, line in _line_starts(lines):
+        stripped = line.strip()
+        if stripped and stripped[0] not in _OPENER_OF and _indent(line) < indent:
+            return offset
+    return None
+
+
+def _definition_end(lines: list[str], indent: int | None) -> int | None:
+    """Start of the first unindented line that starts a definition, when the cursor's block is indented."""
+    if not indent:
+        return None
+    return next((offset for offset, line in _line_starts(lines) if _DEFINITION.match(line)), None)
+
+
+def _closer_end(text: str, ctx: CompletionContext) -> int | None:
+    """Where the candidate closes a bracket opened before the cursor (more closers than openers), or None.
+
+    If the suffix's first unmatched closer is the same character, the suffix already closes the block: cut
+    before the closer's line when the closer starts it, else just before the closer. Otherwise the candidate
+    closes it itself: keep the closer's whole line (e.g. `});`) and stop there.
+    """
+    lexicon = _lexicon(ctx.language)
+    excess = _match(_brackets(_scan(text, lexicon)))[1]
+    if not excess:
+        return None
+    closer = excess[0]
+    line_start = text.rfind("\n", 0, closer.index) + 1
+    if _suffix_closer(ctx.suffix, ctx.language) == closer.char:
+        own_line = not text[line_start : closer.index].strip() and (line_start > 0 or not ctx.line_prefix.strip())
+        return line_start if own_line else closer.index
+    line_end = text.find("\n", closer.index)
+    return len(text) if line_end < 0 else line_end
+
+
+@functools.lru_cache(maxsize=8)
+def _suffix_closer(suffix: str, language: str) -> str | None:
+    """The suffix's first closer of a bracket opened before the cursor (cached: one suffix per request)."""
+    excess = _match(_brackets(_scan(suffix, _lexicon(language))))[1]
+    return excess[0].char if excess else None
+
+
+# -- brackets and strings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Lexicon:
+    """Just enough lexical syntax to skip strings and comments when counting brackets."""
+
+    quotes: tuple[str, ...] = ()  # string delimiters, longest first
+    multiline: frozenset[str] = frozenset()  # delimiters whose strings may span lines
+    comment: str | None = None  # line comment start
+
+
+_LEXICONS = {
+    "python": _Lexicon(('"""', "'''", '"', "'"), frozenset({'"""', "'''"}), "#"),
+    "javascript": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
+    "typescript": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
+    "typescriptreact": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
+    "go": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
+    "rust": _Lexicon(('"',), frozenset('"'), "//"),  # `'` also starts lifetimes
+    "java": _Lexicon(('"', "'"), frozenset(), "//"),
+    "c": _Lexicon(('"', "'"), frozenset(), "//"),
+    "cpp": _Lexicon(('"', "'"), frozenset(), "//"),
+}
+
+
+def _lexicon(language: str) -> _Lexicon:
+    return _LEXICONS.get(language, _Lexicon())
+
+
+class _Mark(NamedTuple):
+    """A bracket or string delimiter outside strings and comments."""
+
+    index: int
+    char: str
+    opens: bool
+
+
+def _scan(text: str, lexicon: _Lexicon, quote: str | None = None) -> list[_Mark]:
+    """Brackets and string delimiters of `text`, which starts inside a `quote` string if given."""
+    return _scan_state(text, lexicon, quote)[0]
+
+
+def _scan_state(text: str, lexicon: _Lexicon, quote: str | None = None) -> tuple[list[_Mark], str | None]:
+    """`_scan`, plus the string still open at the end of `text` (None outside strings).
+
+    Simple on purpose: escapes are skipped, a line comment runs to the end of the line, and a string that
+    cannot span lines ends silently at a newline.
+    """
+    marks: list[_Mark] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quote is not None:
+            if char == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                marks.append(_Mark(i, quote, False))
+                i += len(quote)
+                quote = None
+                continue
+            if char == "\n" and quote not in lexicon.multiline:
+                quote = None
+            i += 1
+        elif char in _BRACKETS:
+            marks.append(_Mark(i, char, char in _PAIRS))
+            i += 1
+        elif lexicon.comment and text.startswith(lexicon.comment, i):
+            newline = text.find("\n", i)
+            i = len(text) if newline < 0 else newline
+        elif opening := next((q for q in lexicon.quotes if text.startswith(q, i)), None):
+            marks.append(_Mark(i, opening, True))
+            quote = opening
+            i += len(opening)
+        else:
+            i += 1
+    return marks, quote
+
+
+def _brackets(marks: list[_Mark]) -> list[_Mark]:
+    """Only the bracket marks (for multi-line text, where a string may end silently at a newline)."""
+    return [mark for mark in marks if mark.char in _BRACKETS]
+
+
+def _match(marks: list[_Mark]) -> tuple[list[str], list[_Mark]]:
+    """(openers left open, closers of things opened before `marks` began). Mismatched closers are ignored."""
+    stack: list[str] = []
+    excess: list[_Mark] = []
+    for mark in marks:
+        if mark.opens:
+            stack.append(mark.char)
+        elif not stack:
+            excess.append(mark)
+        elif stack[-1] == _OPENER_OF.get(mark.char, mark.char):
+            stack.pop()
+    return stack, excess
+
+
+# -- filters --------------------------------------------------------------------------------------
+
+
+def _is_repetitive(text: str) -> bool:
+    """Degenerate output: a line or block of lines three times in a row, or a short unit filling most of it."""
+    lines = [line.rstrip() for line in text.split("\n") if line.strip()]
+    if _repeats_lines(lines, times=3):
+        return True
+    compact = text.strip()
+    return len(compact) >= 6 and any(len(m[0]) >= 0.75 * len(compact) for m in _REPEATED_UNIT.finditer(compact))
+
+
+def _repeats_lines(lines: list[str], times: int) -> bool:
+    """Whether some block of consecutive lines occurs `times` times in a row."""
+    for size in range(1, len(lines) // times + 1):
+        for start in range(len(lines) - size * times + 1):
+            block = lines[start : start + size]
+            if all(lines[start + k * size : start + (k + 1) * size] == block for k in range(1, times)):
+                return True
+    return False
+
+
+# -- syntax gate ----------------------------------------------------------------------------------
+
+
+def _syntax_gate(suggestion: Suggestion, ctx: CompletionContext) -> Suggestion | None:
+    """The longest version of `suggestion` (itself, then shorter ones) that adds no syntax errors; None if none.
+
+    Languages without a grammar pass unchanged.
+    """
+    if resolve(ctx.language).grammar is None:
+        return suggestion
+    baseline = _baseline_errors(ctx.language, ctx.text)
+    for candidate in itertools.islice(_shorter(suggestion, ctx), _MAX_GATE_TRIES):
+        if not _adds_errors(candidate, ctx, baseline):
+            return candidate
+    return None
+
+
+def _adds_errors(candidate: Suggestion, ctx: CompletionContext, baseline: int) -> bool:
+    """Whether inserting `candidate` adds syntax errors (ERROR and MISSING nodes).
+
+    It does if the document then has more errors than before, or if an error lies within the inserted text:
+    a document broken at the cursor (`x = █`) already counts one error there, which a broken candidate
+    would only trade for another. Errors that reach outside it (an unclosed bracket before the cursor) and
+    missing nodes right after it are not the candidate's. Fixing errors is fine (completing `def f(x):`).
+    """
+    before = ctx.text[: ctx.offset]
+    document = before + candidate.text + ctx.text[ctx.offset + candidate.replace :]
+    spans = _error_spans(ctx.language, document)
+    start = len(before.encode())
+    end = start + len(candidate.text.encode())
+    return len(spans) > baseline or any(start <= first < end and last <= end for first, last in spans)
+
+
+def _shorter(suggestion: Suggestion, ctx: CompletionContext) -> Iterator[Suggestion]:
+    """`suggestion`, then shorter versions, longest first: without trailing lines, or for a single line cut
+    at token boundaries (refitted, so replaced closers stay consistent)."""
+    yield suggestion
+    seen = {suggestion.text}
+    if ctx.hole is Hole.SINGLE_LINE:
+        ends = [m.end() for m in _TOKEN.finditer(suggestion.text)]
+        shorter = (_fit_line(suggestion.text[:end], ctx) for end in reversed(ends))
+    else:
+        lines = suggestion.text.split("\n")
+        shorter = (Suggestion(_strip_trailing("\n".join(lines[:n]))) for n in range(len(lines) - 1, 0, -1))
+    for candidate in shorter:
+        if candidate is not None and candidate.text.strip() and candidate.text not in seen:
+            seen.add(candidate.text)
+            yield candidate
+
+
+def error_count(language: str, source: str) -> int:
+    """Number of ERROR and MISSING nodes in the parse of `source`."""
+    return len(_error_spans(language, source))
+
+
+@functools.lru_cache(maxsize=8)
+def _baseline_errors(language: str, text: str) -> int:
+    """Errors of the document without a candidate: the same for every candidate of one request, so cached
+    (keyed by the document alone, as the cursor does not change it)."""
+    return error_count(language, text)
+
+
+def _error_spans(language: str, source: str) -> list[tuple[int, int]]:
+    """Byte ranges of the ERROR and MISSING nodes in the parse of `source`."""
+    spans: list[tuple[int, int]] = []
+    _collect_errors(_parser(language).parse(source.encode()).root_node, spans)
+    return spans
+
+
+def _collect_errors(node: tree_sitter.Node, spans: list[tuple[int, int]]) -> None:
+    if not node.has_error:
+        return
+    if node.is_error or node.is_missing:
+        spans.append((node.start_byte, node.end_byte))
+    for child in node.children:
+        _collect_errors(child, spans)
+
+
+_local = threading.local()
+
+
+def _parser(language: str) -> tree_sitter.Parser:
+    """This thread's parser for `language` (parsers are not thread-safe)."""
+    parsers: dict[str, tree_sitter.Parser] = _local.__dict__.setdefault("parsers", {})
+    if language not in parsers:
+        parser = new_parser(language)
+        if parser is None:
+            raise ValueError(f"no tree-sitter grammar for {language!r}")
+        parsers[language] = parser
+    return parsers[language]

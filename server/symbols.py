@@ -1,0 +1,583 @@
+"""Imports, definitions and enclosing scopes of source files, read from their tree-sitter trees.
+
+A small table per language names the node types that are imports, definitions, classes whose members
+are definitions too, wrappers around a definition (decorators, `export`, `template <...>`) and blocks
+whose children still count as top level (`#ifdef`, `namespace`, Python `try:`). `SymbolIndex` keeps the
+definitions of workspace files by name, for cross-file context.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import tree_sitter
+
+from midline.server import languages
+
+if TYPE_CHECKING:
+    from midline.server.documents import Document
+
+Node = tree_sitter.Node
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A function, method, class or type, reduced to its signature."""
+
+    name: str
+    kind: str  # function, method, class, struct, union, enum, interface, trait, impl, type
+    signature: str  # header only: `def f(x):` + docstring, `fn f(x) -> T { ... }`; small types whole
+    line: int  # 0-based row where the definition (with its decorators) starts
+    path: str = ""  # the file, set by `SymbolIndex`
+    scope: str = ""  # header of the enclosing class/impl/trait for members, "" at top level
+
+
+@dataclass(frozen=True)
+class _Table:
+    imports: frozenset[str]
+    definitions: dict[str, str]  # node type -> kind
+    containers: frozenset[str] = frozenset()  # definitions whose body members are definitions too
+    wrappers: frozenset[str] = frozenset()  # nodes around one definition
+    transparent: frozenset[str] = frozenset()  # blocks whose children count as top level
+
+
+def _table(imports: str, definitions: dict[str, str], containers: str = "", wrappers: str = "", transparent: str = "") -> _Table:
+    return _Table(frozenset(imports.split()), definitions, frozenset(containers.split()), frozenset(wrappers.split()), frozenset(transparent.split()))
+
+
+_JS_DEFINITIONS = {
+    "function_declaration": "function",
+    "generator_function_declaration": "function",
+    "function_signature": "function",
+    "lexical_declaration": "function",  # only `const f = (...) => ...` and `const f = function ...`
+    "variable_declaration": "function",
+    "class_declaration": "class",
+    "abstract_class_declaration": "class",
+    "method_definition": "method",
+    "abstract_method_signature": "method",
+    "interface_declaration": "interface",
+    "type_alias_declaration": "type",
+    "enum_declaration": "enum",
+}
+_JS = _table("import_statement", _JS_DEFINITIONS, "class_declaration abstract_class_declaration", "export_statement", "ambient_declaration")
+
+_C_DEFINITIONS = {
+    "function_definition": "function",
+    "declaration": "function",  # only prototypes
+    "struct_specifier": "struct",
+    "union_specifier": "union",
+    "enum_specifier": "enum",
+    "type_definition": "type",
+}
+_PREPROC = "preproc_ifdef preproc_if preproc_else preproc_elif preproc_elifdef"
+
+_TABLES: dict[str, _Table] = {
+    "python": _table(
+        "import_statement import_from_statement future_import_statement",
+        {"function_definition": "function", "class_definition": "class"},
+        "class_definition",
+        "decorated_definition",
+        "if_statement try_statement block else_clause elif_clause except_clause finally_clause",
+    ),
+    "javascript": _JS,
+    "typescript": _JS,
+    "typescriptreact": _JS,
+    "go": _table(
+        "import_declaration",
+        {"function_declaration": "function", "method_declaration": "method", "type_declaration": "type"},
+    ),
+    "rust": _table(
+        "use_declaration extern_crate_declaration",
+        {
+            "function_item": "function",
+            "function_signature_item": "function",
+            "struct_item": "struct",
+            "enum_item": "enum",
+            "union_item": "union",
+            "trait_item": "trait",
+            "impl_item": "impl",
+            "type_item": "type",
+        },
+        "trait_item impl_item",
+    ),
+    "java": _table(
+        "import_declaration",
+        {
+            "class_declaration": "class",
+            "interface_declaration": "interface",
+            "enum_declaration": "enum",
+            "record_declaration": "class",
+            "annotation_type_declaration": "interface",
+            "method_declaration": "method",
+            "constructor_declaration": "method",
+        },
+        "class_declaration interface_declaration enum_declaration record_declaration",
+        transparent="enum_body_declarations",
+    ),
+    "c": _table("preproc_include", _C_DEFINITIONS, transparent=_PREPROC),
+    "cpp": _table(
+        "preproc_include",
+        {**_C_DEFINITIONS, "class_specifier": "class", "field_declaration": "function", "alias_declaration": "type"},
+        "class_specifier",
+        "template_declaration",
+        f"{_PREPROC} namespace_definition linkage_specification declaration_list",
+    ),
+}
+
+_FUNCTION_VALUES = {"arrow_function", "function_expression", "function", "generator_function"}
+_DOC_LINES = 8  # longer docstrings / doc comments are cut to their summary
+_MAX_LINES = 12  # longer whole-text definitions (structs, types) are elided in the middle
+_INDENT = "    "
+
+
+def _text(source: bytes, start: int, end: int) -> str:
+    """Source text from `start` to `end`, dedented as a block (its first line's indentation counts)."""
+    line_start = source.rfind(b"\n", 0, start) + 1
+    if not source[line_start:start].strip():
+        start = line_start
+    return textwrap.dedent(source[start:end].decode("utf-8", "replace")).strip("\n").rstrip()
+
+
+def _compact(text: str, max_lines: int = _MAX_LINES) -> str:
+    lines = text.split("\n")
+    if len(lines) <= max_lines:
+        return text
+    indent = lines[1][: len(lines[1]) - len(lines[1].lstrip())] or _INDENT
+    return "\n".join([*lines[: max_lines - 2], indent + "...", lines[-1]])
+
+
+def _unwrap(node: Node, table: _Table) -> Node:
+    """The definition inside a wrapper (decorated, exported, templated), else the node itself."""
+    while node.type in table.wrappers:
+        inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
+        if inner is None:
+            named = node.named_children
+            inner = named[-1] if named else None
+        if inner is None:
+            break
+        node = inner
+    return node
+
+
+def _declarator_name(node: Node) -> tuple[str | None, bool]:
+    """Name in a C/C++ declarator chain, and whether the chain declares a function."""
+    is_function = False
+    d = node.child_by_field_name("declarator")
+    while d is not None:
+        if d.type == "function_declarator":
+            is_function = True
+        if d.type in ("identifier", "field_identifier", "type_identifier", "destructor_name", "operator_name"):
+            return d.text.decode("utf-8", "replace"), is_function
+        inner = d.child_by_field_name("name") if d.type == "qualified_identifier" else d.child_by_field_name("declarator")
+        d = inner if inner is not None else (d.named_children[0] if d.named_children else None)
+    return None, is_function
+
+
+def _function_value(node: Node) -> tuple[Node, Node] | None:
+    """For `const f = (...) => ...`: the declarator and its function value."""
+    for declarator in node.named_children:
+        value = declarator.child_by_field_name("value")
+        if value is not None and value.type in _FUNCTION_VALUES:
+            return declarator, value
+    return None
+
+
+def _name(node: Node) -> str | None:
+    """The defined name, or None when the node defines nothing we index (variables, forward decls)."""
+    if node.type in ("lexical_declaration", "variable_declaration"):
+        found = _function_value(node)
+        name = found[0].child_by_field_name("name") if found else None
+    elif node.type == "impl_item":
+        name = node.child_by_field_name("type")
+        while name is not None and name.type == "generic_type":
+            name = name.child_by_field_name("type")
+    elif node.type in ("struct_specifier", "union_specifier", "enum_specifier", "class_specifier"):
+        name = node.child_by_field_name("name") if node.child_by_field_name("body") else None
+    else:
+        name = node.child_by_field_name("name")
+        if name is None and node.child_by_field_name("declarator") is not None:  # C, C++
+            text, is_function = _declarator_name(node)
+            return text if is_function or node.type == "type_definition" else None
+    return name.text.decode("utf-8", "replace") if name is not None else None
+
+
+def _body(node: Node) -> Node | None:
+    if node.type in ("lexical_declaration", "variable_declaration"):
+        found = _function_value(node)
+        return found[1].child_by_field_name("body") if found else None
+    return node.child_by_field_name("body")
+
+
+def _doc_comment(node: Node, source: bytes) -> str:
+    """Comments right above a definition (brace languages), if short."""
+    first = last = None
+    prev, row = node.prev_named_sibling, node.start_point.row
+    while prev is not None and "comment" in prev.type and prev.end_point.row >= row - 1:
+        line_start = source.rfind(b"\n", 0, prev.start_byte) + 1
+        if source[line_start : prev.start_byte].strip():
+            break  # a trailing comment of the line above
+        first, last = prev, last or prev
+        row, prev = prev.start_point.row, prev.prev_named_sibling
+    if first is None:
+        return ""
+    text = _text(source, first.start_byte, last.end_byte)
+    return text + "\n" if text.count("\n") < _DOC_LINES else ""
+
+
+def _docstring(body: Node, source: bytes) -> str:
+    """The docstring opening a Python block, cut to its summary if long."""
+    first = body.named_children[0] if body.named_children else None
+    if first is None or first.type != "expression_statement" or first.named_child_count != 1:
+        return ""
+    string = first.named_children[0]
+    if string.type != "string":
+        return ""
+    lines = _text(source, string.start_byte, string.end_byte).split("\n")
+    if len(lines) > _DOC_LINES:
+        end = string.children[-1].text.decode() if string.children else '"""'
+        summary = lines[:_DOC_LINES - 1]
+        if "" in summary[1:]:
+            summary = summary[: summary.index("", 1)]
+        lines = [*summary, end]
+    return "\n".join(lines)
+
+
+def _python_header(outer: Node, node: Node, source: bytes) -> tuple[str, Node | None]:
+    body = node.child_by_field_name("body")
+    colon = None
+    for child in node.children:
+        if child.type == ":":
+            colon = child
+        if body is not None and child.start_byte >= body.start_byte:
+            break
+    end = colon.end_byte if colon is not None else node.end_byte
+    return _text(source, outer.start_byte, end), body
+
+
+def _header(outer: Node, node: Node, source: bytes, language: str) -> str | None:
+    """The text of a definition up to its body, or None if it has no body to leave out."""
+    if language == "python":
+        return _python_header(outer, node, source)[0]
+    body = _body(node)
+    if body is None:
+        return None
+    return _text(source, outer.start_byte, body.start_byte)
+
+
+def signature(node: Node, source: bytes, language: str) -> str:
+    """A definition (or wrapper) rendered compactly: its header and docstring, body left out.
+
+    Functions and classes lose their body (`{ ... }`, or `...` under a Python header and docstring);
+    structs, enums, type aliases and prototypes are kept whole, elided in the middle when long.
+    """
+    table = _TABLES.get(language)
+    if table is None:
+        return _compact(_text(source, node.start_byte, node.end_byte))
+    outer, node = node, _unwrap(node, table)
+    kind = table.definitions.get(node.type, "")
+    if language == "python":
+        header, body = _python_header(outer, node, source)
+        doc = _docstring(body, source) if body is not None else ""
+        if not doc:
+            return f"{header} ..."
+        return header + "\n" + textwrap.indent(f"{doc}\n...", _INDENT)
+    doc = _doc_comment(outer, source)
+    header = _header(outer, node, source, language) if kind in ("function", "method") or node.type in table.containers else None
+    if header is None:
+        return doc + _compact(_text(source, outer.start_byte, outer.end_byte))
+    body = _body(node)
+    return doc + header + (" { ... }" if body is not None and body.text.startswith(b"{") else " ...")
+
+
+def _scope_header(outer: Node, node: Node, source: bytes, language: str) -> str:
+    return _header(outer, node, source, language) or _text(source, outer.start_byte, node.end_byte).split("\n")[0]
+
+
+def _top_level(parent: Node, table: _Table) -> Iterator[Node]:
+    """Children of a block, looking through transparent blocks (`#ifdef`, `namespace`, `try:`)."""
+    for child in parent.named_children:
+        if child.type in table.transparent:
+            yield from _top_level(child, table)
+        else:
+            yield child
+
+
+def imports(tree: tree_sitter.Tree, source: bytes, language: str) -> list[str]:
+    """The file's import statements (`import`, `use`, `#include`, ...) as source text, in order."""
+    table = _TABLES.get(language)
+    if table is None:
+        return []
+    nodes = [node for node in _top_level(tree.root_node, table) if node.type in table.imports]
+    return [source[node.start_byte : node.end_byte].decode("utf-8", "replace").rstrip() for node in nodes]
+
+
+def definitions(tree: tree_sitter.Tree, source: bytes, language: str) -> list[Definition]:
+    """Top-level definitions and class members, in source order."""
+    table = _TABLES.get(language)
+    out: list[Definition] = []
+    if table is not None:
+        _collect(tree.root_node, source, language, table, "", out)
+    return out
+
+
+def _collect(parent: Node, source: bytes, language: str, table: _Table, scope: str, out: list[Definition]) -> None:
+    for outer in _top_level(parent, table):
+        node = _unwrap(outer, table)
+        kind = table.definitions.get(node.type)
+        if kind is None:
+            continue
+        if node.type == "type_declaration":  # Go: `type X struct {...}`, or a group of specs
+            grouped = any(child.type == "(" for child in node.children)
+            for spec in node.named_children:
+                name = spec.child_by_field_name("name")
+                if name is None or spec.type not in ("type_spec", "type_alias"):
+                    continue
+                type_node = spec.child_by_field_name("type")
+                go_kind = {"struct_type": "struct", "interface_type": "interface"}.get(type_node.type if type_node else "", "type")
+                text = "type " + _text(source, spec.start_byte, spec.end_byte) if grouped else _text(source, node.start_byte, node.end_byte)
+                out.append(Definition(name.text.decode("utf-8", "replace"), go_kind, _doc_comment(node, source) + _compact(text), node.start_point.row, scope=scope))
+            continue
+        name = _name(node)
+        if not name:
+            continue
+        if scope and kind == "function":
+            kind = "method"
+        out.append(Definition(name, kind, signature(outer, source, language), outer.start_point.row, scope=scope))
+        body = node.child_by_field_name("body")
+        if node.type in table.containers and body is not None:
+            _collect(body, source, language, table, _scope_header(outer, node, source, language), out)
+
+
+def render(defs: Sequence[Definition]) -> str:
+    """Definitions of one file as compact source, members indented under their class's header.
+
+    A class whose members are listed is shown by that header alone.
+    """
+    scopes = {d.scope for d in defs if d.scope}
+    out: list[str] = []
+    current = ""
+    for d in defs:
+        if d.scope != current:
+            if current and not current.endswith(":"):
+                out.append("}")
+            if d.scope:
+                out.append(d.scope if d.scope.endswith(":") else d.scope + " {")
+            current = d.scope
+        if d.scope:
+            out.append(textwrap.indent(d.signature, _INDENT))
+        elif not any(d.signature.startswith(s) or f"\n{s}" in d.signature for s in scopes):
+            out.append(d.signature)
+    if current and not current.endswith(":"):
+        out.append("}")
+    return "\n".join(out)
+
+
+# -- around the cursor ----------------------------------------------------------------------------
+
+
+def render_scope(scopes: Sequence[Node], source: bytes, language: str) -> str:
+    """The innermost of `scopes` (outermost first) as a signature, under its parent's header."""
+    inner = signature(scopes[-1], source, language)
+    table = _TABLES.get(language)
+    if len(scopes) < 2 or table is None:
+        return inner
+    parent = scopes[-2]
+    return render([Definition("", "", inner, 0, scope=_scope_header(parent, _unwrap(parent, table), source, language))])
+
+
+def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) -> list[Node]:
+    """Definitions (functions, classes, ...) around a byte offset, outermost first, innermost last.
+
+    A definition encloses offsets after its start up to and including its end; decorated, exported or
+    templated definitions are given as their wrapper.
+    """
+    table = _TABLES.get(language)
+    if table is None:
+        return []
+    scopes: list[Node] = []
+    cursor = tree.walk()
+    while cursor.goto_first_child_for_byte(max(byte_offset - 1, 0)) is not None:  # first child ending at or after
+        child = cursor.node
+        if child.start_byte >= byte_offset:
+            break
+        if child.type in table.definitions and (child.type == "type_declaration" or _name(child)):
+            parent = child.parent
+            scopes.append(parent if parent is not None and parent.type in table.wrappers else child)
+    return scopes
+
+
+def identifiers_near(
+    tree: tree_sitter.Tree, source: bytes, byte_offset: int, *, above: int = 15, below: int = 5, max_bytes: int = 4096
+) -> list[str]:
+    """Distinct identifier names used in the lines around the cursor (at most `max_bytes` either side), nearest first."""
+    lo = byte_offset
+    for _ in range(above + 1):  # back to the newline before the first line
+        lo = source.rfind(b"\n", 0, lo)
+        if lo < 0:
+            break
+    hi = byte_offset - 1
+    for _ in range(below + 1):  # on to the newline after the last line
+        hi = source.find(b"\n", hi + 1)
+        if hi < 0:
+            hi = len(source)
+            break
+    lo, hi = max(lo + 1, byte_offset - max_bytes), min(hi, byte_offset + max_bytes)
+    found: list[tuple[int, str]] = []
+    for leaf in _leaves(tree.walk(), lo, hi):
+        if leaf.type.endswith("identifier"):
+            distance = max(leaf.start_byte - byte_offset, byte_offset - leaf.end_byte, 0)
+            found.append((distance, source[leaf.start_byte : leaf.end_byte].decode("utf-8", "replace")))
+    found.sort(key=lambda item: item[0])
+    return list(dict.fromkeys(name for _, name in found))
+
+
+def _leaves(cursor: tree_sitter.TreeCursor, lo: int, hi: int) -> Iterator[Node]:
+    """Leaf nodes overlapping the byte range [lo, hi]."""
+    node = cursor.node
+    if node.child_count == 0:
+        yield node
+        return
+    if cursor.goto_first_child_for_byte(lo) is None:
+        return
+    while cursor.node.start_byte <= hi:
+        yield from _leaves(cursor, lo, hi)
+        if not cursor.goto_next_sibling():
+            break
+    cursor.goto_parent()
+
+
+# -- workspace index ------------------------------------------------------------------------------
+
+SKIP_DIRS = frozenset({"node_modules", ".venv", "venv", "__pycache__", "build", "dist", ".git", "target"})
+
+
+def _key(path: str) -> str:
+    return os.path.normpath(path) if os.path.isabs(path) else path
+
+
+class SymbolIndex:
+    """Definitions of workspace files by name, for cross-file context.
+
+    Open documents (`index_file`) take precedence over their disk copies (`index_workspace`) until
+    `release`d. Thread-safe: the workspace can be indexed in a background thread.
+    """
+
+    def __init__(self, max_per_name: int = 4) -> None:
+        self.max_per_name = max_per_name  # a name defined in more files is too ambiguous to look up
+        self._files: dict[str, list[Definition]] = {}
+        self._names: dict[str, dict[str, list[Definition]]] = {}  # name -> path -> definitions
+        self._live: set[str] = set()  # paths indexed from open documents
+        self._versions: dict[str, tuple[int, str]] = {}  # open document URI -> (version, path) indexed
+        self._lock = threading.Lock()
+
+    def index_file(self, path: str, text: str, language: str, tree: tree_sitter.Tree | None = None) -> None:
+        """(Re)index an open document's text; `tree` is its current parse, if there is one."""
+        self._store(path, _definitions_of(text.encode("utf-8", "surrogatepass"), language, tree), live=True)
+
+    def refresh(self, documents: Iterable[Document], exclude: str | None = None) -> None:
+        """Index open documents changed since the last refresh (all but the URI `exclude`); release closed ones."""
+        open_uris = set()
+        for doc in documents:
+            open_uris.add(doc.uri)
+            if doc.uri != exclude and self._versions.get(doc.uri) != (doc.version, doc.path):
+                self.index_file(doc.path, doc.text, doc.language, doc.tree)
+                self._versions[doc.uri] = (doc.version, doc.path)
+        for uri in [uri for uri in self._versions if uri not in open_uris]:
+            self.release(self._versions.pop(uri)[1])
+
+    def release(self, path: str) -> None:
+        """The document was closed: its disk copy may be indexed again."""
+        with self._lock:
+            self._live.discard(_key(path))
+
+    def forget(self, path: str) -> None:
+        """Drop a file (deleted)."""
+        self._store(path, [], live=False, force=True)
+
+    def index_workspace(self, root: str, max_files: int = 2000, max_bytes: int = 1_000_000) -> int:
+        """Index source files under `root` (skipping hidden and build/dependency folders); returns how many."""
+        parsers: dict[str, tree_sitter.Parser | None] = {}
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
+            for filename in sorted(filenames):
+                language = languages.resolve(None, filename)
+                if language.grammar is None:
+                    continue
+                if count >= max_files:
+                    return count
+                path = os.path.join(dirpath, filename)
+                try:
+                    if os.path.getsize(path) > max_bytes:
+                        continue
+                    with open(path, "rb") as f:
+                        source = f.read()
+                except OSError:
+                    continue
+                if language.name not in parsers:
+                    parsers[language.name] = languages.new_parser(language.name)
+                parser = parsers[language.name]
+                tree = parser.parse(source) if parser else None
+                self._store(path, _definitions_of(source, language.name, tree), live=False)
+                count += 1
+        return count
+
+    def _store(self, path: str, defs: list[Definition], *, live: bool, force: bool = False) -> None:
+        key = _key(path)
+        defs = [replace(d, path=path) for d in defs]
+        with self._lock:
+            if not live and not force and key in self._live:
+                return
+            if live:
+                self._live.add(key)
+            elif force:
+                self._live.discard(key)
+            for old in self._files.pop(key, ()):
+                by_path = self._names.get(old.name)
+                if by_path is not None:
+                    by_path.pop(key, None)
+                    if not by_path:
+                        del self._names[old.name]
+            if defs:
+                self._files[key] = defs
+            for d in defs:
+                self._names.setdefault(d.name, {}).setdefault(key, []).append(d)
+
+    def lookup(self, names: Iterable[str], exclude_path: str | None = None) -> list[Definition]:
+        """Definitions of `names` in other files: in the order of `names`, each by path and line.
+
+        Names defined in more than `max_per_name` files are skipped as ambiguous.
+        """
+        exclude = _key(exclude_path) if exclude_path else None
+        out: list[Definition] = []
+        with self._lock:
+            for name in dict.fromkeys(names):
+                by_path = self._names.get(name)
+                if not by_path:
+                    continue
+                paths = sorted(p for p in by_path if p != exclude)
+                if len(paths) <= self.max_per_name:
+                    out += [d for p in paths for d in by_path[p]]
+        return out
+
+    def definitions_in(self, path: str) -> list[Definition]:
+        with self._lock:
+            return list(self._files.get(_key(path), ()))
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def _definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None) -> list[Definition]:
+    if language not in _TABLES:
+        return []
+    if tree is None:
+        parser = languages.new_parser(language)
+        if parser is None:
+            return []
+        tree = parser.parse(source)
+    return definitions(tree, source, language)

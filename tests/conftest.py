@@ -1,0 +1,80 @@
+"""Shared fixtures: one tiny random-weight model per test session, and broken copies of it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from midline.training.tiny_model import make_tiny_model, stdlib_corpus
+
+BROKEN_KINDS = ("missing", "file", "no_config", "bad_config", "bin_only", "no_weights", "no_tokenizer", "remote_code", "corrupt_weights", "wrong_weights")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny midline-format model dir (vocab 1024, hidden 64, 2 layers), built once per session in ~1 s."""
+    out = tmp_path_factory.mktemp("tiny-model")
+    return make_tiny_model(out, corpus_files=stdlib_corpus(limit=40), vocab_size=1024, hidden_size=64, layers=2, heads=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    """The tiny model loaded once, on cpu."""
+    from midline.model.engine import Engine
+
+    return Engine.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+
+
+@pytest.fixture
+def broken_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """`broken_model_dir(kind)`: a copy of the tiny model broken one way (see BROKEN_KINDS)."""
+
+    def make(kind: str) -> Path:
+        path = tmp_path / kind
+        if kind == "missing":
+            return path
+        if kind == "file":
+            path.write_text("not a directory")
+            return path
+        shutil.copytree(tiny_model_dir, path)
+        weights = path / "model.safetensors"
+        if kind == "no_config":
+            (path / "config.json").unlink()
+        elif kind == "bad_config":
+            (path / "config.json").write_text("{not json")
+        elif kind == "bin_only":
+            weights.unlink()
+            (path / "pytorch_model.bin").write_bytes(b"never unpickled")
+        elif kind == "no_weights":
+            weights.unlink()
+        elif kind == "no_tokenizer":
+            (path / "tokenizer.json").unlink()
+        elif kind == "remote_code":
+            _edit_config(path, model_type="exotic", auto_map={"AutoModelForCausalLM": "modeling_exotic.ExoticForCausalLM"})
+        elif kind == "corrupt_weights":
+            weights.write_bytes(weights.read_bytes()[:1000])
+        elif kind == "wrong_weights":  # valid safetensors for a deeper model than the file holds
+            _edit_config(path, num_hidden_layers=4)
+        else:
+            raise ValueError(f"unknown kind {kind!r}; known: {BROKEN_KINDS}")
+        return path
+
+    return make
+
+
+def _edit_config(path: Path, **changes) -> None:
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(changes)
+    config_file.write_text(json.dumps(config))

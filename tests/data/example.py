@@ -1,0 +1,14 @@
+"""A small file to try `midline complete` on (see the README's quickstart)."""
+
+
+def fibonacci(n: int) -> list[int]:
+    """The first n Fibonacci numbers."""
+    numbers = [0, 1]
+    while len(numbers) < n:
+        # append the sum of the last two
+        numbers.append(numbers[-1] + numbers[-2])
+    return numbers[:n]
+
+
+if __name__ == "__main__":
+    print(fibonacci(10))

@@ -1,0 +1,150 @@
+"""Post-processing of raw model continuations, with real tree-sitter parsers.
+
+A case is (language, document with `█` at the cursor, hole, raw candidate, expected); expected is None
+(dropped), the suggestion's text, or (text, replace).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from midline.server.context import CompletionContext, Hole
+from midline.server.postprocess import Suggestion, block_complete, error_count, postprocess
+
+CURSOR = "█"
+MAX_LINES = 6
+S, M, NONE = Hole.SINGLE_LINE, Hole.MULTI_LINE, Hole.NONE
+
+
+def make_ctx(language: str, document: str, hole: Hole) -> CompletionContext:
+    """A context whose prefix and suffix are the whole document split at the cursor marker."""
+    offset = document.index(CURSOR)
+    text = document.replace(CURSOR, "", 1)
+    return CompletionContext(f"test.{language}", language, text, offset, text[:offset], text[offset:], hole)
+
+
+def case(id: str, language: str, document: str, hole: Hole, raw: str, expected: str | tuple[str, int] | None):
+    return pytest.param(language, document, hole, raw, expected, id=id)
+
+
+POSTPROCESS_CASES = [
+    # -- block end: indentation (Python)
+    case("py-dedent-ends-block", "python", "def f(x):\n    y = x + 1\n    █\n", M,
+         "return y\n\ndef g():\n    pass\n", "return y"),
+    case("py-after-colon-opener", "python", "def f(x):█\n", M,
+         "\n    return x * 2\nprint(f(1))\n", "\n    return x * 2"),
+    case("py-blank-line-indent-from-candidate", "python", "def f(x):\n█", M,
+         "    if x:\n        return 1\n    return 2\nf(3)\n", "    if x:\n        return 1\n    return 2"),
+    case("py-closer-line-supplied-by-suffix", "python", "x = foo(\n    █\n)\n", M,
+         "a,\n    b,\n)\nprint(x)", "a,\n    b,"),
+    case("py-closer-line-kept-at-end-of-doc", "python", "x = [█", M,
+         "\n    1,\n    2,\n]\nprint(x)\n", "\n    1,\n    2,\n]"),
+    # -- block end: brackets
+    case("js-closer-supplied-by-suffix", "javascript", "function f(x) {\n  █\n}\n", M,
+         "const y = x + 1;\n  return y;\n}\n\nfunction g() {}\n", "const y = x + 1;\n  return y;"),
+    case("js-closer-kept-at-end-of-doc", "javascript", "function f(x) {\n  █", M,
+         "return x;\n}\n\nfunction g() {}", "return x;\n}"),
+    case("js-new-top-level-definition", "javascript", "function f() {\n  █\n}", M,
+         "return 1;\n\nfunction g() {\n  return 2;", "return 1;"),
+    case("go-closer-supplied-by-suffix", "go", "package main\n\nfunc f(x int) int {\n\t█\n}\n", M,
+         "y := x * 2\n\treturn y\n}\n\nfunc g() {}\n", "y := x * 2\n\treturn y"),
+    case("rust-closer-mid-line", "rust", "fn f(x: i32) -> i32 {\n    █\n}\n", M,
+         "x + 1 }\nfn g() {}", "x + 1"),
+    case("rust-nested-blocks-kept", "rust", "fn f(x: i32) -> i32 {\n    █\n}\n", M,
+         "if x > 0 {\n        x\n    } else {\n        0\n    }\n}\n", "if x > 0 {\n        x\n    } else {\n        0\n    }"),
+    case("js-closer-line-kept-whole", "javascript", "foo(function () {\n  █", M,
+         "bar();\n});\nbaz();", "bar();\n});"),
+    case("c-closer-supplied-by-suffix", "c", "int f(int x) {\n    █\n}\n", M,
+         "return x * 2;\n}\n\nint g(void) { return 0; }", "return x * 2;"),
+    case("ts-method-end", "typescript", "class A {\n  m(): number {\n    █\n  }\n}\n", M,
+         "return 1;\n  }\n\n  n() {}", "return 1;"),
+    # -- overlap with the suffix
+    case("single-line-overlap", "python", "x = foo(█, 2)\n", S, "1, 2)", "1"),
+    case("single-line-only-repeats-suffix", "python", "foo(█, y)\n", S, ", y)", None),
+    case("multi-line-overlap-next-line", "python", "def f(x):\n    █\n    return y\n", M,
+         "y = x * 2\n    return y\n", "y = x * 2"),
+    case("multi-line-only-next-line", "python", "def f(x):\n    █\n    return y\n", M, "return y\n", None),
+    # -- auto-closed brackets: replace instead of duplicating
+    case("auto-closed-paren", "python", "print(█)\n", S, '"hello")', ('"hello")', 1)),
+    case("auto-closed-in-string", "python", 'd["█"]\n', S, 'key"]', ('key"]', 2)),
+    case("auto-closed-with-terminator", "javascript", "foo(█);\n", S, "a, b);", ("a, b);", 2)),
+    case("auto-closed-outer-left", "python", "print(len(█))\n", S, "x)", ("x)", 1)),
+    case("auto-closed-not-closing", "python", "print(█)\n", S, "foo(x)", "foo(x)"),
+    case("auto-closed-only-closer", "python", "print(█)\n", S, ")", None),
+    # -- bracket balance (single line)
+    case("unclosed-truncated", "python", "result = █\n", S, "compute(a, b", "compute"),
+    case("unclosed-nothing-left", "python", "result = █\n", S, "(a + b", None),
+    case("extra-closer-truncated", "python", "foo(█, y)\n", S, "x)", "x"),
+    case("unterminated-string", "python", "x = █\n", S, 'print("hi', "print"),
+    case("brackets-in-string-ignored", "python", "x = █\n", S, 'f(")")', 'f(")")'),
+    # -- syntax gate
+    case("gate-drops-broken", "python", "x = 1\n█\n", M, "y = = 2", None),
+    case("gate-truncates-last-line", "python", "x = 1\n█\n", M, "y = 2\nz = (3 +", "y = 2"),
+    case("gate-accepts-def-body", "python", "def f(x):\n    █", M, "return x + 1", "return x + 1"),
+    case("gate-fixes-half-written-call", "python", "total = sum(█", M, "values)", "values)"),
+    case("gate-cuts-line-at-token", "python", "x = █\n", S, "total + count count", "total + count"),
+    case("gate-drops-single-line", "python", "foo(█)\n", S, "= 1)", None),
+    case("gate-local-error-in-broken-doc", "python", "def f(x):\n    █", M, "return x +", None),
+    case("gate-blames-not-unclosed-prefix", "python", "x = foo(█", M, "a, b", "a, b"),
+    case("gate-js", "javascript", "const a = 1;\n█\n", M, "const b = 2;\nconst c = ;", "const b = 2;"),
+    # -- drops and cleaning
+    case("empty", "python", "x = █\n", S, "", None),
+    case("whitespace-only", "python", "def f():\n    █\n", M, "  \n\n \t", None),
+    case("repeated-lines", "python", "█\n", M, "print(x)\nprint(x)\nprint(x)\n", None),
+    case("repeated-block", "python", "█\n", M, "a()\nb()\na()\nb()\na()\nb()", None),
+    case("repeated-char", "plaintext", "Hello █\n", S, "aaaaaaaaa", None),
+    case("repeated-word", "plaintext", "Hello █\n", S, "foo foo foo foo", None),
+    case("repeated-closers", "python", "x = 1\n█", M, "))))))))", None),
+    case("trailing-whitespace", "python", "█", M, "x = 1   \ny = 2\t\n\n\n", "x = 1\ny = 2"),
+    case("single-line-first-line", "python", "x = █\n", S, "compute()\ny = 2", "compute()"),
+    case("single-line-after-newline", "python", "x = █\n", S, "\n    compute()\n", "compute()"),
+    case("hole-none", "python", "fo█o\n", NONE, "bar", None),
+    case("max-lines", "python", "█", M, "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6\ng = 7\nh = 8", "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6"),
+    case("max-lines-after-opener", "python", "def f():█", M, "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    f = 6\n    g = 7",
+         "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    f = 6"),
+    case("plaintext-no-gate", "plaintext", "Dear team,\n█", M, "the build = = is broken;;\nThanks", "the build = = is broken;;\nThanks"),
+    case("plaintext-no-blocks", "plaintext", "Notes:\n█", M, "1) one\n2) two\n}", "1) one\n2) two\n}"),
+]
+
+
+@pytest.mark.parametrize("language, document, hole, raw, expected", POSTPROCESS_CASES)
+def test_postprocess(language: str, document: str, hole: Hole, raw: str, expected: str | tuple[str, int] | None):
+    if isinstance(expected, str):
+        expected = Suggestion(expected)
+    elif isinstance(expected, tuple):
+        expected = Suggestion(*expected)
+    assert postprocess(raw, make_ctx(language, document, hole), MAX_LINES) == expected
+
+
+BLOCK_COMPLETE_CASES = [
+    case("single-line-partial", "python", "x = █\n", S, "foo(", False),
+    case("single-line-newline", "python", "x = █\n", S, "foo()\n", True),
+    case("single-line-leading-newline", "python", "x = █\n", S, "\n  ", False),
+    case("multi-line-in-block", "python", "def f(x):\n    █\n", M, "y = x\n    return y\n", False),
+    case("multi-line-dedent-partial", "python", "def f(x):\n    █\n", M, "return x\ndef", False),
+    case("multi-line-dedent", "python", "def f(x):\n    █\n", M, "return x\ndef g():\n", True),
+    case("multi-line-closer-partial", "javascript", "function f() {\n  █\n}", M, "return 1;\n}", False),
+    case("multi-line-closer", "javascript", "function f() {\n  █\n}", M, "return 1;\n}\n", True),
+    case("multi-line-own-brackets", "javascript", "function f() {\n  █\n}", M, "if (x) {\n    y();\n  }\n", False),
+    case("multi-line-max-lines", "python", "█", M, "a\nb\nc\nd\ne\nf\n", True),
+    case("multi-line-below-max-lines", "python", "█", M, "a\nb\nc\nd\ne\nf", False),
+    case("multi-line-plaintext", "plaintext", "█", M, "a\n}\n", False),
+    case("hole-none", "python", "fo█o\n", NONE, "", True),
+]
+
+
+@pytest.mark.parametrize("language, document, hole, text, expected", BLOCK_COMPLETE_CASES)
+def test_block_complete(language: str, document: str, hole: Hole, text: str, expected: bool):
+    assert block_complete(text, make_ctx(language, document, hole), MAX_LINES) is expected
+
+
+@pytest.mark.parametrize(
+    "language, source, errors",
+    [
+        pytest.param("python", "def f(x):\n    return x\n", 0, id="python-valid"),
+        pytest.param("python", "x = (1,\n", 1, id="python-unclosed"),
+        pytest.param("javascript", "const a = ;", 1, id="js-missing-expression"),
+    ],
+)
+def test_error_count(language: str, source: str, errors: int):
+    assert error_count(language, source) == errors

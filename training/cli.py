@@ -1,0 +1,77 @@
+"""`midline-train`: one subcommand per training stage."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import time
+from pathlib import Path
+
+from midline.model import DEFAULT_MODEL_DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(parser, args)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midline-train", description="Train midline's FIM code model, stage by stage.")
+    stages = parser.add_subparsers(title="stages", metavar="STAGE", required=True)
+
+    p = stages.add_parser("tokenizer", help="train a byte-level BPE tokenizer with midline's FIM tokens")
+    p.add_argument("--files", nargs="+", required=True, metavar="GLOB", help="training text files (globs, ** allowed)")
+    p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(run=tokenizer)
+
+    p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="default: %(default)s")
+    p.add_argument("--files", nargs="+", metavar="GLOB", help="tokenizer corpus (default: ~300 files of Python's stdlib)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--max-positions", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=tiny_model)
+    return parser
+
+
+def tokenizer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from midline.training.tokenizer import train_tokenizer
+
+    files = expand(parser, args.files)
+    start = time.monotonic()
+    tok = train_tokenizer(files, args.vocab_size, args.out)
+    print(f"wrote a tokenizer (vocab {len(tok)}, {len(files)} files) to {args.out} in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def tiny_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from midline.training.tiny_model import make_tiny_model
+
+    files = expand(parser, args.files) if args.files else None
+    start = time.monotonic()
+    out = make_tiny_model(
+        args.out, corpus_files=files, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+        layers=args.layers, heads=args.heads, max_positions=args.max_positions, seed=args.seed,
+    )
+    print(f"wrote a tiny random-weight model to {out} in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def expand(parser: argparse.ArgumentParser, patterns: list[str]) -> list[Path]:
+    """Files matching the globs, sorted; a usage error if a glob matches no file."""
+    files: set[Path] = set()
+    for pattern in patterns:
+        matches = [Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m)]
+        if not matches:
+            parser.error(f"--files {pattern!r} matches no file")
+        files.update(matches)
+    return sorted(files)

@@ -1,0 +1,97 @@
+"""A tiny random-weight model with midline's tokenizer, to exercise the whole pipeline.
+
+Its completions are nonsense, but it is a real Hugging Face model directory (config.json,
+model.safetensors, tokenizer.json) in midline's FIM format, so serving, tests and benchmarks run
+end to end before a trained model exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from midline.training.tokenizer import train_tokenizer
+
+SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+MODEL_CARD = """\
+# midline tiny model (random weights)
+
+A {params:.2f}M-parameter Llama with **random weights** and a byte-level BPE tokenizer
+(vocab {vocab}) trained on {files} Python files, made by `midline-train tiny-model` (seed {seed}).
+It completes nonsense: it exists to exercise midline's pipeline (loading, FIM prompts, decoding,
+the LSP server) before a trained model is available.
+
+FIM format: midline (`<|midline:fim_suffix|>`...`<|midline:fim_prefix|>`...`<|midline:fim_middle|>`).
+"""
+
+
+def stdlib_corpus(limit: int = 300, max_bytes: int = 200_000) -> list[Path]:
+    """Up to `limit` .py files of the running Python's stdlib, evenly spread over the sorted list (no tests)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        files += [Path(folder, n) for n in names if n.endswith(".py") and not n.startswith("test_")]
+    files = sorted(f for f in files if f.stat().st_size <= max_bytes)
+    if not files:
+        raise FileNotFoundError(f"no Python files found in the stdlib at {root}: pass corpus files explicitly")
+    if len(files) > limit:
+        files = [files[i * len(files) // limit] for i in range(limit)]
+    return files
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    *,
+    corpus_files: Iterable[Path] | None = None,
+    vocab_size: int = 4096,
+    hidden_size: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    max_positions: int = 4096,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer, build a random-weight Llama around it, and save both to `out_dir`."""
+    if hidden_size % heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of heads ({heads})")
+    out_dir = Path(out_dir)
+    files = list(corpus_files) if corpus_files is not None else stdlib_corpus()
+
+    tokenizer = train_tokenizer(files, vocab_size, out_dir)
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(out_dir)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        # Untied: with tied random embeddings the model echoes its last input token, which in a FIM
+        # prompt is the fim_middle stop token, so every greedy completion would be empty.
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    model.save_pretrained(out_dir)  # safetensors (the only format transformers 5 writes) + generation_config.json
+
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    (out_dir / "README.md").write_text(MODEL_CARD.format(params=params, vocab=len(tokenizer), files=len(files), seed=seed))
+    return out_dir
