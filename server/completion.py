@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from midline.model.engine import Engine
+from midline.model.engine import Engine, Generation
 from midline.model.fim import FimPrompt, Snippet
 
 from . import languages
@@ -112,11 +112,9 @@ class Completer:
             self._cache.move_to_end(key)
             suggestion = self._cache[key]
         else:
-            suggestion = await self._generate(doc.uri, ctx, prompt_ids)
-            if suggestion is not _NOT_FINISHED:
+            finished, suggestion = await self._generate(doc.uri, ctx, prompt_ids)
+            if finished:
                 self._remember(key, suggestion)
-            else:
-                suggestion = None
         if suggestion is not None:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestion)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
@@ -181,16 +179,19 @@ class Completer:
             return Suggestion(text[len(typed) :], shown.suggestion.replace)
         return None
 
-    async def _generate(self, uri: str, ctx: CompletionContext, prompt_ids: list[int]):
-        """Run the model off the event loop; a newer request for the same document stops this one."""
+    async def _generate(self, uri: str, ctx: CompletionContext, prompt_ids: list[int]) -> tuple[bool, Suggestion | None]:
+        """Generate and post-process off the event loop; a newer request for the same document stops this one.
+
+        Returns whether the generation finished (a cancelled or timed-out one is not cached) and the suggestion.
+        """
         if (previous := self._running.get(uri)) is not None:
             previous.set()
         cancel = self._running[uri] = threading.Event()
         config = self.config
         max_lines = config.max_lines
 
-        def run():
-            return self.engine.generate(
+        def run() -> tuple[Generation, Suggestion | None]:
+            generation = self.engine.generate(
                 prompt_ids,
                 max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature,
@@ -200,10 +201,12 @@ class Completer:
                 cancel=cancel,
                 deadline=time.monotonic() + config.timeout_ms / 1000,
             )
+            finished = generation.finish_reason not in ("cancelled", "timeout")
+            return generation, postprocess(generation.text, ctx, max_lines) if finished else None
 
         self.stats.model_calls += 1
         try:
-            generation = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+            generation, suggestion = await asyncio.get_running_loop().run_in_executor(self.executor, run)
         except asyncio.CancelledError:  # $/cancelRequest, or shutdown: stop the generation too
             cancel.set()
             self.stats.cancelled += 1
@@ -215,19 +218,17 @@ class Completer:
             "generated %d tokens in %.0f ms (%s, prompt %d tokens)",
             len(generation.token_ids), generation.elapsed_s * 1000, generation.finish_reason, generation.prompt_tokens,
         )
-        finished = generation.finish_reason not in ("cancelled", "timeout")
-        suggestion = postprocess(generation.text, ctx, max_lines) if finished else None
         self.trace = Trace(
             ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, suggestion.text if suggestion else None
         )
         if generation.finish_reason == "cancelled":
             self.stats.cancelled += 1
-            return _NOT_FINISHED
+            return False, None
         if generation.finish_reason == "timeout":
             self.stats.timeouts += 1
             log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
-            return _NOT_FINISHED
-        return suggestion
+            return False, None
+        return True, suggestion
 
     def _remember(self, key: tuple, suggestion: Suggestion | None) -> None:
         if self.config.cache_size <= 0:
@@ -235,6 +236,3 @@ class Completer:
         self._cache[key] = suggestion
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
-
-
-_NOT_FINISHED = object()  # generation was cancelled or timed out: nothing to cache

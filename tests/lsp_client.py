@@ -21,7 +21,9 @@ def capabilities(*, inline: bool = True, encodings: list[str] | None = None) -> 
         general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None,
         text_document=types.TextDocumentClientCapabilities(
             inline_completion=types.InlineCompletionClientCapabilities() if inline else None,
-            completion=types.CompletionClientCapabilities(),
+            completion=types.CompletionClientCapabilities(
+                completion_item=types.ClientCompletionItemOptions(documentation_format=[types.MarkupKind.Markdown, types.MarkupKind.PlainText])
+            ),
             synchronization=types.TextDocumentSyncClientCapabilities(),
         ),
         window=types.WindowClientCapabilities(show_message=types.ShowMessageRequestClientCapabilities()),

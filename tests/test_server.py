@@ -223,3 +223,16 @@ async def test_utf8_position_encoding_when_offered(tiny_model_dir, tmp_path):
             await inline(client, uri, 0, len(text.encode()) + 1)
         await inline(client, uri, 0, len('s = "漢字'.encode()))
         assert (await status(client))["last"]["linePrefix"] == 's = "漢字'  # UTF-8 bytes became the right offset
+
+
+async def test_generation_past_the_time_limit_answers_empty(lsp):
+    client, _, root = lsp
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 1}}))
+    uri = (root / "slow.py").as_uri()
+    open_document(client, uri, CODE)
+    before = await status(client)
+    result = await inline(client, uri, COMMENT_LINE, len(CODE.split("\n")[COMMENT_LINE]))
+    after = await status(client)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 20000}}))
+    assert len(result.items) == 0
+    assert after["timeouts"] == before["timeouts"] + 1 and after["last"]["finishReason"] == "timeout"
