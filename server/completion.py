@@ -29,6 +29,8 @@ from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
 
+_LAYOUT_TOKENS = 64  # FIM and file-separator tokens, paths and the repository name
+
 
 @dataclass
 class _Shown:
@@ -122,11 +124,13 @@ class Completer:
 
     def context(self, doc: Document, offset: int) -> CompletionContext:
         ctx_config = self.config.context
+        # The prompt and the answer must fit the model's context, or the engine cuts the prompt's head.
+        room = self.engine.max_context - self.config.max_new_tokens - ctx_config.snippet_budget - _LAYOUT_TOKENS
         return build_context(
             doc,
             offset,
             count_tokens=self.engine.count_tokens,
-            budget=ctx_config.budget,
+            budget=max(16, min(ctx_config.budget, room)),
             prefix_share=ctx_config.prefix_share,
             symbols=self.symbols if ctx_config.cross_file else None,
             max_snippets=ctx_config.max_snippets,

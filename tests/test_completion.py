@@ -1,0 +1,95 @@
+"""The completion pipeline in-process: enablement, holes, cache, typing-through, prompt budget."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from midline.model.fim import FimFormatError, FimPrompt, get
+from midline.server.completion import Completer
+from midline.server.config import Config
+from midline.server.documents import Document
+from midline.server.postprocess import Suggestion
+
+CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    return os.path.expanduser('~')\n"
+CURSOR = CODE.index("from ") + len("from ")
+
+
+@pytest.fixture
+def completer(tiny_engine, tmp_path):
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        yield Completer(tiny_engine, Config(debounce_ms=0, max_new_tokens=16), executor, root=str(tmp_path))
+
+
+def doc(tmp_path, text: str = CODE, language: str = "python", name: str = "home.py") -> Document:
+    return Document((tmp_path / name).as_uri(), language, 1, text)
+
+
+def complete(completer: Completer, document: Document, offset: int) -> Suggestion | None:
+    return asyncio.run(completer.complete(document, offset))
+
+
+def test_disabled_language_never_reaches_the_model(completer, tmp_path):
+    completer.config = Config(debounce_ms=0, enable={"python": False})
+    assert complete(completer, doc(tmp_path), CURSOR) is None
+    assert completer.stats.model_calls == 0
+
+
+def test_mid_identifier_is_no_hole(completer, tmp_path):
+    offset = CODE.index("expanduser") + 3
+    assert complete(completer, doc(tmp_path), offset) is None
+    assert completer.stats.model_calls == 0
+
+
+def test_same_context_is_cached_and_cache_is_bounded(completer, tmp_path):
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=1)
+    first = complete(completer, doc(tmp_path), CURSOR)
+    assert complete(completer, doc(tmp_path), CURSOR) == first
+    assert (completer.stats.model_calls, completer.stats.cache_hits) == (1, 1)
+    complete(completer, doc(tmp_path, CODE.replace("expanduser", "expandvars")), CURSOR)  # evicts the first
+    complete(completer, doc(tmp_path), CURSOR)
+    assert completer.stats.model_calls == 3
+
+
+def test_typing_through_only_while_the_typed_text_matches(completer, tmp_path):
+    shown = complete(completer, doc(tmp_path), CURSOR)
+    assert shown is not None and len(shown.text) > 2
+    typed = CODE[:CURSOR] + shown.text[:2] + CODE[CURSOR:]
+    rest = complete(completer, doc(tmp_path, typed), CURSOR + 2)
+    assert rest == Suggestion(shown.text[2:], shown.replace) and completer.stats.typed_through == 1
+    wrong = CODE[:CURSOR] + "@@" + CODE[CURSOR:]  # typed something else: back to the model
+    complete(completer, doc(tmp_path, wrong), CURSOR + 2)
+    assert completer.stats.typed_through == 1 and completer.stats.model_calls == 2
+
+
+def test_prompt_fits_the_model_context(completer, tmp_path):
+    long_file = "".join(f"value_{i} = {i} * {i}\n" for i in range(3000)) + "total = "
+    completer.config = Config.from_json({"debounceMs": 0, "maxNewTokens": 16, "context": {"budget": 100_000}})
+    ctx = completer.context(doc(tmp_path, long_file), len(long_file))
+    ids = completer.engine.encode(completer.prompt(ctx))
+    assert len(ids) + completer.config.max_new_tokens <= completer.engine.max_context
+
+
+def test_prompt_paths_are_relative_to_the_workspace(completer, tmp_path):
+    ctx = completer.context(doc(tmp_path, name="pkg/home.py"), CURSOR)
+    prompt = completer.prompt(ctx)
+    assert prompt.path == "pkg/home.py" and prompt.repo == tmp_path.name
+
+
+def test_fim_mode_setting_picks_the_layout(completer, tmp_path):
+    ctx = completer.context(doc(tmp_path), CURSOR)
+    completer.config = Config(fim_mode="psm")
+    psm = completer.engine.encode(completer.prompt(ctx), completer._mode())
+    completer.config = Config()
+    spm = completer.engine.encode(completer.prompt(ctx), completer._mode())
+    fmt = completer.engine.fim
+    prefix_id, suffix_id = (completer.engine.tokenizer.convert_tokens_to_ids(t) for t in (fmt.prefix, fmt.suffix))
+    assert psm.index(prefix_id) < psm.index(suffix_id)
+    assert spm.index(suffix_id) < spm.index(prefix_id)  # midline's own models default to SPM
+
+
+def test_a_layout_the_format_lacks_is_a_clear_error():
+    with pytest.raises(FimFormatError, match="no SPM layout"):
+        get("qwen").segments(FimPrompt("a", "b"), "spm")
