@@ -20,6 +20,13 @@ def train_tokenizer(files: Iterable[Path], vocab_size: int, out_dir: Path) -> Pr
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("no files to train the tokenizer on")
+    return train_tokenizer_on_texts(_texts(files), vocab_size, out_dir, length=len(files))
+
+
+def train_tokenizer_on_texts(
+    texts: Iterable[str], vocab_size: int, out_dir: Path, *, length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """Train on texts (e.g. a corpus split), save to `out_dir`, and return the tokenizer."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
 
@@ -33,7 +40,7 @@ def train_tokenizer(files: Iterable[Path], vocab_size: int, out_dir: Path) -> Pr
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_texts(files), trainer=trainer, length=len(files))
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
 
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
