@@ -108,5 +108,7 @@ def test_cli_tokenizer(corpus, tmp_path, capsys):
     assert main(["tokenizer", "--files", str(folder / "a*.py"), "--vocab-size", "400", "--out", str(tmp_path)]) == 0
     assert "wrote a tokenizer (vocab 400" in capsys.readouterr().out
     assert AutoTokenizer.from_pretrained(tmp_path, local_files_only=True).convert_tokens_to_ids(fim.EOT) == 0
+    assert main(["tokenizer", "--files", str(folder / "a*.py"), "--out", str(tmp_path)]) == 0
+    assert "already has a tokenizer" in capsys.readouterr().out  # a finished stage is skipped
     with pytest.raises(SystemExit):
-        main(["tokenizer", "--files", str(tmp_path / "nothing*.py"), "--out", str(tmp_path)])
+        main(["tokenizer", "--files", str(tmp_path / "nothing*.py"), "--out", str(tmp_path / "other")])

@@ -1,4 +1,7 @@
-"""`midline-train`: one subcommand per training stage."""
+"""`midline-train`: one subcommand per training stage, in pipeline order.
+
+    corpus -> tokenizer -> data -> train -> evaluate -> export    (and tiny-model, a placeholder)
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import time
 from pathlib import Path
 
 from midline.model import DEFAULT_MODEL_DIR
+from midline.training import corpus, data, evaluate, export, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +27,21 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midline-train", description="Train midline's FIM code model, stage by stage.")
     stages = parser.add_subparsers(title="stages", metavar="STAGE", required=True)
+    corpus.add_parser(stages)
 
     p = stages.add_parser("tokenizer", help="train a byte-level BPE tokenizer with midline's FIM tokens")
-    p.add_argument("--files", nargs="+", required=True, metavar="GLOB", help="training text files (globs, ** allowed)")
-    p.add_argument("--vocab-size", type=int, default=32768)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", type=Path, metavar="DIR", help="a corpus from the corpus stage (its train split)")
+    source.add_argument("--files", nargs="+", metavar="GLOB", help="training text files (globs, ** allowed)")
+    p.add_argument("--vocab-size", type=int, default=16384)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="train again even if DIR has a tokenizer")
     p.set_defaults(run=tokenizer)
+
+    data.add_parser(stages)
+    train.add_parser(stages)
+    evaluate.add_parser(stages)
+    export.add_parser(stages)
 
     p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="default: %(default)s")
@@ -44,12 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tokenizer(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from midline.training.tokenizer import train_tokenizer
+    from midline.training.tokenizer import train_tokenizer, train_tokenizer_on_texts
 
-    files = expand(parser, args.files)
+    if (args.out / "tokenizer.json").is_file() and not args.force:
+        print(f"{args.out} already has a tokenizer (--force to train again)")
+        return 0
     start = time.monotonic()
-    tok = train_tokenizer(files, args.vocab_size, args.out)
-    print(f"wrote a tokenizer (vocab {len(tok)}, {len(files)} files) to {args.out} in {time.monotonic() - start:.1f} s")
+    if args.corpus:
+        texts = (record["text"] for record in corpus.read_split(args.corpus, "train"))
+        tok = train_tokenizer_on_texts(texts, args.vocab_size, args.out)
+        source = str(args.corpus)
+    else:
+        files = expand(parser, args.files)
+        tok = train_tokenizer(files, args.vocab_size, args.out)
+        source = f"{len(files)} files"
+    print(f"wrote a tokenizer (vocab {len(tok)}, {source}) to {args.out} in {time.monotonic() - start:.1f} s")
     return 0
 
 

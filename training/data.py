@@ -1,0 +1,508 @@
+"""Data stage: tokenize the corpus into FIM training examples packed into fixed-length rows.
+
+The recipe (the knobs are `DataConfig`):
+- Context-level FIM. Each document is cut at line ends into chunks that fit one row with their FIM tokens,
+  and each chunk becomes one example: with probability `fim_rate` a FIM example (two uniform
+  character-level cut points; SPM with probability `spm_rate`, else PSM), otherwise plain left-to-right
+  text. Every example ends with EOT and lies whole inside one row, so a middle always ends in EOT.
+- The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
+  i.e. the served prompt, the middle, EOT. With probability `context_rate` an example carries the
+  file-level context the server sends (`<repo_name>repo`, `<file_sep>path`); plain examples too.
+- Packing: whole examples, best-fit into rows of seq_len + 1 tokens; a row's tail is FIM_PAD, whose
+  targets the loss ignores.
+- Shards: shard k of a split is the packing of a fixed run of corpus lines (about `shard_rows` rows),
+  written atomically with a JSON sidecar; a killed build resumes at the first missing shard, and
+  meta.json is written last. Each document's randomness is seeded by (seed, split, line number), so
+  the output depends on neither the number of workers nor on resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, _encode_text
+
+SPLITS = ("train", "valid")
+SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole
+BYTES_PER_TOKEN = 3.5  # for sizing shards from corpus bytes before tokenizing
+TASK_BYTES = 1 << 20  # corpus bytes per worker task
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class DataConfig:
+    seq_len: int = 1024  # tokens the model sees per row; rows hold seq_len + 1 (inputs, then shifted targets)
+    fim_rate: float = 0.9  # share of examples in FIM form; the rest are plain left-to-right
+    spm_rate: float = 0.5  # share of FIM examples in SPM (midline's serving default); the rest PSM
+    context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
+    seed: int = 0
+    shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
+    workers: int | None = None  # tokenizing processes; None: one per core, 0: in this process
+
+
+# -- examples -------------------------------------------------------------------------------------
+
+
+def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) at two uniform character positions; they join back to `text`."""
+    i, j = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    return text[:i], text[i:j], text[j:]
+
+
+def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[int]:
+    """One example's ids, ending with EOT: FIM (PSM or SPM) or plain left-to-right, with or without path/repo."""
+    return _example(text, rng, tokenizer, config, path, repo)[0]
+
+
+def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True) -> tuple[list[int], str, bool]:
+    """(ids, kind: "psm" | "spm" | "plain", has file context)."""
+    if rng.random() >= config.context_rate:
+        path = repo = ""
+    if fim and rng.random() < config.fim_rate:
+        mode = "spm" if rng.random() < config.spm_rate else "psm"
+        prefix, middle, suffix = fim_split(text, rng)
+        ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
+        return ids, mode, bool(path or repo)
+    ids = header_ids(tokenizer, path, repo) + _encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
+    return ids, "plain", bool(path or repo)
+
+
+def header_ids(tokenizer, path: str = "", repo: str = "") -> list[int]:
+    """The file-level context the server puts before its FIM tokens (`<repo_name>repo\\n<file_sep>path\\n`)."""
+    ids = MIDLINE.encode(FimPrompt("", "", path=path, repo=repo), tokenizer, "psm")
+    return ids[:-3]  # drop the (empty) <fim_prefix><fim_suffix><fim_middle>
+
+
+def shown_repo(repo: str) -> str:
+    """The repository name as the server shows it: its workspace folder's name ("owner/name" -> "name")."""
+    return repo.rstrip("/").rsplit("/", 1)[-1]
+
+
+def chunks(text: str, tokenizer, budget: int) -> list[str]:
+    """`text` cut at line ends into pieces of about `budget` tokens at most (mid-line only inside a longer line)."""
+    starts = [s for s, _ in tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).offsets]
+    if len(starts) <= budget:
+        return [text]
+    line_ends = [m.end() for m in re.finditer("\n", text)]
+    out, c0 = [], 0
+    while c0 < len(text):
+        t0 = bisect.bisect_left(starts, c0)
+        if t0 + budget >= len(starts):
+            out.append(text[c0:])
+            break
+        limit = starts[t0 + budget]  # the chunk ends at or before this character
+        j = bisect.bisect_right(line_ends, limit) - 1
+        end = line_ends[j] if j >= 0 and line_ends[j] > c0 else max(limit, c0 + 1)
+        out.append(text[c0:end])
+        c0 = end
+    return out
+
+
+def document_examples(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[tuple[list[int], str, bool]]:
+    """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context)."""
+    room = config.seq_len + 1
+    if len(header_ids(tokenizer, path, repo)) > room // 4:  # an absurd path: leave the context out
+        path = repo = ""
+    budget = room - len(header_ids(tokenizer, path, repo)) - 4 - SLACK
+    if budget < 8:
+        raise ValueError(f"seq_len {config.seq_len} is too short for FIM examples")
+    out = []
+    todo = chunks(text, tokenizer, budget)[::-1]
+    while todo:
+        chunk = todo.pop()
+        example = _example(chunk, rng, tokenizer, config, path, repo)
+        if len(example[0]) > room:  # the FIM split tokenized longer than the whole: plain text fits
+            example = _example(chunk, rng, tokenizer, config, path, repo, fim=False)
+        if len(example[0]) > room:  # the chunk estimate was off: halve it (rare)
+            cut = chunk.rfind("\n", 0, len(chunk) // 2) + 1 or len(chunk) // 2
+            todo += [chunk[cut:], chunk[:cut]]
+            continue
+        out.append(example)
+    return out
+
+
+# -- packing --------------------------------------------------------------------------------------
+
+
+def pack(lengths: list[int], room: int) -> list[list[int]]:
+    """Best fit: rows of example indices, in order, each row's lengths summing to at most `room`."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row), sorted
+    for i, n in enumerate(lengths):
+        k = bisect.bisect_left(free, (n, -1))
+        if k == len(free):
+            rows.append([i])
+            left, row = room - n, len(rows) - 1
+        else:
+            left, row = free.pop(k)
+            rows[row].append(i)
+            left -= n
+        if left > 0:
+            bisect.insort(free, (left, row))
+    return rows
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: DataConfig, *, force: bool = False, command: list[str] | None = None) -> dict:
+    """Tokenize, FIM and pack `corpus_dir`'s train/valid jsonl into `out_dir`; returns meta.json's content
+    (`command`, the command line, is recorded in it)."""
+    corpus_dir, tokenizer_dir, out_dir = Path(corpus_dir), Path(tokenizer_dir), Path(out_dir)
+    for split in SPLITS:
+        if not (corpus_dir / f"{split}.jsonl").is_file():
+            raise FileNotFoundError(f"{corpus_dir / f'{split}.jsonl'} is missing: build the corpus stage first")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    params = {**asdict(config), "workers": None, "tokenizer_sha256": _sha256(tokenizer_dir / "tokenizer.json"), "corpus": _fingerprint(corpus_dir)}
+    meta_path = out_dir / "meta.json"
+    if force and out_dir.exists():
+        _clean(out_dir)
+    elif meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("complete") and meta.get("params") == params:
+            return meta
+        _check_params(meta.get("params"), params, meta_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    workers = (os.cpu_count() or 1) if config.workers is None else config.workers
+    pool = None
+    if workers > 0:  # fork is instant; spawn would re-import transformers in every worker
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir), config))
+    else:
+        _init_worker(str(tokenizer_dir), config)
+    pad, dtype = tokenizer.convert_tokens_to_ids(FIM_PAD), _dtype(len(tokenizer))
+    try:
+        splits = {split: _build_split(corpus_dir / f"{split}.jsonl", split, out_dir, config, params, pool, pad, dtype) for split in SPLITS}
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    (out_dir / "tokenizer").mkdir(exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).exists():
+            shutil.copyfile(tokenizer_dir / name, out_dir / "tokenizer" / name)
+    vocab = len(tokenizer)
+    meta = {
+        "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
+        "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name,
+        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "context_rate": config.context_rate, "seed": config.seed,
+        "splits": splits, "params": params, "command": command, "complete": True,
+    }
+    _write_json(meta_path, meta)
+    return meta
+
+
+def load_tokenizer(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+
+
+def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, params: dict, pool, pad: int, dtype: np.dtype) -> dict:
+    """Write `split`'s shards (skipping finished ones) and return the split's totals."""
+    from tqdm import tqdm
+
+    room, target = config.seq_len + 1, int(config.shard_rows * config.seq_len * BYTES_PER_TOKEN)
+    totals: Counter = Counter()
+    shards: list[str] = []
+    pending: deque = deque()
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"data {split}", mininterval=2, disable=None)
+
+    def finish() -> None:
+        index, name, nbytes, result = pending.popleft()
+        tokens, lengths, stats = _merge(result.get() if hasattr(result, "get") else result)
+        order = np.random.default_rng([config.seed, SPLITS.index(split), index]).permutation(len(lengths))
+        stats["rows"] = _write_shard(out_dir / name, tokens, lengths, order, room, pad, dtype)
+        stats.update(tokens=int(lengths.sum()), examples=len(lengths))
+        _write_json(out_dir / name.replace(".npy", ".json"), {"params": params, "stats": dict(stats)})
+        totals.update(stats)
+        bar.update(nbytes)
+
+    for index, first, lines, nbytes in _groups(path, target):
+        name = f"{split}-{index:05d}.npy"
+        shards.append(name)
+        sidecar = out_dir / name.replace(".npy", ".json")
+        if sidecar.exists():  # finished by an earlier run
+            done = json.loads(sidecar.read_text())
+            _check_params(done["params"], params, sidecar)
+            totals.update(done["stats"])
+            bar.update(nbytes)
+            continue
+        tasks = [(split, first + i, lines[i : i + n]) for i, n in _task_spans(lines)]
+        result = pool.map_async(_encode_task, tasks) if pool is not None else [_encode_task(t) for t in tasks]
+        pending.append((index, name, nbytes, result))
+        if len(pending) > 1:  # tokenize the next shard while this one is packed and written
+            finish()
+    while pending:
+        finish()
+    bar.close()
+    tokens, rows = totals["tokens"], totals["rows"]
+    return {"shards": shards, **{k: totals[k] for k in ("rows", "tokens", "examples", "documents", "chars", "psm", "spm", "plain", "context")},
+            "fill": round(tokens / (rows * room), 4) if rows else 0.0}
+
+
+def _groups(path: Path, target_bytes: int) -> Iterator[tuple[int, int, list[str], int]]:
+    """(shard index, first line number, lines, bytes): runs of the jsonl of about `target_bytes`."""
+    index, first, lines, size = 0, 0, [], 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f):
+            lines.append(raw.decode("utf-8"))
+            size += len(raw)
+            if size >= target_bytes:
+                yield index, first, lines, size
+                index, first, lines, size = index + 1, number + 1, [], 0
+    if lines or index == 0:
+        yield index, first, lines, size
+
+
+def _task_spans(lines: list[str]) -> Iterator[tuple[int, int]]:
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        size += len(line)
+        if size >= TASK_BYTES:
+            yield start, i + 1 - start
+            start, size = i + 1, 0
+    if start < len(lines):
+        yield start, len(lines) - start
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_dir: str, config: DataConfig) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER.update(tokenizer=load_tokenizer(Path(tokenizer_dir)), config=config)
+
+
+def _encode_task(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """Corpus lines -> (all their examples' ids concatenated, each example's length, counts)."""
+    split, first, lines = task
+    tokenizer, config = _WORKER["tokenizer"], _WORKER["config"]
+    ids: list[int] = []
+    lengths: list[int] = []
+    stats: Counter = Counter()
+    for number, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        doc = json.loads(line)
+        if not doc["text"]:
+            continue
+        rng = random.Random(f"{config.seed}/{split}/{number}")
+        for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""), repo=shown_repo(doc.get("repo", ""))):
+            ids += example
+            lengths.append(len(example))
+            stats[kind] += 1
+            stats["context"] += context
+        stats["documents"] += 1
+        stats["chars"] += len(doc["text"])
+    return np.array(ids, dtype=np.int32), np.array(lengths, dtype=np.int64), stats
+
+
+def _merge(results: list) -> tuple[np.ndarray, np.ndarray, Counter]:
+    stats: Counter = Counter()
+    for r in results:
+        stats.update(r[2])
+    if not results:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64), stats
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]), stats
+
+
+def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype: np.dtype) -> int:
+    """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the row count."""
+    starts = np.cumsum(lengths) - lengths
+    rows = pack([int(lengths[i]) for i in order], room)
+    out = np.full((len(rows), room), pad, dtype=dtype)
+    for r, members in enumerate(rows):
+        at = 0
+        for k in members:
+            i = order[k]
+            n = int(lengths[i])
+            out[r, at : at + n] = tokens[starts[i] : starts[i] + n]
+            at += n
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, out, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def _dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.int32)
+
+
+def _check_params(found: dict | None, wanted: dict, where: Path) -> None:
+    if found != wanted:
+        raise ValueError(f"{where} was built with other settings, tokenizer or corpus; pass --force (force=True) to rebuild")
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove this stage's files (only those) from `out_dir`."""
+    for p in out_dir.iterdir():
+        if p.name == "meta.json" or re.fullmatch(r"(train|valid)-\d{5}\.(npy|json)(\.tmp)?", p.name):
+            p.unlink()
+    shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fingerprint(corpus_dir: Path) -> dict:
+    """What identifies a corpus cheaply: its manifest's hash and the jsonl sizes."""
+    manifest = corpus_dir / "manifest.json"
+    return {"manifest_sha256": _sha256(manifest) if manifest.exists() else None,
+            **{f"{s}_bytes": (corpus_dir / f"{s}.jsonl").stat().st_size for s in SPLITS}}
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+class PackedDataset:
+    """A split's rows, memory-mapped, and a deterministic batch order: epoch e is a permutation seeded by (seed, e).
+
+    Global batch s is rows order[s*B:(s+1)*B] of its epoch, so a run resumed at step s sees exactly the
+    batches an uninterrupted one would; rank r of w gets the r-th contiguous slice of each global batch.
+    """
+
+    def __init__(self, data_dir: Path, split: str = "train", *, seed: int = 0):
+        data_dir = Path(data_dir)
+        meta = read_meta(data_dir)
+        self.meta, self.split, self.seed = meta, split, seed
+        self.seq_len, self.pad_id, self.eot_id = meta["seq_len"], meta["pad_id"], meta["eot_id"]
+        self.shards = [np.load(data_dir / name, mmap_mode="r", allow_pickle=False) for name in meta["splits"][split]["shards"]]
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return np.asarray(self.shards[s][i - self.offsets[s]])
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at `indices`, in that order: [len(indices), seq_len + 1]."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.seq_len + 1), dtype=self.shards[0].dtype if self.shards else np.uint16)
+        shard = np.searchsorted(self.offsets, indices, side="right") - 1
+        for s in np.unique(shard):
+            at = shard == s
+            local = indices[at] - self.offsets[s]
+            sort = np.argsort(local)  # read the memmap in order
+            rows = self.shards[s][local[sort]]
+            out[np.flatnonzero(at)[sort]] = rows
+        return out
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self)))
+        return self._order[1]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return len(self) // batch_size
+
+    def position(self, step: int, batch_size: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of global step `step`."""
+        per_epoch = self.steps_per_epoch(batch_size)
+        if per_epoch == 0:
+            raise ValueError(f"the {self.split} split has {len(self)} rows, fewer than one batch of {batch_size}")
+        return divmod(step, per_epoch)
+
+    def batch(self, step: int, batch_size: int, *, rank: int = 0, world: int = 1) -> np.ndarray:
+        """Rank `rank`'s slice of global batch `step` (batch_size rows in all): [batch_size // world, seq_len + 1]."""
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not a multiple of the world size {world}")
+        epoch, k = self.position(step, batch_size)
+        per_rank = batch_size // world
+        start = k * batch_size + rank * per_rank
+        return self.rows(self.order(epoch)[start : start + per_rank])
+
+    def batches(self, batch_size: int, *, start_step: int = 0, rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:
+        """Batches from global step `start_step` on, endlessly (epoch after epoch)."""
+        step = start_step
+        while True:
+            yield self.batch(step, batch_size, rank=rank, world=world)
+            step += 1
+
+
+def read_meta(data_dir: Path) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the data stage (midline-train data) first")
+    meta = json.loads(path.read_text())
+    if not meta.get("complete"):
+        raise ValueError(f"the data in {data_dir} is incomplete: run the data stage again to finish it")
+    return meta
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_parser(stages) -> None:
+    """The `data` subcommand."""
+    d = DataConfig()
+    p = stages.add_parser("data", help="tokenize, FIM and pack the corpus into training rows")
+    p.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="the corpus stage's output (train.jsonl, valid.jsonl)")
+    p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--fim-rate", type=float, default=d.fim_rate)
+    p.add_argument("--spm-rate", type=float, default=d.spm_rate)
+    p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--shard-rows", type=int, default=d.shard_rows)
+    p.add_argument("--workers", type=int, default=None, help="default: one per core; 0: no subprocesses")
+    p.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
+    p.set_defaults(run=_run)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, context_rate=args.context_rate,
+                        seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
+    start = time.monotonic()
+    meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    for split, s in meta["splits"].items():
+        print(f"{split}: {s['documents']} documents -> {s['examples']} examples ({s['psm']} PSM, {s['spm']} SPM, {s['plain']} plain), "
+              f"{s['rows']} rows x {meta['seq_len'] + 1}, {s['tokens']} tokens ({s['fill']:.1%} full), {len(s['shards'])} shards")
+    print(f"wrote {args.out} in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m midline.training.data")
+    add_parser(parser.add_subparsers(required=True))
+    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
+    return args.run(parser, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
