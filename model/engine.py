@@ -59,7 +59,7 @@ class Engine:
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as plain text (special-token strings in it count as text)."""
-        return len(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+        return len(fim.encode_text(self.tokenizer, text))
 
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> list[int]:
         """Token ids of a FIM prompt in this model's format."""

@@ -137,21 +137,21 @@ class FimFormat:
             if special:
                 ids.append(_special_id(tokenizer, text))
             elif text:
-                ids += _encode_text(tokenizer, text)
+                ids += encode_text(tokenizer, text)
         return ids
 
     def encode_example(self, prompt: FimPrompt, middle: str, tokenizer: Tokenizer, mode: Mode | None = None) -> list[int]:
         """A training example: the served prompt, then the middle and end of text."""
         ids = self.encode(prompt, tokenizer, mode)
         if middle:
-            ids += _encode_text(tokenizer, middle)
+            ids += encode_text(tokenizer, middle)
         return ids + [_special_id(tokenizer, self.eot)]
 
     def required_tokens(self) -> tuple[str, ...]:
         return tuple(t for t in (self.prefix, self.suffix, self.middle) if t)
 
 
-def _encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
     """Ids of plain text: a special token's string inside it (`"<|endoftext|>"` in a docstring) stays text."""
     return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 

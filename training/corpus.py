@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
@@ -491,6 +490,8 @@ _PERMUTATIONS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     if num_perm not in _PERMUTATIONS:
+        from datasketch import MinHash  # the `train` extra; imported here so `midline-train` starts without it
+
         _PERMUTATIONS[num_perm] = MinHash(num_perm, seed=MINHASH_SEED).permutations
     return _PERMUTATIONS[num_perm]
 
@@ -522,6 +523,8 @@ def _ngrams(hashes: np.ndarray, n: int) -> np.ndarray:
 def dedup(meta: list[dict], minhashes: np.ndarray, threshold: float, counts: Counter) -> list[str | None]:
     """Per file: "exact_dup", "near_dup" or None (kept). Files are taken in order; one is dropped when it
     equals, or its MinHash Jaccard estimate with a kept file is >= threshold."""
+    from datasketch import LeanMinHash, MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=minhashes.shape[1])
     seen: set[str] = set()
     drop: list[str | None] = []

@@ -36,7 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
-from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, _encode_text
+from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
 
 SPLITS = ("train", "valid")
 SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole
@@ -79,7 +79,7 @@ def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path:
         prefix, middle, suffix = fim_split(text, rng)
         ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
         return ids, mode, bool(path or repo)
-    ids = header_ids(tokenizer, path, repo) + _encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
+    ids = header_ids(tokenizer, path, repo) + encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
     return ids, "plain", bool(path or repo)
 
 
