@@ -6,7 +6,7 @@
                     -> balance brackets
   multi-line hole:  strip trailing whitespace -> stop at the end of the cursor's block -> stop where the
                     suffix's next line is repeated -> at most `max_lines` lines -> trim overlap with the line suffix
-  both:             drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
+  both:             cut a looping tail first; drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
 
 `block_complete` runs after every generated token and applies the cheap stopping rules of the same
 pipeline, so generation ends as soon as the answer is whole.
@@ -39,6 +39,8 @@ _DEFINITION = re.compile(
 )
 # A short unit (up to 10 characters) repeated at least four times in a row.
 _REPEATED_UNIT = re.compile(r"(\S.{0,9}?)(?:\s*\1){3,}", re.S)
+# A longer unit (8 to 80 characters, with a letter) three times in a row: a model stuck in a loop.
+_LOOP = re.compile(r"(?=[^\n]*[A-Za-z])(.{8,80}?)\1{2,}", re.S)
 _TOKEN = re.compile(r"\w+|\S")
 _MAX_GATE_TRIES = 12  # parses per candidate at most, the full candidate included
 
@@ -68,6 +70,7 @@ def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion
     """Clean a raw candidate; None to drop it."""
     if ctx.hole is Hole.NONE:
         return None
+    text = _cut_loop(text)
     if ctx.hole is Hole.SINGLE_LINE:
         suggestion = _fit_line(_first_line(text), ctx)
     else:
@@ -411,6 +414,15 @@ def _is_repetitive(text: str) -> bool:
         return True
     compact = text.strip()
     return len(compact) >= 6 and any(len(m[0]) >= 0.75 * len(compact) for m in _REPEATED_UNIT.finditer(compact))
+
+
+def _cut_loop(text: str) -> str:
+    """Text up to the first copy of a unit that then repeats (where the model fell into a loop);
+    nothing if the loop is all there is."""
+    match = _LOOP.search(text)
+    if match is None:
+        return text
+    return text[: match.start() + len(match.group(1))] if text[: match.start()].strip() else ""
 
 
 def _repeats_lines(lines: list[str], times: int) -> bool:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from midline.training.model import build_model
 from midline.training.tokenizer import train_tokenizer
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -67,28 +67,14 @@ def make_tiny_model(
     tokenizer.model_max_length = max_positions
     tokenizer.save_pretrained(out_dir)
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_positions,
+    torch.manual_seed(seed)
+    model = build_model(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, layers=layers, heads=heads, kv_heads=heads,
+        intermediate_size=4 * hidden_size, max_positions=max_positions, rope_theta=10000.0,
         # Untied: with tied random embeddings the model echoes its last input token, which in a FIM
         # prompt is the fim_middle stop token, so every greedy completion would be empty.
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
+        tie_embeddings=False,
+        bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out_dir)  # safetensors (the only format transformers 5 writes) + generation_config.json
 
