@@ -3,6 +3,10 @@
 `Engine.generate` is a plain loop in the style of gpt-fast's generate.py: prefill the prompt once, then
 feed back one token at a time through the model's KV cache, stopping on an end/FIM token, a length limit,
 the caller's `should_stop`, a cancel event or a deadline.
+
+Between keystrokes most of a prompt is unchanged (midline's SPM layout puts the stable suffix first), so the
+engine keeps the KV cache of its last generation with the token ids it holds, and the next call prefills only
+what follows the longest common prefix.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import fim
 from midline.model.fim import FimFormat, FimPrompt, Mode
@@ -33,12 +37,16 @@ class Generation:
     mean_logprob: float  # mean log-probability of the generated tokens (nan if none)
     prompt_tokens: int  # prompt length actually fed to the model (after any truncation)
     elapsed_s: float
+    reused_tokens: int = 0  # leading prompt tokens whose KV cache came from the previous generation
 
 
 class Engine:
     """A loaded model, its tokenizer and FIM format, and a decode loop."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat,
+        *, reuse_prefix: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -48,14 +56,20 @@ class Engine:
         self.stop_ids: frozenset[int] = _stop_ids(tokenizer, model, fim_format)
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
+        self._cache: DynamicCache | None = None  # KV cache of the last generation...
+        self._cached_ids: list[int] = []  # ...and the token ids it holds
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False) -> Engine:
+    def load(
+        cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False,
+        reuse_prefix: bool = True,
+    ) -> Engine:
         """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one."""
         model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
-        return cls(model, tokenizer, device_, fmt)
+        return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as plain text (special-token strings in it count as text)."""
@@ -97,11 +111,20 @@ class Engine:
                 else:
                     generator.manual_seed(seed)
 
+            # Prefix reuse: keep the cached KV of the longest common prefix, prefill the rest (at least one token).
+            # The cache is taken out while generating, so an exception mid-forward leaves none rather than a corrupt one.
+            cache, cached_ids, self._cache, self._cached_ids = self._cache, self._cached_ids, None, []
+            reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix and cache is not None else 0
+            if reused:
+                cache.crop(reused - cache.get_seq_length())  # a negative count: drop that many tokens from the end
+            else:
+                cache = None  # the model makes its own cache (DynamicCache) on prefill
+            fed = prompt_ids[:reused]  # the token ids whose KV is in `cache`
+            feed = prompt_ids[reused:]
+
             tokens: list[int] = []
             logprobs: list[float] = []
             finish_reason = "length"
-            cache = None  # the model makes its own cache (DynamicCache) on prefill
-            input_ids = torch.tensor([prompt_ids], device=self.device)
             for _ in range(max_new_tokens):
                 if cancel is not None and cancel.is_set():
                     finish_reason = "cancelled"
@@ -109,8 +132,9 @@ class Engine:
                 if deadline is not None and time.monotonic() > deadline:
                     finish_reason = "timeout"
                     break
-                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **self._last_only)
+                out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=cache, use_cache=True, **self._last_only)
                 cache = out.past_key_values
+                fed += feed
                 logits = out.logits[0, -1].float()
                 token = sample(logits, temperature, top_p, generator)
                 if token in self.stop_ids:
@@ -121,8 +145,10 @@ class Engine:
                 if should_stop is not None and should_stop(self.decode(tokens)):
                     finish_reason = "stop"
                     break
-                input_ids = torch.tensor([[token]], device=self.device)
+                feed = [token]
 
+            if self.reuse_prefix and croppable(cache):
+                self._cache, self._cached_ids = cache, fed
             return Generation(
                 text=self.decode(tokens),
                 token_ids=tokens,
@@ -130,6 +156,7 @@ class Engine:
                 mean_logprob=sum(logprobs) / len(logprobs) if logprobs else math.nan,
                 prompt_tokens=len(prompt_ids),
                 elapsed_s=time.monotonic() - start,
+                reused_tokens=reused,
             )
 
     def decode(self, token_ids: list[int]) -> str:
@@ -148,6 +175,17 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         probs[probs.cumsum(-1) - probs >= top_p] = 0  # keep the smallest head whose mass reaches top_p
         return int(order[torch.multinomial(probs, 1, generator=generator)])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token id lists."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def croppable(cache: object) -> bool:
+    """Whether `cache` can be cut back to a prefix exactly: a full-attention `DynamicCache` (no sliding window)."""
+    return isinstance(cache, DynamicCache) and getattr(cache, "is_croppable", True) and not any(cache.is_sliding)
 
 
 def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, fmt: FimFormat) -> frozenset[int]:

@@ -38,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _complete(args: argparse.Namespace) -> int:
+    try:  # check the request before the (slow) model imports
+        path, (line, column) = _location(args.location)
+        text = path.read_text(encoding="utf-8")
+        offset = _offset(text, line, column)
+    except (OSError, ValueError) as exc:
+        print(f"midline complete: {exc}", file=sys.stderr)
+        return 2
+
     from midline.model.engine import Engine
 
     from . import languages
@@ -46,9 +54,6 @@ def _complete(args: argparse.Namespace) -> int:
     from .documents import Document
 
     try:
-        path_text, line, col = args.location.rsplit(":", 2)
-        path = Path(path_text)
-        text = path.read_text(encoding="utf-8")
         settings = Config.from_json(json.loads(args.settings))
         settings.model = args.model or settings.model
         settings.device = args.device
@@ -57,12 +62,6 @@ def _complete(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - a command-line tool reports any failure in one line
         print(f"midline complete: {exc}", file=sys.stderr)
         return 2
-    lines = text.split("\n")
-    row, column = int(line) - 1, int(col) - 1
-    if not (0 <= row < len(lines) and 0 <= column <= len(lines[row])):
-        print(f"midline complete: {args.location} is outside the file ({len(lines)} lines)", file=sys.stderr)
-        return 2
-    offset = sum(len(text_line) + 1 for text_line in lines[:row]) + column
     doc = Document(path.resolve().as_uri(), languages.resolve(None, str(path)).name, 0, text)
     with ThreadPoolExecutor(max_workers=1) as executor:
         completer = Completer(engine, settings, executor, root=str(Path.cwd()))
@@ -72,3 +71,25 @@ def _complete(args: argparse.Namespace) -> int:
         return 1
     print(suggestion.text)
     return 0
+
+
+def _location(location: str) -> tuple[Path, tuple[int, int]]:
+    """FILE:LINE:COL -> the path and (line, column), both 1-based."""
+    parts = location.rsplit(":", 2)
+    if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise ValueError(f"expected FILE:LINE:COL (1-based), got {location!r}")
+    return Path(parts[0]), (int(parts[1]), int(parts[2]))
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    """String index of a 1-based line and column; ValueError past the end."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"the file has {len(lines)} lines, no line {line}")
+    if not 1 <= column <= len(lines[line - 1]) + 1:
+        raise ValueError(f"line {line} has {len(lines[line - 1])} characters: columns run 1..{len(lines[line - 1]) + 1}")
+    return sum(len(text_line) + 1 for text_line in lines[: line - 1]) + column - 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,3 +160,98 @@ def test_bad_arguments(engine, prompt_ids):
         engine.generate([])
     with pytest.raises(ValueError, match="top_p"):
         engine.generate(prompt_ids, temperature=0.5, top_p=0)
+
+
+# -- prefix reuse ---------------------------------------------------------------------------------
+
+
+def transformers_greedy(engine: Engine, ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own greedy tokens for `ids`, up to (not including) a stop token."""
+    out = engine.model.generate(
+        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=False,
+        max_new_tokens=max_new_tokens, eos_token_id=sorted(engine.stop_ids), pad_token_id=engine.tokenizer.pad_token_id,
+    )[0, len(ids):].tolist()
+    return out[:-1] if out and out[-1] in engine.stop_ids else out
+
+
+def typing_session(engine: Engine) -> list[tuple[str, list[int]]]:
+    """Prompts as they come while editing, named: typing, a deletion, an accepted completion, another file, ..."""
+    suffix, prefix = "\n\nprint(total([1, 2, 3]))\n", "def total(xs):\n    s = 0\n    for x in xs:\n        s +"
+    ids = {tail: engine.encode(FimPrompt(prefix=prefix + tail, suffix=suffix, path="calc.py")) for tail in ("", "=", "= ", "= x")}
+    deleted = engine.encode(FimPrompt(prefix=prefix[:-1], suffix=suffix, path="calc.py"))
+    accepted = deleted + engine.generate(deleted, max_new_tokens=6).token_ids  # the user took the first tokens shown
+    other = engine.encode(PROMPTS[1])
+    return [
+        ("first", ids[""]), ("same", ids[""]), ("typed", ids["="]), ("typed", ids["= "]), ("typed", ids["= x"]),
+        ("deleted", deleted), ("accepted", accepted), ("other file", other),
+        ("strict prefix", other[:-5]), ("diverges", other[:-5] + [7, 8, 9]), ("back", ids["= x"]),
+    ]
+
+
+def test_prefix_reuse_is_exact_while_typing(engine):
+    reusing = Engine(engine.model, engine.tokenizer, engine.device, engine.fim)
+    fresh = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
+    reused: dict[str, list[int]] = {}
+    previous: list[int] = []
+    for step, ids in typing_session(engine):
+        ours, baseline = reusing.generate(ids, max_new_tokens=16), fresh.generate(ids, max_new_tokens=16)
+        assert ours.token_ids == baseline.token_ids == transformers_greedy(engine, ids, 16), step
+        assert (ours.text, ours.finish_reason, ours.prompt_tokens) == (baseline.text, baseline.finish_reason, baseline.prompt_tokens)
+        assert ours.mean_logprob == pytest.approx(baseline.mean_logprob, abs=1e-4) or not ours.token_ids
+        assert baseline.reused_tokens == 0
+        expected = min(len(ids) - 1, next((i for i, (a, b) in enumerate(zip(previous, ids)) if a != b), min(len(previous), len(ids))))
+        assert ours.reused_tokens == expected, step
+        reused.setdefault(step, []).append(ours.reused_tokens)
+        previous = ids + ours.token_ids
+    assert reused["first"] == [0] and reused["same"] == [len(typing_session(engine)[0][1]) - 1]  # re-feeds the last token
+    assert all(r > 10 for r in reused["typed"] + reused["deleted"] + reused["accepted"] + reused["back"])
+    assert reused["other file"][0] < 4 and reused["strict prefix"][0] > 10
+
+
+def test_prefix_reuse_with_sampling_and_truncation(engine, prompt_ids):
+    reusing = Engine(engine.model, engine.tokenizer, engine.device, engine.fim)
+    fresh = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
+
+    def both(ids, **kw):
+        return reusing.generate(ids, **kw), fresh.generate(ids, **kw)
+
+    for seed in (1, 2):
+        ours, baseline = both(prompt_ids, max_new_tokens=12, temperature=0.8, top_p=0.9, seed=seed)
+        assert ours.token_ids == baseline.token_ids
+    long = (prompt_ids * (engine.max_context // len(prompt_ids) + 5))[: engine.max_context + 50]
+    for ids in (long, long + [prompt_ids[0]]):  # the truncated window moves: little or nothing to reuse, still exact
+        ours, baseline = both(ids, max_new_tokens=8)
+        assert ours.token_ids == baseline.token_ids
+        assert ours.prompt_tokens == baseline.prompt_tokens == engine.max_context - 8
+
+
+def test_stopped_generations_leave_a_usable_cache(engine, prompt_ids):
+    reusing = Engine(engine.model, engine.tokenizer, engine.device, engine.fim)
+    expected = engine.generate(prompt_ids, max_new_tokens=12).token_ids
+
+    cancel = threading.Event()
+
+    def newer_request_arrives(text: str) -> bool:
+        cancel.set()
+        return False
+
+    assert reusing.generate(prompt_ids, max_new_tokens=12, should_stop=newer_request_arrives, cancel=cancel).finish_reason == "cancelled"
+    again = reusing.generate(prompt_ids, max_new_tokens=12)
+    assert (again.token_ids, again.reused_tokens) == (expected, len(prompt_ids) - 1)
+    assert reusing.generate(prompt_ids, deadline=time.monotonic() - 1).finish_reason == "timeout"
+    assert reusing.generate(prompt_ids, max_new_tokens=0).token_ids == []
+    assert reusing.generate(prompt_ids, max_new_tokens=12).token_ids == expected
+
+    def boom(text: str) -> bool:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        reusing.generate(prompt_ids, max_new_tokens=12, should_stop=boom)
+    after = reusing.generate(prompt_ids, max_new_tokens=12)  # an exception mid-generation drops the cache
+    assert (after.token_ids, after.reused_tokens) == (expected, 0)
+
+
+def test_prefix_reuse_off_keeps_no_cache(engine, prompt_ids):
+    off = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
+    assert [off.generate(prompt_ids, max_new_tokens=4).reused_tokens for _ in range(2)] == [0, 0]
+    assert off._cache is None
