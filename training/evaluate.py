@@ -586,23 +586,30 @@ def _row(task: Task, outcome: Outcome) -> dict:
 
 
 def _functional(tasks: list[Task], outcomes: list[Outcome], rows: list[dict], timeout_s: float) -> dict:
-    """Run each doctest task's original file and completed file in the sandbox; pass@1 over tasks whose original passes."""
-    selected = originals = passed = 0
+    """Run each doctest task's original, holed and completed file in the sandbox. pass@1 counts the tasks
+    whose original passes and whose holed file fails (so the masked code is what the doctests test)."""
+    selected = originals = counted = passed = 0
     for task, outcome, row in zip(tasks, outcomes, rows):
         if task.kind != "doctest" or not task.function:
             continue
         selected += 1
         row["original_passed"] = run_doctests(task.function, task.original, timeout_s=timeout_s).ok
-        if row["original_passed"]:
-            originals += 1
-            row["passed"] = run_doctests(task.function, completed_text(task, outcome.suggestion), timeout_s=timeout_s).ok
-            passed += row["passed"]
+        if not row["original_passed"]:
+            continue
+        originals += 1
+        row["hole_passed"] = run_doctests(task.function, task.text_with_hole, timeout_s=timeout_s).ok
+        if row["hole_passed"]:  # the doctests don't need the masked code: no test of the completion
+            continue
+        counted += 1
+        row["passed"] = run_doctests(task.function, completed_text(task, outcome.suggestion), timeout_s=timeout_s).ok
+        passed += row["passed"]
     return {
         "tasks": selected,
         "original_passed": originals,
         "original_pass_rate": originals / selected if selected else None,
+        "counted": counted,
         "passed": passed,
-        "pass_at_1": passed / originals if originals else None,
+        "pass_at_1": passed / counted if counted else None,
     }
 
 
@@ -668,8 +675,8 @@ def format_report(report: dict) -> str:
     if functional and functional["tasks"]:
         pass_at_1 = functional["pass_at_1"]
         lines.append(
-            f"functional: pass@1 {'n/a' if pass_at_1 is None else f'{pass_at_1:.3f}'} over {functional['original_passed']} doctest tasks "
-            f"(original code passes {functional['original_passed']}/{functional['tasks']})"
+            f"functional: pass@1 {'n/a' if pass_at_1 is None else f'{pass_at_1:.3f}'} over {functional['counted']} doctest tasks "
+            f"(original code passes {functional['original_passed']}/{functional['tasks']}; counted: the holed code fails)"
         )
     loss = report.get("loss")
     if loss and loss["tokens"]:

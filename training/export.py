@@ -404,8 +404,8 @@ def _card_evaluation(card: CardInputs) -> str:
     functional = report.get("functional")
     if functional and functional.get("tasks"):
         parts.append(
-            f"Functional: pass@1 {_pct(functional.get('pass_at_1'))} on {functional.get('original_passed')} functions "
-            f"whose doctests the original code passes ({functional.get('original_passed')}/{functional.get('tasks')} selected)."
+            f"Functional: pass@1 {_pct(functional.get('pass_at_1'))} on {functional.get('counted')} functions whose doctests "
+            f"the original code passes and the code with the hole fails ({functional.get('original_passed')}/{functional.get('tasks')} originals pass)."
         )
     loss = report.get("loss")
     if loss and loss.get("tokens"):
