@@ -206,17 +206,30 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
         return empty
     doc, offset, suggestion = found
     first_line = suggestion.text.strip().split("\n", 1)[0]
+    # Vim-style clients insert a plain-text item only up to its first whitespace; a snippet goes in whole.
+    snippet = get_capability(ls.client_capabilities, "text_document.completion.completion_item.snippet_support", False)
+    new_text = _as_snippet(suggestion.text, doc.text, offset) if snippet else suggestion.text
     item = types.CompletionItem(
         label=first_line[:80] or suggestion.text.strip()[:80],
         kind=types.CompletionItemKind.Snippet,
         detail="midline",
         documentation=_code_block(ls, doc.language, suggestion.text),
-        insert_text_format=types.InsertTextFormat.PlainText,
-        text_edit=types.TextEdit(range=_range(ls, doc, offset, suggestion), new_text=suggestion.text),
+        insert_text_format=types.InsertTextFormat.Snippet if snippet else types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=_range(ls, doc, offset, suggestion), new_text=new_text),
         sort_text="0",
         preselect=True,
     )
     return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def _as_snippet(text: str, document: str, offset: int) -> str:
+    """`text` as an LSP snippet that expands to exactly `text`: `\\ $ }` escaped, and the cursor line's
+    indentation taken off later lines (clients re-indent a snippet's lines to the cursor line)."""
+    line = document[document.rfind("\n", 0, offset) + 1 : offset]
+    indent = line[: len(line) - len(line.lstrip())]
+    first, *rest = text.split("\n")
+    lines = [first] + [later[len(indent):] if later.startswith(indent) else later for later in rest]
+    return "\n".join(lines).replace("\\", "\\\\").replace("$", "\\$").replace("}", "\\}")
 
 
 @server.command("midline.status")

@@ -93,3 +93,12 @@ def test_fim_mode_setting_picks_the_layout(completer, tmp_path):
 def test_a_layout_the_format_lacks_is_a_clear_error():
     with pytest.raises(FimFormatError, match="no SPM layout"):
         get("qwen").segments(FimPrompt("a", "b"), "spm")
+
+
+def test_snippet_fallback_expands_to_exactly_the_suggestion():
+    from midline.server.server import _as_snippet
+
+    document = "def f():\n    x = {█\n".replace("█", "")
+    offset = document.index("{") + 1
+    assert _as_snippet("'a': $b}\n    y = 2", document, offset) == "'a': \\$b\\}\ny = 2"
+    assert _as_snippet("c:\\\\d", document, offset) == "c:\\\\\\\\d"

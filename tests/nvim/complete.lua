@@ -58,10 +58,12 @@ end
 
 local function main()
   local line = tonumber(need("MIDLINE_LINE"))
-  vim.o.completeopt = "menuone,noselect"
+  vim.o.completeopt = "menuone,noselect" -- show the menu even for one item, select nothing yet
+  vim.o.showmode = false -- no "-- INSERT --" on stdout
   vim.lsp.config("midline", {
     cmd = vim.json.decode(need("MIDLINE_CMD")),
     init_options = vim.json.decode(need("MIDLINE_INIT_OPTIONS")),
+    detached = false, -- keep the server in Neovim's process group, so the test can clean up after a crash
   })
 
   local accepted -- the LSP item behind the accepted completion
@@ -93,7 +95,7 @@ local function main()
       when(function()
         return accepted ~= nil and vim.api.nvim_get_mode().mode == "n"
       end, "item accepted, back in normal mode", function()
-        finish({ item = accepted })
+        finish({ item = accepted, server_pids = vim.api.nvim_get_proc_children(vim.fn.getpid()) })
       end)
     end)
   end)
