@@ -12,6 +12,7 @@ from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
+from midline.server.server import _as_snippet
 
 CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    return os.path.expanduser('~')\n"
 CURSOR = CODE.index("from ") + len("from ")
@@ -96,9 +97,7 @@ def test_a_layout_the_format_lacks_is_a_clear_error():
 
 
 def test_snippet_fallback_expands_to_exactly_the_suggestion():
-    from midline.server.server import _as_snippet
-
-    document = "def f():\n    x = {█\n".replace("█", "")
+    document = "def f():\n    x = {\n"
     offset = document.index("{") + 1
     assert _as_snippet("'a': $b}\n    y = 2", document, offset) == "'a': \\$b\\}\ny = 2"
     assert _as_snippet("c:\\\\d", document, offset) == "c:\\\\\\\\d"
