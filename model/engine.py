@@ -11,6 +11,7 @@ what follows the longest common prefix.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import threading
@@ -59,21 +60,29 @@ class Engine:
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
         self._cache: DynamicCache | None = None  # KV cache of the last generation...
         self._cached_ids: list[int] = []  # ...and the token ids it holds
+        # The server counts the tokens of every line in its windows on every keystroke; almost all lines are unchanged.
+        self._count_tokens = functools.lru_cache(maxsize=1 << 14)(lambda text: len(fim.encode_text(tokenizer, text)))
         self._lock = threading.Lock()
 
     @classmethod
     def load(
         cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False,
-        reuse_prefix: bool = True,
+        reuse_prefix: bool = True, threads: int | None = None,
     ) -> Engine:
-        """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one."""
+        """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one.
+
+        `threads` sets torch's process-wide CPU thread count (default: torch's own, one per core). On a busy
+        machine fewer threads than cores avoid stalls; on an idle one all cores are faster (BENCHMARKS.md).
+        """
         model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code)
+        if threads:
+            torch.set_num_threads(threads)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
         return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix)
 
     def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as plain text (special-token strings in it count as text)."""
-        return len(fim.encode_text(self.tokenizer, text))
+        """Tokens in `text` as plain text (special-token strings in it count as text). Memoized."""
+        return self._count_tokens(text)
 
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> list[int]:
         """Token ids of a FIM prompt in this model's format."""
@@ -158,6 +167,11 @@ class Engine:
                 elapsed_s=time.monotonic() - start,
                 reused_tokens=reused,
             )
+
+    def clear_cache(self) -> None:
+        """Drop the kept KV cache (the next generation prefills its whole prompt)."""
+        with self._lock:
+            self._cache, self._cached_ids = None, []
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated tokens, without special tokens or a trailing incomplete UTF-8 character."""

@@ -1,4 +1,4 @@
-"""`Engine`: the decode loop matches transformers, and stops for every reason it should."""
+"""`Engine`: the decode loop matches transformers, stops for every reason it should, and reuses its KV cache exactly."""
 
 from __future__ import annotations
 
@@ -191,21 +191,22 @@ def typing_session(engine: Engine) -> list[tuple[str, list[int]]]:
 def test_prefix_reuse_is_exact_while_typing(engine):
     reusing = Engine(engine.model, engine.tokenizer, engine.device, engine.fim)
     fresh = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
+    session = typing_session(engine)
     reused: dict[str, list[int]] = {}
-    previous: list[int] = []
-    for step, ids in typing_session(engine):
+    previous: list[int] = []  # the ids whose KV the reusing engine holds
+    for step, ids in session:
         ours, baseline = reusing.generate(ids, max_new_tokens=16), fresh.generate(ids, max_new_tokens=16)
         assert ours.token_ids == baseline.token_ids == transformers_greedy(engine, ids, 16), step
         assert (ours.text, ours.finish_reason, ours.prompt_tokens) == (baseline.text, baseline.finish_reason, baseline.prompt_tokens)
         assert ours.mean_logprob == pytest.approx(baseline.mean_logprob, abs=1e-4) or not ours.token_ids
         assert baseline.reused_tokens == 0
-        expected = min(len(ids) - 1, next((i for i, (a, b) in enumerate(zip(previous, ids)) if a != b), min(len(previous), len(ids))))
-        assert ours.reused_tokens == expected, step
+        common = next((i for i, (a, b) in enumerate(zip(previous, ids)) if a != b), min(len(previous), len(ids)))
+        assert ours.reused_tokens == min(common, len(ids) - 1), step
         reused.setdefault(step, []).append(ours.reused_tokens)
-        previous = ids + ours.token_ids
-    assert reused["first"] == [0] and reused["same"] == [len(typing_session(engine)[0][1]) - 1]  # re-feeds the last token
-    assert all(r > 10 for r in reused["typed"] + reused["deleted"] + reused["accepted"] + reused["back"])
-    assert reused["other file"][0] < 4 and reused["strict prefix"][0] > 10
+        previous = ids + (ours.token_ids if ours.finish_reason == "eot" else ours.token_ids[:-1])  # the last token is never fed
+    assert reused["first"] == [0] and reused["same"] == [len(session[0][1]) - 1]  # re-feeds the last token
+    assert all(r > 10 for r in reused["typed"] + reused["deleted"] + reused["accepted"] + reused["strict prefix"])
+    assert reused["other file"] == reused["back"] == [0]
 
 
 def test_prefix_reuse_with_sampling_and_truncation(engine, prompt_ids):
@@ -255,3 +256,14 @@ def test_prefix_reuse_off_keeps_no_cache(engine, prompt_ids):
     off = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
     assert [off.generate(prompt_ids, max_new_tokens=4).reused_tokens for _ in range(2)] == [0, 0]
     assert off._cache is None
+
+
+def test_load_sets_cpu_threads(tiny_model_dir):
+    default = torch.get_num_threads()
+    try:
+        Engine.load(tiny_model_dir, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1
+        Engine.load(tiny_model_dir, device="cpu")  # no `threads`: left as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(default)

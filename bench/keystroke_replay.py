@@ -1,0 +1,161 @@
+"""Replay typing a file, one character per keystroke, through the server's completion path; prefix reuse off vs on.
+
+A region in the middle of the file's longest function is cut out, then typed back character by character. Every
+keystroke asks `Completer.complete` (the LSP handlers' path: context, SPM prompt, engine, post-processing) for a
+suggestion, once with an engine that re-prefills every prompt and once with one that reuses its KV cache; the two
+run interleaved on one shared model, so machine load hits both alike. Prints a markdown table.
+
+    python bench/keystroke_replay.py --model model/default --file server/completion.py --chars 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import platform
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lsprotocol import types
+from pygls.workspace.position_codec import PositionCodec
+
+from midline.model import DEFAULT_MODEL_DIR
+from midline.model.engine import Engine, Generation
+from midline.server.completion import Completer
+from midline.server.config import Config
+from midline.server.documents import Document
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordingEngine(Engine):
+    """An `Engine` that keeps every `Generation` it returns."""
+
+    generations: list[Generation]
+
+    def generate(self, prompt_ids: list[int], **kwargs) -> Generation:
+        generation = super().generate(prompt_ids, **kwargs)
+        self.generations.append(generation)
+        return generation
+
+
+@dataclass
+class Run:
+    """One side of the comparison: its completer and what each model-calling keystroke cost."""
+
+    name: str
+    completer: Completer
+    latencies_ms: list[float] = field(default_factory=list)
+    generations: list[Generation] = field(default_factory=list)
+    suggestions: list[str | None] = field(default_factory=list)
+
+
+def region(source: str, chars: int) -> tuple[int, int]:
+    """At most `chars` characters from the middle of the longest function, whole lines (typing ends at a line end)."""
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    if functions:
+        f = max(functions, key=lambda n: n.end_lineno - n.lineno)
+        lo, hi = starts[f.lineno], starts[f.end_lineno] - 1  # the body, after the def line
+    else:
+        lo, hi = 0, len(source)
+    middle = (lo + hi) // 2
+    start = source.rfind("\n", 0, max(lo, middle - chars // 2)) + 1
+    end = source.rfind("\n", start + 1, min(start + chars, hi) + 1)  # the last line end within `chars`
+    return start, end if end > start else min(start + chars, len(source))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+async def replay(runs: list[Run], doc: Document, offset: int, typed: str) -> None:
+    """Type `typed` at `offset`; after each character every run completes (alternating which goes first)."""
+    codec = PositionCodec()
+    for i, char in enumerate(typed):
+        position = doc.position_at(offset, codec)
+        doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(position, position), text=char), codec)
+        doc.version += 1
+        offset += 1
+        for run in runs if i % 2 == 0 else runs[::-1]:
+            engine = run.completer.engine
+            calls = len(engine.generations)
+            started = time.perf_counter()
+            suggestion = await run.completer.complete(doc, offset)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if len(engine.generations) > calls:  # the keystroke reached the model (not mid-word, not typed through)
+                run.latencies_ms.append(elapsed_ms)
+                run.generations.append(engine.generations[-1])
+                run.suggestions.append(suggestion.text if suggestion else None)
+
+
+def row(run: Run) -> dict[str, float]:
+    g = run.generations
+    return {
+        "p50": percentile(run.latencies_ms, 50),
+        "p95": percentile(run.latencies_ms, 95),
+        "prompt": statistics.mean(x.prompt_tokens for x in g),
+        "reused": statistics.mean(x.reused_tokens for x in g),
+        "new": statistics.mean(len(x.token_ids) for x in g),
+        "tok_s": sum(len(x.token_ids) for x in g) / sum(x.elapsed_s for x in g),
+        "engine": statistics.mean(x.elapsed_s for x in g) * 1000,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="local model dir (default: %(default)s)")
+    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py", help="Python file to type (default: %(default)s)")
+    parser.add_argument("--chars", type=int, default=300, help="about how many characters to type (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args(argv)
+
+    source = args.file.read_text(encoding="utf-8")
+    start, end = region(source, args.chars)
+    typed = source[start:end]
+    doc = Document(args.file.resolve().as_uri(), "python", 0, source[:start] + source[end:])
+    base = Engine.load(args.model, device="cpu", threads=args.threads)
+    config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens)
+    executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
+    runs = []
+    for name, reuse in (("reuse off", False), ("reuse on", True)):
+        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, reuse_prefix=reuse)
+        engine.generations = []
+        runs.append(Run(name, Completer(engine, config, executor, root=str(args.file.resolve().parent))))
+
+    warm = Document(doc.uri, "python", 0, doc.text)  # first calls pay one-off costs: not measured
+    asyncio.run(replay([Run(r.name, r.completer) for r in runs], warm, start, typed[:8]))
+    for r in runs:
+        r.completer.engine.generations.clear()
+        r.completer.engine.clear_cache()
+        r.completer.forget(doc.uri)
+
+    began = time.perf_counter()
+    asyncio.run(replay(runs, doc, start, typed))
+    wall = time.perf_counter() - began
+
+    off, on = (row(r) for r in runs)
+    same = runs[0].suggestions == runs[1].suggestions and [g.token_ids for g in runs[0].generations] == [g.token_ids for g in runs[1].generations]
+    rel = args.file.resolve().relative_to(ROOT) if args.file.resolve().is_relative_to(ROOT) else args.file
+    print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, end)}), "
+          f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens")
+    print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; wall {wall:.0f} s; "
+          f"suggestions identical off/on: {'yes' if same else 'NO'}\n")
+    print("| prefix reuse | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | engine ms | tokens/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in (("off", off), ("on", on)):
+        print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} | {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")
+    print(f"| off/on | {off['p50'] / on['p50']:.2f}x | {off['p95'] / on['p95']:.2f}x | | | | {off['engine'] / on['engine']:.2f}x | {on['tok_s'] / off['tok_s']:.2f}x (on/off) |")
+
+
+if __name__ == "__main__":
+    main()
