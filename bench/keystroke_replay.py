@@ -3,7 +3,9 @@
 A region in the middle of the file's longest function is cut out, then typed back character by character. Every
 keystroke asks `Completer.complete` (the LSP handlers' path: context, SPM prompt, engine, post-processing) for a
 suggestion, once with an engine that re-prefills every prompt and once with one that reuses its KV cache; the two
-run interleaved on one shared model, so machine load hits both alike. Prints a markdown table.
+run interleaved on one shared model, so machine load hits both alike. Prints a markdown table: latency percentiles
+over the keystrokes that reached the model, mean prompt/reused/generated tokens and engine time per call, and
+generated tokens per second of engine time.
 
     python bench/keystroke_replay.py --model model/default --file server/completion.py --chars 300
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import itertools
 import platform
 import statistics
 import time
@@ -58,10 +61,7 @@ class Run:
 def region(source: str, chars: int) -> tuple[int, int]:
     """At most `chars` characters from the middle of the longest function, whole lines (typing ends at a line end)."""
     functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    lines = source.splitlines(keepends=True)
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line))
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in source.split("\n"))]  # of each line (1-based: starts[n - 1])
     if functions:
         f = max(functions, key=lambda n: n.end_lineno - n.lineno)
         lo, hi = starts[f.lineno], starts[f.end_lineno] - 1  # the body, after the def line
@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="local model dir (default: %(default)s)")
     parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py", help="Python file to type (default: %(default)s)")
-    parser.add_argument("--chars", type=int, default=300, help="about how many characters to type (default: %(default)s)")
+    parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
     args = parser.parse_args(argv)
 
     source = args.file.read_text(encoding="utf-8")
@@ -143,14 +143,16 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(replay(runs, doc, start, typed))
     wall = time.perf_counter() - began
 
+    if not runs[0].generations:
+        raise SystemExit("no keystroke reached the model (all mid-word?): try another --file or more --chars")
     off, on = (row(r) for r in runs)
     same = runs[0].suggestions == runs[1].suggestions and [g.token_ids for g in runs[0].generations] == [g.token_ids for g in runs[1].generations]
     rel = args.file.resolve().relative_to(ROOT) if args.file.resolve().is_relative_to(ROOT) else args.file
-    print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, end)}), "
+    print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, max(start, end - 1)) + 1}), "
           f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens")
     print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; wall {wall:.0f} s; "
           f"suggestions identical off/on: {'yes' if same else 'NO'}\n")
-    print("| prefix reuse | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | engine ms | tokens/s |")
+    print("| prefix reuse | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | mean engine ms | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in (("off", off), ("on", on)):
         print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} | {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from midline.model import fim
 from midline.model.fim import FimFormat, FimPrompt, Mode
 from midline.model.loader import load_model
+
+# CPU threads: torch's default (one per core) less one CPU left to the editor and the server's event loop. On 2 cores,
+# 2 threads were 1.1-1.4x faster when idle but 2.5-3.5x slower with the other core busy (BENCHMARKS.md).
+CPU_THREADS = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 
 
 @dataclass
@@ -71,12 +76,11 @@ class Engine:
     ) -> Engine:
         """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one.
 
-        `threads` sets torch's process-wide CPU thread count (default: torch's own, one per core). On a busy
-        machine fewer threads than cores avoid stalls; on an idle one all cores are faster (BENCHMARKS.md).
+        On CPU this sets torch's process-wide thread count to `threads` (default `CPU_THREADS`).
         """
         model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code)
-        if threads:
-            torch.set_num_threads(threads)
+        if device_.type == "cpu":
+            torch.set_num_threads(threads or CPU_THREADS)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
         return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -252,18 +253,21 @@ def test_stopped_generations_leave_a_usable_cache(engine, prompt_ids):
     assert (after.token_ids, after.reused_tokens) == (expected, 0)
 
 
-def test_prefix_reuse_off_keeps_no_cache(engine, prompt_ids):
+def test_prefix_reuse_off_or_cleared(engine, prompt_ids):
     off = Engine(engine.model, engine.tokenizer, engine.device, engine.fim, reuse_prefix=False)
     assert [off.generate(prompt_ids, max_new_tokens=4).reused_tokens for _ in range(2)] == [0, 0]
     assert off._cache is None
+    on = Engine(engine.model, engine.tokenizer, engine.device, engine.fim)
+    assert [on.generate(prompt_ids, max_new_tokens=4).reused_tokens for _ in range(2)] == [0, len(prompt_ids) - 1]
+    on.clear_cache()
+    assert on.generate(prompt_ids, max_new_tokens=4).reused_tokens == 0
 
 
 def test_load_sets_cpu_threads(tiny_model_dir):
-    default = torch.get_num_threads()
-    try:
-        Engine.load(tiny_model_dir, device="cpu", threads=1)
-        assert torch.get_num_threads() == 1
-        Engine.load(tiny_model_dir, device="cpu")  # no `threads`: left as it is
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(default)
+    from midline.model.engine import CPU_THREADS
+
+    assert 1 <= CPU_THREADS <= max(1, (os.cpu_count() or 1) - 1)  # a CPU left free wherever there are two
+    Engine.load(tiny_model_dir, device="cpu", threads=1)
+    assert torch.get_num_threads() == 1
+    Engine.load(tiny_model_dir, device="cpu")
+    assert torch.get_num_threads() == CPU_THREADS
