@@ -21,27 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from .lsp_client import SERVER
+from .test_server import CODE, COMMENT_LINE, SETTINGS
+
 HERE = Path(__file__).parent
 INIT_LUA = HERE / "nvim" / "init.lua"
 DRIVER_LUA = HERE / "nvim" / "complete.lua"
 README = HERE.parent / "README.md"
-SERVER = [sys.executable, "-m", "midline.server", "--log-level", "WARNING"]
-SETTINGS = {"debounceMs": 0, "maxNewTokens": 24, "timeoutMs": 20000}
-
-# The test model has random weights, so its text is noise: the cursor sits at the end of a comment,
-# where any one line is valid Python and post-processing keeps the suggestion (as in test_server.py).
-CODE = '''import math
-
-
-def area(radius):
-    """Area of a circle."""
-    # multiply the square of the radius by 
-    return math.pi * radius ** 2
-
-
-print(area(2.0))
-'''
-COMMENT_LINE = 5  # "    # multiply the square of the radius by "
+# The same document, settings and server command as test_server.py: the cursor sits at the end of a
+# comment, where the random-weight test model's noise is valid Python.
 
 
 def nvim_binary() -> Path:
