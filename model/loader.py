@@ -81,8 +81,9 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
     config_file = path / "config.json"
     if _is_default(path) and not config_file.is_file():
         raise ModelLoadError(
-            f"no default model yet ({path} is empty). Run `midline-train tiny-model` to put a tiny test "
-            "model there, or set `midline.model` to a local model directory"
+            f"no default model yet ({path} has no config.json; a checkout without its model files?). Reinstall "
+            "midline, run `midline-train tiny-model --out DIR` for a tiny test model, or set `midline.model` to a local "
+            "model directory"
         )
     if not path.exists():
         raise ModelLoadError(

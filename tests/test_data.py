@@ -99,6 +99,18 @@ def test_fim_split_round_trip(text, seed):
     assert prefix + middle + suffix == text
 
 
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(st.sampled_from("ab \t\n\r("), max_size=80), seed=st.integers(0, 2**32))
+def test_line_spans_end_at_a_line_end_and_start_inside_a_nonblank_line(text, seed):
+    prefix, middle, suffix = fim_split(text, random.Random(seed), line_span_rate=1.0)
+    assert prefix + middle + suffix == text
+    if not text.strip():
+        return  # no line to hole: a uniform split
+    assert suffix == "" or suffix[0] in "\r\n"  # the hole ends at a line end
+    line_start = max(prefix.rfind("\n"), prefix.rfind("\r")) + 1
+    assert (prefix[line_start:] + middle + suffix).splitlines()[0].strip(), "the hole starts in a non-blank line"
+
+
 TEXTS = ["def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n", "x = '<|endoftext|>'  # ünï 🙂\n\tif x:\r\n  pass", "a"]
 
 

@@ -2,9 +2,11 @@
 
 The recipe (the knobs are `DataConfig`):
 - Context-level FIM. Each document is cut at line ends into chunks that fit one row with their FIM tokens,
-  and each chunk becomes one example: with probability `fim_rate` a FIM example (two uniform
-  character-level cut points; SPM with probability `spm_rate`, else PSM), otherwise plain left-to-right
-  text. Every example ends with EOT and lies whole inside one row, so a middle always ends in EOT.
+  and each chunk becomes one example: with probability `fim_rate` a FIM example (SPM with probability
+  `spm_rate`, else PSM), otherwise plain left-to-right text. A FIM middle is a line span (an editor's
+  hole: the rest of a line, or whole lines) with probability `line_span_rate`, else the span between
+  two uniform character positions. Every example ends with EOT and lies whole inside one row, so a
+  middle always ends in EOT.
 - The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
   i.e. the served prompt, the middle, EOT. With probability `context_rate` an example carries the
   file-level context the server sends (`<repo_name>repo`, `<file_sep>path`); plain examples too.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -50,6 +53,7 @@ class DataConfig:
     seq_len: int = 1024  # tokens the model sees per row; rows hold seq_len + 1 (inputs, then shifted targets)
     fim_rate: float = 0.9  # share of examples in FIM form; the rest are plain left-to-right
     spm_rate: float = 0.5  # share of FIM examples in SPM (midline's serving default); the rest PSM
+    line_span_rate: float = 0.5  # share of FIM middles cut at line ends, like an editor's holes; the rest uniform
     context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
     seed: int = 0
     shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
@@ -59,10 +63,34 @@ class DataConfig:
 # -- examples -------------------------------------------------------------------------------------
 
 
-def fim_split(text: str, rng: random.Random) -> tuple[str, str, str]:
-    """(prefix, middle, suffix) at two uniform character positions; they join back to `text`."""
-    i, j = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+def fim_split(text: str, rng: random.Random, line_span_rate: float = 0.0) -> tuple[str, str, str]:
+    """(prefix, middle, suffix); they join back to `text`. With probability `line_span_rate` a line span
+    (`line_span`), else two uniform character positions (the FIM paper's split)."""
+    if rng.random() < line_span_rate and (span := line_span(text, rng)):
+        i, j = span
+    else:
+        i, j = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
     return text[:i], text[i:j], text[j:]
+
+
+def line_span(text: str, rng: random.Random, max_lines: int = 8) -> tuple[int, int] | None:
+    """A hole the way an editor makes one: from a point in a non-blank line (its indentation, half the
+    time: a whole-line hole) to the end of that line or of one of the next few lines (1 + geometric(1/2),
+    at most `max_lines`), the newline left in the suffix. None if `text` has no non-blank line."""
+    lines = text.splitlines(keepends=True)
+    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
+    candidates = [k for k, line in enumerate(lines) if line.strip()]
+    if not candidates:
+        return None
+    k = rng.choice(candidates)
+    n = 1
+    while n < max_lines and rng.random() < 0.5:
+        n += 1
+    line = lines[k].rstrip("\r\n")
+    indent = starts[k] + len(line) - len(line.lstrip())
+    i = indent if rng.random() < 0.5 else rng.randint(indent, starts[k] + len(line))
+    last = min(k + n, len(lines)) - 1
+    return i, starts[last] + len(lines[last].rstrip("\r\n"))
 
 
 def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[int]:
@@ -76,7 +104,7 @@ def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path:
         path = repo = ""
     if fim and rng.random() < config.fim_rate:
         mode = "spm" if rng.random() < config.spm_rate else "psm"
-        prefix, middle, suffix = fim_split(text, rng)
+        prefix, middle, suffix = fim_split(text, rng, config.line_span_rate)
         ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
         return ids, mode, bool(path or repo)
     ids = header_ids(tokenizer, path, repo) + encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
@@ -203,7 +231,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     meta = {
         "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
         "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name,
-        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "context_rate": config.context_rate, "seed": config.seed,
+        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "context_rate": config.context_rate, "seed": config.seed,
         "splits": splits, "params": params, "command": command, "complete": True,
     }
     _write_json(meta_path, meta)
@@ -477,6 +505,7 @@ def add_parser(stages) -> None:
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--fim-rate", type=float, default=d.fim_rate)
     p.add_argument("--spm-rate", type=float, default=d.spm_rate)
+    p.add_argument("--line-span-rate", type=float, default=d.line_span_rate, help="share of FIM middles cut at line ends")
     p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
@@ -486,7 +515,7 @@ def add_parser(stages) -> None:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, context_rate=args.context_rate,
+    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, context_rate=args.context_rate,
                         seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
     start = time.monotonic()
     meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=[Path(sys.argv[0]).name, *sys.argv[1:]])

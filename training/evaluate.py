@@ -702,6 +702,7 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-functional", action="store_true", help="skip running doctests in the sandbox")
     p.add_argument("--loss-docs", type=int, default=100, help="validation documents for the loss (default: %(default)s; 0: skip)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
+    p.add_argument("--tasks-only", action="store_true", help="build and save the --tasks file, evaluate nothing")
     p.set_defaults(run=run)
     return p
 
@@ -710,6 +711,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     tasks, tasks_file = _cli_tasks(parser, args)
     if not tasks:
         parser.error("no tasks: the held-out split has no Python files with code to mask")
+    if args.tasks_only:
+        print(f"{len(tasks)} tasks in {tasks_file}")
+        return 0
     texts = (r["text"] for r in read_records(args.corpus)) if args.corpus else None
     try:
         report = evaluate(

@@ -84,6 +84,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {  # model shapes; parameters with a 16k vocab (32k) and tied embeddings
     "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=192),  # 1.1M (2.2M): tests, smoke runs
     "20m": dict(hidden_size=384, layers=8, heads=6, kv_heads=2, intermediate_size=1152),  # 20M (26M)
+    "28m": dict(hidden_size=448, layers=10, heads=7, kv_heads=1, intermediate_size=1216),  # 28M (36M): the default model, 57 MB in bf16
     "40m": dict(hidden_size=512, layers=10, heads=8, kv_heads=4, intermediate_size=1536),  # 40M (48M)
 }
 CHOICES = {"optimizer": ("adamw", "muon"), "schedule": ("wsd", "cosine"), "dtype": ("auto", "bf16", "fp32")}
@@ -187,7 +188,7 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
             group["lr"] = group["base_lr"] * lr / c.lr
         rows = train_data.batch(step, global_batch, rank=rank, world=world)  # [batch_size * grad_accum, seq_len + 1]
         batch = _to_device(rows, device)
-        count = (batch[:, 1:] != pad).sum().float()  # on the device: no host sync
+        count = target_count(batch, pad).float()  # on the device: no host sync
         if world > 1:
             dist.all_reduce(count)  # targets in the whole global batch: the loss is their mean
         for micro in range(c.grad_accum):
@@ -245,11 +246,18 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
 
 
 def loss_sum(model: torch.nn.Module, rows: torch.Tensor, pad: int) -> torch.Tensor:
-    """Summed next-token cross-entropy (fp32) over rows [n, seq_len + 1]; pad targets are ignored."""
+    """Summed next-token cross-entropy (fp32) over rows [n, seq_len + 1]; pad targets are ignored, and so are
+    ids stored negated (`~id`: context the model reads but is not taught to write, e.g. an SFT prompt)."""
     inputs, targets = rows[:, :-1], rows[:, 1:]
-    logits = model(input_ids=inputs, use_cache=False).logits
-    targets = targets.masked_fill(targets == pad, -100)
+    logits = model(input_ids=torch.where(inputs < 0, ~inputs, inputs), use_cache=False).logits
+    targets = targets.masked_fill((targets == pad) | (targets < 0), -100)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+def target_count(rows: torch.Tensor, pad: int) -> torch.Tensor:
+    """How many targets of rows [n, seq_len + 1] `loss_sum` counts."""
+    targets = rows[:, 1:]
+    return ((targets != pad) & (targets >= 0)).sum()
 
 
 @torch.no_grad()
@@ -265,7 +273,7 @@ def evaluate(model: torch.nn.Module, data: PackedDataset, c: TrainConfig, rank: 
         x = _to_device(data.rows(mine[i : i + c.batch_size]), device)
         with autocast:
             total += loss_sum(model, x, data.pad_id)
-        count += (x[:, 1:] != data.pad_id).sum()
+        count += target_count(x, data.pad_id)
     model.train()
     if world > 1:
         dist.all_reduce(total)
