@@ -117,18 +117,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
+    parser.add_argument("--lookup", type=int, default=0, help="prompt-lookup draft tokens (default: %(default)s = off)")
+    parser.add_argument("--path", choices=("auto", "static", "dynamic"), default="auto",
+                        help="decode path: static KV cache, transformers' DynamicCache, or the engine's choice (default: %(default)s)")
     args = parser.parse_args(argv)
 
     source = args.file.read_text(encoding="utf-8")
     start, end = region(source, args.chars)
     typed = source[start:end]
     doc = Document(args.file.resolve().as_uri(), "python", 0, source[:start] + source[end:])
-    base = Engine.load(args.model, device="cpu", threads=args.threads)
+    static = {"auto": None, "static": True, "dynamic": False}[args.path]
+    base = Engine.load(args.model, device="cpu", threads=args.threads, static=static)
     config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens)
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
     for name, reuse in (("reuse off", False), ("reuse on", True)):
-        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, reuse_prefix=reuse)
+        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, reuse_prefix=reuse, static=base.static, lookup=args.lookup)
         engine.generations = []
         runs.append(Run(name, Completer(engine, config, executor, root=str(args.file.resolve().parent))))
 
@@ -149,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     same = runs[0].suggestions == runs[1].suggestions and [g.token_ids for g in runs[0].generations] == [g.token_ids for g in runs[1].generations]
     rel = args.file.resolve().relative_to(ROOT) if args.file.resolve().is_relative_to(ROOT) else args.file
     print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, max(start, end - 1)) + 1}), "
-          f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens")
+          f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens, "
+          f"{'static' if base.static else 'dynamic'} decode path, lookup {args.lookup}")
     print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; wall {wall:.0f} s; "
           f"suggestions identical off/on: {'yes' if same else 'NO'}\n")
     print("| prefix reuse | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | mean engine ms | tokens/s |")

@@ -4,6 +4,12 @@
 feed back one token at a time through the model's KV cache, stopping on an end/FIM token, a length limit,
 the caller's `should_stop`, a cancel event or a deadline.
 
+Tokens come from one of two streams, and the loop that stops them is the same for both:
+- the static path (`static_decode.StaticDecoder`, for Llama-family models): a preallocated KV cache, CUDA-graph
+  replays on a GPU, and tokens read back to the host in chunks (1, 2, 4, then `sync_every` tokens), so the GPU
+  never waits for the host between tokens; the loop then takes them one by one, exactly as if computed one by one;
+- the dynamic path (any other model, or a prompt longer than the static cache): transformers' `DynamicCache`.
+
 Between keystrokes most of a prompt is unchanged (midline's SPM layout puts the stable suffix first), so the
 engine keeps the KV cache of its last generation with the token ids it holds, and the next call prefills only
 what follows the longest common prefix.
@@ -13,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -27,6 +34,9 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from midline.model import fim
 from midline.model.fim import FimFormat, FimPrompt, Mode
 from midline.model.loader import load_model
+from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
+
+log = logging.getLogger(__name__)
 
 # CPU threads: torch's default (one per core) less one CPU left to the editor and the server's event loop. On 2 cores,
 # 2 threads were 1.1-1.4x faster when idle but 2.5-3.5x slower with the other core busy (BENCHMARKS.md).
@@ -44,6 +54,7 @@ class Generation:
     prompt_tokens: int  # prompt length actually fed to the model (after any truncation)
     elapsed_s: float
     reused_tokens: int = 0  # leading prompt tokens whose KV cache came from the previous generation
+    token_logprobs: list[float] = field(default_factory=list)  # log-probability of each generated token
 
 
 class Engine:
@@ -51,7 +62,8 @@ class Engine:
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat,
-        *, reuse_prefix: bool = True,
+        *, reuse_prefix: bool = True, static: bool | None = None, static_len: int = 4096, sync_every: int = 8,
+        lookup: int = 0,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -63,7 +75,16 @@ class Engine:
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
-        self._cache: DynamicCache | None = None  # KV cache of the last generation...
+        # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
+        self.static = unsupported(model) is None if static is None else static
+        self.static_len = min(static_len, self.max_context)
+        self.sync_every = sync_every  # most tokens computed ahead of the stop checks on the static path
+        # Prompt-lookup speculative decoding (greedy, static path): up to `lookup` draft tokens copied from the context
+        # after an earlier occurrence of the last few tokens, checked in one forward pass. 0 = off.
+        self.lookup = min(lookup, CHUNK - 1)
+        self._decoder: StaticDecoder | None = None  # made on first use
+        self._batch: dict[int, tuple[StaticDecoder, list[int]]] = {}  # candidates: n -> a batch-n decoder, the ids it holds
+        self._cache: DynamicCache | StaticDecoder | None = None  # KV cache of the last generation...
         self._cached_ids: list[int] = []  # ...and the token ids it holds
         # The server counts the tokens of every line in its windows on every keystroke; almost all lines are unchanged.
         self._count_tokens = functools.lru_cache(maxsize=1 << 14)(lambda text: len(fim.encode_text(tokenizer, text)))
@@ -72,7 +93,7 @@ class Engine:
     @classmethod
     def load(
         cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False,
-        reuse_prefix: bool = True, threads: int | None = None,
+        reuse_prefix: bool = True, threads: int | None = None, static: bool | None = None,
     ) -> Engine:
         """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one.
 
@@ -82,7 +103,7 @@ class Engine:
         if device_.type == "cpu":
             torch.set_num_threads(threads or CPU_THREADS)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
-        return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix)
+        return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix, static=static)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as plain text (special-token strings in it count as text). Memoized."""
@@ -91,6 +112,30 @@ class Engine:
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> list[int]:
         """Token ids of a FIM prompt in this model's format."""
         return self.fim.encode(prompt, self.tokenizer, mode)
+
+    def warmup(self) -> None:
+        """Pay one-off costs before the first request: on CUDA, compile and capture the static path's graphs.
+
+        Then check the static path against the model's own forward pass; if they disagree (a model variant the
+        static path does not know), it is turned off and generation takes the dynamic path.
+        """
+        with self._lock, torch.inference_mode():
+            started = time.monotonic()
+            try:
+                decoder = self._static_decoder()
+                if decoder is not None and self.device.type == "cuda" and not decoder.graphs:
+                    decoder.capture()
+                if decoder is not None and not self._static_agrees(decoder):
+                    self.static, self._decoder = False, None
+            except Exception:  # a compiler or driver problem must not stop the server: the dynamic path still works
+                log.exception("could not set up the static decode path: using the dynamic path")
+                self.static, self._decoder = False, None
+            self._cache, self._cached_ids = None, []
+        ids = list(range(min(32, self.model.config.vocab_size)))
+        for _ in range(2):  # a whole prompt, then the same prompt again (prefix reuse: the short-tail step)
+            self.generate(ids, max_new_tokens=8, ignore_eos=True)
+        self.clear_cache()
+        log.info("engine warm-up took %.1f s (static path: %s)", time.monotonic() - started, "on" if self.static else "off")
 
     def generate(
         self,
@@ -103,11 +148,13 @@ class Engine:
         should_stop: Callable[[str], bool] | None = None,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
+        ignore_eos: bool = False,
     ) -> Generation:
         """Complete `prompt_ids`: greedy at temperature 0, else temperature + top-p sampling.
 
         `should_stop` sees the text so far after each token; `deadline` is a `time.monotonic()` time.
-        A prompt longer than `max_context - max_new_tokens` keeps its last tokens.
+        A prompt longer than `max_context - max_new_tokens` keeps its last tokens. `ignore_eos` (benchmarks:
+        an exact length) generates through stop tokens.
         """
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
@@ -126,14 +173,23 @@ class Engine:
 
             # Prefix reuse: keep the cached KV of the longest common prefix, prefill the rest (at least one token).
             # The cache is taken out while generating, so an exception mid-forward leaves none rather than a corrupt one.
+            decoder = self._static_decoder() if len(prompt_ids) + max_new_tokens <= self.static_len else None
             cache, cached_ids, self._cache, self._cached_ids = self._cache, self._cached_ids, None, []
-            reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix and cache is not None else 0
-            if reused:
-                cache.crop(reused - cache.get_seq_length())  # a negative count: drop that many tokens from the end
+            usable = cache is decoder if decoder is not None else isinstance(cache, DynamicCache)
+            reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix and usable else 0
+            if decoder is not None:
+                cache = decoder
+                if self.lookup and temperature == 0:
+                    steps = self._lookup_steps(decoder, prompt_ids, reused)
+                else:
+                    steps = self._static_steps(decoder, prompt_ids, reused, max_new_tokens, temperature, top_p, generator)
             else:
-                cache = None  # the model makes its own cache (DynamicCache) on prefill
-            fed = prompt_ids[:reused]  # the token ids whose KV is in `cache`
-            feed = prompt_ids[reused:]
+                if reused:
+                    cache.crop(reused - cache.get_seq_length())  # a negative count: drop that many tokens from the end
+                else:
+                    cache = None  # the model makes its own cache (DynamicCache) on prefill
+                box = [cache]  # the dynamic stream puts each step's cache here
+                steps = self._dynamic_steps(box, prompt_ids[reused:], temperature, top_p, generator)
 
             tokens: list[int] = []
             logprobs: list[float] = []
@@ -145,22 +201,23 @@ class Engine:
                 if deadline is not None and time.monotonic() > deadline:
                     finish_reason = "timeout"
                     break
-                out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=cache, use_cache=True, **self._last_only)
-                cache = out.past_key_values
-                fed += feed
-                logits = out.logits[0, -1].float()
-                token = sample(logits, temperature, top_p, generator)
-                if token in self.stop_ids:
+                token, logprob = next(steps)
+                if token in self.stop_ids and not ignore_eos:
                     finish_reason = "eot"
                     break
                 tokens.append(token)
-                logprobs.append(torch.log_softmax(logits, dim=-1)[token].item())
+                logprobs.append(logprob)
                 if should_stop is not None and should_stop(self.decode(tokens)):
                     finish_reason = "stop"
                     break
-                feed = [token]
+            started = inspect.getgeneratorstate(steps) != inspect.GEN_CREATED  # the prompt went into the cache
+            steps.close()
 
-            if self.reuse_prefix and croppable(cache):
+            # The cache now holds the prompt and every generated token but the last (which was never fed back),
+            # or, when the end token came, all of them.
+            fed = prompt_ids + (tokens if finish_reason == "eot" else tokens[:-1]) if started else prompt_ids[:reused]
+            cache = cache if decoder is not None else box[0]
+            if self.reuse_prefix and (decoder is not None or croppable(cache)):
                 self._cache, self._cached_ids = cache, fed
             return Generation(
                 text=self.decode(tokens),
@@ -170,12 +227,178 @@ class Engine:
                 prompt_tokens=len(prompt_ids),
                 elapsed_s=time.monotonic() - start,
                 reused_tokens=reused,
+                token_logprobs=logprobs,
             )
 
+    def candidates(
+        self,
+        prompt_ids: list[int],
+        n: int = 3,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int | None = None,
+        should_stop: Callable[[str], bool] | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+        ignore_eos: bool = False,
+    ) -> list[Generation]:
+        """`n` completions of `prompt_ids` sampled in one batched pass, best first (highest mean log-probability).
+
+        Each row stops on its own (end token, `should_stop`); cancel and deadline stop them all. On the static path
+        the batch keeps its own KV cache, with prefix reuse; no graphs are captured for it.
+        """
+        if not prompt_ids or n < 1:
+            raise ValueError("need a non-empty prompt and n >= 1")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        with self._lock, torch.inference_mode():
+            start = time.monotonic()
+            prompt_ids = list(prompt_ids[-max(1, self.max_context - max_new_tokens):])
+            generator = torch.Generator(device=self.device)
+            generator.seed() if seed is None else generator.manual_seed(seed)
+            reused = 0
+            static = self.static and len(prompt_ids) + max_new_tokens <= self.static_len
+            if static:
+                decoder, cached_ids = self._batch.pop(n, None) or (StaticDecoder(self.model, self.static_len, batch=n), [])
+                reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix else 0
+                logits = decoder.prefill(prompt_ids[reused:], reused)
+
+                def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+                    return decoder.run(tokens[:, None], position)[:, -1]
+            else:
+                box = [None]  # transformers' DynamicCache; every row has the same prompt, so no padding
+
+                def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
+                    out = self.model(input_ids=tokens[:, None], past_key_values=box[0], use_cache=True, **self._last_only)
+                    box[0] = out.past_key_values
+                    return out.logits[:, -1].float()
+
+                out = self.model(input_ids=torch.tensor([prompt_ids] * n, device=self.device), use_cache=True, **self._last_only)
+                box[0], logits = out.past_key_values, out.logits[:, -1].float()
+
+            rows: list[list[int]] = [[] for _ in range(n)]
+            logprobs: list[list[float]] = [[] for _ in range(n)]
+            finish: list[str | None] = [None] * n
+            for i in range(max_new_tokens):
+                halted = "cancelled" if cancel is not None and cancel.is_set() else "timeout" if deadline is not None and time.monotonic() > deadline else None
+                if halted:
+                    finish = [f or halted for f in finish]
+                    break
+                tokens, token_logprobs = pick(logits, temperature, top_p, generator)
+                for r, (token, logprob) in enumerate(torch.stack((tokens.double(), token_logprobs.double()), dim=1).tolist()):
+                    if finish[r]:
+                        continue
+                    if int(token) in self.stop_ids and not ignore_eos:
+                        finish[r] = "eot"
+                        continue
+                    rows[r].append(int(token))
+                    logprobs[r].append(logprob)
+                    if should_stop is not None and should_stop(self.decode(rows[r])):
+                        finish[r] = "stop"
+                if all(finish):
+                    break
+                if i + 1 < max_new_tokens:
+                    logits = step(tokens, len(prompt_ids) + i)
+            if static:
+                self._batch[n] = (decoder, prompt_ids if self.reuse_prefix else [])  # the rows differ after the prompt
+            elapsed = time.monotonic() - start
+            generations = [
+                Generation(self.decode(row), row, f or "length", sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused, lp)
+                for row, lp, f in zip(rows, logprobs, finish)
+            ]
+            return sorted(generations, key=lambda g: -g.mean_logprob if g.token_ids else math.inf)
+
+    def _dynamic_steps(
+        self, box: list, feed: list[int], temperature: float, top_p: float, generator: torch.Generator | None,
+    ) -> Iterator[tuple[int, float]]:
+        """Tokens and their log-probabilities, one forward pass each, through transformers' DynamicCache."""
+        while True:
+            out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=box[0], use_cache=True, **self._last_only)
+            box[0] = out.past_key_values
+            token, logprob = pick(out.logits[:, -1].float(), temperature, top_p, generator)
+            yield int(token), float(logprob)
+            feed = [int(token)]
+
+    def _static_steps(
+        self, decoder: StaticDecoder, prompt_ids: list[int], reused: int, max_new_tokens: int,
+        temperature: float, top_p: float, generator: torch.Generator | None,
+    ) -> Iterator[tuple[int, float]]:
+        """Tokens and their log-probabilities through the static cache, computed ahead in chunks of 1, 2, 4, ...
+
+        Each chunk is queued on the device without waiting, then read back with one host sync.
+        """
+        logits = decoder.prefill(prompt_ids[reused:], reused)
+        position, done, chunk = len(prompt_ids), 0, 1
+        while done < max_new_tokens:
+            picked = []
+            for _ in range(min(chunk, max_new_tokens - done)):
+                token, logprob = pick(logits, temperature, top_p, generator)
+                picked.append(torch.stack((token.double(), logprob.double())))
+                done += 1
+                if done < max_new_tokens:  # the last token is never fed back
+                    logits = decoder.run(token[:, None], position)[:, -1]
+                    position += 1
+            for token, logprob in torch.cat(picked, dim=1).T.tolist():  # the one host sync per chunk
+                yield int(token), logprob
+            chunk = min(2 * chunk, self.sync_every)
+
+    def _lookup_steps(self, decoder: StaticDecoder, prompt_ids: list[int], reused: int) -> Iterator[tuple[int, float]]:
+        """Greedy tokens with prompt-lookup drafts: feed the last token and the draft in one pass, keep the draft up to
+        its first token that differs from the model's own choice, plus the model's token there.
+
+        The positions of rejected draft tokens hold stale keys past the current position, invisible and overwritten later.
+        """
+        logits = decoder.prefill(prompt_ids[reused:], reused)
+        token, logprob = pick(logits, 0.0, 1.0, None)
+        drafts = NgramIndex(prompt_ids)  # built while the prefill runs on the device
+        position = len(prompt_ids)  # where `token` goes when fed
+        emitted = [(int(token), float(logprob))]
+        while True:
+            for token, logprob in emitted:
+                yield token, logprob
+                drafts.append(token)
+            padded = decoder.pad_prefill  # on CUDA: the captured CHUNK-token step, padded
+            draft = drafts.draft(min(self.lookup, decoder.max_len - position - (CHUNK if padded else 1)))
+            feed = [token, *draft]
+            pads = [token] * (CHUNK - len(feed)) if padded and draft else []
+            logits = decoder.run(torch.tensor([feed + pads], device=self.device), position)[0, : len(feed)]
+            chosen, logprobs = pick(logits, 0.0, 1.0, None)
+            chosen, logprobs = chosen.tolist(), logprobs.tolist()
+            accepted = next((i for i, (d, c) in enumerate(zip(draft, chosen)) if d != c), len(draft))
+            emitted = list(zip(chosen[: accepted + 1], logprobs[: accepted + 1]))
+            position += accepted + 1
+
+    def _static_decoder(self) -> StaticDecoder | None:
+        """The static path's decoder (made on first use), or None where it is off."""
+        if self.static and self._decoder is None:
+            self._decoder = StaticDecoder(self.model, self.static_len)
+        return self._decoder if self.static else None
+
+    def _static_agrees(self, decoder: StaticDecoder) -> bool:
+        """Whether the static path's logits match the model's own forward pass: a long prefill, a short one (the
+        padded chunk step once graphs are captured) and a one-token step."""
+        ids = list(range(1, min(CHUNK + 16, self.model.config.vocab_size)))
+        expected = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float()
+        long, short = CHUNK + 4, CHUNK + 12
+        got = torch.cat((
+            decoder.prefill(ids[:long], 0),
+            decoder.prefill(ids[long:short], long),
+            decoder.run(torch.tensor([ids[short : short + 1]], device=self.device), short)[:, -1],
+        ))
+        expected = expected[[long - 1, short - 1, short]]
+        error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+        tolerance = 1e-3 if decoder.dtype == torch.float32 else 1e-1  # a wrong position or layout is off by O(1)
+        if not error <= tolerance:
+            log.warning("static decode path disagrees with the model (relative error %.2g > %.2g): using the dynamic path", error, tolerance)
+        return error <= tolerance
+
     def clear_cache(self) -> None:
-        """Drop the kept KV cache (the next generation prefills its whole prompt)."""
+        """Drop the kept KV caches (the next generation prefills its whole prompt)."""
         with self._lock:
             self._cache, self._cached_ids = None, []
+            self._batch = {n: (decoder, []) for n, (decoder, _) in self._batch.items()}
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated tokens, without special tokens or a trailing incomplete UTF-8 character."""
@@ -183,16 +406,55 @@ class Engine:
         return text.rstrip("\ufffd")
 
 
+def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens `[B]` from logits `[B, V]`, and their log-probabilities, without a host sync.
+
+    Greedy at temperature 0, else from the top-p nucleus of the tempered distribution, sampled as the argmax of
+    probs / Exponential(1) noise (an exact sample, unlike torch.multinomial free of device syncs).
+    """
+    if temperature == 0:
+        token = logits.argmax(-1)
+    else:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1:
+            probs, order = probs.sort(dim=-1, descending=True)
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)  # keep the smallest head whose mass reaches top_p
+        noise = torch.empty_like(probs).exponential_(1, generator=generator)
+        token = (probs / noise).argmax(-1)
+        if top_p < 1:
+            token = order.gather(-1, token[:, None])[:, 0]
+    return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Next token from a 1-D logits vector: argmax at temperature 0, else from the top-p nucleus."""
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1:
-        probs, order = probs.sort(descending=True)
-        probs[probs.cumsum(-1) - probs >= top_p] = 0  # keep the smallest head whose mass reaches top_p
-        return int(order[torch.multinomial(probs, 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(pick(logits[None], temperature, top_p, generator)[0][0])
+
+
+class NgramIndex:
+    """Prompt lookup: the tokens that followed the most recent earlier occurrence of the last 3 (else 2, else 1) tokens."""
+
+    SIZES = (3, 2, 1)
+
+    def __init__(self, ids: list[int]):
+        self.ids: list[int] = []
+        self.ends: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence (not counting the last)
+        for token in ids:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        end = len(self.ids)  # the n-grams ending at the old end are now "earlier"
+        for n in self.SIZES:
+            if end >= n:
+                self.ends[tuple(self.ids[end - n : end])] = end
+        self.ids.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        end = len(self.ids)
+        for n in self.SIZES:
+            if end >= n and (at := self.ends.get(tuple(self.ids[end - n :]))) is not None:
+                return self.ids[at : at + k]
+        return []
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
