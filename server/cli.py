@@ -46,26 +46,30 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"midline complete: {exc}", file=sys.stderr)
         return 2
 
-    from midline.model.engine import Engine
+    from midline.model.remote import RemoteError
 
     from . import languages
     from .completion import Completer
     from .config import Config
     from .documents import Document
+    from .server import open_engine
 
     try:
         settings = Config.from_json(json.loads(args.settings))
         settings.model = args.model or settings.model
         settings.device = args.device
-        engine = Engine.load(settings.model or DEFAULT_MODEL_DIR, device=settings.device, fim_format=settings.fim_format,
-                             trust_remote_code=settings.trust_remote_code)
+        engine = open_engine(settings)  # the local model, or the remote backend the settings name
     except Exception as exc:  # noqa: BLE001 - a command-line tool reports any failure in one line
         print(f"midline complete: {exc}", file=sys.stderr)
         return 2
     doc = Document(path.resolve().as_uri(), languages.resolve(None, str(path)).name, 0, text)
     with ThreadPoolExecutor(max_workers=1) as executor:
         completer = Completer(engine, settings, executor, root=str(Path.cwd()))
-        suggestion = asyncio.run(completer.complete(doc, offset))
+        try:
+            suggestion = asyncio.run(completer.complete(doc, offset))
+        except RemoteError as exc:  # the remote backend failed: its message, not a traceback
+            print(f"midline complete: {exc}", file=sys.stderr)
+            return 2
     if suggestion is None:
         print("midline complete: no suggestion here", file=sys.stderr)
         return 1

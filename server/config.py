@@ -37,6 +37,61 @@ class ContextConfig:
 
 
 @dataclass
+class ActionsConfig:
+    """Code actions (explain, fix, generate tests, code from a comment), computed when picked."""
+
+    enable: bool = True
+    model: str | None = None  # local instruction (chat) model directory; None = ask the completion model in FIM shapes
+    max_new_tokens: int = 384  # most tokens the model writes for one action
+    timeout_ms: int = 60000  # generation time limit for one action
+    test_timeout_ms: int = 30000  # sandboxed run of generated tests, in all
+    per_test_timeout_ms: int = 5000  # one generated test
+    test_memory_mb: int = 1024  # address-space limit of the sandboxed test run
+    cache_size: int = 64  # action results remembered, by the code's content hash
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 8192, "actions.maxNewTokens must be in 1..8192")
+        _check(self.timeout_ms > 0 and self.test_timeout_ms > 0 and self.per_test_timeout_ms > 0, "actions timeouts must be > 0")
+        _check(self.test_memory_mb >= 64, "actions.testMemoryMb must be at least 64")
+        _check(self.cache_size >= 0, "actions.cacheSize must be >= 0")
+
+
+@dataclass
+class HoverConfig:
+    """Hover on a function or class name: its signature, and a model explanation once one is computed."""
+
+    enable: bool = True
+    explain: bool = True  # explain hovered definitions in the background (while no completion is generating)
+    idle_ms: int = 500  # quiet time after the last completion request before a background explanation starts
+
+    def __post_init__(self) -> None:
+        _check(self.idle_ms >= 0, "hover.idleMs must be >= 0")
+
+
+@dataclass
+class BackendConfig:
+    """Where completions come from: the local model, or a serving engine over HTTP (midline.model.remote)."""
+
+    kind: Literal["local", "openai", "llamacpp", "ollama"] = "local"
+    url: str | None = None  # the server's base URL, e.g. http://localhost:8000 (openai also takes .../v1)
+    model: str | None = None  # model name sent to the server (vLLM's served name; required for ollama)
+    api_key_env: str | None = None  # environment variable holding an API key, sent as "Authorization: Bearer"
+    api_key: str | None = None  # the key itself, where an environment variable can't be used
+    tokenizer: str | None = None  # local dir with the served model's tokenizer.json: exact token counts, FIM format detection
+    context_length: int = 4096  # the served model's context window, in tokens
+    timeout_ms: int = 10000  # longest wait to connect, or for the server's next bytes
+
+    def __post_init__(self) -> None:
+        if self.kind != "local":
+            _check(
+                bool(self.url) and re.match(r"https?://[^/\s]", self.url or "") is not None,
+                f"backend.url must be an http:// or https:// URL for backend.kind {self.kind}, got {self.url!r}",
+            )
+        _check(self.kind != "ollama" or bool(self.model), "backend.model is required for backend.kind ollama")
+        _check(self.context_length >= 64 and self.timeout_ms > 0, "backend.contextLength must be >= 64 and backend.timeoutMs > 0")
+
+
+@dataclass
 class Config:
     """Every setting, with its default."""
 
@@ -57,6 +112,9 @@ class Config:
         default_factory=lambda: {"*": True, "plaintext": False, "markdown": False, "scminput": False}
     )  # per language id; "*" is the default for others
     context: ContextConfig = field(default_factory=ContextConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+    hover: HoverConfig = field(default_factory=HoverConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 2048, "maxNewTokens must be in 1..2048")
@@ -117,7 +175,7 @@ def _explain(exc: BaseException) -> str:
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
-for _cls in (ContextConfig, Config):
+for _cls in (ContextConfig, BackendConfig, ActionsConfig, HoverConfig, Config):
     _renames = {f.name: override(rename=camel(f.name)) for f in fields(_cls)}
     _converter.register_structure_hook(_cls, make_dict_structure_fn(_cls, _converter, _cattrs_forbid_extra_keys=True, **_renames))
     _converter.register_unstructure_hook(_cls, make_dict_unstructure_fn(_cls, _converter, **_renames))

@@ -8,8 +8,13 @@ is wrong once, with `window/showMessage`, and answers completions with nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import logging
+import tempfile
+import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,10 +28,15 @@ from midline.model import DEFAULT_MODEL_DIR
 from midline.model.engine import Engine
 from midline.model.fim import FimFormatError
 from midline.model.loader import ModelLoadError
+from midline.model.remote import RemoteEngine, RemoteError, api_key_from
 
+from . import actions
+from .actions import Actions, Explanation, Nothing, Replace, TestFile
+from .assistant import Assistant, Progress
 from .completion import Completer
 from .config import Config, ConfigError, camel
 from .documents import Document, DocumentStore
+from .hover import Explainer, hover_target, render
 from .postprocess import Suggestion
 from .symbols import SymbolIndex
 
@@ -48,6 +58,11 @@ class MidlineServer(LanguageServer):
         self.engine_ready: asyncio.Future[Completer | None] | None = None
         self.root: str | None = None
         self.client_has_inline_completion = False
+        self.assistant = Assistant(self.engine, self.config, self.model_executor, report=self.report)
+        self.actions = Actions(self.assistant, self.config)
+        busy = lambda: self.completer is not None and self.completer.generating  # noqa: E731
+        self.explainer = Explainer(self.assistant, busy, lambda: self.config.hover.idle_ms, self.actions.shown)
+        self.backend_error: str | None = None  # the last remote backend failure shown, so it is shown once
 
     @property
     def codec(self):
@@ -56,18 +71,18 @@ class MidlineServer(LanguageServer):
     def load_engine(self) -> None:
         """(Re)load the model in the background; requests wait for it, then use it or answer nothing."""
         config = self.config
-        path = config.model or str(DEFAULT_MODEL_DIR)
+        where = _backend_name(config)
 
-        def load() -> Engine:
-            return Engine.load(path, device=config.device, fim_format=config.fim_format, trust_remote_code=config.trust_remote_code)
+        def load() -> Engine | RemoteEngine:
+            return open_engine(config)
 
         async def run() -> Completer | None:
             try:
                 engine = await asyncio.get_running_loop().run_in_executor(self.model_executor, load)
-            except (ModelLoadError, FimFormatError, OSError, ValueError) as exc:
-                self.report(f"midline: cannot load the model at {path}: {exc}")
+            except (ModelLoadError, FimFormatError, RemoteError, OSError, ValueError) as exc:
+                self.report(f"midline: cannot load {where}: {exc}")
                 return None
-            log.info("model %s loaded on %s (FIM format: %s)", path, engine.device, engine.fim.name)
+            log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
             self.completer = Completer(engine, config, self.model_executor, symbols=self.symbols, root=self.root)
             return self.completer
 
@@ -79,6 +94,20 @@ class MidlineServer(LanguageServer):
             self.load_engine()
         return await asyncio.shield(self.engine_ready)
 
+    async def engine(self) -> Engine | None:
+        completer = await self.get_completer()
+        return completer.engine if completer is not None else None
+
+    def read_text(self, path: Path) -> str | None:
+        """A file's text: the open document's if it is open, else the disk's; None if neither."""
+        for doc in self.documents:
+            if Path(doc.path) == path:
+                return doc.text
+        try:
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def apply_settings(self, settings: Any) -> None:
         """New settings from the client; a bad value keeps the old settings and says why."""
         try:
@@ -86,10 +115,10 @@ class MidlineServer(LanguageServer):
         except ConfigError as exc:
             self.report(f"midline: invalid settings, keeping the previous ones: {exc}")
             return
-        reload = (new.model, new.device, new.fim_format, new.trust_remote_code) != (
-            self.config.model, self.config.device, self.config.fim_format, self.config.trust_remote_code
+        reload = (new.model, new.device, new.fim_format, new.trust_remote_code, new.backend) != (
+            self.config.model, self.config.device, self.config.fim_format, self.config.trust_remote_code, self.config.backend
         )
-        self.config = new
+        self.config = self.assistant.config = self.actions.config = new
         if reload and self.engine_ready is not None:
             self.load_engine()
         elif self.completer is not None:
@@ -111,13 +140,49 @@ class MidlineServer(LanguageServer):
             raise JsonRpcInvalidParams(str(exc)) from None
 
     async def suggest(self, uri: str, position: types.Position, automatic: bool) -> tuple[Document, int, Suggestion] | None:
+        self.explainer.interrupt()  # typing first: stop any background hover explanation
         doc, offset = self.document_at(uri, position)
         completer = await self.get_completer()
         if completer is None:
             return None
         self.symbols.refresh(self.documents, exclude=uri)
-        suggestion = await completer.complete(doc, offset, automatic=automatic)
+        try:
+            suggestion = await completer.complete(doc, offset, automatic=automatic)
+        except RemoteError as exc:  # the serving engine is down or failing: say so once, answer nothing
+            if str(exc) != self.backend_error:
+                self.backend_error = str(exc)
+                self.report(f"midline: {exc}")
+            return None
+        self.backend_error = None
         return (doc, offset, suggestion) if suggestion is not None else None
+
+
+def open_engine(config: Config) -> Engine | RemoteEngine:
+    """The configured backend: the local model, or (`backend.kind` openai, llamacpp, ollama) a serving engine."""
+    backend = config.backend
+    if backend.kind == "local":
+        engine = Engine.load(
+            config.model or DEFAULT_MODEL_DIR, device=config.device, fim_format=config.fim_format, trust_remote_code=config.trust_remote_code
+        )
+        engine.warmup()  # compile and capture now, so no request pays for it
+        return engine
+    return RemoteEngine.load(
+        backend.kind, backend.url, model=backend.model, api_key=api_key_from(backend.api_key, backend.api_key_env),
+        fim_format=config.fim_format, tokenizer=backend.tokenizer, max_context=backend.context_length, timeout_s=backend.timeout_ms / 1000,
+    )
+
+
+def _model_label(config: Config) -> str:
+    """The model, as `midline.status` names it: its directory, or the served model's name (else the server's URL)."""
+    if config.backend.kind == "local":
+        return config.model or str(DEFAULT_MODEL_DIR)
+    return config.backend.model or config.backend.url or ""
+
+
+def _backend_name(config: Config) -> str:
+    if config.backend.kind == "local":
+        return f"the model at {config.model or DEFAULT_MODEL_DIR}"
+    return f"the {config.backend.kind} backend at {config.backend.url}"
 
 
 server = MidlineServer()
@@ -129,6 +194,7 @@ def initialize(ls: MidlineServer, params: types.InitializeParams) -> None:
     folders = params.workspace_folders or []
     if ls.root is None and folders:
         ls.root = to_fs_path(folders[0].uri)
+    ls.actions.root = Path(ls.root) if ls.root else None
     inline = params.capabilities.text_document and params.capabilities.text_document.inline_completion
     ls.client_has_inline_completion = inline is not None
     options = params.initialization_options
@@ -146,6 +212,7 @@ def initialized(ls: MidlineServer, params: types.InitializedParams) -> None:
 
 @server.feature(types.SHUTDOWN)
 def shutdown(ls: MidlineServer, params: None) -> None:
+    ls.explainer.stop()
     for uri in [doc.uri for doc in ls.documents]:
         if ls.completer is not None:
             ls.completer.forget(uri)
@@ -222,6 +289,151 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
+# -- code actions and hover -------------------------------------------------------------------------
+
+
+@server.feature(
+    types.TEXT_DOCUMENT_CODE_ACTION,
+    types.CodeActionOptions(code_action_kinds=list(actions.KINDS.values()), resolve_provider=True),
+)
+def code_action(ls: MidlineServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+    """Explain / Fix / Generate tests / Code from a comment, listed without a model call."""
+    if not ls.config.actions.enable:
+        return None
+    doc, start = ls.document_at(params.text_document.uri, params.range.start)
+    _, end = ls.document_at(params.text_document.uri, params.range.end)
+    diagnostics = [(d.range.start.line, d.message) for d in params.context.diagnostics]
+    offers = actions.offers(doc, start, end, diagnostics, params.context.only)
+    return [types.CodeAction(title=o.title, kind=o.kind, data=o.data) for o in offers] or None
+
+
+@server.feature(types.CODE_ACTION_RESOLVE)
+async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> types.CodeAction:
+    """The picked action, computed now: an edit, or the explanation as a command."""
+    data = action.data if isinstance(action.data, dict) else {}
+    try:
+        doc = ls.documents.get(data.get("uri", ""))
+    except KeyError:
+        raise JsonRpcInvalidParams(f"document not open: {data.get('uri')}") from None
+    completer = await ls.get_completer()
+    window = (lambda d, offset: completer.prompt(completer.context(d, offset))) if completer is not None else None
+    async with _progress(ls, action.title.removeprefix("midline: ")) as progress:
+        outcome = await ls.actions.resolve(doc, data, progress, window, read=ls.read_text)
+    if isinstance(outcome, Explanation):
+        action.command = _explanation_command(ls, outcome.markdown)
+    elif isinstance(outcome, Replace):
+        edit = types.TextEdit(range=types.Range(doc.position_at(outcome.start, ls.codec), doc.position_at(outcome.end, ls.codec)), new_text=outcome.text)
+        action.edit = _workspace_edit(ls, [(doc.uri, doc.version, [edit], False)])
+    elif isinstance(outcome, TestFile):
+        action.edit = _test_file_edit(ls, outcome)
+    elif isinstance(outcome, Nothing) and outcome.message != "cancelled":
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"midline: {outcome.message}"))
+    return action
+
+
+@server.command("midline.openExplanation")
+async def open_explanation(ls: MidlineServer, *args: Any) -> None:
+    """Show an explanation in editors without midline's client: a markdown document, else a message."""
+    markdown = str(args[0]) if args else ""
+    if get_capability(ls.client_capabilities, "window.show_document.support", False):
+        folder = Path(tempfile.gettempdir()) / "midline-explanations"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"explanation-{hashlib.sha256(markdown.encode()).hexdigest()[:12]}.md"
+        path.write_text(markdown, encoding="utf-8")
+        result = await ls.window_show_document_async(types.ShowDocumentParams(uri=path.as_uri(), take_focus=True))
+        if result is not None and result.success:
+            return
+    ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=markdown))
+
+
+@server.feature(types.TEXT_DOCUMENT_HOVER)
+def hover(ls: MidlineServer, params: types.HoverParams) -> types.Hover | None:
+    """A function or class name's signature, and its explanation once computed (never waits for the model)."""
+    if not ls.config.hover.enable:
+        return None
+    doc, offset = ls.document_at(params.text_document.uri, params.position)
+    target = hover_target(doc, offset, ls.symbols)
+    if target is None:
+        return None
+    explanation = ls.explainer.lookup(target)
+    if explanation is None and ls.config.hover.explain and ls.config.enabled_for(doc.language_id):
+        ls.explainer.request(target)
+    formats = get_capability(ls.client_capabilities, "text_document.hover.content_format", None) or [types.MarkupKind.Markdown]
+    kind = types.MarkupKind.Markdown if types.MarkupKind.Markdown in formats else types.MarkupKind.PlainText
+    return types.Hover(
+        contents=types.MarkupContent(kind=kind, value=render(target, explanation)),
+        range=types.Range(doc.position_at(target.start, ls.codec), doc.position_at(target.end, ls.codec)),
+    )
+
+
+def _explanation_command(ls: MidlineServer, markdown: str) -> types.Command:
+    """`midline.showExplanation` for clients that render it (they say so in their capabilities:
+    `experimental.midline.showExplanation`), else the server's own `midline.openExplanation`."""
+    experimental = ls.client_capabilities.experimental if ls.client_capabilities else None
+    own = isinstance(experimental, dict) and isinstance(experimental.get("midline"), dict) and experimental["midline"].get("showExplanation")
+    return types.Command(title="Show explanation", command="midline.showExplanation" if own else "midline.openExplanation", arguments=[markdown])
+
+
+@contextlib.asynccontextmanager
+async def _progress(ls: MidlineServer, title: str):
+    """Work done progress for a long task, where the client supports it; its cancel button sets `cancel`."""
+    progress = Progress()
+    token = f"midline-{uuid.uuid4().hex}"
+    created = False
+    if get_capability(ls.client_capabilities, "window.work_done_progress", False):
+        try:
+            await ls.work_done_progress.create_async(token)
+            created = True
+        except Exception as exc:  # the client refused: work without progress
+            log.debug("no work done progress: %s", exc)
+    if not created:
+        yield progress
+        return
+    loop = asyncio.get_running_loop()
+    future = ls.work_done_progress.tokens.get(token)
+    if future is not None:
+        future.add_done_callback(lambda f: progress.cancel.set() if f.cancelled() else None)
+    ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"midline: {title}", cancellable=True))
+    progress.report = lambda message: loop.call_soon_threadsafe(
+        ls.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
+    )
+    try:
+        yield progress
+    finally:
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd())
+        ls.work_done_progress.tokens.pop(token, None)
+
+
+def _document_changes(ls: MidlineServer) -> bool:
+    edit = get_capability(ls.client_capabilities, "workspace.workspace_edit", None)
+    return edit is not None and bool(edit.document_changes or "create" in (edit.resource_operations or ()))
+
+
+def _workspace_edit(ls: MidlineServer, edits: list[tuple[str, int | None, list[types.TextEdit], bool]]) -> types.WorkspaceEdit:
+    """(uri, version, edits, create the file first) as a WorkspaceEdit in the form the client takes."""
+    if not _document_changes(ls):
+        return types.WorkspaceEdit(changes={uri: text_edits for uri, _, text_edits, _ in edits})
+    changes: list = []
+    for uri, version, text_edits, create in edits:
+        if create:
+            changes.append(types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)))
+        identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
+        changes.append(types.TextDocumentEdit(text_document=identifier, edits=text_edits))
+    return types.WorkspaceEdit(document_changes=changes)
+
+
+def _test_file_edit(ls: MidlineServer, tests: TestFile) -> types.WorkspaceEdit:
+    uri = tests.path.as_uri()
+    open_doc = next((d for d in ls.documents if Path(d.path) == tests.path), None)
+    if tests.existing is None:
+        at = types.Position(0, 0)
+    else:
+        doc = open_doc or Document(uri, None, 0, tests.existing)
+        at = doc.position_at(len(doc.text), ls.codec)
+    edit = types.TextEdit(range=types.Range(at, at), new_text=tests.text)
+    return _workspace_edit(ls, [(uri, open_doc.version if open_doc else None, [edit], tests.existing is None)])
+
+
 def _as_snippet(text: str, document: str, offset: int) -> str:
     """`text` as an LSP snippet that expands to exactly `text`: `\\ $ }` escaped, and the cursor line's
     indentation taken off later lines (clients re-indent a snippet's lines to the cursor line)."""
@@ -237,15 +449,17 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
     """Model, device and latency for a status bar; counters for tests and benchmarks."""
     completer = ls.completer
     if completer is None:
-        return {"ready": False, "model": ls.config.model or str(DEFAULT_MODEL_DIR)}
+        return {"ready": False, "model": _model_label(ls.config)}
     return {
         "ready": True,
-        "model": ls.config.model or str(DEFAULT_MODEL_DIR),
+        "model": _model_label(ls.config),
         "device": str(completer.engine.device),
         "fimFormat": completer.engine.fim.name,
         "generating": completer.generating,
         **_camel_keys(dataclasses.asdict(completer.stats)),
         "last": _camel_keys(dataclasses.asdict(completer.trace)),
+        "actions": {**_camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
+        "hover": {"explained": ls.explainer.computed, "pending": ls.explainer.pending},
     }
 
 

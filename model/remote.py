@@ -1,0 +1,538 @@
+"""Remote backends: the `Engine` interface over HTTP, for a model served by vLLM, TGI, llama.cpp or Ollama.
+
+`RemoteEngine` has what the server's `Completer` uses from `Engine` (`encode`, `generate`, `count_tokens`,
+`max_context`, `fim`, `device`, `clear_cache`, `decode`), so a serving engine on another machine drops in
+for the local model. Three protocols (`kind`):
+
+- `openai`: `POST {url}/v1/completions`, OpenAI-compatible text completion (vLLM, TGI, llama.cpp's server,
+  SGLang, LM Studio). The FIM prompt is rendered as text by `midline.model.fim` in the served model's format;
+  the server tokenizes it, special tokens included (so a FIM token's string typed in the code itself is parsed
+  as that token too, where the local engine keeps it text).
+- `llamacpp`: `POST {url}/infill`, llama.cpp's fill-in-the-middle endpoint: prefix, suffix and extra-context
+  snippets go as fields, and the server lays them out with the model's own FIM tokens (`fimMode` is the
+  server's choice there: `--spm-infill`).
+- `ollama`: `POST {url}/api/generate` with `raw: true`. Ollama's `/v1/completions` wraps the prompt in the
+  model's template (ollama/ollama#5544), which would break a rendered FIM prompt; raw mode takes it verbatim.
+
+Every request streams (server-sent events, or Ollama's JSON lines), so a cancelled, superseded or timed-out
+completion closes the connection mid-generation and the serving engine stops working on it. Failures
+(connection refused, HTTP errors with the server's message, malformed answers, no data within the timeout)
+raise a `RemoteError` whose message says what happened and where; the language server shows it and keeps
+running.
+
+Token counts (for sizing the context windows): with a local copy of the served model's tokenizer
+(`tokenizer`, a directory with tokenizer.json), exact; without one, an estimate of one token per
+`CHARS_PER_TOKEN` characters, which over-counts for the large-vocabulary tokenizers of served code models, so
+prompts stay inside the server's context. `max_context` is the served model's context (`backend.contextLength`).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import math
+import os
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from midline.model import fim
+from midline.model.engine import Generation
+from midline.model.fim import FimFormat, FimPrompt, Mode
+
+Kind = Literal["openai", "llamacpp", "ollama"]
+KINDS: tuple[str, ...] = ("openai", "llamacpp", "ollama")
+
+# Without a local tokenizer, one token per 3 characters: midline's own 4k-vocabulary tokenizer gets 2.8-3.2 on
+# midline's Python sources, and the large-vocabulary tokenizers of served code models get more characters a
+# token, so their prompts are over-counted (windows come out smaller, never past the server's context).
+CHARS_PER_TOKEN = 3.0
+# TGI refuses more than 4 stop sequences by default; the rest are cut on this side (see `_cut_at_stop`).
+MAX_STOP_SEQUENCES = 4
+# How often the watcher checks the cancel flag and the deadline while a request is open.
+_POLL_S = 0.01
+# llama.cpp's /infill lays out the FIM prompt itself; the format stands in for status and logs.
+SERVER_SIDE = FimFormat("server-side", "", "", "", "")
+
+
+class RemoteError(RuntimeError):
+    """A remote backend failed; the message says what happened, at which URL, and what to check."""
+
+
+class RemoteConnectionError(RemoteError):
+    """The server could not be reached (refused, unknown host, TLS failure, connection reset)."""
+
+
+class RemoteTimeoutError(RemoteError):
+    """The server sent nothing for `timeout_s`."""
+
+
+class RemoteHTTPError(RemoteError):
+    """The server answered with an HTTP error; `server_message` is its own explanation."""
+
+    def __init__(self, message: str, status: int, server_message: str):
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+
+class RemoteProtocolError(RemoteError):
+    """The server's answer is not what the protocol says (not JSON, missing fields, cut short)."""
+
+
+class RemotePrompt(NamedTuple):
+    """A FIM prompt ready to send: rendered text (openai, ollama) or its parts (llamacpp).
+
+    A tuple of strings, so the Completer's cache key (`tuple(prompt)`) works as it does for token ids.
+    """
+
+    text: str  # the whole FIM prompt in the model's format (openai, ollama); "" for llamacpp
+    prefix: str = ""  # llamacpp: input_prefix
+    suffix: str = ""  # llamacpp: input_suffix
+    extra: tuple[tuple[str, str], ...] = ()  # llamacpp: input_extra as (filename, text)
+
+
+class RemoteEngine:
+    """A model behind an HTTP server, with the `Engine` interface."""
+
+    reuse_prefix = False  # the serving engine does its own prefix caching
+
+    def __init__(
+        self,
+        kind: Kind,
+        url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        fim_format: FimFormat | None = None,
+        tokenizer: Any = None,
+        max_context: int = 4096,
+        timeout_s: float = 10.0,
+    ):
+        if kind not in KINDS:
+            raise RemoteError(f"unknown backend kind {kind!r}: use {', '.join(KINDS)} (or local)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RemoteError(f"backend URL {url!r} is not an http:// or https:// URL with a host")
+        if fim_format is None and kind != "llamacpp":
+            raise RemoteError(
+                f"the {kind} backend needs the served model's FIM format: set `midline.fimFormat` "
+                f"({', '.join(fim.FORMATS)}) or `midline.backend.tokenizer` to a local copy of its tokenizer"
+            )
+        if kind == "ollama" and not model:
+            raise RemoteError("the ollama backend needs `midline.backend.model` (the name `ollama list` shows)")
+        self.kind = kind
+        self.url = url.rstrip("/")
+        self.model_name = model
+        self.api_key = api_key
+        self.fim = fim_format or SERVER_SIDE
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.timeout_s = timeout_s
+        self.device = f"{kind} {self.url}"  # where generation runs, for logs and `midline.status`
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = self._endpoint(parts.path.rstrip("/"))
+        if tokenizer is not None:
+            count = lambda text: len(fim.encode_text(tokenizer, text))  # noqa: E731
+        else:
+            count = lambda text: math.ceil(len(text) / CHARS_PER_TOKEN)  # noqa: E731
+        self._count_tokens = functools.lru_cache(maxsize=1 << 14)(count)
+
+    @classmethod
+    def load(
+        cls,
+        kind: Kind,
+        url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        fim_format: str | None = None,
+        tokenizer: str | Path | None = None,
+        max_context: int = 4096,
+        timeout_s: float = 10.0,
+    ) -> RemoteEngine:
+        """A backend from settings: `fim_format` by name, else detected from the local `tokenizer` directory."""
+        tok = _load_tokenizer(Path(tokenizer).expanduser()) if tokenizer else None
+        fmt = fim.get(fim_format) if fim_format else fim.detect(tok.get_vocab()) if tok is not None else None
+        return cls(kind, url, model=model, api_key=api_key, fim_format=fmt, tokenizer=tok, max_context=max_context, timeout_s=timeout_s)
+
+    # -- the Engine interface -------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text`: exact with a local tokenizer, else estimated from its length. Memoized."""
+        return self._count_tokens(text)
+
+    def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> RemotePrompt:
+        """The request's prompt: rendered in the model's FIM format, or (llamacpp) the parts /infill takes."""
+        if self.kind == "llamacpp":
+            return RemotePrompt("", prompt.prefix, prompt.suffix, tuple((s.path, s.text) for s in prompt.snippets))
+        return RemotePrompt(self.fim.render(prompt, mode))
+
+    def generate(
+        self,
+        prompt: RemotePrompt,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        should_stop: Callable[[str], bool] | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> Generation:
+        """Stream a completion of `prompt`; the same contract as `Engine.generate`.
+
+        The server sends text, not token ids: `token_ids` is the text re-encoded by the local tokenizer (empty
+        without one), and `mean_logprob` is nan.
+
+        Stops on the server's end of text or length limit ("eot", "length"), when `should_stop` says so after a
+        chunk ("stop"), on `cancel` ("cancelled") or at `deadline` ("timeout", a `time.monotonic()` time); the
+        last three close the connection, which stops the server's generation. Raises `RemoteError`.
+        """
+        if isinstance(prompt, str):  # plain text: the rendered prompt, or (llamacpp) the prefix
+            prompt = RemotePrompt("", prefix=prompt) if self.kind == "llamacpp" else RemotePrompt(prompt)
+        if not prompt.text and self.kind != "llamacpp":  # (an empty file is a fine /infill request)
+            raise ValueError("the prompt is empty")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        start = time.monotonic()
+        payload = self._payload(prompt, max_new_tokens, temperature, top_p, seed)
+        text, finish, prompt_tokens = "", None, None
+        with _Request(self, payload, cancel, deadline) as events:
+            for event in events:
+                delta, done, reported = self._parse(event)
+                prompt_tokens = reported or prompt_tokens
+                if delta:  # the order of Engine.generate's checks after a token: stop token, should_stop, limit
+                    text, stopped = _cut_at_stop(text + delta, self.fim.stop_tokens)
+                    if stopped:
+                        finish = "eot"
+                        break
+                    if should_stop is not None and should_stop(text):
+                        finish = "stop"
+                        break
+                if done is not None:
+                    finish = done
+                    break
+                if cancel is not None and cancel.is_set():
+                    break
+        if finish is None:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+            elif deadline is not None and time.monotonic() >= deadline:
+                finish = "timeout"
+            else:
+                raise RemoteProtocolError(f"{self._where()} ended the stream before the completion finished")
+        return Generation(
+            text=text,
+            token_ids=fim.encode_text(self.tokenizer, text) if self.tokenizer is not None and text else [],
+            finish_reason=finish,
+            mean_logprob=math.nan,
+            prompt_tokens=prompt_tokens or self._prompt_tokens(prompt),
+            elapsed_s=time.monotonic() - start,
+        )
+
+    def _prompt_tokens(self, prompt: RemotePrompt) -> int:
+        """The prompt's length where the server did not report it: counted here (special tokens as the server parses them)."""
+        if self.tokenizer is not None and prompt.text:
+            return len(self.tokenizer.encode(prompt.text, add_special_tokens=False))
+        return self.count_tokens(prompt.text or prompt.prefix + prompt.suffix + "".join(text for _, text in prompt.extra))
+
+    def clear_cache(self) -> None:
+        """Nothing to drop here: the serving engine keeps its own prompt cache."""
+
+    def decode(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            raise RemoteError("decoding token ids needs a local tokenizer: set `midline.backend.tokenizer`")
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).rstrip("\ufffd")
+
+    # -- protocols ------------------------------------------------------------------------------
+
+    def _endpoint(self, base: str) -> str:
+        if self.kind == "openai":  # the URL may be the server's root or its OpenAI base URL (.../v1)
+            return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+        return base + ("/infill" if self.kind == "llamacpp" else "/api/generate")
+
+    def _payload(self, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        stops = list(self.fim.stop_tokens)
+        if self.kind == "openai":
+            payload: dict[str, Any] = {
+                "prompt": prompt.text, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "stream": True, "stop": stops[:MAX_STOP_SEQUENCES],
+            }
+            if self.model_name:
+                payload["model"] = self.model_name
+        elif self.kind == "llamacpp":
+            payload = {
+                "input_prefix": prompt.prefix, "input_suffix": prompt.suffix,
+                "input_extra": [{"filename": name, "text": text} for name, text in prompt.extra],
+                "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True, "cache_prompt": True,
+            }
+        else:  # ollama: options go in "options"; num_ctx, or Ollama cuts prompts at its default context
+            options = {"num_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stop": stops, "num_ctx": self.max_context}
+            if seed is not None:
+                options["seed"] = seed
+            return {"model": self.model_name, "prompt": prompt.text, "raw": True, "stream": True, "options": options}
+        if seed is not None:
+            payload["seed"] = seed
+        return payload
+
+    def _parse(self, event: Any) -> tuple[str, str | None, int | None]:
+        """One streamed (or whole) answer: (new text, finish reason if it ends here, prompt tokens if reported)."""
+        if not isinstance(event, dict):
+            raise RemoteProtocolError(f"{self._where()} sent {_short(event)}, not a JSON object")
+        if "error" in event:
+            raise RemoteError(f"{self._where()} failed: {_error_message(event)}")
+        try:
+            if self.kind == "openai":
+                usage = event.get("usage") or {}
+                if not event.get("choices"):  # e.g. a usage-only chunk
+                    return "", None, usage.get("prompt_tokens")
+                choice = event["choices"][0]
+                reason = choice.get("finish_reason")
+                done = None if reason is None else "length" if reason == "length" else "eot"
+                return _text(choice["text"]), done, usage.get("prompt_tokens")
+            if self.kind == "llamacpp":
+                done = None
+                if event.get("stop"):
+                    limit = event.get("stop_type") == "limit" or event.get("stopped_limit")
+                    done = "length" if limit else "eot"
+                return _text(event.get("content", "")), done, event.get("tokens_evaluated")
+            done = None
+            if event.get("done"):
+                done = "length" if event.get("done_reason") == "length" else "eot"
+            return _text(event.get("response", "")), done, event.get("prompt_eval_count")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise RemoteProtocolError(f"{self._where()} sent a malformed {self.kind} answer ({exc!r}): {_short(event)}") from None
+
+    def _where(self) -> str:
+        return f"the {self.kind} backend at {self.url}"
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream, application/x-ndjson, application/json",
+            "User-Agent": "midline",
+        }
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+class _Request:
+    """One streamed request; iterating yields the parsed JSON events.
+
+    A watcher thread shuts the socket down when `cancel` is set or `deadline` passes, so a read blocked on a
+    slow server returns at once; the iterator then ends quietly and `generate` reports why.
+    """
+
+    def __init__(self, engine: RemoteEngine, payload: dict, cancel: threading.Event | None, deadline: float | None):
+        self.engine = engine
+        self.payload = payload
+        self.cancel = cancel
+        self.deadline = deadline
+        self.conn: http.client.HTTPConnection | None = None
+        self.sock: socket.socket | None = None  # kept: http.client hands a "Connection: close" socket to the response
+        self.response: http.client.HTTPResponse | None = None
+        self.interrupted = threading.Event()
+        self._done = threading.Event()
+
+    def __enter__(self) -> Iterator[Any]:
+        if self.cancel is not None or self.deadline is not None:
+            threading.Thread(target=self._watch, name="midline-remote-watch", daemon=True).start()
+        return self._events()
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        _shutdown(self.sock)  # mid-stream, this is what tells the server to stop generating
+        for closable in (self.response, self.conn, self.sock):
+            if closable is not None:
+                closable.close()
+
+    def _stopped(self) -> bool:
+        return (self.cancel is not None and self.cancel.is_set()) or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def _watch(self) -> None:
+        while not self._done.wait(_POLL_S):
+            if self._stopped():
+                self.interrupted.set()
+                if self.sock is not None:  # else keep watching: the connection is being made
+                    _shutdown(self.sock)  # a blocked read returns at once
+                    return
+
+    def _events(self) -> Iterator[Any]:
+        engine = self.engine
+        where = engine._where()
+        if self._stopped():
+            return
+        timeout = engine.timeout_s
+        if self.deadline is not None:
+            timeout = max(0.001, min(timeout, self.deadline - time.monotonic()))
+        try:
+            self.conn = engine._connection(timeout)
+            self.conn.connect()
+            self.conn.sock.settimeout(engine.timeout_s)  # from here on: the longest wait for the next bytes
+            self.sock = self.conn.sock
+            if self._stopped():
+                return
+            self.conn.request("POST", engine._path, json.dumps(self.payload).encode(), engine._headers())
+            response = self.response = self.conn.getresponse()
+            if response.status >= 400:
+                raise _http_error(engine, response)
+            content_type = response.getheader("Content-Type", "")
+            if engine.kind == "ollama" or "ndjson" in content_type:
+                yield from _json_lines(response, where)
+            elif "text/event-stream" in content_type:
+                yield from _server_sent_events(response, where)
+            else:  # a server that ignored "stream": one JSON answer
+                yield _json(response.read(), where)
+        except RemoteError:
+            if not self.interrupted.is_set():
+                raise
+        except (TimeoutError, socket.timeout):
+            if not (self.interrupted.is_set() or self._stopped()):
+                raise RemoteTimeoutError(f"{where} sent nothing for {engine.timeout_s:g} s (`midline.backend.timeoutMs`)") from None
+        except ConnectionRefusedError:
+            raise RemoteConnectionError(f"cannot connect to {where}: connection refused. Is the server running, and is `midline.backend.url` right?") from None
+        except socket.gaierror as exc:
+            raise RemoteConnectionError(f"cannot connect to {where}: unknown host {engine._host!r} ({exc.strerror})") from None
+        except ssl.SSLError as exc:
+            raise RemoteConnectionError(f"cannot connect to {where}: TLS failed ({exc})") from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            if not (self.interrupted.is_set() or self._stopped()):  # a closed socket after a cancel is expected
+                raise RemoteConnectionError(f"{where} dropped the connection ({type(exc).__name__}: {exc})") from None
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed, or never connected
+            pass
+
+
+def _server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
+    """`data:` payloads of an SSE stream, parsed as JSON, until `[DONE]` or the end of the stream."""
+    data: list[str] = []
+    is_error = False
+    while True:
+        raw = response.readline()
+        if not raw:
+            return
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "error":  # llama.cpp's way of reporting a failure mid-stream
+                data.append(value)
+                is_error = True
+            continue  # comments (":") and other fields (event, id, retry) carry nothing here
+        if not data:
+            continue
+        payload = "\n".join(data)
+        data = []
+        if payload.strip() == "[DONE]":
+            return
+        event = _json(payload, where)
+        yield {"error": event} if is_error and "error" not in event else event
+
+
+def _json_lines(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
+    while raw := response.readline():
+        if raw.strip():
+            yield _json(raw, where)
+
+
+def _json(data: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise RemoteProtocolError(f"{where} sent something that is not JSON: {_short(data)}") from None
+
+
+def _http_error(engine: RemoteEngine, response: http.client.HTTPResponse) -> RemoteHTTPError:
+    """The server's own explanation of an HTTP error, from its JSON body (or the body's text)."""
+    try:
+        body = response.read(65536)
+    except (OSError, http.client.HTTPException):
+        body = b""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        server_message = _error_message(json.loads(text))
+    except ValueError:
+        server_message = text
+    server_message = _short(server_message or response.reason, 500)
+    hint = ""
+    if response.status in (401, 403):
+        hint = " (check the API key: `midline.backend.apiKeyEnv`)"
+    elif response.status == 404:
+        hint = f" (check `midline.backend.url` and `midline.backend.kind`: is {engine._path} this server's endpoint, and the model name right?)"
+    return RemoteHTTPError(f"{engine._where()} answered HTTP {response.status}: {server_message}{hint}", response.status, server_message)
+
+
+def _error_message(body: Any) -> str:
+    """The message in the error shapes servers use: OpenAI/vLLM/llama.cpp, TGI, Ollama, FastAPI."""
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict) and value:
+                return _error_message(value)
+            if isinstance(value, list) and value:  # FastAPI validation errors
+                return "; ".join(str(v.get("msg", v)) if isinstance(v, dict) else str(v) for v in value)
+    return _short(body)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"text is {type(value).__name__}, not a string")
+    return value
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to the first stop token in it (a server that prints special tokens, or that got fewer stops)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _load_tokenizer(path: Path) -> Any:
+    if path.is_file():  # tokenizer.json itself: its directory holds the rest
+        path = path.parent
+    if not path.is_dir():
+        raise RemoteError(f"`midline.backend.tokenizer` is {path}, which does not exist: point it at a directory with the served model's tokenizer.json")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a settings problem to report
+        raise RemoteError(f"cannot load the tokenizer in {path} (`midline.backend.tokenizer`): {exc}") from exc
+
+
+def api_key_from(key: str | None, env: str | None) -> str | None:
+    """The API key: `key` itself, else the environment variable `env` (an error if it is named but unset)."""
+    if key:
+        return key
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise RemoteError(f"`midline.backend.apiKeyEnv` names {env}, which is not set in the server's environment")
+        return value
+    return None

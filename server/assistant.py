@@ -1,0 +1,186 @@
+"""Asking a model to do an instruction task (model/tasks.py): explain, fix, write tests, code from a comment.
+
+An `Ask` holds one task in both shapes: a FIM prompt for the completion model and chat messages for
+an instruction model. `Assistant.run` uses the instruction model when `actions.model` names one (loaded
+on first use), else the completion model; it runs on the server's model thread, stops on cancellation
+and at `actions.timeoutMs`, and caches results by the task's inputs (a node's content hash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from midline.model.engine import Engine
+from midline.model.fim import FimPrompt
+from midline.model.instruct import InstructModel
+from midline.model.loader import ModelLoadError
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The task was cancelled (the request, or its progress, was cancelled by the client)."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One task in both shapes, and how to read each shape's answer."""
+
+    task: str  # "explain" | "fix" | "tests" | "fromComment" (cache key, logs)
+    key: str  # content hash of the task's inputs
+    prompt: FimPrompt
+    parse: Callable[[str], str]  # completion model's text -> result
+    messages: list[dict[str, str]]
+    parse_chat: Callable[[str], str]  # instruction model's answer -> result
+    stop: Callable[[str], bool] | None = None  # completion model: the text so far is complete
+    max_new_tokens: int | None = None  # None: actions.maxNewTokens
+
+
+def content_hash(*parts: str) -> str:
+    """A stable hash of the task's inputs (the node's code, its language, diagnostics...)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class AssistantStats:
+    calls: int = 0  # model generations
+    cache_hits: int = 0
+    cancelled: int = 0
+    timeouts: int = 0
+    last_raw: str = ""  # the model's text for the last task, before parsing
+    last_finish: str = ""
+
+
+class Assistant:
+    """Runs tasks on the completion model or the instruction model, one at a time on the model thread."""
+
+    def __init__(
+        self,
+        engine: Callable[[], Awaitable[Engine | None]],
+        config: Config,
+        executor: Executor,
+        report: Callable[[str], None] = log.error,
+    ) -> None:
+        self._engine = engine
+        self.config = config
+        self.executor = executor
+        self.report = report
+        self.stats = AssistantStats()
+        self._cache: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._instruct: tuple[str, InstructModel | None] | None = None  # (path, model or None if it failed)
+        self._running: set[threading.Event] = set()
+
+    @property
+    def generating(self) -> bool:
+        return bool(self._running)
+
+    def model_id(self) -> str:
+        return f"instruct:{self.config.actions.model}" if self.config.actions.model else "fim"
+
+    def cached(self, ask: Ask) -> str | None:
+        key = (ask.task, ask.key, self.model_id())
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        return None
+
+    def remember(self, ask: Ask, result: str) -> None:
+        if self.config.actions.cache_size <= 0:
+            return
+        self._cache[(ask.task, ask.key, self.model_id())] = result
+        while len(self._cache) > self.config.actions.cache_size:
+            self._cache.popitem(last=False)
+
+    async def run(self, ask: Ask, cancel: threading.Event | None = None) -> str | None:
+        """The task's result (cached by its inputs); None if there is no model or it timed out.
+
+        Raises `Cancelled` when `cancel` is set, and stops the generation when the awaiting task is cancelled.
+        """
+        if (hit := self.cached(ask)) is not None:
+            self.stats.cache_hits += 1
+            return hit
+        cancel = cancel or threading.Event()
+        instruct = await self._instruct_model()
+        engine = None if instruct is not None else await self._engine()
+        if instruct is None and engine is None:
+            return None
+        config = self.config
+        max_new_tokens = ask.max_new_tokens or config.actions.max_new_tokens
+        deadline = time.monotonic() + config.actions.timeout_ms / 1000
+        mode = None if config.fim_mode == "auto" else config.fim_mode
+
+        def generate() -> tuple[str, str]:
+            if instruct is not None:
+                reply = instruct.generate(ask.messages, max_new_tokens=max_new_tokens, cancel=cancel, deadline=deadline)
+                return reply.text, reply.finish_reason
+            generation = engine.generate(
+                engine.encode(ask.prompt, mode), max_new_tokens=max_new_tokens, should_stop=ask.stop, cancel=cancel, deadline=deadline
+            )
+            return generation.text, generation.finish_reason
+
+        self._running.add(cancel)
+        self.stats.calls += 1
+        try:
+            raw, finish = await asyncio.get_running_loop().run_in_executor(self.executor, generate)
+        except asyncio.CancelledError:  # $/cancelRequest: stop the generation too
+            cancel.set()
+            self.stats.cancelled += 1
+            raise
+        except Exception as exc:  # a remote backend down, a model failing: say so, answer nothing
+            self.report(f"midline: {ask.task} failed: {exc}")
+            return None
+        finally:
+            self._running.discard(cancel)
+        self.stats.last_raw, self.stats.last_finish = raw, finish
+        log.debug("%s: %d chars (%s)", ask.task, len(raw), finish)
+        if finish == "cancelled":
+            self.stats.cancelled += 1
+            raise Cancelled(ask.task)
+        if finish == "timeout":
+            self.stats.timeouts += 1
+            return None
+        result = (ask.parse_chat if instruct is not None else ask.parse)(raw)
+        self.remember(ask, result)
+        return result
+
+    async def _instruct_model(self) -> InstructModel | None:
+        """The configured instruction model, loaded once per path; None without one (or if it fails to load)."""
+        path = self.config.actions.model
+        if not path:
+            return None
+        if self._instruct is not None and self._instruct[0] == path:
+            return self._instruct[1]
+        config = self.config
+
+        def load() -> InstructModel:
+            return InstructModel.load(path, device=config.device, trust_remote_code=config.trust_remote_code)
+
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(self.executor, load)
+        except (ModelLoadError, OSError, ValueError) as exc:
+            self.report(f"midline: cannot load the instruction model at {path}: {exc}; using the completion model")
+            model = None
+        self._instruct = (path, model)
+        return model
+
+
+@dataclass
+class Progress:
+    """What a long task tells the client: `report(message)` between steps; `cancel` is set when the
+    client cancels the progress."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    report: Callable[[str], None] = lambda message: None

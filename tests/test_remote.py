@@ -1,0 +1,323 @@
+"""Remote backends against a real tiny model served over HTTP (tests/model_server.py).
+
+The served model is the same session model as `tiny_engine`, so a remote greedy completion must equal the local
+engine's, token for token, over OpenAI `/v1/completions`, llama.cpp `/infill` and Ollama `/api/generate`. Then:
+cancellation and deadlines close the stream mid-generation (and the server stops generating), a silent server
+times out, and refused connections, HTTP errors and malformed answers raise `RemoteError`s that say what happened;
+last, the real `midline serve` completes through a remote backend and reports a dead one without crashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from lsprotocol import types
+
+from midline.model.fim import FimPrompt, Snippet
+from midline.model.remote import (
+    RemoteConnectionError,
+    RemoteEngine,
+    RemoteError,
+    RemoteHTTPError,
+    RemoteProtocolError,
+    RemotePrompt,
+    RemoteTimeoutError,
+    api_key_from,
+)
+from midline.server.completion import Completer
+from midline.server.config import Config, ConfigError
+from midline.server.documents import Document
+
+from .lsp_client import inline, open_document, running_server, status
+from .model_server import ModelServer
+
+PROMPT = FimPrompt(
+    prefix="import os\n\n\ndef home():\n    # the user's home directory, from ",
+    suffix="\n    return os.path.expanduser('~')\n",
+    path="pkg/home.py",
+    snippets=[Snippet("pkg/paths.py", "def expand(path):\n    return os.path.expanduser(path)\n")],
+    repo="proj",
+)
+# llama.cpp gets no path or repository name: the server lays out the snippets and the prefix/suffix (PSM here)
+INFILL_PROMPT = FimPrompt(prefix=PROMPT.prefix, suffix=PROMPT.suffix, snippets=PROMPT.snippets)
+KINDS = ("openai", "llamacpp", "ollama")
+
+
+@pytest.fixture(scope="module")
+def model_server(tiny_engine):
+    with ModelServer(tiny_engine) as server:
+        yield server
+
+
+@pytest.fixture
+def served(model_server):
+    """The module's server, healthy and fast; after the test, idle again (a cancelled generation has stopped)."""
+    model_server.reset()
+    yield model_server
+    assert model_server.wait_idle(10), "the server kept generating for a client that went away"
+    model_server.reset()
+
+
+def remote(server: ModelServer, tiny_engine, kind: str = "openai", **kwargs) -> RemoteEngine:
+    """A backend for the served tiny model, with its tokenizer and FIM format (as `backend.tokenizer` gives)."""
+    return RemoteEngine(kind, server.url, model="tiny", fim_format=tiny_engine.fim, tokenizer=tiny_engine.tokenizer, **kwargs)
+
+
+def local_greedy(tiny_engine, kind: str, max_new_tokens: int, **kwargs):
+    prompt, mode = (INFILL_PROMPT, "psm") if kind == "llamacpp" else (PROMPT, None)
+    ids = tiny_engine.encode(prompt, mode)
+    return ids, tiny_engine.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_remote_greedy_completion_equals_the_local_engine(served, tiny_engine, kind, stream):
+    served.ignore_stream = not stream  # "whole": a server that ignores "stream" and answers with one JSON body
+    ids, expected = local_greedy(tiny_engine, kind, 24)
+    backend = remote(served, tiny_engine, kind)
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=24)
+    request = served.requests[-1]
+    assert request["prompt_ids"] == ids  # the server tokenized exactly the prompt the local engine runs
+    assert expected.text.strip() and (got.text, got.finish_reason) == (expected.text, expected.finish_reason)
+    assert got.prompt_tokens == len(ids)
+    payload = request["payload"]
+    if kind == "openai":
+        assert payload["stream"] and payload["max_tokens"] == 24 and payload["temperature"] == 0 and payload["model"] == "tiny"
+        assert payload["stop"] == list(tiny_engine.fim.stop_tokens[:4])
+    elif kind == "llamacpp":
+        assert payload["n_predict"] == 24 and payload["input_extra"] == [{"filename": "pkg/paths.py", "text": PROMPT.snippets[0].text}]
+    else:
+        assert payload["raw"] is True and payload["options"]["num_predict"] == 24 and payload["options"]["num_ctx"] == 4096
+
+
+def test_sampling_settings_reach_the_server_and_match_the_local_engine(served, tiny_engine):
+    _, expected = local_greedy(tiny_engine, "openai", 16, temperature=0.8, top_p=0.9, seed=7)
+    backend = remote(served, tiny_engine)
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=16, temperature=0.8, top_p=0.9, seed=7)
+    payload = served.requests[-1]["payload"]
+    assert (payload["temperature"], payload["top_p"], payload["seed"]) == (0.8, 0.9, 7)
+    assert got.text == expected.text
+
+
+def test_should_stop_closes_the_stream_at_the_same_token_as_the_local_engine(served, tiny_engine):
+    stop = lambda text: len(text) >= 12  # noqa: E731
+    _, expected = local_greedy(tiny_engine, "openai", 200, should_stop=stop)
+    _, full = local_greedy(tiny_engine, "openai", 200)
+    assert expected.finish_reason == "stop" and len(full.token_ids) > 20  # the server would generate on, unstopped
+    served.token_delay_s = 0.01
+    backend = remote(served, tiny_engine)
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=200, should_stop=stop)
+    assert (got.text, got.finish_reason) == (expected.text, "stop")
+    assert served.finished.wait(5) and served.last_finish == "disconnected"
+    assert served.tokens_generated < 100
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_closes_the_stream_mid_generation(served, tiny_engine, kind):
+    _, full = local_greedy(tiny_engine, kind, 200)
+    assert len(full.token_ids) > 20  # long enough to cancel in the middle
+    served.token_delay_s = 0.02
+    backend = remote(served, tiny_engine, kind)
+    cancel, result = threading.Event(), {}
+    worker = threading.Thread(target=lambda: result.update(g=backend.generate(backend.encode(PROMPT), max_new_tokens=200, cancel=cancel)))
+    worker.start()
+    start = time.monotonic()
+    while served.tokens_generated < 5:
+        assert time.monotonic() - start < 10, "the server never started generating"
+        time.sleep(0.005)
+    cancel.set()
+    cancelled_at = time.monotonic()
+    worker.join(5)
+    assert time.monotonic() - cancelled_at < 0.5, "generate() did not return promptly after cancel"
+    got = result["g"]
+    assert got.finish_reason == "cancelled" and full.text.startswith(got.text)
+    assert served.finished.wait(5) and served.last_finish == "disconnected"  # the server saw the connection close
+    assert served.tokens_generated < len(full.token_ids)
+
+
+def test_deadline_closes_the_stream_mid_generation_and_before_the_first_byte(served, tiny_engine):
+    _, full = local_greedy(tiny_engine, "openai", 200)
+    backend = remote(served, tiny_engine)
+    served.token_delay_s = 0.05
+    start = time.monotonic()
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=200, deadline=start + 0.3)
+    assert got.finish_reason == "timeout" and 0.25 < time.monotonic() - start < 1.0  # not the 10 s of 200 tokens
+    assert got.text and full.text.startswith(got.text)
+    assert served.finished.wait(5) and served.last_finish == "disconnected"
+
+    assert served.wait_idle(5)
+    served.token_delay_s, served.first_byte_delay_s = 0.0, 0.8  # a server busy before it answers at all
+    start = time.monotonic()
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=8, deadline=start + 0.15)
+    assert got.finish_reason == "timeout" and got.text == "" and time.monotonic() - start < 0.6
+
+
+def test_a_silent_server_times_out_with_a_clear_error(served, tiny_engine):
+    served.first_byte_delay_s = 0.8
+    backend = remote(served, tiny_engine, timeout_s=0.15)
+    start = time.monotonic()
+    with pytest.raises(RemoteTimeoutError, match=r"sent nothing for 0\.15 s.*timeoutMs") as err:
+        backend.generate(backend.encode(PROMPT), max_new_tokens=8)
+    assert time.monotonic() - start < 0.6 and served.url in str(err.value)
+
+
+def test_connection_refused_is_a_clear_error(tiny_engine):
+    url = f"http://127.0.0.1:{free_port()}"
+    backend = RemoteEngine("openai", url, fim_format=tiny_engine.fim)
+    with pytest.raises(RemoteConnectionError, match="connection refused") as err:
+        backend.generate(backend.encode(PROMPT))
+    assert url in str(err.value) and "backend.url" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "status, body, message",
+    [
+        (500, {"error": {"code": 500, "message": "CUDA out of memory (test)", "type": "server_error"}}, "CUDA out of memory (test)"),  # vLLM, llama.cpp
+        (503, {"error": "Model is overloaded", "error_type": "overloaded"}, "Model is overloaded"),  # TGI
+        (404, {"error": "model 'tiny' not found, try pulling it first"}, "model 'tiny' not found"),  # Ollama
+        (400, {"object": "error", "message": "This model's maximum context length is 4096 tokens", "code": 400}, "maximum context length"),  # vLLM
+    ],
+)
+def test_http_errors_carry_the_servers_message(served, tiny_engine, status, body, message):
+    served.fail = (status, body)
+    backend = remote(served, tiny_engine)
+    with pytest.raises(RemoteHTTPError) as err:
+        backend.generate(backend.encode(PROMPT))
+    assert err.value.status == status and message in err.value.server_message
+    assert f"HTTP {status}: " in str(err.value) and message in str(err.value) and served.url in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "garbage, error, message",
+    [
+        (b"data: {not json\n\n", RemoteProtocolError, "not JSON"),
+        (b'data: {"choices": [{"index": 0}]}\n\n', RemoteProtocolError, "malformed openai answer"),
+        (b'data: ["a", "list"]\n\n', RemoteProtocolError, "not a JSON object"),
+        (b'data: {"choices": [{"text": "x", "finish_reason": null}]}\n\n', RemoteProtocolError, "ended the stream"),
+        (b'data: {"error": {"message": "slot unavailable", "code": 503}}\n\n', RemoteError, "slot unavailable"),
+    ],
+)
+def test_malformed_answers_raise_protocol_errors(served, tiny_engine, garbage, error, message):
+    served.garbage = garbage
+    backend = remote(served, tiny_engine)
+    with pytest.raises(error, match=message):
+        backend.generate(backend.encode(PROMPT))
+
+
+def test_api_key_is_sent_as_a_bearer_token(served, tiny_engine, monkeypatch):
+    served.api_key = "sekrit"
+    with pytest.raises(RemoteHTTPError, match="invalid API key.*apiKeyEnv"):
+        remote(served, tiny_engine).generate(RemotePrompt("x"), max_new_tokens=2)
+    monkeypatch.setenv("MIDLINE_TEST_KEY", "sekrit")
+    backend = remote(served, tiny_engine, api_key=api_key_from(None, "MIDLINE_TEST_KEY"))
+    assert backend.generate(backend.encode(PROMPT), max_new_tokens=2).finish_reason in ("length", "eot")
+    assert served.requests[-1]["headers"]["Authorization"] == "Bearer sekrit"
+    assert api_key_from("direct", "MIDLINE_TEST_KEY") == "direct" and api_key_from(None, None) is None
+    with pytest.raises(RemoteError, match="MIDLINE_UNSET_KEY"):
+        api_key_from(None, "MIDLINE_UNSET_KEY")
+
+
+def test_load_detects_the_format_from_a_local_tokenizer_and_counts_tokens(tiny_model_dir, tiny_engine):
+    backend = RemoteEngine.load("openai", "http://127.0.0.1:1/v1", tokenizer=tiny_model_dir)
+    assert backend.fim.name == "midline" and backend._path == "/v1/completions"
+    text = "def home():\n    return os.path.expanduser('~')\n"
+    assert backend.count_tokens(text) == tiny_engine.count_tokens(text)
+    estimated = RemoteEngine("openai", "http://127.0.0.1:1", fim_format=tiny_engine.fim)  # no tokenizer: 3 chars a token
+    assert estimated.count_tokens(text) == 16 and estimated.count_tokens("") == 0
+    assert RemoteEngine("llamacpp", "http://h:2").fim.name == "server-side"  # llama.cpp applies the model's own format
+    with pytest.raises(RemoteError, match="fimFormat"):
+        RemoteEngine.load("openai", "http://127.0.0.1:1")
+    with pytest.raises(RemoteError, match="backend.model"):
+        RemoteEngine("ollama", "http://127.0.0.1:1", fim_format=tiny_engine.fim)
+    with pytest.raises(RemoteError, match="not an http"):
+        RemoteEngine("openai", "localhost:8000", fim_format=tiny_engine.fim)
+    with pytest.raises(RemoteError, match="does not exist"):
+        RemoteEngine.load("openai", "http://127.0.0.1:1", tokenizer=tiny_model_dir / "missing")
+
+
+def test_backend_settings():
+    config = Config.from_json({"backend": {"kind": "llamacpp", "url": "http://gpu-box:8080", "apiKeyEnv": "KEY", "timeoutMs": 2000}})
+    assert (config.backend.kind, config.backend.api_key_env, config.backend.timeout_ms) == ("llamacpp", "KEY", 2000)
+    assert config.to_json()["backend"]["contextLength"] == 4096
+    for bad, message in [
+        ({"kind": "openai"}, "backend.url"),
+        ({"kind": "openai", "url": "gpu-box:8000"}, "backend.url"),
+        ({"kind": "ollama", "url": "http://localhost:11434"}, "backend.model"),
+        ({"kind": "tgi", "url": "http://localhost:8080"}, "backend.kind"),
+        ({"contextLength": 10}, "contextLength"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Config.from_json({"backend": bad})
+
+
+CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    return os.path.expanduser('~')\n"
+CURSOR = CODE.index("from ") + len("from ")
+
+
+@pytest.mark.parametrize("kind", ["openai", "llamacpp"])
+def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engine, tmp_path, kind):
+    config = Config(debounce_ms=0, max_new_tokens=24, fim_mode="psm" if kind == "llamacpp" else "auto")
+    doc = Document((tmp_path / "home.py").as_uri(), "python", 1, CODE)
+    suggestions = []
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        for engine in (tiny_engine, remote(served, tiny_engine, kind)):
+            completer = Completer(engine, config, executor, root=str(tmp_path))
+            suggestions.append(asyncio.run(completer.complete(doc, CURSOR)))
+            assert asyncio.run(completer.complete(doc, CURSOR)) == suggestions[-1] and completer.stats.cache_hits == 1
+    if kind == "openai":  # llama.cpp's layout has no path or repository name: a different prompt, so another suggestion
+        assert suggestions[0] is not None and suggestions[1] == suggestions[0]
+    assert len(served.requests) == 1
+
+
+# The end-to-end document of tests/test_server.py: the end of a comment, where any text is valid Python.
+E2E_CODE = '''import math
+
+
+def area(radius):
+    """Area of a circle."""
+    # multiply the square of the radius by 
+    return math.pi * radius ** 2
+'''
+E2E_LINE = 5
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_midline_serve_completes_through_a_remote_backend(served, tiny_engine, tiny_model_dir, tmp_path):
+    settings = {"debounceMs": 0, "maxNewTokens": 24, "timeoutMs": 20000, "context": {"crossFile": False}}
+    uri = (tmp_path / "circle.py").as_uri()
+    column = len(E2E_CODE.split("\n")[E2E_LINE])
+    with ThreadPoolExecutor(max_workers=1) as executor:  # what the local model suggests at the same place
+        completer = Completer(tiny_engine, Config.from_json(settings), executor, root=str(tmp_path))
+        expected = await completer.complete(Document(uri, "python", 1, E2E_CODE), E2E_CODE.index(" by ") + 4)
+    assert expected is not None
+
+    backend = {"kind": "openai", "url": served.url + "/v1", "tokenizer": str(tiny_model_dir)}
+    async with running_server({**settings, "backend": backend}, tmp_path) as (client, _):
+        open_document(client, uri, E2E_CODE)
+        result = await inline(client, uri, E2E_LINE, column)
+        assert [item.insert_text for item in result.items] == [expected.text]
+        assert served.requests and served.requests[-1]["path"] == "/v1/completions"
+        info = await status(client)
+        assert info["ready"] and info["device"] == f"openai {served.url}/v1" and info["fimFormat"] == "midline"
+
+        dead = f"http://127.0.0.1:{free_port()}"  # the serving engine goes away: one message, empty answers
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"midline": {"backend": {**backend, "url": dead}, "cacheSize": 0}})
+        )
+        client.messages.clear()
+        for _ in range(2):
+            assert not (await inline(client, uri, E2E_LINE, column)).items
+        errors = [m.message for m in client.messages if m.type == types.MessageType.Error]
+        assert len(errors) == 1 and "connection refused" in errors[0] and dead in errors[0]
+        assert (await status(client))["ready"]

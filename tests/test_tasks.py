@@ -1,0 +1,152 @@
+"""model/tasks.py: the instruction tasks' prompt shapes (shared by serving and SFT data) and output parsing."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from midline.model import tasks
+from midline.model.fim import FILE_SEP, MIDLINE
+
+AREA = '''@cache
+def area(radius, *, pi=3.14):
+    """Area of a circle.
+
+    Uses `pi`.
+    """
+    squared = radius * radius
+    return pi * squared
+'''
+
+
+def test_explain_prompt_is_the_docstring_hole():
+    prompt = tasks.explain_prompt(AREA)
+    assert prompt.prefix == '@cache\ndef area(radius, *, pi=3.14):\n    """'
+    assert prompt.suffix == '"""\n    squared = radius * radius\n    return pi * squared\n'
+    assert prompt.snippets == ()
+
+
+def test_explain_example_round_trips_to_the_source():
+    prompt, middle = tasks.explain_example(AREA)
+    assert middle == "Area of a circle.\n\n    Uses `pi`.\n    "
+    assert prompt.prefix + middle + prompt.suffix == AREA
+    assert tasks.parse_explanation(middle + '"""\n    squared = ...') == "Area of a circle.\n\nUses `pi`."
+
+
+def test_explain_prompt_for_methods_classes_and_one_liners():
+    method = textwrap.dedent('''\
+        def push(self, item):
+            self.items.append(item)
+    ''')
+    assert tasks.explain_prompt(method).prefix == 'def push(self, item):\n    """'
+    klass = 'class Stack(Base):\n    """A stack."""\n\n    def pop(self):\n        return 1\n'
+    prompt = tasks.explain_prompt(klass)
+    assert (prompt.prefix, prompt.suffix) == ('class Stack(Base):\n    """', '"""\n\n    def pop(self):\n        return 1\n')
+    one_liner = tasks.explain_prompt("def double(x): return 2 * x")
+    assert (one_liner.prefix, one_liner.suffix) == ('def double(x):\n    """', '"""\n    return 2 * x\n')
+    indented = tasks.explain_prompt("    def f(x):\n        return x\n")
+    assert indented.prefix == 'def f(x):\n    """'
+
+
+def test_explain_prompt_for_other_languages_and_non_definitions():
+    go = tasks.explain_prompt("func Add(a, b int) int {\n\treturn a + b\n}", "go")
+    assert (go.prefix, go.suffix) == ("// ", "\nfunc Add(a, b int) int {\n\treturn a + b\n}\n")
+    assert tasks.parse_explanation(" Adds two ints.\n// Returns the sum.\nfunc Add", "go") == "Adds two ints.\nReturns the sum."
+    statement = tasks.explain_prompt("x = compute(1)\n")
+    assert (statement.prefix, statement.suffix) == ("# ", "\nx = compute(1)\n")
+
+
+def test_explain_example_needs_a_plain_docstring():
+    assert tasks.explain_example("def f():\n    return 1\n") is None
+    assert tasks.explain_example('def f():\n    f"""not {a} docstring"""\n') is None
+    assert tasks.explain_example("def f():\n    '''Single quotes.'''\n")[1] == "Single quotes."
+    assert tasks.explain_example("x = 1\n") is None
+
+
+def test_summary_is_the_first_paragraph_on_one_line():
+    assert tasks.summary("Adds two\nnumbers.\n\nArgs: a, b") == "Adds two numbers."
+
+
+def test_tests_prompt_follows_the_module_under_a_file_separator(tiny_tokenizer):
+    module = "def add(a, b):\n    return a + b\n"
+    prompt = tasks.tests_prompt("pkg/calc.py", module, ["add"], module="pkg.calc", test_path="tests/test_calc.py")
+    assert prompt.prefix == "import pytest\n\nfrom pkg.calc import add\n\n\ndef test_"
+    assert prompt.suffix == "" and prompt.path == "tests/test_calc.py"
+    rendered = MIDLINE.render(prompt, "psm")
+    assert rendered.index(f"{FILE_SEP}pkg/calc.py\n{module}") < rendered.index(f"{FILE_SEP}tests/test_calc.py\n")
+    ids = MIDLINE.encode_example(prompt, "add():\n    assert add(1, 2) == 3\n", tiny_tokenizer)
+    assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert tasks.tests_prompt("calc.py", module).prefix.startswith("import pytest\n\nimport calc\n")
+    assert tasks.tests_prompt("calc.go", "package calc", ["Add"], language="go").prefix == "// Tests for Add (calc.go)\n"
+
+
+def test_tests_example_from_a_real_test_file():
+    test_file = "import pytest\nfrom pkg.calc import add, sub\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+    prompt, middle = tasks.tests_example("pkg/calc.py", "def add(a, b): ...", test_file)
+    assert prompt.prefix == "import pytest\n\nfrom calc import add, sub\n\n\ndef test_"
+    assert middle == "add():\n    assert add(1, 2) == 3\n"
+    with_fixture = "import pytest\n\n@pytest.fixture\ndef calc():\n    return 1\n\n\ndef test_add(calc):\n    pass\n"
+    assert tasks.tests_example("calc.py", "", with_fixture) is None
+    assert tasks.tests_example("calc.py", "", "import calc\n") is None
+
+
+def test_parse_tests_keeps_whole_statements_that_parse():
+    prompt = tasks.tests_prompt("calc.py", "", ["add"])
+    out = tasks.parse_tests(prompt, "add():\n    assert add(1, 2) == 3\n\n\ndef test_sub():\n    assert sub(2, 1) ==")
+    assert out == "import pytest\n\nfrom calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
+    assert tasks.parses(out)
+
+
+def test_test_functions_and_keep_tests():
+    source = (
+        "import pytest\n\n\ndef test_a():\n    pass\n\n\n@pytest.mark.slow\ndef test_b():\n    pass\n\n\n"
+        "def helper():\n    pass\n\n\nclass TestC:\n    def test_d(self):\n        pass\n\n    def test_e(self):\n        pass\n"
+    )
+    assert [t.name for t in tasks.test_functions(source)] == ["test_a", "test_b", "TestC.test_d", "TestC.test_e"]
+    kept = tasks.keep_tests(source, ["test_b", "TestC.test_e"])
+    assert "def test_a" not in kept and "@pytest.mark.slow\ndef test_b" in kept and "def helper" in kept
+    assert "class TestC" in kept and "test_d" not in kept and "test_e" in kept and tasks.parses(kept)
+    assert "class TestC" not in tasks.keep_tests(source, ["test_a"])
+
+
+def test_fix_prompt_layout_and_parsing():
+    prompt = tasks.fix_prompt("def inc(x):\n    return x - 1\n", [tasks.diagnostic_line(2, "wrong\n  sign")])
+    assert prompt.prefix == (
+        "# Buggy version:\ndef inc(x):\n    return x - 1\n# Problems:\n# - line 2: wrong sign\n# Fixed version:\n"
+    )
+    assert prompt.suffix == ""
+    assert tasks.fix_prompt("int f() {}", [], "c").prefix == "// Buggy version:\nint f() {}\n// Fixed version:\n"
+    assert tasks.fix_target("def inc(x):\n    return x + 1") == "def inc(x):\n    return x + 1\n"
+    assert tasks.parse_fix("def inc(x):\n    return x + 1\n\n\n# Fixed version:\nnoise") == "def inc(x):\n    return x + 1\n"
+    assert tasks.parse_fix("  \n") == ""
+    prompt, middle = tasks.fix_example("a = b -1", "a = b - 1", ["line 1: style"])
+    assert middle == "a = b - 1\n" and "# - line 1: style\n" in prompt.prefix
+
+
+def test_from_comment_prompt_and_parsing():
+    prompt = tasks.from_comment_prompt("# Write a function that returns one\n", "\nprint(1)\n", path="a.py")
+    assert (prompt.prefix, prompt.suffix, prompt.path) == ("# Write a function that returns one\n", "\nprint(1)\n", "a.py")
+    assert tasks.parse_from_comment("def one():\n    return 1\n\n\ndef two(:\n") == "def one():\n    return 1\n"
+    assert tasks.parse_from_comment("))))") == ""
+    assert tasks.from_comment_target("x = 1") == "x = 1\n"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        tasks.explain_messages("def f(): pass"),
+        tasks.fix_messages("def f(: pass", ["line 1: syntax error"]),
+        tasks.tests_messages("calc.py", "def add(a, b): ...", ["add"]),
+        tasks.from_comment_messages("# even numbers", "import os\n# even numbers\n"),
+    ],
+)
+def test_chat_messages_are_system_then_user(messages):
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "```python\n" in messages[1]["content"]
+
+
+def test_parse_code_block():
+    assert tasks.parse_code_block("Sure:\n```python\nx = 1\n```\nDone.") == "x = 1\n"
+    assert tasks.parse_code_block("```\ny = 2\n") == "y = 2\n"
+    assert tasks.parse_code_block("z = 3") == "z = 3\n"
