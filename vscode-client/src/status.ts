@@ -1,0 +1,94 @@
+/**
+ * The status bar item's text and tooltip, from the server's `midline.status` command. Pure: the
+ * extension only copies these strings onto a `StatusBarItem`.
+ */
+
+/** What `midline.status` returns (server/server.py `status`); every field may be missing. */
+export interface ServerStatus {
+  ready?: boolean;
+  model?: string;
+  device?: string;
+  fimFormat?: string;
+  generating?: boolean;
+  requests?: number;
+  modelCalls?: number;
+  cacheHits?: number;
+  typedThrough?: number;
+  cancelled?: number;
+  timeouts?: number;
+  lastLatencyMs?: number;
+  last?: { shown?: string | null; finishReason?: string };
+}
+
+export type ClientState = "starting" | "running" | "stopped" | "failed";
+
+export interface StatusView {
+  text: string;
+  /** Markdown. */
+  tooltip: string;
+  /** An error or warning background is wanted. */
+  severity: "none" | "warning" | "error";
+}
+
+/** The last path component of a model directory (`/models/qwen-1.5b/` -> `qwen-1.5b`). */
+export function modelName(path: string | undefined): string {
+  if (!path) {
+    return "default model";
+  }
+  const parts = path.split(/[\\/]+/).filter((part) => part.length > 0);
+  return parts.length > 0 ? parts[parts.length - 1] : path;
+}
+
+/** `840 ms`, `1.2 s`; `–` before the first model call. */
+export function formatLatency(ms: number | undefined): string {
+  if (ms === undefined || !Number.isFinite(ms) || ms <= 0) {
+    return "–";
+  }
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+export function formatStatus(state: ClientState, status: ServerStatus | undefined, paused: boolean, error?: string): StatusView {
+  const click = paused ? "Click to resume completions." : "Click to pause completions.";
+  if (state === "failed") {
+    return {
+      text: "$(error) midline",
+      tooltip: `**midline**: the server is not running.\n\n${escapeMarkdown(error ?? "See the midline output channel.")}`,
+      severity: "error",
+    };
+  }
+  if (state === "stopped") {
+    return { text: "$(circle-slash) midline", tooltip: "**midline**: the server has stopped.", severity: "warning" };
+  }
+  if (state === "starting" || status === undefined) {
+    return { text: "$(loading~spin) midline", tooltip: "**midline**: starting the server…", severity: "none" };
+  }
+  const model = modelName(status.model);
+  if (!status.ready) {
+    const text = paused ? `$(debug-pause) midline: ${model}` : `$(loading~spin) midline: ${model}`;
+    return { text, tooltip: `**midline**: loading ${escapeMarkdown(status.model ?? model)}…\n\n${click}`, severity: "none" };
+  }
+  const device = status.device ?? "?";
+  const latency = formatLatency(status.lastLatencyMs);
+  const icon = paused ? "$(debug-pause)" : status.generating ? "$(sync~spin)" : "$(sparkle)";
+  const text = `${icon} midline: ${model} · ${device} · ${latency}`;
+  const rows = [
+    `**midline** — completions ${paused ? "**paused**" : "on"}`,
+    "",
+    "| | |",
+    "| --- | --- |",
+    `| model | ${escapeMarkdown(status.model ?? model)} |`,
+    `| device | ${escapeMarkdown(device)} |`,
+    `| FIM format | ${escapeMarkdown(status.fimFormat ?? "?")} |`,
+    `| last latency | ${latency} |`,
+    `| requests | ${status.requests ?? 0} (model ${status.modelCalls ?? 0}, cache ${status.cacheHits ?? 0}, typed through ${status.typedThrough ?? 0}) |`,
+    `| cancelled / timeouts | ${status.cancelled ?? 0} / ${status.timeouts ?? 0} |`,
+    "",
+    click,
+  ];
+  return { text, tooltip: rows.join("\n"), severity: paused ? "warning" : "none" };
+}
+
+/** Markdown-escapes text shown in a tooltip (paths hold `_` and `*`). */
+export function escapeMarkdown(text: string): string {
+  return text.replace(/[\\`*_{}[\]()#+\-.!|<>]/g, "\\$&");
+}

@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { escapeMarkdown, formatLatency, formatStatus, modelName, type ServerStatus } from "../src/status";
+
+const READY: ServerStatus = {
+  ready: true,
+  model: "/home/me/models/qwen2.5-coder-1.5b/",
+  device: "cuda:0",
+  fimFormat: "qwen",
+  generating: false,
+  requests: 12,
+  modelCalls: 7,
+  cacheHits: 3,
+  typedThrough: 2,
+  cancelled: 1,
+  timeouts: 0,
+  lastLatencyMs: 183.6,
+};
+
+describe("status bar", () => {
+  test("model name is the directory's last component", () => {
+    assert.equal(modelName("/home/me/models/qwen2.5-coder-1.5b/"), "qwen2.5-coder-1.5b");
+    assert.equal(modelName("C:\\models\\starcoder2"), "starcoder2");
+    assert.equal(modelName("/work/main/model/default"), "default");
+    assert.equal(modelName(undefined), "default model");
+  });
+
+  test("latency", () => {
+    assert.equal(formatLatency(undefined), "–");
+    assert.equal(formatLatency(0), "–");
+    assert.equal(formatLatency(183.6), "184 ms");
+    assert.equal(formatLatency(1234), "1.2 s");
+  });
+
+  test("ready: model, device and last latency", () => {
+    const view = formatStatus("running", READY, false);
+    assert.equal(view.text, "$(sparkle) midline: qwen2.5-coder-1.5b · cuda:0 · 184 ms");
+    assert.equal(view.severity, "none");
+    assert.match(view.tooltip, /completions on/);
+    assert.match(view.tooltip, /\| device \| cuda:0 \|/);
+    assert.match(view.tooltip, /requests \| 12 \(model 7, cache 3, typed through 2\)/);
+    assert.match(view.tooltip, /Click to pause completions\./);
+  });
+
+  test("paused", () => {
+    const view = formatStatus("running", READY, true);
+    assert.equal(view.text, "$(debug-pause) midline: qwen2.5-coder-1.5b · cuda:0 · 184 ms");
+    assert.equal(view.severity, "warning");
+    assert.match(view.tooltip, /\*\*paused\*\*/);
+    assert.match(view.tooltip, /Click to resume completions\./);
+  });
+
+  test("generating spins", () => {
+    assert.ok(formatStatus("running", { ...READY, generating: true }, false).text.startsWith("$(sync~spin) "));
+  });
+
+  test("starting, loading, stopped, failed", () => {
+    assert.equal(formatStatus("starting", undefined, false).text, "$(loading~spin) midline");
+    assert.equal(formatStatus("running", undefined, false).text, "$(loading~spin) midline");
+    assert.equal(formatStatus("running", { ready: false, model: "/m/tiny" }, false).text, "$(loading~spin) midline: tiny");
+    assert.equal(formatStatus("stopped", READY, false).severity, "warning");
+    const failed = formatStatus("failed", undefined, false, "the `midline` command is not on PATH");
+    assert.equal(failed.text, "$(error) midline");
+    assert.equal(failed.severity, "error");
+    assert.match(failed.tooltip, /the \\`midline\\` command is not on PATH/);
+  });
+
+  test("markdown in paths is escaped", () => {
+    assert.equal(escapeMarkdown("/a_b/*c*"), "/a\\_b/\\*c\\*");
+  });
+});
