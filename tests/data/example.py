@@ -10,5 +10,13 @@ def fibonacci(n: int) -> list[int]:
     return numbers[:n]
 
 
+def mean(values: list[float]) -> float:
+    """The arithmetic mean of values."""
+    total = 0.0
+    for value in values:
+        total += value
+    return
+
+
 if __name__ == "__main__":
     print(fibonacci(10))
