@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import fim
 from midline.model.fim import FimFormat, FimPrompt, Mode
-from midline.model.loader import load_model
+from midline.model.loader import ModelLoadError, load_model
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Engine:
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
+        self.min_mean_logprob: float | None = None  # the model's confidence floor (its midline.json), if it has one
         # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
         self.static = unsupported(model) is None if static is None else static
         self.static_len = min(static_len, self.max_context)
@@ -103,7 +105,9 @@ class Engine:
         if device_.type == "cpu":
             torch.set_num_threads(threads or CPU_THREADS)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
-        return cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix, static=static)
+        engine = cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix, static=static)
+        engine.min_mean_logprob = model_settings(Path(path)).get("min_mean_logprob")
+        return engine
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as plain text (special-token strings in it count as text). Memoized."""
@@ -424,6 +428,22 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
         if top_p < 1:
             token = order.gather(-1, token[:, None])[:, 0]
     return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
+
+
+def model_settings(path: Path) -> dict:
+    """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
+    e.g. `{"min_mean_logprob": -1.0}`: the confidence below which its suggestions are hidden."""
+    file = path / "midline.json"
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        floor = settings.get("min_mean_logprob")
+        if floor is not None and not isinstance(floor, (int, float)):
+            raise ValueError("min_mean_logprob must be a number")
+    except (ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{file}: {exc}") from None
+    return settings
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

@@ -62,6 +62,7 @@ class Stats:
     typed_through: int = 0
     cancelled: int = 0
     timeouts: int = 0
+    low_confidence: int = 0  # suggestions hidden for a mean log-probability under the floor
     last_latency_ms: float = 0.0
 
 
@@ -193,6 +194,7 @@ class Completer:
         cancel = self._running[uri] = threading.Event()
         config = self.config
         max_lines = config.max_lines
+        floor = config.min_mean_logprob if config.min_mean_logprob is not None else getattr(self.engine, "min_mean_logprob", None)
 
         def run() -> tuple[Generation, Suggestion | None]:
             generation = self.engine.generate(
@@ -205,8 +207,12 @@ class Completer:
                 cancel=cancel,
                 deadline=time.monotonic() + config.timeout_ms / 1000,
             )
-            finished = generation.finish_reason not in ("cancelled", "timeout")
-            return generation, postprocess(generation.text, ctx, max_lines) if finished else None
+            if generation.finish_reason in ("cancelled", "timeout"):
+                return generation, None
+            if floor is not None and generation.mean_logprob < floor:  # nan (a remote backend) is never below
+                self.stats.low_confidence += 1
+                return generation, None
+            return generation, postprocess(generation.text, ctx, max_lines)
 
         self.stats.model_calls += 1
         try:

@@ -101,3 +101,20 @@ def test_snippet_fallback_expands_to_exactly_the_suggestion():
     offset = document.index("{") + 1
     assert _as_snippet("'a': $b}\n    y = 2", document, offset) == "'a': \\$b\\}\ny = 2"
     assert _as_snippet("c:\\\\d", document, offset) == "c:\\\\\\\\d"
+
+
+def test_suggestions_under_the_confidence_floor_are_hidden(completer, tmp_path):
+    """The random-weight model is never confident: a floor of 0 nats hides everything, a floor far below shows it."""
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0, min_mean_logprob=-1e9)
+    assert complete(completer, doc(tmp_path), CURSOR) is not None
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0, min_mean_logprob=0.0)
+    assert complete(completer, doc(tmp_path), CURSOR) is None
+    assert completer.stats.low_confidence == 1
+
+
+def test_the_models_own_floor_applies_unless_the_settings_name_one(completer, tmp_path, monkeypatch):
+    monkeypatch.setattr(completer.engine, "min_mean_logprob", 0.0)
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0)
+    assert complete(completer, doc(tmp_path), CURSOR) is None
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0, min_mean_logprob=-1e9)
+    assert complete(completer, doc(tmp_path), CURSOR) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import threading
 import time
 
@@ -13,6 +14,7 @@ import torch
 from midline.model import fim
 from midline.model.engine import Engine, sample
 from midline.model.fim import FimFormatError, FimPrompt, Snippet
+from midline.model.loader import ModelLoadError
 
 PROMPTS = [
     FimPrompt(prefix="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))\n", path="calc.py"),
@@ -36,6 +38,17 @@ def test_loads_and_detects_midline_format(engine, tiny_model_dir):
     assert engine.device == torch.device("cpu")
     assert engine.max_context == 4096
     assert engine.stop_ids == frozenset(range(len(fim.SPECIAL_TOKENS)))  # every midline special token ends a completion
+
+
+def test_confidence_floor_ships_with_the_model(engine, tiny_model_dir, tmp_path):
+    assert engine.min_mean_logprob is None  # no midline.json
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "midline.json").write_text('{"min_mean_logprob": -1.5}')
+    assert Engine.load(model_dir, device="cpu").min_mean_logprob == -1.5
+    (model_dir / "midline.json").write_text('{"min_mean_logprob": "low"}')
+    with pytest.raises(ModelLoadError, match="midline.json: min_mean_logprob must be a number"):
+        Engine.load(model_dir, device="cpu")
 
 
 def test_fim_format_override_and_unknown_name(tiny_model_dir):

@@ -465,6 +465,7 @@ class Outcome:
     latency_ms: float
     tokens: int
     finish_reason: str  # of the generation; "none" when the server did not call the model
+    mean_logprob: float = math.nan  # of the generated tokens (nan: no model call)
 
 
 def eval_config(max_new_tokens: int, timeout_ms: int) -> Config:
@@ -492,7 +493,8 @@ async def _complete_all(engine: Engine, tasks: list[Task], config: Config, progr
             latency = (time.perf_counter() - start) * 1000
             generation = recording.last
             tokens = len(generation.token_ids) if generation else 0
-            outcomes.append(Outcome(suggestion, latency, tokens, generation.finish_reason if generation else "none"))
+            outcomes.append(Outcome(suggestion, latency, tokens, generation.finish_reason if generation else "none",
+                                    generation.mean_logprob if generation else math.nan))
     return outcomes
 
 
@@ -581,6 +583,7 @@ def _row(task: Task, outcome: Outcome) -> dict:
         "kind": task.kind, "repo": task.repo, "path": task.path, "offset": task.offset, "hole": task.hole,
         "exact_match": exact, "edit_similarity": similarity, "empty": outcome.suggestion is None,
         "latency_ms": outcome.latency_ms, "tokens": outcome.tokens, "finish_reason": outcome.finish_reason,
+        "mean_logprob": None if math.isnan(outcome.mean_logprob) else round(outcome.mean_logprob, 4),
         "suggestion": outcome.suggestion.text if outcome.suggestion else None,
     }
 
