@@ -27,13 +27,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import fim
-from midline.model.fim import FimFormat, FimPrompt, Mode
+from midline.model.fim import FimFormat, FimFormatError, FimPrompt, Mode
 from midline.model.loader import ModelLoadError, load_model
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
 
@@ -59,12 +59,15 @@ class Generation:
 
 
 class Engine:
-    """A loaded model, its tokenizer and FIM format, and a decode loop."""
+    """A loaded model, its tokenizer and FIM format, and a decode loop.
+
+    A chat model (code actions' `actions.model`) has no FIM format: it gets `fim_format=None` and its
+    end-of-turn tokens as `stop_tokens`."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat,
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat | None,
         *, reuse_prefix: bool = True, static: bool | None = None, static_len: int = 4096, sync_every: int = 8,
-        lookup: int = 0,
+        lookup: int = 0, stop_tokens: Sequence[str] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -72,7 +75,8 @@ class Engine:
         self.fim = fim_format
         config = model.config
         self.max_context: int = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-        self.stop_ids: frozenset[int] = _stop_ids(tokenizer, model, fim_format)
+        stop_tokens = fim_format.stop_tokens if stop_tokens is None and fim_format is not None else stop_tokens or ()
+        self.stop_ids: frozenset[int] = _stop_ids(tokenizer, model, stop_tokens)
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
@@ -115,6 +119,8 @@ class Engine:
 
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> list[int]:
         """Token ids of a FIM prompt in this model's format."""
+        if self.fim is None:
+            raise FimFormatError("this model has no fill-in-the-middle format (a chat model)")
         return self.fim.encode(prompt, self.tokenizer, mode)
 
     def warmup(self) -> None:
@@ -488,10 +494,10 @@ def croppable(cache: object) -> bool:
     return isinstance(cache, DynamicCache) and getattr(cache, "is_croppable", True) and not any(cache.is_sliding)
 
 
-def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, fmt: FimFormat) -> frozenset[int]:
-    """Ids of the format's stop tokens that the vocabulary has, plus the tokenizer's and model's EOS."""
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, stop_tokens: Sequence[str]) -> frozenset[int]:
+    """Ids of the stop tokens that the vocabulary has, plus the tokenizer's and model's EOS."""
     vocab = tokenizer.get_vocab()
-    ids = {vocab[t] for t in fmt.stop_tokens if t in vocab}
+    ids = {vocab[t] for t in stop_tokens if t in vocab}
     generation_config = getattr(model, "generation_config", None)
     for eos in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
         if isinstance(eos, int):
