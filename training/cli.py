@@ -1,6 +1,7 @@
 """`midline-train`: one subcommand per training stage, in pipeline order.
 
     corpus -> tokenizer -> data -> train -> evaluate -> export    (and tiny-model, a placeholder)
+    then, for code actions: sft-mine -> sft -> eval-tasks
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from midline.model import DEFAULT_MODEL_DIR
-from midline.training import corpus, data, evaluate, export, train
+from midline.training import corpus, data, evaluate, evaluate_tasks, export, sft, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(stages)
     evaluate.add_parser(stages)
     export.add_parser(stages)
+    sft.add_parsers(stages)  # sft-mine, sft: instruction tasks (explain, tests, fix) mined from the corpus
+    evaluate_tasks.add_parser(stages)
 
     p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")
-    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="default: %(default)s")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write it (the shipped model lives in %s)" % DEFAULT_MODEL_DIR)
     p.add_argument("--files", nargs="+", metavar="GLOB", help="tokenizer corpus (default: ~300 files of Python's stdlib)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--hidden-size", type=int, default=128)

@@ -1,0 +1,360 @@
+"""eval-tasks stage: the instruction tasks on held-out code, asked and read exactly as the server does.
+
+Tasks come from the corpus's held-out split (valid.jsonl: whole packages the model never trained on),
+chosen reproducibly from a seed (files in a seeded order, at most one task per file and kind) and
+saved as JSON lines, so every model is measured on the same:
+
+- explain: a function or class with a docstring (`sft.explain_records`). The model fills the docstring
+  slot of `tasks.explain_prompt`; `tasks.parse_explanation` reads the answer, which is compared with the
+  real docstring (both `inspect.cleandoc`-ed): ROUGE-L F1 over lower-cased word tokens, character edit
+  similarity (1 - Levenshtein / longer length), exact match.
+- fix: a synthetic bug in a function (`sft.mutate`). The model writes after `tasks.fix_prompt`'s marker;
+  `tasks.parse_fix` reads the answer. fix rate: the answer equals the original function (trailing
+  whitespace aside); same tree: the answer's syntax tree equals the original's (formatting and comments
+  aside); parses; unchanged: the answer is the buggy code again.
+- tests: a public top-level function of a held-out module that imports on its own (no relative imports;
+  checked in the sandbox), and a mutant of it. The model writes the test module after
+  `tasks.tests_prompt`'s header; `tasks.parse_tests` reads it; the server's `verify_tests` runs it in the
+  sandbox (`training/sandbox.py`) against the module and keeps the passing tests, which then run
+  against the mutant. pass rate: at least one test passes on the correct code (the server has something
+  to offer); kill rate: the kept tests pass on the correct code and fail on the mutant (they test it).
+  A mutant can be equivalent to the original, so the kill rate's ceiling is a little under 1.
+
+Generation is greedy through `Engine.generate` on `engine.encode(prompt)` (the format's default layout,
+as the server's assistant sends it), with the task's stop condition and a token limit per kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import inspect
+import json
+import random
+import re
+import shlex
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+from midline.model import DEFAULT_MODEL_DIR, tasks
+from midline.training import sft
+from midline.training.evaluate import edit_similarity, normalize
+from midline.training.sandbox import run_python
+
+KINDS = ("explain", "fix", "tests")
+MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
+_FIX_MARKERS = re.compile(rf"^\s*# ({re.escape(tasks.FIX_BUGGY)}|{re.escape(tasks.FIX_PROBLEMS)}|{re.escape(tasks.FIX_MARKER)})", re.MULTILINE)
+_IMPORT_CHECK = """\
+import importlib, sys
+module = importlib.import_module({module!r})
+assert module.__file__.endswith({file!r}), module.__file__
+assert callable(getattr(module, {name!r}))
+"""
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+
+
+def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandbox_timeout_s: float = 20.0) -> list[dict]:
+    """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl."""
+    docs = [json.loads(line) for line in open(Path(corpus_dir) / "valid.jsonl", encoding="utf-8") if line.strip()]
+    docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000), key=lambda d: (d["repo"], d["path"]))
+    config = sft.MineConfig(seed=seed)
+    out: list[dict] = []
+    for kind, count in (("explain", per_kind), ("fix", per_kind), ("tests", tests)):
+        rng = random.Random(f"{seed}:{kind}")
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        found, checks = [], 0
+        for i in order:
+            if len(found) >= count or checks > 3 * count + 8:
+                break
+            doc = docs[i]
+            if kind == "tests":
+                task = _tests_task(doc, rng)
+                if task is None:
+                    continue
+                checks += 1
+                if not _imports(task, sandbox_timeout_s):
+                    continue
+                found.append(task)
+                continue
+            tree = sft.parse(doc["text"])
+            records = sft.explain_records(doc, tree, rng, config) if kind == "explain" else sft.fix_records(doc, tree, rng, config)
+            if records:
+                found.append(rng.choice(records))
+        out += found
+    return out
+
+
+def _tests_task(doc: dict, rng: random.Random) -> dict | None:
+    """A tests task for a module: a public top-level function of it with a mutant; None if none fits."""
+    path = PurePosixPath(doc["path"])
+    text = doc["text"]
+    if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft.tested_module(doc["path"]) or not path.stem.isidentifier()
+            or _RELATIVE_IMPORT.search(text) or "__main__" in path.stem):
+        return None
+    tree = sft.parse(text)
+    if tree.root_node.has_error:
+        return None
+    data = text.encode("utf-8", "surrogatepass")
+    functions = [n for n in tree.root_node.named_children
+                 if sft._inner(n).type == "function_definition" and not sft._name(n).startswith("_") and n.end_point.row - n.start_point.row >= 2]
+    rng.shuffle(functions)
+    for node in functions:
+        code = sft.definition_code(data, node)
+        found = sft.mutate(code, rng) if code else None
+        if found is None:
+            continue
+        start = data.rfind(b"\n", 0, node.start_byte) + 1
+        mutant = (data[:start] + found[1].rstrip("\n").encode() + data[node.end_byte :]).decode("utf-8", "surrogatepass")
+        if not sft.compiles(mutant):
+            continue
+        return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": sft._name(node), "mutation": found[0],
+                "module": text, "mutant": mutant}
+    return None
+
+
+def _files(task: dict, source: str) -> dict[str, str]:
+    """The sandbox's files for a tests task: the module at the top, importable by its name (`tasks.module_name`)."""
+    return {f"{tasks.module_name(task['path'])}.py": source}
+
+
+def _imports(task: dict, timeout_s: float) -> bool:
+    """Whether the module imports on its own in the sandbox, by the name a generated test imports it by."""
+    module = tasks.module_name(task["path"])
+    code = _IMPORT_CHECK.format(module=module, file=f"{module}.py", name=task["name"])
+    return run_python(code, files=_files(task, task["module"]), timeout_s=timeout_s, memory_mb=1024).ok
+
+
+def prompt_of(task: dict):
+    """The prompt the server sends for a task."""
+    kind = task["kind"]
+    if kind == "explain":
+        return tasks.explain_prompt(task["code"], path=task["path"])
+    if kind == "fix":
+        return tasks.fix_prompt(task["buggy"], path=task["path"])
+    return tasks.tests_prompt(task["path"], task["module"], [task["name"]])
+
+
+def save_tasks(items: list[dict], path: Path) -> str:
+    text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in items)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_tasks(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common subsequence of word tokens, as an F1 of its precision and recall."""
+    a, b = words(candidate), words(reference)
+    if not a or not b:
+        return float(a == b)
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, 1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def same_tree(a: str, b: str) -> bool:
+    try:
+        return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
+    except (SyntaxError, ValueError):
+        return False
+
+
+def score_explain(task: dict, output: str) -> dict:
+    got = tasks.parse_explanation(output)
+    want = inspect.cleandoc(tasks.explain_example(task["code"], path=task["path"])[1]).strip()
+    return {"result": got, "rouge_l": rouge_l(got, want), "edit_similarity": edit_similarity(got, want), "exact": got == want, "empty": not got}
+
+
+def score_fix(task: dict, output: str) -> dict:
+    got = tasks.parse_fix(output)
+    fixed, buggy = normalize(task["fixed"]), normalize(task["buggy"])
+    return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]), "parses": bool(got) and tasks.parses(got),
+            "unchanged": normalize(got) == buggy, "edit_similarity": edit_similarity(normalize(got), fixed), "empty": not got}
+
+
+def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
+    """Run the generated tests as the server does (`verify_tests` keeps the passing ones), then the kept ones on the mutant."""
+    from midline.server.verify import verify_tests
+
+    source = tasks.parse_tests(prompt_of(task), output)
+    test_file = f"test_{tasks.module_name(task['path'])}.py"
+    written = [t.name for t in tasks.test_functions(source)]
+    row = {"result": source, "tests": len(written), "passed": 0, "passes": False, "kills": False, "note": ""}
+    if not written:
+        row["note"] = "no complete test"
+        return row
+    on_code = verify_tests(source, test_file=test_file, files=_files(task, task["module"]), timeout_s=timeout_s)
+    row.update(passed=len(on_code.passed), passes=bool(on_code.passed), note=on_code.note)
+    if on_code.passed:
+        on_mutant = verify_tests(on_code.source, test_file=test_file, files=_files(task, task["mutant"]), timeout_s=timeout_s)
+        row["kills"] = bool(on_mutant.failed) or not on_mutant.passed
+    return row
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def max_new_tokens(task: dict, engine, limits: dict[str, int]) -> int:
+    if task["kind"] == "fix":  # the corrected code is about as long as the buggy one
+        return min(limits["fix"], engine.count_tokens(task["buggy"]) + 32)
+    return limits[task["kind"]]
+
+
+def stop_for(kind: str):
+    if kind == "explain":
+        return lambda text: tasks.QUOTES in text
+    if kind == "fix":
+        return lambda text: bool(_FIX_MARKERS.search(text))
+    return None
+
+
+def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", limits: dict[str, int] | None = None,
+                   run_tests: bool = True, sandbox_timeout_s: float = 30.0, progress: bool = False) -> dict:
+    """Generate an answer to every task with the model and score it; returns the report (JSON-ready)."""
+    from midline.model.engine import Engine
+
+    limits = {"explain": 128, "fix": 512, "tests": 384, **(limits or {})}
+    started = time.monotonic()
+    engine = Engine.load(model_dir, device=device, reuse_prefix=False)
+    rows = []
+    for task in _progress(items, progress):
+        ids = engine.encode(prompt_of(task))
+        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=stop_for(task["kind"]))
+        row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"), "tokens": len(generation.token_ids),
+               "finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens}
+        if task["kind"] == "explain":
+            row.update(score_explain(task, generation.text))
+        elif task["kind"] == "fix":
+            row.update(score_fix(task, generation.text), mutation=task["mutation"])
+        elif run_tests:
+            row.update(score_tests(task, generation.text, timeout_s=sandbox_timeout_s), mutation=task["mutation"])
+        else:
+            row.update(result=tasks.parse_tests(prompt_of(task), generation.text))
+        rows.append(row)
+    report = {
+        "model": str(Path(model_dir).resolve()), "device": str(engine.device), "fim_format": engine.fim.name,
+        "settings": {"max_new_tokens": limits, "run_tests": run_tests, "sandbox_timeout_s": sandbox_timeout_s, "decoding": "greedy"},
+        "tasks": {"count": len(items), "by_kind": {k: sum(t["kind"] == k for t in items) for k in KINDS}},
+        "metrics": summarize(rows, run_tests),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "per_task": rows,
+    }
+    return report
+
+
+def summarize(rows: list[dict], run_tests: bool = True) -> dict:
+    def mean(group: list[dict], key: str) -> float | None:
+        return sum(float(r[key]) for r in group) / len(group) if group else None
+
+    explain = [r for r in rows if r["kind"] == "explain"]
+    fix = [r for r in rows if r["kind"] == "fix"]
+    tests_ = [r for r in rows if r["kind"] == "tests"]
+    out = {
+        "explain": {"n": len(explain), "rouge_l": mean(explain, "rouge_l"), "edit_similarity": mean(explain, "edit_similarity"),
+                    "exact": mean(explain, "exact"), "empty": mean(explain, "empty"), "tokens_mean": mean(explain, "tokens")},
+        "fix": {"n": len(fix), "fix_rate": mean(fix, "fixed"), "same_tree": mean(fix, "same_tree"), "parses": mean(fix, "parses"),
+                "unchanged": mean(fix, "unchanged"), "edit_similarity": mean(fix, "edit_similarity"), "tokens_mean": mean(fix, "tokens"),
+                "by_mutation": {m: {"n": len(g), "fix_rate": mean(g, "fixed")} for m in sft.MUTATIONS if (g := [r for r in fix if r["mutation"] == m])}},
+        "tests": {"n": len(tests_), "tokens_mean": mean(tests_, "tokens")},
+    }
+    if run_tests and tests_:
+        out["tests"].update(pass_rate=mean(tests_, "passes"), kill_rate=mean(tests_, "kills"), tests_mean=mean(tests_, "tests"),
+                            passed_mean=mean(tests_, "passed"))
+    return out
+
+
+def format_report(report: dict) -> str:
+    m = report["metrics"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"
+    lines = []
+    e, x, t = m["explain"], m["fix"], m["tests"]
+    if e["n"]:
+        lines.append(f"explain  n={e['n']:<4} ROUGE-L {f(e['rouge_l'])}  edit similarity {f(e['edit_similarity'])}  exact {f(e['exact'])}  empty {f(e['empty'])}")
+    if x["n"]:
+        lines.append(f"fix      n={x['n']:<4} fix rate {f(x['fix_rate'])}  same tree {f(x['same_tree'])}  parses {f(x['parses'])}  unchanged {f(x['unchanged'])}")
+        lines.append("         by mutation: " + ", ".join(f"{k} {f(v['fix_rate'])} ({v['n']})" for k, v in x["by_mutation"].items()))
+    if t["n"]:
+        if "pass_rate" in t:
+            lines.append(f"tests    n={t['n']:<4} pass on the code {f(t['pass_rate'])}  pass and kill the mutant {f(t['kill_rate'])}  "
+                         f"tests written {f(t['tests_mean'])}, passing {f(t['passed_mean'])} per task")
+        else:
+            lines.append(f"tests    n={t['n']:<4} (not run)")
+    return "\n".join(lines)
+
+
+def _progress(items: list, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="eval-tasks", unit="task", file=sys.stderr)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_parser(stages) -> None:
+    """The `eval-tasks` subcommand."""
+    p = stages.add_parser("eval-tasks", help="explain / fix / tests figures of a model on held-out code")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
+    p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir: tasks from its valid.jsonl")
+    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    p.add_argument("--per-kind", type=int, default=100, help="explain and fix tasks each (default: %(default)s)")
+    p.add_argument("--tests", type=int, default=30, help="tests tasks (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--max-new-tokens", type=int, nargs=3, metavar=("EXPLAIN", "FIX", "TESTS"), default=[128, 512, 384])
+    p.add_argument("--no-run", action="store_true", help="do not run the generated tests in the sandbox")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
+    p.set_defaults(run=run)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.tasks and args.tasks.exists():
+        items, tasks_file = load_tasks(args.tasks), args.tasks
+    elif args.corpus:
+        items = build_tasks(args.corpus, per_kind=args.per_kind, tests=0 if args.no_run else args.tests, seed=args.seed)
+        tasks_file = args.tasks or (args.out.with_suffix(".tasks.jsonl") if args.out else None)
+        if tasks_file:
+            save_tasks(items, tasks_file)
+    else:
+        parser.error("eval-tasks needs --corpus DIR, or an existing --tasks FILE")
+    if not items:
+        parser.error("no tasks: the held-out split has no functions to ask about")
+    limits = dict(zip(("explain", "fix", "tests"), args.max_new_tokens))
+    report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run, progress=sys.stderr.isatty())
+    report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
+                           sha256=hashlib.sha256(Path(tasks_file).read_bytes()).hexdigest() if tasks_file else None)
+    report["command"] = shlex.join(["midline-train", *sys.argv[1:]])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_report(report))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
