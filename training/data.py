@@ -353,8 +353,8 @@ def _merge(results: list) -> tuple[np.ndarray, np.ndarray, Counter]:
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]), stats
 
 
-def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype: np.dtype) -> int:
-    """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the row count."""
+def packed_rows(tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype) -> np.ndarray:
+    """The examples (concatenated in `tokens`, taken in `order`) best-fit into rows of `room`, padded with `pad`."""
     starts = np.cumsum(lengths) - lengths
     rows = pack([int(lengths[i]) for i in order], room)
     out = np.full((len(rows), room), pad, dtype=dtype)
@@ -365,13 +365,19 @@ def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.
             n = int(lengths[i])
             out[r, at : at + n] = tokens[starts[i] : starts[i] + n]
             at += n
+    return out
+
+
+def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype: np.dtype) -> int:
+    """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the row count."""
+    out = packed_rows(tokens, lengths, order, room, pad, dtype)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, out, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return len(rows)
+    return len(out)
 
 
 def _dtype(vocab_size: int) -> np.dtype:

@@ -726,14 +726,19 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=_sha256(tasks_file) if tasks_file else None, seed=args.seed)
-    report["command"] = shlex.join(["midline-train", *sys.argv[1:]])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(format_report(report))
-    if args.out:
-        print(f"wrote {args.out}")
+    write_report(report, args.out, format_report(report))
     return 0
+
+
+def write_report(report: dict, out: Path | None, table: str) -> None:
+    """Record the command line in `report`, write it as JSON to `out` (if given) and print `table`."""
+    report["command"] = shlex.join(["midline-train", *sys.argv[1:]])
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(table)
+    if out:
+        print(f"wrote {out}")
 
 
 def _cli_tasks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[Task], Path | None]:

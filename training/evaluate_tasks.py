@@ -33,14 +33,13 @@ import inspect
 import json
 import random
 import re
-import shlex
 import sys
 import time
 from pathlib import Path, PurePosixPath
 
 from midline.model import DEFAULT_MODEL_DIR, tasks
 from midline.training import sft
-from midline.training.evaluate import edit_similarity, normalize
+from midline.training.evaluate import edit_similarity, normalize, write_report
 from midline.training.sandbox import run_python
 
 KINDS = ("explain", "fix", "tests")
@@ -350,11 +349,5 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run, progress=sys.stderr.isatty())
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
                            sha256=hashlib.sha256(Path(tasks_file).read_bytes()).hexdigest() if tasks_file else None)
-    report["command"] = shlex.join(["midline-train", *sys.argv[1:]])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(format_report(report))
-    if args.out:
-        print(f"wrote {args.out}")
+    write_report(report, args.out, format_report(report))
     return 0

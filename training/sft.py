@@ -803,27 +803,18 @@ def _empty() -> Encoded:
 def _write_rows(out_dir: Path, split: str, ids: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, shard_rows: int) -> tuple[list[str], int]:
     """Pack the examples (in `order`) whole into rows of `room` tokens padded with `pad`; write them in
     shards of `shard_rows` rows. Returns (shard file names, rows)."""
-    from midline.training.data import pack
+    from midline.training.data import packed_rows
 
-    starts = np.cumsum(lengths) - lengths
-    rows = pack([int(lengths[i]) for i in order], room)
-    out = np.full((len(rows), room), pad, dtype=np.int32)
-    for r, members in enumerate(rows):
-        at = 0
-        for k in members:
-            i = order[k]
-            n = int(lengths[i])
-            out[r, at : at + n] = ids[starts[i] : starts[i] + n]
-            at += n
+    out = packed_rows(ids, lengths, order, room, pad, np.int32)
     names = []
-    for s in range(0, max(len(rows), 1), shard_rows):
+    for s in range(0, max(len(out), 1), shard_rows):
         name = f"{split}-{s // shard_rows:05d}.npy"
         tmp = out_dir / (name + ".tmp")
         with open(tmp, "wb") as f:
             np.save(f, out[s : s + shard_rows], allow_pickle=False)
         os.replace(tmp, out_dir / name)
         names.append(name)
-    return names, len(rows)
+    return names, len(out)
 
 
 # -- the stage: mine, rows, fine-tune, export -----------------------------------------------------
