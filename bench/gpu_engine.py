@@ -12,6 +12,11 @@ Then midline's greedy tokens vs transformers' `generate(do_sample=False)` on a f
     python bench/gpu_engine.py --out bench/gpu_engine.md             # on the GPU machine (about 3-5 minutes)
     python bench/gpu_engine.py --quick                               # fewer prompts and repeats
     python bench/gpu_engine.py --device cpu --quick                  # tiny shapes: checks that the script works
+    python bench/gpu_engine.py --quick --profile --out bench/gpu_engine.md   # plus where midline's time goes
+
+`--profile`: after each model's rows, torch.profiler over midline's cold prefill of the longest prompt and over 64
+decode tokens (that prompt reused): wall time, the top 15 ops by device (CPU: self CPU) time and, on CUDA, kernels per
+token and GPU-busy time vs wall time (low busy: launch-bound). Its sections go at the end of the report.
 
 Each configuration runs in its own try/except: a failure prints its traceback and the run goes on.
 """
@@ -39,6 +44,7 @@ from midline.model.fim import detect
 ROOT = Path(__file__).resolve().parents[1]
 LINES: list[str] = []  # the markdown report, written to --out
 LOOKUP = 10  # draft tokens for the prompt-lookup rows
+PROFILES: list[str] = []  # --profile sections, printed as they come and put at the end of the report
 
 
 def say(text: str = "") -> None:
@@ -215,7 +221,116 @@ def bench_model(name: str, model, tokenizer, device: torch.device, args, bandwid
             if engine is not None:
                 engine.lookup = 0
             free(device)
+    if args.profile and engine is not None:
+        profile_engine(name, engine, code_prompt(tokenizer, max(lengths), vocab), device)
     return engine
+
+
+# -- --profile ----------------------------------------------------------------------------------------
+
+
+def _us(event, *names: str) -> float:
+    """The first of `names` that `event` has, in microseconds (the device-time names moved across torch versions)."""
+    for name in names:
+        try:
+            value = getattr(event, name)
+        except Exception:
+            continue
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
+
+
+def _self_device(e) -> float:
+    return _us(e, "self_device_time_total", "self_cuda_time_total")
+
+
+def top_ops(prof, on_cuda: bool, n: int = 15, width: int = 70) -> list[str]:
+    """The `n` ops with the most self device time (CPU: self CPU time) as a fixed-width table in a ``` block."""
+    from torch.autograd import DeviceType
+
+    averages = [e for e in prof.key_averages() if not (e.device_type != DeviceType.CPU and getattr(e, "is_user_annotation", False))]
+    key = _self_device if on_cuda else (lambda e: _us(e, "self_cpu_time_total"))
+    on_device = [e for e in averages if e.device_type != DeviceType.CPU or getattr(e, "is_legacy", False)]  # as torch's table sums it
+    total = sum(key(e) for e in (on_device if on_cuda else averages)) or 1.0
+    columns = ["calls", "self dev ms", "dev %", "dev total ms", "self CPU ms", "CPU total ms"] if on_cuda else ["calls", "self CPU ms", "CPU %", "CPU total ms"]
+    lines = ["```", f"{'op':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
+    for e in sorted(averages, key=key, reverse=True)[:n]:
+        cpu = [_us(e, "self_cpu_time_total") / 1000, _us(e, "cpu_time_total") / 1000]
+        values = [_self_device(e) / 1000, 100 * key(e) / total, _us(e, "device_time_total", "cuda_time_total") / 1000, *cpu] if on_cuda else [cpu[0], 100 * key(e) / total, cpu[1]]
+        name = e.key if len(e.key) <= width else e.key[: width - 3] + "..."
+        lines.append(f"{name:<{width}} {e.count:>12} " + " ".join(f"{v:>12.3f}" for v in values))
+    lines.append("```")
+    return lines
+
+
+def device_stats(prof, wall_ms: float, plain_ms: float, tokens: int) -> str:
+    """Kernels per token and GPU-busy time (union of the device events' spans) vs wall time; CUDA-graph kernels count
+    where CUPTI reports them (a replay itself is one cudaGraphLaunch on the CPU side)."""
+    from torch.autograd import DeviceType
+
+    events = prof.events()
+    launches = {name: sum(1 for e in events if e.device_type == DeviceType.CPU and e.name == name)
+                for name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")}
+    launched = ", ".join(f"{name} {count / tokens:.1f}" for name, count in launches.items() if count) or "none seen"
+    device = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+              and "annotation" not in (getattr(e, "activity_type", None) or "")]
+    if not device:
+        return f"CPU-side launch calls per token: {launched}; no device events recorded: kernel count and GPU-busy time not measurable"
+    kernels = [e for e in device if (getattr(e, "activity_type", None) or "kernel") == "kernel" and not e.name.startswith(("Memcpy", "Memset"))]
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted((e.time_range.start, e.time_range.end) for e in device):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    busy /= 1000
+    kernel_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1000
+    return (f"kernels: {len(kernels)} ({len(kernels) / tokens:.1f} per token, mean {1000 * kernel_ms / max(1, len(kernels)):.1f} us); "
+            f"CPU-side launch calls per token: {launched}; GPU busy {busy:.2f} ms = {100 * busy / wall_ms:.0f}% of the profiled wall, "
+            f"{100 * busy / plain_ms:.0f}% of the unprofiled wall (idle {wall_ms - busy:.2f} ms, {(wall_ms - busy) / tokens:.3f} ms per token)")
+
+
+def profile_engine(name: str, engine: Engine, ids: list[int], device: torch.device, n_new: int = 64) -> None:
+    """--profile: midline's cold prefill of `ids` (1 token out), then `n_new` decode tokens with `ids` reused."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def note(text: str = "") -> None:
+        say(text)
+        PROFILES.append(text)
+
+    def prefill():
+        engine.clear_cache()
+        engine.generate(ids, max_new_tokens=1)
+
+    def decode():
+        g = engine.generate(ids, max_new_tokens=n_new, ignore_eos=True)
+        assert len(g.token_ids) == n_new and g.reused_tokens == len(ids) - 1, (len(g.token_ids), g.reused_tokens)
+
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    for label, setup, fn, tokens in (("cold prefill", None, prefill, 1), (f"decode, {n_new} tokens, prompt reused", prefill, decode, n_new)):
+        try:
+            if setup:
+                setup()
+            plain_ms = timed(fn, device, 1) * 1000  # unprofiled, and a warm-up for the profiled run
+            if setup:
+                setup()
+            with profile(activities=activities, record_shapes=False, profile_memory=False, with_stack=False) as prof:
+                started = time.perf_counter()
+                fn()
+                sync(device)
+                wall_ms = (time.perf_counter() - started) * 1000
+            note()
+            note(f"### {name}, {len(ids)}-token prompt: {label} (static path: {engine.static})")
+            note()
+            note(f"wall {wall_ms:.2f} ms profiled, {plain_ms:.2f} ms unprofiled ({plain_ms / tokens:.3f} ms per token)")
+            if on_cuda:
+                note(f"\n{device_stats(prof, wall_ms, plain_ms, tokens)}")
+            note()
+            for line in top_ops(prof, on_cuda):
+                note(line)
+        except Exception:
+            say(f"!! profile {name}, {label} failed:\n{traceback.format_exc()}")
+        free(device)
 
 
 def check_equality(name: str, engine: Engine, device: torch.device, n_new: int, checks: list[str]) -> None:
@@ -256,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="the default model dir (default: %(default)s)")
     parser.add_argument("--skip", default="", help="comma-separated: default, qwen, equality")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over midline's prefill and decode per model")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     tiny = device.type == "cpu"
@@ -359,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         report("|---|---|---|")
         for line in checks:
             report(line)
+    if PROFILES:
+        report()
+        LINES.extend(["## Profiles (--profile)", *PROFILES])  # printed already, as they came
     report()
     report(f"Total run time {time.perf_counter() - began:.0f} s.")
     if args.out:

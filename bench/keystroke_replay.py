@@ -30,7 +30,7 @@ from pygls.workspace.position_codec import PositionCodec
 from midline.model import DEFAULT_MODEL_DIR
 from midline.model.engine import Engine, Generation
 from midline.server.completion import Completer
-from midline.server.config import Config
+from midline.server.config import Config, ContextConfig
 from midline.server.documents import Document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
     parser.add_argument("--lookup", type=int, default=0, help="prompt-lookup draft tokens (default: %(default)s = off)")
+    parser.add_argument("--budget", type=int, default=ContextConfig.budget,
+                        help="prefix + suffix window in tokens (context.budget; the model's context may clamp it) (default: %(default)s)")
     parser.add_argument("--path", choices=("auto", "static", "dynamic"), default="auto",
                         help="decode path: static KV cache, transformers' DynamicCache, or the engine's choice (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = Document(args.file.resolve().as_uri(), "python", 0, source[:start] + source[end:])
     static = {"auto": None, "static": True, "dynamic": False}[args.path]
     base = Engine.load(args.model, device="cpu", threads=args.threads, static=static)
-    config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens)
+    config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens, context=ContextConfig(budget=args.budget))
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
     for name, reuse in (("reuse off", False), ("reuse on", True)):

@@ -81,6 +81,7 @@ class Engine:
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
         self.min_mean_logprob: float | None = None  # the model's confidence floor (its midline.json), if it has one
+        self.min_line_logprob: float | None = None  # the model's floor for the lines after a suggestion's first
         # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
         self.static = unsupported(model) is None if static is None else static
         self.static_len = min(static_len, self.max_context)
@@ -110,7 +111,9 @@ class Engine:
             torch.set_num_threads(threads or CPU_THREADS)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())
         engine = cls(model, tokenizer, device_, fmt, reuse_prefix=reuse_prefix, static=static)
-        engine.min_mean_logprob = model_settings(Path(path)).get("min_mean_logprob")
+        settings = model_settings(Path(path))
+        engine.min_mean_logprob = settings.get("min_mean_logprob")
+        engine.min_line_logprob = settings.get("min_line_logprob")
         return engine
 
     def count_tokens(self, text: str) -> int:
@@ -415,6 +418,10 @@ class Engine:
         text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return text.rstrip("\ufffd")
 
+    def token_ends(self, token_ids: list[int]) -> list[int]:
+        """Where each token's text ends in `decode(token_ids)` (a token that ends mid-character ends where it began)."""
+        return [len(self.decode(token_ids[: i + 1])) for i in range(len(token_ids))]
+
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens `[B]` from logits `[B, V]`, and their log-probabilities, without a host sync.
@@ -438,15 +445,16 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
 
 def model_settings(path: Path) -> dict:
     """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
-    e.g. `{"min_mean_logprob": -1.0}`: the confidence below which its suggestions are hidden."""
+    e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0}`: the mean token log-probability below which its
+    suggestions are hidden, and below which a line after a suggestion's first is cut with all that follows."""
     file = path / "midline.json"
     if not file.is_file():
         return {}
     try:
         settings = json.loads(file.read_text(encoding="utf-8"))
-        floor = settings.get("min_mean_logprob")
-        if floor is not None and not isinstance(floor, (int, float)):
-            raise ValueError("min_mean_logprob must be a number")
+        for key in ("min_mean_logprob", "min_line_logprob"):
+            if settings.get(key) is not None and not isinstance(settings[key], (int, float)):
+                raise ValueError(f"{key} must be a number")
     except (ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{file}: {exc}") from None
     return settings

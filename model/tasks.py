@@ -18,7 +18,8 @@ A FIM completion model is asked in its own shape, as a `FimPrompt` (rendered in 
 For each task, `<task>_prompt(...)` builds the prompt, `<task>_target(...)` the middle a training
 example teaches (without end of text: `FimFormat.encode_example` adds it), `<task>_example(...)` both
 from real code (None when the code has no such example), and `parse_<task>(...)` turns what the model
-generated into the result. An instruction (chat) model is asked with `<task>_messages(...)` (chat
+generated into the result. `should_stop(task, language)` ends a generation once its answer is written or
+it has fallen into a loop (the parsers cut a loop down to its first copy). An instruction (chat) model is asked with `<task>_messages(...)` (chat
 messages for `tokenizer.apply_chat_template`) and answers in markdown; `parse_code_block` takes the code
 out of it.
 
@@ -33,7 +34,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Sequence
+from typing import Callable, Sequence
 
 import tree_sitter
 
@@ -51,6 +52,49 @@ Message = dict[str, str]
 def line_comment(language: str) -> str:
     """The line-comment marker of a language (`#` for Python and plain text, `//` for the brace languages)."""
     return "#" if language in ("python", "plaintext", "") else "//"
+
+
+# -- when a generation is done --------------------------------------------------------------------
+
+_LOOP_UNIT = (8, 200)  # characters in the repeated unit of a loop
+
+
+def should_stop(task: str, language: str = "python") -> Callable[[str], bool]:
+    """When a generation for `task` ("explain", "fix", "tests", "fromComment") is done: explain once the
+    closing quotes (other languages: a line that is no comment) are written, fix at a marker line of the
+    prompt's, any task once it loops."""
+    end: Callable[[str], bool] = lambda text: False
+    if task == "explain" and language == "python":
+        end = lambda text: QUOTES in text
+    elif task == "explain":
+        comment_end = re.compile(rf"\n\s*(?!{re.escape(line_comment(language))})\S")
+        end = lambda text: comment_end.search(text) is not None
+    elif task == "fix":
+        marker = re.compile(rf"{re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)}")
+        end = lambda text: marker.search(text) is not None
+    return lambda text: end(text) or loop_start(text) is not None
+
+
+def loop_start(text: str) -> int | None:
+    """Where the loop `text` ends in starts repeating, after its first copy (of a loop of lines: after the first
+    whole line of it); a loop is a unit of 8 to 200 characters, with a letter, three times or more in a row at
+    the end. None if `text` does not end in one."""
+    shortest, longest = _LOOP_UNIT
+    for size in range(shortest, min(longest, len(text) // 3) + 1):
+        unit = text[-size:]
+        if text[-2 * size : -size] == unit == text[-3 * size : -2 * size] and any(c.isalpha() for c in unit):
+            start = len(text) - 3 * size
+            while start > 0 and text[start - 1] == text[start - 1 + size]:  # the loop may begin mid-unit
+                start -= 1
+            line_end = text.find("\n", start + size - 1, start + 2 * size)  # a loop of lines: cut after a whole line
+            return line_end + 1 if line_end >= 0 else start + size
+    return None
+
+
+def without_loop(text: str) -> str:
+    """`text` with a loop at its end cut down to its first copy."""
+    cut = loop_start(text)
+    return text if cut is None else text[:cut]
 
 
 # -- explain --------------------------------------------------------------------------------------
@@ -87,6 +131,7 @@ def explain_example(code: str, language: str = "python", *, path: str = "") -> t
 def parse_explanation(output: str, language: str = "python") -> str:
     """The explanation in generated text: up to the closing quotes (or the end of the comment block),
     dedented and stripped. Empty if there is none."""
+    output = without_loop(output)
     if language == "python":
         text = output.split(QUOTES, 1)[0]
         return inspect.cleandoc(text).strip()
@@ -187,7 +232,7 @@ def tests_example(module_path: str, module_source: str, test_source: str, *, tes
 def parse_tests(prompt: FimPrompt, output: str, language: str = "python") -> str:
     """The whole test module: the prompt's header + the generated text; for Python cut back to the longest
     run of whole top-level statements that parses (a generation stopped mid-function loses that function)."""
-    text = prompt.prefix + output
+    text = prompt.prefix + without_loop(output)
     return _parsing_head(text) if language == "python" else _ended(text.rstrip())
 
 
@@ -283,6 +328,7 @@ def fix_example(buggy_code: str, fixed_code: str, diagnostics: Sequence[str] = (
 
 def parse_fix(output: str, language: str = "python") -> str:
     """The corrected code in generated text: up to a repeated marker line, without trailing blank lines."""
+    output = without_loop(output)
     c = re.escape(line_comment(language))
     cut = re.search(rf"^\s*{c} ({re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)})", output, re.MULTILINE)
     text = output[: cut.start()] if cut else output
@@ -307,7 +353,7 @@ def parse_from_comment(output: str, language: str = "python") -> str:
     """The implementation in generated text: for Python the longest head of whole statements that
     parses (indented code judged dedented), otherwise the text; without trailing blank lines, ending
     with a newline (empty if none)."""
-    text = output
+    text = output = without_loop(output)
     if language == "python":  # (code under a docstring is indented: judge it dedented)
         dedented = textwrap.dedent(output)
         indent = output[: len(output) - len(output.lstrip())].rsplit("\n", 1)[-1] if dedented != output else ""

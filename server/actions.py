@@ -321,7 +321,6 @@ Outcome = Explanation | Replace | TestFile | Nothing
 
 # -- asks -----------------------------------------------------------------------------------------
 
-_FIX_MARKERS = re.compile(rf"(?:{tasks.FIX_BUGGY}|{tasks.FIX_PROBLEMS}|{tasks.FIX_MARKER})")
 
 
 def _as_task_code(code: str) -> str:
@@ -332,8 +331,6 @@ def _as_task_code(code: str) -> str:
 def explain_ask(code: str, language: str, path: str = "") -> Ask:
     """Explain a function or class (also hover's explanation: the two share the cache)."""
     code = _as_task_code(code)
-    python = language == "python"
-    comment_end = re.compile(rf"\n\s*(?!{re.escape(tasks.line_comment(language))})\S")  # a line that is no comment
     return Ask(
         EXPLAIN,
         content_hash(EXPLAIN, language, code),
@@ -341,7 +338,7 @@ def explain_ask(code: str, language: str, path: str = "") -> Ask:
         parse=lambda text: tasks.parse_explanation(text, language),
         messages=tasks.explain_messages(code, language),
         parse_chat=str.strip,
-        stop=(lambda text: tasks.QUOTES in text) if python else (lambda text: bool(comment_end.search(text))),
+        stop=tasks.should_stop(EXPLAIN, language),
     )
 
 
@@ -354,7 +351,7 @@ def fix_ask(code: str, diagnostics: list[str], language: str, path: str = "") ->
         parse=lambda text: tasks.parse_fix(text, language),
         messages=tasks.fix_messages(code, diagnostics, language),
         parse_chat=tasks.parse_code_block,
-        stop=lambda text: bool(_FIX_MARKERS.search(text)),
+        stop=tasks.should_stop(FIX, language),
     )
 
 
@@ -367,6 +364,7 @@ def tests_ask(module_path: str, module_source: str, names: list[str], module: st
         parse=lambda text: tasks.parse_tests(prompt, text, language),
         messages=tasks.tests_messages(module_path, module_source, names, language),
         parse_chat=tasks.parse_code_block,
+        stop=tasks.should_stop(TESTS, language),
     )
 
 
@@ -379,6 +377,7 @@ def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
         parse=lambda text: tasks.parse_from_comment(text, language),
         messages=tasks.from_comment_messages(comment, context, language),
         parse_chat=tasks.parse_code_block,
+        stop=tasks.should_stop(FROM_COMMENT, language),
     )
 
 

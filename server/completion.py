@@ -24,7 +24,7 @@ from . import languages
 from .config import Config
 from .context import CompletionContext, Hole, build_context
 from .documents import Document
-from .postprocess import Suggestion, block_complete, postprocess
+from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess
 from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Stats:
     cancelled: int = 0
     timeouts: int = 0
     low_confidence: int = 0  # suggestions hidden for a mean log-probability under the floor
+    tails_cut: int = 0  # suggestions whose unsure last lines were cut
     last_latency_ms: float = 0.0
 
 
@@ -125,17 +126,19 @@ class Completer:
 
     def context(self, doc: Document, offset: int) -> CompletionContext:
         ctx_config = self.config.context
-        # The prompt and the answer must fit the model's context, or the engine cuts the prompt's head.
-        room = self.engine.max_context - self.config.max_new_tokens - ctx_config.snippet_budget - _LAYOUT_TOKENS
+        # The prompt and the answer must fit the model's context, or the engine cuts the prompt's head. In a
+        # short context, snippets get at most a quarter of the room and the windows the rest.
+        room = self.engine.max_context - self.config.max_new_tokens - _LAYOUT_TOKENS
+        snippet_budget = min(ctx_config.snippet_budget, room // 4)
         return build_context(
             doc,
             offset,
             count_tokens=self.engine.count_tokens,
-            budget=max(16, min(ctx_config.budget, room)),
+            budget=max(16, min(ctx_config.budget, room - snippet_budget)),
             prefix_share=ctx_config.prefix_share,
             symbols=self.symbols if ctx_config.cross_file else None,
             max_snippets=ctx_config.max_snippets,
-            snippet_budget=ctx_config.snippet_budget,
+            snippet_budget=snippet_budget,
         )
 
     def prompt(self, ctx: CompletionContext) -> FimPrompt:
@@ -194,7 +197,8 @@ class Completer:
         cancel = self._running[uri] = threading.Event()
         config = self.config
         max_lines = config.max_lines
-        floor = config.min_mean_logprob if config.min_mean_logprob is not None else getattr(self.engine, "min_mean_logprob", None)
+        floor = _setting(config.min_mean_logprob, self.engine, "min_mean_logprob")
+        line_floor = _setting(config.min_line_logprob, self.engine, "min_line_logprob")
 
         def run() -> tuple[Generation, Suggestion | None]:
             generation = self.engine.generate(
@@ -212,7 +216,11 @@ class Completer:
             if floor is not None and generation.mean_logprob < floor:  # nan (a remote backend) is never below
                 self.stats.low_confidence += 1
                 return generation, None
-            return generation, postprocess(generation.text, ctx, max_lines)
+            text = generation.text
+            if line_floor is not None and generation.token_logprobs:  # (a remote backend gives none)
+                text = cut_unsure_lines(text, self.engine.token_ends(generation.token_ids), generation.token_logprobs, line_floor)
+                self.stats.tails_cut += text != generation.text
+            return generation, postprocess(text, ctx, max_lines)
 
         self.stats.model_calls += 1
         try:
@@ -246,3 +254,8 @@ class Completer:
         self._cache[key] = suggestion
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
+
+
+def _setting(configured: float | None, engine: Engine, name: str) -> float | None:
+    """A confidence floor: the user's, else the one the model ships with (its midline.json), else None."""
+    return configured if configured is not None else getattr(engine, name, None)

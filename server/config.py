@@ -105,6 +105,7 @@ class Config:
     debounce_ms: int = 75  # wait after an automatic trigger; explicit requests skip it
     timeout_ms: int = 5000  # generation time limit; past it the answer is empty
     min_mean_logprob: float | None = None  # hide suggestions less confident than this; None = the model's own floor
+    min_line_logprob: float | None = None  # cut a suggestion at its first later line less confident than this; None = the model's
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None  # sampling seed, for reproducible sampled suggestions

@@ -8,6 +8,9 @@
                     suffix's next line is repeated -> at most `max_lines` lines -> trim overlap with the line suffix
   both:             cut a looping tail first; drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
 
+`cut_unsure_lines` runs before it when the model gave per-token log-probabilities: a line after the first
+that the model was unsure of (its tokens' mean log-probability under a floor) is cut, with all that follows.
+
 `block_complete` runs after every generated token and applies the cheap stopping rules of the same
 pipeline, so generation ends as soon as the answer is whole.
 """
@@ -64,6 +67,23 @@ def block_complete(text: str, ctx: CompletionContext, max_lines: int) -> bool:
         return False
     complete = text[:end]  # only whole lines: the last one may still grow
     return complete.count("\n") + 1 >= _line_budget(text, max_lines) or _block_end(complete, ctx) is not None
+
+
+def cut_unsure_lines(text: str, token_ends: list[int], token_logprobs: list[float], floor: float) -> str:
+    """`text` up to the first line after its first non-blank one whose tokens' mean log-probability is under
+    `floor`. A token counts for the line its last character is on (a newline ends its line)."""
+    sums: dict[int, list[float]] = {}
+    start = 0
+    for end, logprob in zip(token_ends, token_logprobs):
+        if end > start:  # (a token that ends mid-character has no text of its own yet)
+            sums.setdefault(text.count("\n", 0, end - 1), []).append(logprob)
+            start = end
+    lines = text.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    for i in range(first + 1, len(lines)):
+        if (scores := sums.get(i)) and sum(scores) / len(scores) < floor:
+            return "\n".join(lines[:i])
+    return text
 
 
 def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion | None:

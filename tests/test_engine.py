@@ -44,8 +44,9 @@ def test_confidence_floor_ships_with_the_model(engine, tiny_model_dir, tmp_path)
     assert engine.min_mean_logprob is None  # no midline.json
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    (model_dir / "midline.json").write_text('{"min_mean_logprob": -1.5}')
-    assert Engine.load(model_dir, device="cpu").min_mean_logprob == -1.5
+    (model_dir / "midline.json").write_text('{"min_mean_logprob": -1.5, "min_line_logprob": -2.5}')
+    loaded = Engine.load(model_dir, device="cpu")
+    assert (loaded.min_mean_logprob, loaded.min_line_logprob) == (-1.5, -2.5)
     (model_dir / "midline.json").write_text('{"min_mean_logprob": "low"}')
     with pytest.raises(ModelLoadError, match="midline.json: min_mean_logprob must be a number"):
         Engine.load(model_dir, device="cpu")
@@ -284,3 +285,11 @@ def test_load_sets_cpu_threads(tiny_model_dir):
     assert torch.get_num_threads() == 1
     Engine.load(tiny_model_dir, device="cpu")
     assert torch.get_num_threads() == CPU_THREADS
+
+
+def test_token_ends_locate_each_token_in_the_decoded_text(engine):
+    ids = engine.tokenizer("def f(x):\n    return 'é' + x\n", add_special_tokens=False)["input_ids"]
+    ends = engine.token_ends(ids)
+    text = engine.decode(ids)
+    assert ends[-1] == len(text) and ends == sorted(ends)
+    assert all(text[:end] == engine.decode(ids[: i + 1]) for i, end in enumerate(ends))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from midline.server.context import CompletionContext, Hole
-from midline.server.postprocess import Suggestion, block_complete, error_count, postprocess
+from midline.server.postprocess import Suggestion, block_complete, cut_unsure_lines, error_count, postprocess
 
 CURSOR = "█"
 MAX_LINES = 6
@@ -152,3 +152,14 @@ def test_block_complete(language: str, document: str, hole: Hole, text: str, exp
 )
 def test_error_count(language: str, source: str, errors: int):
     assert error_count(language, source) == errors
+
+
+def test_cut_unsure_lines_keeps_lines_up_to_the_first_unsure_one():
+    tokens = [("\n", -0.1), ("    a = 1", -3.0), ("\n", -0.1), ("    b", -0.2), (" = 2\n", -0.4), ("    c = ", -2.5), ("3", -1.0)]
+    text = "".join(piece for piece, _ in tokens)
+    ends = [len("".join(p for p, _ in tokens[: i + 1])) for i in range(len(tokens))]
+    logprobs = [lp for _, lp in tokens]
+    # Line 1 ("    a = 1") is the first with text: never cut, however unsure. Line 2 scores -0.3, line 3 -1.75.
+    assert cut_unsure_lines(text, ends, logprobs, -2.0) == text
+    assert cut_unsure_lines(text, ends, logprobs, -1.0) == "\n    a = 1\n    b = 2"
+    assert cut_unsure_lines(text, ends, logprobs, -0.1) == "\n    a = 1"

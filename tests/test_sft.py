@@ -254,7 +254,7 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
     rows = PackedDataset(out / "data", "train")
     assert rows[0].dtype == np.int32 and (rows[0] < 0).any()  # prompts stored negated
     engine = Engine.load(out / "export", device="cpu")
-    assert engine.fim.name == "midline" and (out / "export" / "README.md").exists()
+    assert engine.fim.name == "midline" and f"fine-tuned from `{tiny_model_dir}`" in (out / "export" / "README.md").read_text()
 
 
 def test_scores_of_right_and_wrong_answers():

@@ -150,3 +150,19 @@ def test_parse_code_block():
     assert tasks.parse_code_block("Sure:\n```python\nx = 1\n```\nDone.") == "x = 1\n"
     assert tasks.parse_code_block("```\ny = 2\n") == "y = 2\n"
     assert tasks.parse_code_block("z = 3") == "z = 3\n"
+
+
+def test_generations_stop_at_their_end_or_a_loop_and_the_loop_is_cut():
+    looping = "Run the 'spawn' command, which is called by the 'spawn' command, which is called by the 'spawn' command, which is called by the 'spawn' command, which"
+    stop = tasks.should_stop("explain")
+    assert stop('Area of a circle."""') and not stop("Area of a circle.") and stop(looping)
+    assert tasks.parse_explanation(looping) == "Run the 'spawn' command, which is called by"  # the first copy of the loop
+    assert tasks.should_stop("explain", "go")("// Area.\nfunc")
+    assert tasks.should_stop("fix")(f"return x\n# {tasks.FIX_BUGGY}") and not tasks.should_stop("fix")("return x\n")
+    comments = "issue_417():\n    # Issue #417\n    # Issue #417\n    # Issue #417\n    # Iss"
+    assert tasks.should_stop("tests")(comments)
+    prompt = tasks.tests_prompt("calc.py", "def add(a, b):\n    return a + b\n", ["add"])
+    assert tasks.parse_tests(prompt, comments).endswith("def test_issue_417():\n    # Issue #417\n")
+    # Not loops: a separator line, numbers, a repeated short word, a repeat of two copies.
+    for text in ("# " + "-" * 70, "x = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "ab ab ab ab", "assert f(1) == 2\nassert f(1) == 2\n"):
+        assert tasks.loop_start(text) is None, text

@@ -45,7 +45,6 @@ from midline.training.sandbox import run_python
 KINDS = ("explain", "fix", "tests")
 MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
-_FIX_MARKERS = re.compile(rf"^\s*# ({re.escape(tasks.FIX_BUGGY)}|{re.escape(tasks.FIX_PROBLEMS)}|{re.escape(tasks.FIX_MARKER)})", re.MULTILINE)
 _IMPORT_CHECK = """\
 import importlib, sys
 module = importlib.import_module({module!r})
@@ -224,14 +223,6 @@ def max_new_tokens(task: dict, engine, limits: dict[str, int]) -> int:
     return limits[task["kind"]]
 
 
-def stop_for(kind: str):
-    if kind == "explain":
-        return lambda text: tasks.QUOTES in text
-    if kind == "fix":
-        return lambda text: bool(_FIX_MARKERS.search(text))
-    return None
-
-
 def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", limits: dict[str, int] | None = None,
                    run_tests: bool = True, sandbox_timeout_s: float = 30.0, progress: bool = False) -> dict:
     """Generate an answer to every task with the model and score it; returns the report (JSON-ready)."""
@@ -243,7 +234,7 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
     rows = []
     for task in _progress(items, progress):
         ids = engine.encode(prompt_of(task))
-        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=stop_for(task["kind"]))
+        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=tasks.should_stop(task["kind"]))
         row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"), "tokens": len(generation.token_ids),
                "finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens}
         if task["kind"] == "explain":

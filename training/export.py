@@ -300,9 +300,11 @@ def model_card(card: CardInputs) -> str:
 
 def _card_intro(card: CardInputs) -> str:
     weights = sum(size for _, size in card.files)
+    base = ((card.state or {}).get("config") or {}).get("init")
+    origin = f"fine-tuned from `{base}`" if base else "trained from scratch"
     return (
         f"# midline code model ({card.parameters / 1e6:.1f}M parameters)\n\n"
-        f"A {card.config.get('model_type', 'causal')} language model trained from scratch with `midline-train` for "
+        f"A {card.config.get('model_type', 'causal')} language model {origin} with `midline-train` for "
         "fill-in-the-middle code completion, served by midline's language server. It is midline's default model.\n\n"
         f"Weights: {card.config.get('dtype') or card.config.get('torch_dtype') or 'bfloat16'} safetensors, "
         f"{len(card.files)} file(s), {weights / MB:.1f} MB."
