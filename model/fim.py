@@ -39,7 +39,7 @@ class Tokenizer(Protocol):
 
     bos_token_id: int | None
 
-    def encode(self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ...) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ..., verbose: bool = ...) -> list[int]: ...
 
     def convert_tokens_to_ids(self, token: str) -> int: ...
 
@@ -152,8 +152,9 @@ class FimFormat:
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
-    """Ids of plain text: a special token's string inside it (`"<|endoftext|>"` in a docstring) stays text."""
-    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+    """Ids of plain text: a special token's string inside it (`"<|endoftext|>"` in a docstring) stays text.
+    (Text longer than the model's context is fine here: no warning about it.)"""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True, verbose=False)
 
 
 def _ended(text: str) -> str:

@@ -57,6 +57,7 @@ def line_comment(language: str) -> str:
 # -- when a generation is done --------------------------------------------------------------------
 
 _LOOP_UNIT = (8, 200)  # characters in the repeated unit of a loop
+_LOOP_PLAIN = 240  # a unit without letters (`, 22`, `---`) loops only once it fills this many characters
 
 
 def should_stop(task: str, language: str = "python") -> Callable[[str], bool]:
@@ -77,12 +78,14 @@ def should_stop(task: str, language: str = "python") -> Callable[[str], bool]:
 
 def loop_start(text: str) -> int | None:
     """Where the loop `text` ends in starts repeating, after its first copy (of a loop of lines: after the first
-    whole line of it); a loop is a unit of 8 to 200 characters, with a letter, three times or more in a row at
-    the end. None if `text` does not end in one."""
+    whole line of it); a loop is a unit of 8 to 200 characters three times or more in a row at the end (a unit
+    without letters: over its last 240 characters). None if `text` does not end in one."""
     shortest, longest = _LOOP_UNIT
     for size in range(shortest, min(longest, len(text) // 3) + 1):
         unit = text[-size:]
-        if text[-2 * size : -size] == unit == text[-3 * size : -2 * size] and any(c.isalpha() for c in unit):
+        if text[-2 * size : -size] == unit == text[-3 * size : -2 * size] and (
+            any(c.isalpha() for c in unit) or len(text) >= _LOOP_PLAIN + size and text[-_LOOP_PLAIN:] == text[-_LOOP_PLAIN - size : -size]
+        ):
             start = len(text) - 3 * size
             while start > 0 and text[start - 1] == text[start - 1 + size]:  # the loop may begin mid-unit
                 start -= 1

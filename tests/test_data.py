@@ -111,6 +111,15 @@ def test_line_spans_end_at_a_line_end_and_start_inside_a_nonblank_line(text, see
     assert (prefix[line_start:] + middle + suffix).splitlines()[0].strip(), "the hole starts in a non-blank line"
 
 
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=60), seed=st.integers(0, 2**32))
+def test_end_rate_empties_the_suffix_and_zero_changes_nothing(text, seed):
+    prefix, middle, suffix = fim_split(text, random.Random(seed), end_rate=1.0)
+    assert prefix + middle == text and suffix == ""
+    some, none = fim_split(text, random.Random(seed), end_rate=0.5), fim_split(text, random.Random(seed))
+    assert some[0] == none[0] and (some == none or some[2] == "")  # the same split, or run on to the end
+
+
 TEXTS = ["def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n", "x = '<|endoftext|>'  # ünï 🙂\n\tif x:\r\n  pass", "a"]
 
 

@@ -128,7 +128,7 @@ class FakeTokenizer:
     def convert_tokens_to_ids(self, token):
         return self.vocab.get(token)
 
-    def encode(self, text, add_special_tokens=True, split_special_tokens=False):
+    def encode(self, text, add_special_tokens=True, split_special_tokens=False, verbose=True):
         if not split_special_tokens:
             raise AssertionError("FIM text segments must be encoded with split_special_tokens=True")
         return [ord(c) for c in text]

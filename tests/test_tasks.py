@@ -164,5 +164,6 @@ def test_generations_stop_at_their_end_or_a_loop_and_the_loop_is_cut():
     prompt = tasks.tests_prompt("calc.py", "def add(a, b):\n    return a + b\n", ["add"])
     assert tasks.parse_tests(prompt, comments).endswith("def test_issue_417():\n    # Issue #417\n")
     # Not loops: a separator line, numbers, a repeated short word, a repeat of two copies.
+    assert tasks.should_stop("explain")(">>> f(x)\n[1, 2, 3" + ", 22" * 70)  # a loop without letters, long enough
     for text in ("# " + "-" * 70, "x = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "ab ab ab ab", "assert f(1) == 2\nassert f(1) == 2\n"):
         assert tasks.loop_start(text) is None, text

@@ -5,7 +5,8 @@ The recipe (the knobs are `DataConfig`):
   and each chunk becomes one example: with probability `fim_rate` a FIM example (SPM with probability
   `spm_rate`, else PSM), otherwise plain left-to-right text. A FIM middle is a line span (an editor's
   hole: the rest of a line, or whole lines) with probability `line_span_rate`, else the span between
-  two uniform character positions. Every example ends with EOT and lies whole inside one row, so a
+  two uniform character positions; with probability `end_rate` it then runs on to the chunk's end (an
+  empty suffix: typing at the end of a file, which uniform spans almost never leave). Every example ends with EOT and lies whole inside one row, so a
   middle always ends in EOT.
 - The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
   i.e. the served prompt, the middle, EOT. With probability `context_rate` an example carries the
@@ -54,6 +55,7 @@ class DataConfig:
     fim_rate: float = 0.9  # share of examples in FIM form; the rest are plain left-to-right
     spm_rate: float = 0.5  # share of FIM examples in SPM (midline's serving default); the rest PSM
     line_span_rate: float = 0.5  # share of FIM middles cut at line ends, like an editor's holes; the rest uniform
+    end_rate: float = 0.1  # share of FIM middles that run on to the chunk's end (an empty suffix)
     context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
     seed: int = 0
     shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
@@ -63,13 +65,16 @@ class DataConfig:
 # -- examples -------------------------------------------------------------------------------------
 
 
-def fim_split(text: str, rng: random.Random, line_span_rate: float = 0.0) -> tuple[str, str, str]:
+def fim_split(text: str, rng: random.Random, line_span_rate: float = 0.0, end_rate: float = 0.0) -> tuple[str, str, str]:
     """(prefix, middle, suffix); they join back to `text`. With probability `line_span_rate` a line span
-    (`line_span`), else two uniform character positions (the FIM paper's split)."""
+    (`line_span`), else two uniform character positions (the FIM paper's split); then, with probability
+    `end_rate`, the middle runs on to the end of `text` (an empty suffix)."""
     if rng.random() < line_span_rate and (span := line_span(text, rng)):
         i, j = span
     else:
         i, j = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
+    if end_rate and rng.random() < end_rate:  # (no draw at 0: data built before this knob is unchanged)
+        j = len(text)
     return text[:i], text[i:j], text[j:]
 
 
@@ -104,7 +109,7 @@ def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path:
         path = repo = ""
     if fim and rng.random() < config.fim_rate:
         mode = "spm" if rng.random() < config.spm_rate else "psm"
-        prefix, middle, suffix = fim_split(text, rng, config.line_span_rate)
+        prefix, middle, suffix = fim_split(text, rng, config.line_span_rate, config.end_rate)
         ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
         return ids, mode, bool(path or repo)
     ids = header_ids(tokenizer, path, repo) + encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
@@ -231,7 +236,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     meta = {
         "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
         "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name,
-        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "context_rate": config.context_rate, "seed": config.seed,
+        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "context_rate": config.context_rate, "seed": config.seed,
         "splits": splits, "params": params, "command": command, "complete": True,
     }
     _write_json(meta_path, meta)
@@ -512,6 +517,7 @@ def add_parser(stages) -> None:
     p.add_argument("--fim-rate", type=float, default=d.fim_rate)
     p.add_argument("--spm-rate", type=float, default=d.spm_rate)
     p.add_argument("--line-span-rate", type=float, default=d.line_span_rate, help="share of FIM middles cut at line ends")
+    p.add_argument("--end-rate", type=float, default=d.end_rate, help="share of FIM middles that run to the chunk's end (empty suffix)")
     p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
@@ -521,7 +527,8 @@ def add_parser(stages) -> None:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, context_rate=args.context_rate,
+    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, end_rate=args.end_rate,
+                        context_rate=args.context_rate,
                         seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
     start = time.monotonic()
     meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
