@@ -322,7 +322,6 @@ Outcome = Explanation | Replace | TestFile | Nothing
 # -- asks -----------------------------------------------------------------------------------------
 
 
-
 def _as_task_code(code: str) -> str:
     """Code as the tasks take it: dedented, no blank lines around it, one final newline."""
     return textwrap.dedent(code).strip("\n").rstrip() + "\n"
