@@ -319,6 +319,15 @@ class Nothing:
 Outcome = Explanation | Replace | TestFile | Nothing
 
 
+_DEFINED = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)", re.MULTILINE)
+
+
+def _only_redefines(code: str, text: str) -> bool:
+    """Whether `code` defines functions or classes, all of them already defined in `text` (a model copying the file)."""
+    names = set(_DEFINED.findall(code))
+    return bool(names) and names <= set(_DEFINED.findall(text))
+
+
 # -- asks -----------------------------------------------------------------------------------------
 
 
@@ -540,6 +549,8 @@ class Actions:
         code = await self.assistant.run(from_comment_ask(prompt, comment.text, doc.language), progress.cancel)
         if not code or not code.strip():
             return Nothing("the model wrote no code")
+        if doc.language == "python" and _only_redefines(code, doc.text):
+            return Nothing("the model only rewrote functions the file already has")
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented

@@ -210,6 +210,16 @@ def test_code_from_the_seed_comment_is_inserted_below_it():
     assert not new_parser("python").parse(new.encode()).root_node.has_error
 
 
+def test_code_from_a_comment_that_only_copies_the_file_is_not_offered():
+    d = doc()
+    offer = offer_of(d, "fromComment", at(CODE, "# Write a function"))
+    copied = "def perimeter(radius):\n    return 2 * math.pi * radius\n\n\ndef area(radius):\n    return 1\n"
+    outcome, _ = resolve({"fromComment": copied}, d, offer)
+    assert isinstance(outcome, Nothing) and "already has" in outcome.message
+    outcome, _ = resolve({"fromComment": copied + "\n\n" + EVENS}, d, offer)  # with something new: offered
+    assert isinstance(outcome, Replace)
+
+
 def test_code_from_a_docstring_replaces_the_placeholder_body():
     stub = 'def evens(numbers):\n    """Only the even numbers of `numbers`."""\n    pass\n\n\nprint(evens([1, 2]))\n'
     d = doc(stub)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,9 @@ def test_too_long_tests_are_shrunk_to_fit(mined, tiny_engine):
 
 def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "sft"
+    base = tmp_path / "base"  # the tiny model with serving settings, which the fine-tune carries over
+    shutil.copytree(tiny_model_dir, base)
+    (base / "midline.json").write_text('{"min_mean_logprob": -1.25}')
     flags = ["--seq-len", "256", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "4", "--checkpoint-every", "2",
              "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--warmup-steps", "1", "--device", "cpu", "--no-compile",
              "--workers", "0", "--fim-share", "0.3"]
@@ -239,11 +243,11 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sft.finetune(tiny_model_dir, out, corpus_dir=planted, mined_dir=mined, sft_config=sft.SftConfig(seq_len=256, workers=0),
+        sft.finetune(base, out, corpus_dir=planted, mined_dir=mined, sft_config=sft.SftConfig(seq_len=256, workers=0),
                      train_overrides=dict(batch_size=2, grad_accum=1, max_steps=4, checkpoint_every=2, eval_every=2, eval_batches=1,
                                           log_every=1, warmup_steps=1, device="cpu", compile=False), on_step=killed)
     assert json.loads((out / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
-    assert main(["sft", "--model", str(tiny_model_dir), "--corpus", str(planted), "--mined", str(mined), "--out", str(out), *flags]) == 0
+    assert main(["sft", "--model", str(base), "--corpus", str(planted), "--mined", str(mined), "--out", str(out), *flags]) == 0
     assert '"export": ' in capsys.readouterr().out
     log = (out / "run" / "loss.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in log] == [1, 2, 3, 4]  # resumed at 2: step 3 once
@@ -254,7 +258,8 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
     rows = PackedDataset(out / "data", "train")
     assert rows[0].dtype == np.int32 and (rows[0] < 0).any()  # prompts stored negated
     engine = Engine.load(out / "export", device="cpu")
-    assert engine.fim.name == "midline" and f"fine-tuned from `{tiny_model_dir}`" in (out / "export" / "README.md").read_text()
+    assert engine.fim.name == "midline" and f"fine-tuned from `{base}`" in (out / "export" / "README.md").read_text()
+    assert engine.min_mean_logprob == -1.25
 
 
 def test_scores_of_right_and_wrong_answers():

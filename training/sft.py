@@ -850,6 +850,8 @@ def finetune(model_dir: Path, out_dir: Path, *, corpus_dir: Path | None, mined_d
     summary = train.train(config, data_dir, run_dir, fresh=fresh, command=command, on_step=on_step)
     export_dir = Path(export_dir) if export_dir else out_dir / "export"
     export.export(run_dir, export_dir, corpus_dir=corpus_dir, data_dir=data_dir, command=[shlex_join(command)] if command else None)
+    if (settings := model_dir / "midline.json").is_file():  # the base model's confidence floors, until recalibrated
+        shutil.copyfile(settings, export_dir / "midline.json")
     return {**summary, "data": {split: {k: v for k, v in s.items() if k != "shards"} for split, s in meta["splits"].items()},
             "export": str(export_dir)}
 
