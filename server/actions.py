@@ -30,7 +30,7 @@ from . import languages
 from .assistant import Ask, Assistant, Cancelled, Progress, content_hash
 from .config import Config
 from .documents import Document, utf8
-from .symbols import enclosing_scopes
+from .symbols import definitions_of, enclosing_scopes
 from .verify import Verified, verify_tests
 
 EXPLAIN, FIX, TESTS, FROM_COMMENT = "explain", "fix", "tests", "fromComment"
@@ -319,13 +319,10 @@ class Nothing:
 Outcome = Explanation | Replace | TestFile | Nothing
 
 
-_DEFINED = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)", re.MULTILINE)
-
-
-def _only_redefines(code: str, text: str) -> bool:
-    """Whether `code` defines functions or classes, all of them already defined in `text` (a model copying the file)."""
-    names = set(_DEFINED.findall(code))
-    return bool(names) and names <= set(_DEFINED.findall(text))
+def _only_redefines(code: str, doc: Document) -> bool:
+    """Whether `code` defines something, all of it already defined in `doc` (a model copying the file)."""
+    names = {d.name for d in definitions_of(utf8(textwrap.dedent(code)), doc.language)}
+    return bool(names) and names <= {d.name for d in definitions_of(utf8(doc.text), doc.language, doc.tree)}
 
 
 # -- asks -----------------------------------------------------------------------------------------
@@ -549,7 +546,7 @@ class Actions:
         code = await self.assistant.run(from_comment_ask(prompt, comment.text, doc.language), progress.cancel)
         if not code or not code.strip():
             return Nothing("the model wrote no code")
-        if doc.language == "python" and _only_redefines(code, doc.text):
+        if _only_redefines(code, doc):
             return Nothing("the model only rewrote functions the file already has")
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:

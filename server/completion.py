@@ -217,7 +217,8 @@ class Completer:
                 self.stats.low_confidence += 1
                 return generation, None
             text = generation.text
-            if line_floor is not None and generation.token_logprobs:  # (a remote backend gives none)
+            # (Only a multi-line hole keeps more than a line; a remote backend gives no log-probabilities.)
+            if line_floor is not None and ctx.hole is Hole.MULTI_LINE and generation.token_logprobs:
                 text = cut_unsure_lines(text, self.engine.token_ends(generation.token_ids), generation.token_logprobs, line_floor)
                 self.stats.tails_cut += text != generation.text
             return generation, postprocess(text, ctx, max_lines)

@@ -476,7 +476,7 @@ class SymbolIndex:
 
     def index_file(self, path: str, text: str, language: str, tree: tree_sitter.Tree | None = None) -> None:
         """(Re)index an open document's text; `tree` is its current parse, if there is one."""
-        self._store(path, _definitions_of(text.encode("utf-8", "surrogatepass"), language, tree), live=True)
+        self._store(path, definitions_of(text.encode("utf-8", "surrogatepass"), language, tree), live=True)
 
     def refresh(self, documents: Iterable[Document], exclude: str | None = None) -> None:
         """Index open documents changed since the last refresh (all but the URI `exclude`); release closed ones."""
@@ -522,7 +522,7 @@ class SymbolIndex:
                     parsers[language.name] = languages.new_parser(language.name)
                 parser = parsers[language.name]
                 tree = parser.parse(source) if parser else None
-                self._store(path, _definitions_of(source, language.name, tree), live=False)
+                self._store(path, definitions_of(source, language.name, tree), live=False)
                 count += 1
         return count
 
@@ -572,7 +572,8 @@ class SymbolIndex:
         return len(self._files)
 
 
-def _definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None) -> list[Definition]:
+def definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None = None) -> list[Definition]:
+    """`definitions` of `source` (parsed here unless its `tree` is given); [] for a language without a table."""
     if language not in _TABLES:
         return []
     if tree is None:
