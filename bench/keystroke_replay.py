@@ -1,13 +1,15 @@
-"""Replay typing a file, one character per keystroke, through the server's completion path; prefix reuse off vs on.
+"""Replay typing a file, one character per keystroke, through the server's completion path; two engines side by side.
 
 A region in the middle of the file's longest function is cut out, then typed back character by character. Every
 keystroke asks `Completer.complete` (the LSP handlers' path: context, SPM prompt, engine, post-processing) for a
-suggestion, once with an engine that re-prefills every prompt and once with one that reuses its KV cache; the two
-run interleaved on one shared model, so machine load hits both alike. Prints a markdown table: latency percentiles
-over the keystrokes that reached the model, mean prompt/reused/generated tokens and engine time per call, and
-generated tokens per second of engine time.
+suggestion from each of two engines that differ in one setting (`--compare`): prefix reuse off vs on (the default),
+prompt-lookup drafts off vs on, or a Python (eager) decode step vs a compiled one. The two run interleaved on one
+shared model, so machine load hits both alike. Prints a markdown table: latency percentiles over the keystrokes that
+reached the model, mean prompt/reused/generated tokens and engine time per call, and generated tokens per second of
+engine time.
 
     python bench/keystroke_replay.py --model model/default --file server/completion.py --chars 300
+    python bench/keystroke_replay.py --compare lookup
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import itertools
 import platform
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,12 +31,19 @@ from lsprotocol import types
 from pygls.workspace.position_codec import PositionCodec
 
 from midline.model import DEFAULT_MODEL_DIR
-from midline.model.engine import Engine, Generation
+from midline.model.engine import CPU_LOOKUP, Engine, Generation
 from midline.server.completion import Completer
 from midline.server.config import Config, ContextConfig
 from midline.server.documents import Document
 
 ROOT = Path(__file__).resolve().parents[1]
+# The two sides of each comparison: Engine settings over reuse on and --lookup ("lookup on": --lookup or the CPU's). The
+# compile comparison's second side compiles its steps (`Engine.compile_steps`).
+SIDES: dict[str, list[tuple[str, dict]]] = {
+    "reuse": [("reuse off", {"reuse_prefix": False}), ("reuse on", {})],
+    "lookup": [("lookup off", {"lookup": 0}), ("lookup on", {"lookup": None})],
+    "compile": [("eager steps", {}), ("compiled steps", {})],
+}
 
 
 class RecordingEngine(Engine):
@@ -97,6 +107,30 @@ async def replay(runs: list[Run], doc: Document, offset: int, typed: str) -> Non
                 run.suggestions.append(suggestion.text if suggestion else None)
 
 
+def while_compiling(engine: Engine, other: Engine, prompt: list[int]) -> str:
+    """Compile `engine`'s steps in a background thread while `other` answers keystroke-sized requests (the prompt plus
+    one token, 8 new tokens): what the compile costs, and how much it slows requests meanwhile."""
+
+    def keystroke(i: int) -> float:
+        started = time.perf_counter()
+        other.generate(prompt + [5 + i % 50], max_new_tokens=8, ignore_eos=True)
+        return (time.perf_counter() - started) * 1000
+
+    other.generate(prompt, max_new_tokens=1)
+    idle = [keystroke(i) for i in range(10)]
+    began = time.perf_counter()
+    thread, during = threading.Thread(target=engine.compile_steps), []
+    thread.start()
+    while thread.is_alive():
+        during.append(keystroke(len(during)))
+    if engine.decode_path != "static, compiled":
+        raise SystemExit("compiling the decode steps failed")
+    other.clear_cache()
+    return (f"Compiling took {time.perf_counter() - began:.0f} s in the background. Keystroke-sized requests meanwhile: "
+            f"p50 {percentile(during, 50):.0f} ms, max {max(during):.0f} ms ({len(during)} requests); "
+            f"idle: p50 {percentile(idle, 50):.0f} ms, max {max(idle):.0f} ms.")
+
+
 def row(run: Run) -> dict[str, float]:
     g = run.generations
     return {
@@ -117,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
-    parser.add_argument("--lookup", type=int, default=0, help="prompt-lookup draft tokens (default: %(default)s = off)")
+    parser.add_argument("--compare", choices=tuple(SIDES), default="reuse",
+                        help="what the two sides differ in: prefix reuse off / on; prompt-lookup drafts off / --lookup (default: the CPU's); "
+                             "eager / compiled decode steps (default: %(default)s)")
+    parser.add_argument("--lookup", type=int, default=None, help="prompt-lookup draft tokens, both sides (default: the engine's own)")
     parser.add_argument("--budget", type=int, default=ContextConfig.budget,
                         help="prefix + suffix window in tokens (context.budget; the model's context may clamp it) (default: %(default)s)")
     parser.add_argument("--path", choices=("auto", "static", "dynamic"), default="auto",
@@ -133,8 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens, context=ContextConfig(budget=args.budget))
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
-    for name, reuse in (("reuse off", False), ("reuse on", True)):
-        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, reuse_prefix=reuse, static=base.static, lookup=args.lookup)
+    for name, setting in SIDES[args.compare]:
+        kwargs = {"reuse_prefix": True, "lookup": args.lookup, **setting}
+        if setting.get("lookup", 0) is None:  # the lookup comparison's "on" side
+            kwargs["lookup"] = args.lookup or CPU_LOOKUP
+        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, static=base.static, **kwargs)
+        if args.compare == "compile" and runs:
+            compiling = while_compiling(engine, runs[0].completer.engine, base.tokenizer(doc.text)["input_ids"][-600:])
         engine.generations = []
         runs.append(Run(name, Completer(engine, config, executor, root=str(args.file.resolve().parent))))
 
@@ -152,18 +194,21 @@ def main(argv: list[str] | None = None) -> None:
     if not runs[0].generations:
         raise SystemExit("no keystroke reached the model (all mid-word?): try another --file or more --chars")
     off, on = (row(r) for r in runs)
-    same = runs[0].suggestions == runs[1].suggestions and [g.token_ids for g in runs[0].generations] == [g.token_ids for g in runs[1].generations]
+    differ = sum(a.token_ids != b.token_ids for a, b in zip(runs[0].generations, runs[1].generations))
+    differ += abs(len(runs[0].generations) - len(runs[1].generations))
     rel = args.file.resolve().relative_to(ROOT) if args.file.resolve().is_relative_to(ROOT) else args.file
     print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, max(start, end - 1)) + 1}), "
           f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens, "
-          f"{'static' if base.static else 'dynamic'} decode path, lookup {args.lookup}")
+          f"{'static' if base.static else 'dynamic'} decode path, lookup {' / '.join(str(r.completer.engine.lookup) for r in runs)}")
     print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; wall {wall:.0f} s; "
-          f"suggestions identical off/on: {'yes' if same else 'NO'}\n")
-    print("| prefix reuse | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | mean engine ms | tokens/s |")
+          f"generations identical on both sides: {'yes' if not differ else f'NO ({differ} differ)'}\n")
+    print(f"| {args.compare} | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | mean engine ms | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("off", off), ("on", on)):
-        print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} | {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")
-    print(f"| off/on | {off['p50'] / on['p50']:.2f}x | {off['p95'] / on['p95']:.2f}x | | | | {off['engine'] / on['engine']:.2f}x | {on['tok_s'] / off['tok_s']:.2f}x (on/off) |")
+    for run, r in zip(runs, (off, on)):
+        print(f"| {run.name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} | {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")
+    print(f"| ratio | {off['p50'] / on['p50']:.2f}x | {off['p95'] / on['p95']:.2f}x | | | | {off['engine'] / on['engine']:.2f}x | {on['tok_s'] / off['tok_s']:.2f}x |")
+    if args.compare == "compile":
+        print(f"\n{compiling}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # CPU threads: torch's default (one per core) less one CPU left to the editor and the server's event loop. On 2 cores,
 # 2 threads were 1.1-1.4x faster when idle but 2.5-3.5x slower with the other core busy (BENCHMARKS.md).
 CPU_THREADS = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
+# Prompt-lookup draft tokens by default: on the CPU a step of 5 tokens costs about 1.4 steps of one, and 4 drafts made
+# typing 1.3-1.6x faster in the keystroke replay; on a GPU drafts gave no gain (BENCHMARKS.md).
+CPU_LOOKUP = 4
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Engine:
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat | None,
         *, reuse_prefix: bool = True, static: bool | None = None, static_len: int = 4096, sync_every: int = 8,
-        lookup: int = 0, stop_tokens: Sequence[str] | None = None,
+        lookup: int | None = None, stop_tokens: Sequence[str] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -87,8 +90,9 @@ class Engine:
         self.static_len = min(static_len, self.max_context)
         self.sync_every = sync_every  # most tokens computed ahead of the stop checks on the static path
         # Prompt-lookup speculative decoding (greedy, static path): up to `lookup` draft tokens copied from the context
-        # after an earlier occurrence of the last few tokens, checked in one forward pass. 0 = off.
-        self.lookup = min(lookup, CHUNK - 1)
+        # after an earlier occurrence of the last few tokens, checked in one forward pass. 0 = off; None = CPU_LOOKUP
+        # on the CPU, off on a GPU.
+        self.lookup = min((CPU_LOOKUP if device.type == "cpu" else 0) if lookup is None else lookup, CHUNK - 1)
         self._decoder: StaticDecoder | None = None  # made on first use
         self._batch: dict[int, tuple[StaticDecoder, list[int]]] = {}  # candidates: n -> a batch-n decoder, the ids it holds
         self._cache: DynamicCache | StaticDecoder | None = None  # KV cache of the last generation...
@@ -149,6 +153,28 @@ class Engine:
             self.generate(ids, max_new_tokens=8, ignore_eos=True)
         self.clear_cache()
         log.info("engine warm-up took %.1f s (static path: %s)", time.monotonic() - started, "on" if self.static else "off")
+
+    def compile_steps(self) -> None:
+        """Compile the static path's steps of up to CHUNK tokens for the CPU (`StaticDecoder.compile_steps`).
+
+        Not done by default: on 2 cores it takes 25-120 s, during which requests in the same process are slowed
+        several-fold (the compiler holds the GIL), for decode steps 1.05-1.2x faster afterwards (BENCHMARKS.md).
+        """
+        with self._lock, torch.inference_mode():
+            decoder = self._static_decoder()
+            if decoder is not None:
+                self._cache, self._cached_ids = None, []  # compiling writes a few cache positions
+                decoder.compile_steps()
+
+    @property
+    def decode_path(self) -> str:
+        """How tokens are computed now: "static, CUDA graphs", "static, compiled", "static", or "dynamic"."""
+        decoder = self._decoder
+        if not self.static:
+            return "dynamic"
+        if decoder is not None and decoder.graphs:
+            return "static, CUDA graphs"
+        return "static, compiled" if decoder is not None and decoder.compiled_forward is not None else "static"
 
     def generate(
         self,
@@ -466,9 +492,12 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 class NgramIndex:
-    """Prompt lookup: the tokens that followed the most recent earlier occurrence of the last 3 (else 2, else 1) tokens."""
+    """Prompt lookup: the tokens that followed the most recent earlier occurrence of the last 3 (else 2) tokens.
 
-    SIZES = (3, 2, 1)
+    (A single token's last occurrence predicts too little: with one-token matches too, drafts paid off less on the CPU.)
+    """
+
+    SIZES = (3, 2)
 
     def __init__(self, ids: list[int]):
         self.ids: list[int] = []

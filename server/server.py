@@ -455,6 +455,7 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "model": _model_label(ls.config),
         "device": str(completer.engine.device),
         "fimFormat": completer.engine.fim.name,
+        "decodePath": getattr(completer.engine, "decode_path", "remote"),
         "generating": completer.generating,
         **_camel_keys(dataclasses.asdict(completer.stats)),
         "last": _camel_keys(dataclasses.asdict(completer.trace)),

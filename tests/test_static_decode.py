@@ -15,7 +15,8 @@ from .test_engine import PROMPTS, transformers_greedy, typing_session
 
 
 def engine_on(base: Engine, model=None, **kwargs) -> Engine:
-    return Engine(model or base.model, base.tokenizer, base.device, base.fim, **kwargs)
+    """An engine on `base`'s model (or `model`): no prompt-lookup drafts unless asked (test_engine.py covers the CPU's default)."""
+    return Engine(model or base.model, base.tokenizer, base.device, base.fim, **{"lookup": 0, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,26 @@ def test_compiled_layer_is_one_graph_for_every_layer(qwen_engine):
     torch._dynamo.reset()
 
 
+def test_compiled_steps_match_transformers_greedy(qwen_engine):
+    """The CPU's compiled steps (inductor, dynamic lengths): two graphs serve every position and every length up to
+    CHUNK (one-token decoding, prompt tails, lookup checks), and give transformers' greedy tokens."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    engine = engine_on(qwen_engine, lookup=8)
+    engine.compile_steps()
+    assert engine.decode_path == "static, compiled"
+    lengths = []
+    for step, ids in typing_session(qwen_engine)[:6]:
+        g = engine.generate(ids, max_new_tokens=24)
+        assert g.token_ids == transformers_greedy(engine, ids, 24), step
+        lengths.append(len(ids) - g.reused_tokens)
+    assert max(lengths) > 1 and len(set(lengths)) > 1  # tails of several lengths went through the compiled step
+    assert counters["stats"]["unique_graphs"] == 2  # no recompiles
+    torch._dynamo.reset()
+
+
 def test_warmup_checks_the_static_path(tiny_engine):
     engine = engine_on(tiny_engine)
     engine.warmup()
@@ -166,7 +187,10 @@ def test_ngram_index_drafts_what_followed_the_last_occurrence():
     index.append(9)
     assert index.draft(3) == []  # "9" never came before
     index.append(1)
-    assert index.draft(2) == [2, 9]  # "9 1" never came before; the latest earlier "1" (index 4) was followed by "2 9"
+    assert index.draft(2) == []  # "9 1" never came before, and one token ("1") is too little to go on
+    for token in (2, 3, 7, 2, 3):
+        index.append(token)
+    assert index.draft(3) == [7, 2, 3]  # after the latest earlier "2 3", not the first (followed by 4)
     assert NgramIndex([5]).draft(4) == []
 
 
