@@ -1,7 +1,7 @@
 """The path of one keystroke: document -> context -> prompt -> model -> post-processing -> suggestion.
 
 `Completer.complete` is shared by the LSP handlers and `midline complete`. Around the model call it
-adds what makes completion feel instant: a debounce for automatic triggers, typing-through (the user
+adds what makes completion feel instant: an optional debounce for automatic triggers, typing-through (the user
 types what is shown: answer with the rest, no model call), a cache keyed by the prompt, and
 cancellation (a cancelled or superseded request stops its generation).
 """

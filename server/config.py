@@ -102,7 +102,7 @@ class Config:
     trust_remote_code: bool = False
     max_new_tokens: int = 64
     max_lines: int = 12  # of a multi-line suggestion
-    debounce_ms: int = 75  # wait after an automatic trigger; explicit requests skip it
+    debounce_ms: int = 0  # wait after an automatic trigger; explicit requests skip it (0: typing-through and cancellation do better)
     timeout_ms: int = 5000  # generation time limit; past it the answer is empty
     min_mean_logprob: float | None = None  # hide suggestions less confident than this; None = the model's own floor
     min_line_logprob: float | None = None  # cut a suggestion at its first later line less confident than this; None = the model's

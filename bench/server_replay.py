@@ -1,0 +1,140 @@
+"""Type a file into the running server, as an editor does, and time the ghost text.
+
+Starts `python -m midline.server` over stdio (the shipped model unless --model is given) with its default settings
+(debounce, cache, typing-through), opens a Python file with a region of its longest function cut out (the region
+`bench/keystroke_replay.py` types), and types the region back at a steady speed. After each character the client
+does what VS Code does: it sends the change, cancels its previous inline-completion request if that is still
+waiting, and sends an automatic inline-completion request. Prints how the requests ended (a suggestion, an empty
+answer, cancelled by the next keystroke), the time from keystroke to ghost text, and the server's own counters
+(`midline.status`: model calls, cache hits, typed through, cancelled generations).
+
+    python bench/server_replay.py --file server/completion.py --cps 5
+    python bench/server_replay.py --cps 5 --settings '{"debounceMs": 0}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.keystroke_replay import percentile, region  # noqa: E402
+from tests.lsp_client import inline, open_document, running_server, status  # noqa: E402
+
+COUNTERS = ("requests", "modelCalls", "cacheHits", "typedThrough", "cancelled", "timeouts", "lowConfidence")
+
+
+@dataclass
+class Answer:
+    """How one keystroke's request ended, and when (ms after the keystroke)."""
+
+    outcome: str  # "shown" | "empty" | "cancelled" | "error: ..."
+    ms: float
+
+
+def position(text: str, offset: int) -> types.Position:
+    """LSP position (UTF-16 columns) of a string offset."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return types.Position(line=text.count("\n", 0, offset), character=len(text[line_start:offset].encode("utf-16-le")) // 2)
+
+
+async def type_region(client, uri: str, text: str, offset: int, typed: str, cps: float) -> list[Answer]:
+    """Type `typed` at `offset` at `cps` characters a second; every keystroke's request and how it ended."""
+    answers: list[Answer] = []
+    pending: list[tuple[str, asyncio.Future]] = []
+
+    def record(started: float):
+        def done(future: asyncio.Future) -> None:
+            ms = (time.perf_counter() - started) * 1000
+            if future.cancelled() or isinstance(future.exception(), JsonRpcRequestCancelled):
+                answers.append(Answer("cancelled", ms))
+            elif future.exception() is not None:  # the server failed this request: counted, and printed at the end
+                answers.append(Answer(f"error: {future.exception()}", ms))
+            else:
+                items = future.result().items if future.result() else []
+                answers.append(Answer("shown" if items and items[0].insert_text else "empty", ms))
+        return done
+
+    due = time.perf_counter()
+    for i, char in enumerate(typed):
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        due += 1 / cps
+        for request_id, future in pending:
+            if not future.done():
+                client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=request_id))
+        at = position(text, offset)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=char)],
+        ))
+        text, offset = text[:offset] + char + text[offset:], offset + 1
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position(text, offset),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+        request_id = f"keystroke-{i}"
+        future = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, request_id))
+        future.add_done_callback(record(time.perf_counter()))
+        pending = [(request_id, future)]
+    await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+    await asyncio.sleep(0.1)  # let the last done-callback run
+    return answers
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--model", help="model directory (default: the shipped model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py", help="Python file to type (default: %(default)s)")
+    parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
+    parser.add_argument("--cps", type=float, default=5.0, help="typing speed, characters a second (default: %(default)s, about 60 words a minute)")
+    parser.add_argument("--settings", type=json.loads, default={}, help='server settings over the defaults, as JSON, e.g. \'{"debounceMs": 0}\'')
+    args = parser.parse_args()
+
+    source = args.file.read_text(encoding="utf-8")
+    start, end = region(source, args.chars)
+    typed, text = source[start:end], source[:start] + source[end:]
+    settings = {"device": args.device, **({"model": args.model} if args.model else {}), **args.settings}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_server(settings, Path(tmp)) as (client, _):
+            uri = (Path(tmp) / args.file.name).as_uri()
+            open_document(client, uri, text)
+            at = position(text, start)
+            await asyncio.wait_for(inline(client, uri, at.line, at.character), 600)  # loads the model: not timed
+            before = await status(client)
+            began = time.perf_counter()
+            answers = await type_region(client, uri, text, start, typed, args.cps)
+            wall = time.perf_counter() - began
+            after = await status(client)
+
+    shown = [a.ms for a in answers if a.outcome == "shown"]
+    answered = [a.ms for a in answers if a.outcome != "cancelled"]
+    count = {o: sum(a.outcome == o for a in answers) for o in ("shown", "empty", "cancelled")}
+    print(f"typed {len(typed)} characters of {args.file.name} at {args.cps:g} a second ({wall:.0f} s) into `midline serve` "
+          f"({after['model']}, {after['device']}, {after['decodePath']}, settings {json.dumps(args.settings)}); "
+          f"{platform.machine()}, Python {platform.python_version()}\n")
+    print("| keystrokes | shown | empty | cancelled by the next keystroke | ms to ghost text p50 | p95 | ms to any answer p50 | p95 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    p = lambda values, q: f"{percentile(values, q):.0f}" if values else "-"  # noqa: E731
+    print(f"| {len(answers)} | {count['shown']} | {count['empty']} | {count['cancelled']} | {p(shown, 50)} | {p(shown, 95)} | "
+          f"{p(answered, 50)} | {p(answered, 95)} |\n")
+    for error in sorted({a.outcome for a in answers if a.outcome.startswith("error")}):
+        print(f"{sum(a.outcome == error for a in answers)} requests failed: {error}")
+    print("| server: " + " | ".join(COUNTERS) + " |")
+    print("|" + "---:|" * (len(COUNTERS) + 1))
+    print("| | " + " | ".join(str(after[c] - before[c]) for c in COUNTERS) + " |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
