@@ -158,7 +158,7 @@ class Engine:
         """Compile the static path's steps of up to CHUNK tokens for the CPU (`StaticDecoder.compile_steps`).
 
         Not done by default: on 2 cores it takes 25-120 s, during which requests in the same process are slowed
-        several-fold (the compiler holds the GIL), for decode steps 1.05-1.2x faster afterwards (BENCHMARKS.md).
+        several-fold (the compiler's Python work holds the GIL), for keystrokes 1.1-1.2x faster afterwards (BENCHMARKS.md).
         """
         with self._lock, torch.inference_mode():
             decoder = self._static_decoder()

@@ -16,7 +16,8 @@ computation is transformers' own; only attention and the KV cache are ours:
   Longer prompts prefill eagerly with fused attention (SDPA).
 - On the CPU the same code attends only over the filled part of the cache. Eagerly, each step is about 1,500
   small ops; `compile_steps` compiles the whole forward pass of short steps (one token; up to `CHUNK` tokens) with
-  dynamic lengths, so inductor fuses each layer's norms, rotary and attention math around the matrix products.
+  dynamic lengths, so inductor fuses each layer's norms, rotary and attention math around the matrix products
+  (not used by default: compiling costs more than it saves, BENCHMARKS.md).
 """
 
 from __future__ import annotations

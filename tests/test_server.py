@@ -117,7 +117,7 @@ async def test_position_outside_document_is_invalid_params_and_server_keeps_serv
     with pytest.raises(JsonRpcInvalidParams):
         await inline(client, (root / "never-opened.py").as_uri(), 0, 0)
     assert (await status(client))["ready"]
-    assert (await status(client))["decodePath"] == "static"  # the tiny model's layout, not compiled (SETTINGS)
+    assert (await status(client))["decodePath"] == "static"  # a Llama layout on the CPU: static cache, eager steps
 
 
 async def test_unknown_language_gets_plain_text_context(lsp):
