@@ -37,13 +37,18 @@ from midline.server.config import Config, ContextConfig
 from midline.server.documents import Document
 
 ROOT = Path(__file__).resolve().parents[1]
-# The two sides of each comparison: Engine settings over reuse on and --lookup ("lookup on": --lookup or the CPU's). The
-# compile comparison's second side compiles its steps (`Engine.compile_steps`).
-SIDES: dict[str, list[tuple[str, dict]]] = {
-    "reuse": [("reuse off", {"reuse_prefix": False}), ("reuse on", {})],
-    "lookup": [("lookup off", {"lookup": 0}), ("lookup on", {"lookup": None})],
-    "compile": [("eager steps", {}), ("compiled steps", {})],
-}
+COMPARISONS = ("reuse", "lookup", "compile")
+
+
+def sides(compare: str, lookup: int | None) -> list[tuple[str, dict]]:
+    """The two sides of a comparison, as Engine settings: reuse on and `lookup` drafts (None: the engine's own) but for
+    what is compared. The compile comparison's sides differ only in that the second compiles its steps."""
+    base = {"reuse_prefix": True, "lookup": lookup}
+    return {
+        "reuse": [("reuse off", {**base, "reuse_prefix": False}), ("reuse on", base)],
+        "lookup": [("lookup off", {**base, "lookup": 0}), ("lookup on", {**base, "lookup": lookup or CPU_LOOKUP})],
+        "compile": [("eager steps", base), ("compiled steps", base)],
+    }[compare]
 
 
 class RecordingEngine(Engine):
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
-    parser.add_argument("--compare", choices=tuple(SIDES), default="reuse",
+    parser.add_argument("--compare", choices=COMPARISONS, default="reuse",
                         help="what the two sides differ in: prefix reuse off / on; prompt-lookup drafts off / --lookup (default: the CPU's); "
                              "eager / compiled decode steps (default: %(default)s)")
     parser.add_argument("--lookup", type=int, default=None, help="prompt-lookup draft tokens, both sides (default: the engine's own)")
@@ -170,11 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens, context=ContextConfig(budget=args.budget))
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
-    for name, setting in SIDES[args.compare]:
-        kwargs = {"reuse_prefix": True, "lookup": args.lookup, **setting}
-        if setting.get("lookup", 0) is None:  # the lookup comparison's "on" side
-            kwargs["lookup"] = args.lookup or CPU_LOOKUP
-        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, static=base.static, **kwargs)
+    for name, setting in sides(args.compare, args.lookup):
+        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, static=base.static, **setting)
         if args.compare == "compile" and runs:
             compiling = while_compiling(engine, runs[0].completer.engine, base.tokenizer(doc.text)["input_ids"][-600:])
         engine.generations = []

@@ -26,10 +26,12 @@ from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
+from pygls.workspace.position_codec import PositionCodec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.keystroke_replay import percentile, region  # noqa: E402
+from midline.server.documents import Document  # noqa: E402
 from tests.lsp_client import inline, open_document, running_server, status  # noqa: E402
 
 COUNTERS = ("requests", "modelCalls", "cacheHits", "typedThrough", "cancelled", "timeouts", "lowConfidence")
@@ -43,16 +45,12 @@ class Answer:
     ms: float
 
 
-def position(text: str, offset: int) -> types.Position:
-    """LSP position (UTF-16 columns) of a string offset."""
-    line_start = text.rfind("\n", 0, offset) + 1
-    return types.Position(line=text.count("\n", 0, offset), character=len(text[line_start:offset].encode("utf-16-le")) // 2)
-
-
-async def type_region(client, uri: str, text: str, offset: int, typed: str, cps: float) -> list[Answer]:
-    """Type `typed` at `offset` at `cps` characters a second; every keystroke's request and how it ended."""
+async def type_region(client, doc: Document, offset: int, typed: str, cps: float) -> list[Answer]:
+    """Type `typed` into `doc` (the client's copy) at `offset`, `cps` characters a second; every keystroke's request
+    and how it ended."""
     answers: list[Answer] = []
-    pending: list[tuple[str, asyncio.Future]] = []
+    codec = PositionCodec()  # UTF-16, the LSP default
+    previous: tuple[str, asyncio.Future] | None = None
 
     def record(started: float):
         def done(future: asyncio.Future) -> None:
@@ -70,24 +68,26 @@ async def type_region(client, uri: str, text: str, offset: int, typed: str, cps:
     for i, char in enumerate(typed):
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         due += 1 / cps
-        for request_id, future in pending:
-            if not future.done():
-                client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=request_id))
-        at = position(text, offset)
+        if previous is not None and not previous[1].done():
+            client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=previous[0]))
+        at = doc.position_at(offset, codec)
+        change = types.TextDocumentContentChangePartial(range=types.Range(at, at), text=char)
+        doc.apply_change(change, codec)
+        doc.version += 1
+        offset += 1
         client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=char)],
+            text_document=types.VersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version), content_changes=[change],
         ))
-        text, offset = text[:offset] + char + text[offset:], offset + 1
         params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=position(text, offset),
+            text_document=types.TextDocumentIdentifier(uri=doc.uri), position=doc.position_at(offset, codec),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
         )
         request_id = f"keystroke-{i}"
         future = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, request_id))
         future.add_done_callback(record(time.perf_counter()))
-        pending = [(request_id, future)]
-    await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        previous = (request_id, future)
+    if previous is not None:
+        await asyncio.gather(previous[1], return_exceptions=True)
     await asyncio.sleep(0.1)  # let the last done-callback run
     return answers
 
@@ -108,13 +108,13 @@ async def main() -> None:
     settings = {"device": args.device, **({"model": args.model} if args.model else {}), **args.settings}
     with tempfile.TemporaryDirectory() as tmp:
         async with running_server(settings, Path(tmp)) as (client, _):
-            uri = (Path(tmp) / args.file.name).as_uri()
-            open_document(client, uri, text)
-            at = position(text, start)
-            await asyncio.wait_for(inline(client, uri, at.line, at.character), 600)  # loads the model: not timed
+            doc = Document((Path(tmp) / args.file.name).as_uri(), "python", 1, text)
+            open_document(client, doc.uri, text)
+            at = doc.position_at(start, PositionCodec())
+            await asyncio.wait_for(inline(client, doc.uri, at.line, at.character), 600)  # loads the model: not timed
             before = await status(client)
             began = time.perf_counter()
-            answers = await type_region(client, uri, text, start, typed, args.cps)
+            answers = await type_region(client, doc, start, typed, args.cps)
             wall = time.perf_counter() - began
             after = await status(client)
 
