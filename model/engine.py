@@ -85,6 +85,7 @@ class Engine:
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
         self.min_mean_logprob: float | None = None  # the model's confidence floor (its midline.json), if it has one
         self.min_line_logprob: float | None = None  # the model's floor for the lines after a suggestion's first
+        self.languages: tuple[str, ...] | None = None  # languages the model was trained on (its midline.json); None: any
         # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
         self.static = unsupported(model) is None if static is None else static
         self.static_len = min(static_len, self.max_context)
@@ -118,6 +119,7 @@ class Engine:
         settings = model_settings(Path(path))
         engine.min_mean_logprob = settings.get("min_mean_logprob")
         engine.min_line_logprob = settings.get("min_line_logprob")
+        engine.languages = tuple(settings["languages"]) if settings.get("languages") is not None else None
         return engine
 
     def count_tokens(self, text: str) -> int:
@@ -471,8 +473,9 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
 
 def model_settings(path: Path) -> dict:
     """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
-    e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0}`: the mean token log-probability below which its
-    suggestions are hidden, and below which a line after a suggestion's first is cut with all that follows."""
+    e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0, "languages": ["python"]}`: the mean token
+    log-probability below which its suggestions are hidden, below which a line after a suggestion's first is
+    cut with all that follows, and the languages it was trained on (completion is on for those by default)."""
     file = path / "midline.json"
     if not file.is_file():
         return {}
@@ -481,6 +484,9 @@ def model_settings(path: Path) -> dict:
         for key in ("min_mean_logprob", "min_line_logprob"):
             if settings.get(key) is not None and not isinstance(settings[key], (int, float)):
                 raise ValueError(f"{key} must be a number")
+        languages = settings.get("languages")
+        if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
+            raise ValueError("languages must be a list of language ids")
     except (ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{file}: {exc}") from None
     return settings

@@ -23,10 +23,9 @@ from typing import Callable
 
 import tree_sitter
 
-from midline.model import tasks
+from midline.model import languages, tasks
 from midline.model.fim import FimPrompt
 
-from . import languages
 from .assistant import Ask, Assistant, Cancelled, Progress, content_hash
 from .config import Config
 from .documents import Document, utf8

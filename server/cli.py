@@ -46,9 +46,9 @@ def _complete(args: argparse.Namespace) -> int:
         print(f"midline complete: {exc}", file=sys.stderr)
         return 2
 
+    from midline.model import languages
     from midline.model.remote import RemoteError
 
-    from . import languages
     from .completion import Completer
     from .config import Config
     from .documents import Document

@@ -17,10 +17,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from midline.model import languages
 from midline.model.engine import Engine, Generation
 from midline.model.fim import FimPrompt, Snippet
 
-from . import languages
 from .config import Config
 from .context import CompletionContext, Hole, build_context
 from .documents import Document
@@ -96,7 +96,7 @@ class Completer:
         started = time.perf_counter()
         self.stats.requests += 1
         request = self._latest[doc.uri] = self._latest.get(doc.uri, 0) + 1
-        if not self.config.enabled_for(doc.language_id):
+        if not self.enabled(doc):
             return None
         if (rest := self._type_through(doc, offset)) is not None:
             self.stats.typed_through += 1
@@ -110,7 +110,7 @@ class Completer:
         if ctx.hole is Hole.NONE:
             return None
         prompt_ids = self.engine.encode(self.prompt(ctx), self._mode())
-        key = (tuple(prompt_ids), ctx.hole, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
+        key = (tuple(prompt_ids), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
         if key in self._cache:
             self.stats.cache_hits += 1
             self._cache.move_to_end(key)
@@ -123,6 +123,10 @@ class Completer:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestion)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
         return suggestion
+
+    def enabled(self, doc: Document) -> bool:
+        """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
+        return self.config.enabled_for(doc.language_id, getattr(self.engine, "languages", None))
 
     def context(self, doc: Document, offset: int) -> CompletionContext:
         ctx_config = self.config.context

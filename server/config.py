@@ -15,6 +15,8 @@ import cattrs
 import cattrs.v
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from midline.model import languages
+
 
 class ConfigError(ValueError):
     """A setting has the wrong type or value."""
@@ -125,8 +127,14 @@ class Config:
         _check(self.temperature >= 0.0 and 0.0 < self.top_p <= 1.0, "temperature must be >= 0 and topP in (0, 1]")
         _check(self.cache_size >= 0, "cacheSize must be >= 0")
 
-    def enabled_for(self, language_id: str) -> bool:
-        return self.enable.get(language_id, self.enable.get("*", True))
+    def enabled_for(self, language_id: str, model_languages: tuple[str, ...] | None = None) -> bool:
+        """Whether to complete in `language_id`: its own `enable` entry if it has one; else, for a model that
+        names the languages it was trained on, whether it is one of them; else the `"*"` entry."""
+        if language_id in self.enable:
+            return self.enable[language_id]
+        if model_languages is not None and languages.resolve(language_id).name not in model_languages:
+            return False
+        return self.enable.get("*", True)
 
     @classmethod
     def from_json(cls, data: Any, base: Config | None = None) -> Config:

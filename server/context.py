@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import tree_sitter
 
+from midline.model import languages
 from midline.model.fim import Snippet
-from midline.server import languages
 from midline.server.documents import Document, utf8
 from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
 
@@ -24,8 +25,8 @@ class Hole(enum.Enum):
     """What kind of completion fits at the cursor."""
 
     NONE = "none"  # mid-identifier: do not complete
-    SINGLE_LINE = "single_line"  # code follows the cursor on its line
-    MULTI_LINE = "multi_line"  # empty line, or right after a block opener
+    SINGLE_LINE = "single_line"  # code follows the cursor on its line, or its line's statement is unfinished
+    MULTI_LINE = "multi_line"  # blank line, block opener, or the end of a complete line: new lines may follow
 
 
 @dataclass
@@ -40,6 +41,9 @@ class CompletionContext:
     suffix: str  # window of text after the cursor (starts at the cursor)
     hole: Hole
     snippets: list[Snippet] = field(default_factory=list)  # extra context, stable first
+    block: bool = True  # nothing follows in the cursor's block: the answer may be several statements, else one
+    indent: str = ""  # indentation the server typed for the user at column 0 of an empty line (in `text` and
+    # `prefix`; the suggestion starts with it)
 
     @property
     def line_prefix(self) -> str:
@@ -76,12 +80,16 @@ def build_context(
     byte_offset = len(utf8(text[:offset]))
     prefix_start, suffix_end = _windows(doc, offset, byte_offset, count_tokens, budget, prefix_share)
     prefix, suffix = text[prefix_start:offset], text[offset:suffix_end]
-    hole = classify_hole(text, offset, doc.language)
+    hole = classify_hole(text, offset, doc.language, doc.tree)
     snippets: list[Snippet] = []
     if doc.tree is not None and hole is not Hole.NONE:  # (no completion mid-word: spare the lookups)
         window_byte = byte_offset - len(utf8(prefix))
         snippets = _snippets(doc, byte_offset, window_byte, prefix + suffix, count_tokens, symbols, max_snippets, snippet_budget)
-    return CompletionContext(doc.path, doc.language, text, offset, prefix, suffix, hole, snippets)
+    indent = implied_indent(text, offset, doc.language) if hole is Hole.MULTI_LINE else ""
+    if indent:  # prompt as if the editor had indented the empty line
+        text, prefix, offset = text[:offset] + indent + text[offset:], prefix + indent, offset + len(indent)
+    block = hole is not Hole.NONE and ends_block(text, offset, doc.language)
+    return CompletionContext(doc.path, doc.language, text, offset, prefix, suffix, hole, snippets, block, indent)
 
 
 # -- hole -----------------------------------------------------------------------------------------
@@ -94,12 +102,15 @@ def _is_word(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
-def classify_hole(text: str, offset: int, language: str) -> Hole:
-    """What kind of completion fits at `offset`.
+def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree | None = None) -> Hole:
+    """What kind of completion fits at `offset` (`tree`: the parse of `text`, parsed here if not given).
 
-    NONE in the middle of a word; MULTI_LINE on a blank line, or at the end of a line that ends with a
-    block opener (`:` `(` `[` `{` in Python; `{` `(` `[` `=>` in brace languages); otherwise
-    SINGLE_LINE, also when only closing brackets or quotes follow the cursor (`foo(|)`).
+    NONE in the middle of a word; SINGLE_LINE when code follows the cursor on its line (also when only
+    closing brackets or quotes do: `foo(|)`); MULTI_LINE on a blank line, or at the end of a line that ends
+    with a block opener (`:` `(` `[` `{` in Python; `{` `(` `[` `=>` in brace languages). At the end of any
+    other line the tree decides: MULTI_LINE if the line's code is complete (the answer may be nothing, more
+    of the line, or new lines), SINGLE_LINE if it has a syntax error (`x = |`: finish the line). Plain text:
+    SINGLE_LINE.
     """
     before = text[offset - 1] if offset > 0 else ""
     after = text[offset] if offset < len(text) else ""
@@ -113,8 +124,92 @@ def classify_hole(text: str, offset: int, language: str) -> Hole:
     if not line_prefix.strip():
         return Hole.MULTI_LINE
     spec = languages.resolve(language)
-    openers = _INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS if spec.grammar else ()
-    return Hole.MULTI_LINE if openers and line_prefix.rstrip().endswith(openers) else Hole.SINGLE_LINE
+    if spec.grammar is None:
+        return Hole.SINGLE_LINE
+    openers = _INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS
+    if line_prefix.rstrip().endswith(openers):
+        return Hole.MULTI_LINE
+    if tree is None:
+        tree = languages.thread_parser(spec.name).parse(utf8(text))
+    start, end = len(utf8(text[:line_start])), len(utf8(text[:line_end]))
+    broken = any(first <= end and last >= start for first, last in languages.error_spans(tree.root_node))
+    return Hole.SINGLE_LINE if broken else Hole.MULTI_LINE
+
+
+def implied_indent(text: str, offset: int, language: str) -> str:
+    """The indentation an editor would give an empty line at `offset` when the cursor is at its column 0, or "".
+
+    That of the code line above, one level deeper after a block opener (`:` in Python, `{` `(` `[`
+    elsewhere), one level shallower after Python's `return`/`pass`/`raise`/`break`/`continue`; deeper
+    still if the code line below is (the cursor is above a block's first line), shallower if the line
+    below is and a blank line separates the cursor from the code above. Plain text: "".
+    """
+    line_start = text.rfind("\n", 0, offset) + 1
+    spec = languages.resolve(language)
+    if offset != line_start or text[offset:_line_end(text, offset)] or spec.grammar is None:
+        return ""
+    above = next((line for _, line in _lines_up(text, line_start) if line.strip()), None)
+    if above is None:
+        return ""
+    unit = _indent_unit(text)
+    indent = _leading(above)
+    code = above.strip()
+    if code.endswith(":" if spec.indent_blocks else ("{", "(", "[")):
+        indent += unit
+    elif spec.indent_blocks and _DEDENTERS.match(code):
+        indent = indent[: max(0, len(indent) - len(unit))]
+    below = next((line for _, line in _lines_down(text, _line_end(text, offset)) if line.strip()), None)
+    if below is not None:
+        below_indent = _leading(below.lstrip("\n"))
+        blank_above = line_start >= 1 and not text[text.rfind("\n", 0, line_start - 1) + 1 : line_start].strip()
+        if len(below_indent) > len(indent) or (blank_above and len(below_indent) < len(indent)):
+            indent = below_indent
+    return indent
+
+
+def ends_block(text: str, offset: int, language: str) -> bool:
+    """Whether the cursor is where its block's code ends: no code line follows in the same block (an empty
+    block body, the end of a block or of the file), so the answer may be several statements; else one.
+
+    A following code line is outside the block when it is indented less than the cursor's line (than its
+    body, after a block opener) or starts with a closer.
+    """
+    line_start = text.rfind("\n", 0, offset) + 1
+    line = text[line_start:_line_end(text, offset)]
+    below = next((line for _, line in _lines_down(text, _line_end(text, offset)) if line.strip()), None)
+    if below is None:
+        return True
+    below = below.lstrip("\n")
+    width = _width(line if line.strip() else text[line_start:offset])
+    spec = languages.resolve(language)
+    if line.rstrip().endswith(_INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS):
+        width += 1
+    return _width(below) < width or below.lstrip()[:1] in (")", "]", "}")
+
+
+_DEDENTERS = re.compile(r"(return|pass|raise|break|continue)\b")
+
+
+def _leading(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _width(line: str) -> int:
+    """Width of the leading whitespace, a tab counting 4."""
+    return len(_leading(line).expandtabs(4))
+
+
+def _indent_unit(text: str) -> str:
+    """One level of indentation in `text`: a tab if its first indented line starts with one, else the
+    smallest indentation step between consecutive code lines (4 spaces if none)."""
+    widths = []
+    for line in text.split("\n", 2000):
+        if line.strip():
+            if line[0] == "\t":
+                return "\t"
+            widths.append(len(_leading(line)))
+    steps = [b - a for a, b in zip(widths, widths[1:]) if b > a]
+    return " " * min(steps) if steps else "    "
 
 
 # -- windows --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
-from midline.server import languages
+from midline.model import languages
 
 # Line breaks as LSP counts them.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")

@@ -20,14 +20,12 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-import threading
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-import tree_sitter
+from midline.model.languages import error_spans, resolve, thread_parser
 
 from .context import CompletionContext, Hole
-from .languages import new_parser, resolve
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _OPENER_OF = {close: open_ for open_, close in _PAIRS.items()}
@@ -66,6 +64,10 @@ def block_complete(text: str, ctx: CompletionContext, max_lines: int) -> bool:
     if end < 0:
         return False
     complete = text[:end]  # only whole lines: the last one may still grow
+    if not ctx.block and text[end + 1 :].strip():  # (a started line shows its indentation: enough to end a statement)
+        complete = text
+    if not ctx.block and _statement_lines(_normalize_start(complete, ctx).split("\n"), ctx) is not None:
+        return True
     return complete.count("\n") + 1 >= _line_budget(text, max_lines) or _block_end(complete, ctx) is not None
 
 
@@ -97,7 +99,10 @@ def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion
         suggestion = _fit_block(text, ctx, max_lines)
     if suggestion is None or _is_repetitive(suggestion.text):
         return None
-    return _syntax_gate(suggestion, ctx)
+    suggestion = _syntax_gate(suggestion, ctx)
+    if suggestion is None or not ctx.indent:
+        return suggestion
+    return Suggestion(ctx.indent + suggestion.text, suggestion.replace)  # the indentation the server typed
 
 
 # -- single-line holes ----------------------------------------------------------------------------
@@ -201,14 +206,56 @@ def _balanced_end(line: str, marks: list[_Mark], reused: int, free: int, spare: 
 
 
 def _fit_block(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion | None:
-    """Cut a multi-line candidate to the cursor's block, before the suffix, and to `max_lines` lines."""
-    text = _strip_trailing(text)
+    """Cut a multi-line candidate to the cursor's block, before the suffix, and to `max_lines` lines (one
+    statement where more code follows in the block)."""
+    text = _strip_trailing(_normalize_start(text, ctx))
     if (end := _block_end(text, ctx)) is not None:
         text = _strip_trailing(text[:end])
     text = _cut_at_suffix_line(text, ctx)
-    text = "\n".join(text.split("\n")[: _line_budget(text, max_lines)])
+    lines = text.split("\n")
+    keep = _line_budget(text, max_lines)
+    if not ctx.block:
+        keep = min(keep, _statement_lines(lines, ctx) or len(lines))
+    text = "\n".join(lines[:keep])
     text = _trim_overlap(text, ctx.line_suffix) if ctx.line_suffix.strip() else text
     return Suggestion(text) if text.strip() else None
+
+
+def _normalize_start(text: str, ctx: CompletionContext) -> str:
+    """On an indented blank line the cursor already stands at the block's indentation: the answer's first
+    line starts there, without indentation of its own (never doubled) and without blank lines before it."""
+    if ctx.line_prefix.strip() or not ctx.line_prefix:
+        return text
+    first = next((i for i, line in enumerate(text.split("\n")) if line.strip()), None)
+    if first is None:
+        return text
+    start = sum(len(line) + 1 for line in text.split("\n")[:first])
+    return text[start:].lstrip(" \t")
+
+
+def _statement_lines(lines: list[str], ctx: CompletionContext) -> int | None:
+    """How many of `lines` hold one statement: the rest of the cursor's line if it has code, else the first
+    line with code; then the lines it leaves open (unclosed brackets, or a block under a block opener or
+    indented deeper). None while `lines` could still be that statement."""
+    if not lines[0].strip() and ctx.line_prefix.strip() == "" and len(lines) == 1:
+        return None
+    start = 0 if lines[0].strip() or not ctx.line_prefix.strip() else next((i for i, line in enumerate(lines) if line.strip()), None)
+    if start is None:
+        return None
+    base = _indent(ctx.line_prefix + lines[0] if start == 0 else lines[start])
+    spec = resolve(ctx.language)
+    openers = ":" if spec.indent_blocks else ("{", "(", "[")
+    lexicon = _lexicon(ctx.language)
+    head = ctx.line_prefix if start == 0 else ""
+    for end in range(start + 1, len(lines)):
+        line = lines[end]
+        if not line.strip():
+            continue
+        statement = head + "\n".join(lines[start:end])
+        open_ = _match(_brackets(_scan(statement, lexicon)))[0]
+        if not open_ and _indent(line) <= base and not statement.rstrip().endswith(openers):
+            return end
+    return None
 
 
 def _strip_trailing(text: str) -> str:
@@ -519,29 +566,4 @@ def _baseline_errors(language: str, text: str) -> int:
 
 def _error_spans(language: str, source: str) -> list[tuple[int, int]]:
     """Byte ranges of the ERROR and MISSING nodes in the parse of `source`."""
-    spans: list[tuple[int, int]] = []
-    _collect_errors(_parser(language).parse(source.encode()).root_node, spans)
-    return spans
-
-
-def _collect_errors(node: tree_sitter.Node, spans: list[tuple[int, int]]) -> None:
-    if not node.has_error:
-        return
-    if node.is_error or node.is_missing:
-        spans.append((node.start_byte, node.end_byte))
-    for child in node.children:
-        _collect_errors(child, spans)
-
-
-_local = threading.local()
-
-
-def _parser(language: str) -> tree_sitter.Parser:
-    """This thread's parser for `language` (parsers are not thread-safe)."""
-    parsers: dict[str, tree_sitter.Parser] = _local.__dict__.setdefault("parsers", {})
-    if language not in parsers:
-        parser = new_parser(language)
-        if parser is None:
-            raise ValueError(f"no tree-sitter grammar for {language!r}")
-        parsers[language] = parser
-    return parsers[language]
+    return error_spans(thread_parser(language).parse(source.encode()).root_node)

@@ -356,7 +356,8 @@ def hover(ls: MidlineServer, params: types.HoverParams) -> types.Hover | None:
     if target is None:
         return None
     explanation = ls.explainer.lookup(target)
-    if explanation is None and ls.config.hover.explain and ls.config.enabled_for(doc.language_id):
+    enabled = ls.completer.enabled(doc) if ls.completer is not None else ls.config.enabled_for(doc.language_id)
+    if explanation is None and ls.config.hover.explain and enabled:
         ls.explainer.request(target)
     formats = get_capability(ls.client_capabilities, "text_document.hover.content_format", None) or [types.MarkupKind.Markdown]
     kind = types.MarkupKind.Markdown if types.MarkupKind.Markdown in formats else types.MarkupKind.PlainText
@@ -456,6 +457,7 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "device": str(completer.engine.device),
         "fimFormat": completer.engine.fim.name,
         "decodePath": getattr(completer.engine, "decode_path", "remote"),
+        "languages": getattr(completer.engine, "languages", None),  # the model's own; None: any
         "generating": completer.generating,
         **_camel_keys(dataclasses.asdict(completer.stats)),
         "last": _camel_keys(dataclasses.asdict(completer.trace)),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import tree_sitter
 
-from midline.server import languages
+from midline.model import languages
 
 if TYPE_CHECKING:
     from midline.server.documents import Document

@@ -29,7 +29,7 @@ from midline.server.actions import Actions, Explanation, Nothing, Replace, Targe
 from midline.server.assistant import Assistant, Cancelled
 from midline.server.config import Config
 from midline.server.documents import Document
-from midline.server.languages import new_parser
+from midline.model.languages import new_parser
 from midline.server.verify import verify_tests
 
 from .lsp_client import SERVER, open_document, status

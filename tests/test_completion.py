@@ -38,6 +38,17 @@ def test_disabled_language_never_reaches_the_model(completer, tmp_path):
     assert completer.stats.model_calls == 0
 
 
+def test_model_languages_are_the_default_and_settings_override_them(completer, tmp_path, monkeypatch):
+    monkeypatch.setattr(completer.engine, "languages", ("python",))
+    js = doc(tmp_path, "const x = 1;\n", "javascript", "x.js")
+    assert complete(completer, js, len("const x = 1;")) is None and completer.stats.model_calls == 0
+    assert completer.enabled(doc(tmp_path)) and not completer.enabled(js)
+    completer.config = Config(debounce_ms=0, max_new_tokens=4, enable={"*": True, "javascript": True})
+    assert completer.enabled(js)  # the user turned it on
+    completer.config = Config(debounce_ms=0, enable={"python": False})
+    assert not completer.enabled(doc(tmp_path))
+
+
 def test_mid_identifier_is_no_hole(completer, tmp_path):
     offset = CODE.index("expanduser") + 3
     assert complete(completer, doc(tmp_path), offset) is None

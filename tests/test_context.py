@@ -104,8 +104,12 @@ HOLES = [
     ("print(|)", "python", Hole.SINGLE_LINE),
     ("x = |foo", "python", Hole.SINGLE_LINE),
     ('s = "|"', "python", Hole.SINGLE_LINE),
-    ("x = foo|", "python", Hole.SINGLE_LINE),
-    ("x = foo|   ", "python", Hole.SINGLE_LINE),
+    ("x = foo|", "python", Hole.MULTI_LINE),  # a complete line: nothing, more of it, or new lines
+    ("x = foo|   ", "python", Hole.MULTI_LINE),
+    ("x = |", "python", Hole.SINGLE_LINE),  # an unfinished line: finish it
+    ("x = foo(1,|", "python", Hole.SINGLE_LINE),
+    ("def f(x):\n    out.append(x)|\n    return out\n", "python", Hole.MULTI_LINE),
+    ("if x:\n    y = (|\n", "python", Hole.MULTI_LINE),
     ("def f(x):|", "python", Hole.MULTI_LINE),
     ("def f(x):  |", "python", Hole.MULTI_LINE),
     ("def f(x):\n    |", "python", Hole.MULTI_LINE),
@@ -117,7 +121,8 @@ HOLES = [
     ("const g = () =>|", "typescript", Hole.MULTI_LINE),
     ("call(|", "go", Hole.MULTI_LINE),
     ("if x {|", "rust", Hole.MULTI_LINE),
-    ("let a = b;|", "rust", Hole.SINGLE_LINE),
+    ("let a = b;|", "rust", Hole.MULTI_LINE),
+    ("let a = b|", "rust", Hole.SINGLE_LINE),  # no `;` yet
     ("if x:|", "go", Hole.SINGLE_LINE),  # `:` opens a block in Python only
     ("Dear Sir {|", "plaintext", Hole.SINGLE_LINE),
     ("Dear Sir|", "plaintext", Hole.SINGLE_LINE),

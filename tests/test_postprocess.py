@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from midline.server.context import CompletionContext, Hole
+from midline.server.context import CompletionContext, Hole, build_context
+from midline.server.documents import Document
 from midline.server.postprocess import Suggestion, block_complete, cut_unsure_lines, error_count, postprocess
 
 CURSOR = "█"
@@ -163,3 +164,63 @@ def test_cut_unsure_lines_keeps_lines_up_to_the_first_unsure_one():
     assert cut_unsure_lines(text, ends, logprobs, -2.0) == text
     assert cut_unsure_lines(text, ends, logprobs, -1.0) == "\n    a = 1\n    b = 2"
     assert cut_unsure_lines(text, ends, logprobs, -0.1) == "\n    a = 1"
+
+
+# -- editor positions: the context the server builds (tree-based hole, block extent, implied indentation)
+
+
+def serve(language: str, document: str, raw: str) -> Suggestion | None:
+    """What the server shows for the model's `raw` text at the cursor of `document`, context built as served."""
+    offset = document.index(CURSOR)
+    doc = Document(f"file:///w/test.{language}", language, 1, document.replace(CURSOR, "", 1))
+    return postprocess(raw, build_context(doc, offset, count_tokens=len), MAX_LINES)
+
+
+LOOP = "def f(names):\n    out = []\n    for name in names:\n        out.append(name)█\n    return out\n"
+BODY = "def f(x):\n    y = x + 1\n{cursor}\n    return y\n"
+
+
+@pytest.mark.parametrize(
+    "language, document, raw, expected",
+    [
+        # End of a complete line: an answer that starts a new line is a new-line suggestion, never glued on.
+        pytest.param("python", LOOP, "\n        print(name)\n    return out\n", "\n        print(name)", id="eol-new-line"),
+        pytest.param("python", LOOP, "\n    return out\n", None, id="eol-new-line-is-the-next-line"),
+        pytest.param("python", LOOP, "return out\n", None, id="eol-glued-statement-is-invalid"),
+        pytest.param("python", "x = compute(1)█\ny = 2\n", "\nz = 3\nw = 4\n", "\nz = 3", id="eol-one-statement-mid-block"),
+        pytest.param("python", "x = █\n", "\n    compute()\n", "compute()", id="unfinished-line-finished"),
+        # An indented blank line: the answer's own indentation is never added to the typed one.
+        pytest.param("python", BODY.format(cursor="    █"), "    z = y * 2\n", "z = y * 2", id="indent-not-doubled"),
+        pytest.param("python", BODY.format(cursor="    █"), "\n\n        z = y * 2\n", "z = y * 2", id="indent-after-blank-lines"),
+        # Column 0 of an empty line in a block: the implied indentation is prompted and returned.
+        pytest.param("python", BODY.format(cursor="█"), "z = y * 2\n    return y\n", "    z = y * 2", id="col0-indentation-returned"),
+        pytest.param("javascript", "function f(x) {\n  let y = x;\n█\n}\n", "return y;\n}\n", "  return y;", id="col0-braces"),
+        pytest.param("python", "x = 1\n█\n", "y = 2\n", "y = 2", id="col0-top-level-no-indent"),
+        # More code follows in the block: one statement (with the block it opens), not a run of lines.
+        pytest.param("python", BODY.format(cursor="    █"), "z = 1\n    w = 2\n    return y\n", "z = 1", id="one-statement"),
+        pytest.param("python", BODY.format(cursor="    █"), "if y:\n        y += 1\n    w = 2\n", "if y:\n        y += 1", id="one-compound-statement"),
+        pytest.param("python", BODY.format(cursor="    █"), "z = f(\n        y,\n    )\n    w = 2\n", "z = f(\n        y,\n    )", id="one-bracketed-statement"),
+        # Nothing follows in the block (end of a function): several statements.
+        pytest.param("python", "def f(x):\n    y = x + 1\n    █\n", "z = y\n    return z\n", "z = y\n    return z", id="end-of-block-several"),
+    ],
+)
+def test_serving_at_editor_positions(language: str, document: str, raw: str, expected: str | None):
+    suggestion = serve(language, document, raw)
+    assert (suggestion.text if suggestion else None) == expected
+
+
+def test_block_complete_stops_after_one_statement_mid_block():
+    offset = BODY.format(cursor="    █").index(CURSOR)
+    doc = Document("file:///w/t.py", "python", 1, BODY.format(cursor="    "))
+    ctx = build_context(doc, offset, count_tokens=len)
+    assert not ctx.block
+    assert not block_complete("z = f(\n        y,", ctx, MAX_LINES)
+    assert not block_complete("if y:\n        y += 1\n", ctx, MAX_LINES)
+    assert block_complete("z = 1\n    w", ctx, MAX_LINES)  # the next line has begun at the block's indentation
+    assert block_complete("if y:\n        y += 1\n    w", ctx, MAX_LINES)
+
+
+def test_syntax_gate_sees_a_missing_newline():
+    # tree-sitter records `f(x)return y` as a MISSING _newline, a hidden node no child list shows.
+    assert error_count("python", "for x in y:\n    out.append(x)return out\n") == 1
+    assert error_count("python", "for x in y:\n    out.append(x)\n    return out\n") == 0

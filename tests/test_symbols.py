@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from midline.server import languages, symbols
+from midline.model import languages
+from midline.server import symbols
 from midline.server.documents import Document
 
 

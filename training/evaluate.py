@@ -57,7 +57,7 @@ from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
-from midline.server.languages import new_parser
+from midline.model.languages import new_parser
 from midline.server.postprocess import Suggestion
 from midline.training.sandbox import SandboxResult, run_python
 
