@@ -98,7 +98,8 @@ _INDENT_OPENERS = (":", "(", "[", "{")
 _BRACE_OPENERS = ("{", "(", "[", "=>")
 
 
-def _is_word(char: str) -> bool:
+def is_word(char: str) -> bool:
+    """Whether `char` is part of an identifier (a letter, digit or underscore)."""
     return char.isalnum() or char == "_"
 
 
@@ -114,7 +115,7 @@ def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree 
     """
     before = text[offset - 1] if offset > 0 else ""
     after = text[offset] if offset < len(text) else ""
-    if _is_word(before) and _is_word(after):
+    if is_word(before) and is_word(after):
         return Hole.NONE
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = _line_end(text, offset)

@@ -3,7 +3,8 @@
 `postprocess` runs once per finished generation:
 
   single-line hole: first line -> reuse auto-closed brackets, else trim overlap with the line suffix
-                    -> balance brackets
+                    -> balance brackets; at the start of a line's code, a first line the model ended is a
+                    new line above that code
   multi-line hole:  strip trailing whitespace -> stop at the end of the cursor's block -> stop where the
                     suffix's next line is repeated -> at most `max_lines` lines -> trim overlap with the line suffix
   both:             cut a looping tail first; drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
@@ -25,7 +26,7 @@ from typing import Iterator, NamedTuple
 
 from midline.model.languages import error_spans, resolve, thread_parser
 
-from .context import CompletionContext, Hole
+from .context import CompletionContext, Hole, is_word
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _OPENER_OF = {close: open_ for open_, close in _PAIRS.items()}
@@ -93,8 +94,10 @@ def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion
     if ctx.hole is Hole.NONE:
         return None
     text = _cut_loop(text)
-    if ctx.hole is Hole.SINGLE_LINE:
-        suggestion = _fit_line(_first_line(text), ctx)
+    if ctx.hole is Hole.SINGLE_LINE and _opens_line(text, ctx):
+        suggestion = _new_line_before(text, ctx)
+    elif ctx.hole is Hole.SINGLE_LINE:
+        suggestion = _fit_line(_first_line(text, ctx), ctx)
     else:
         suggestion = _fit_block(text, ctx, max_lines)
     if suggestion is None or _is_repetitive(suggestion.text):
@@ -108,12 +111,31 @@ def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion
 # -- single-line holes ----------------------------------------------------------------------------
 
 
-def _first_line(text: str) -> str:
-    """The first line with content; a line after leading newlines loses its indentation (it joins the cursor's line)."""
+def _first_line(text: str, ctx: CompletionContext) -> str:
+    """The first line with content; a line after leading newlines loses its indentation (it joins the cursor's
+    line). Trailing space is dropped unless code follows the cursor (`return |x`)."""
     lines = text.split("\n")
     if lines[0].strip():
-        return lines[0].rstrip()
+        line = lines[0].rstrip()
+        return line + " " if lines[0] != line and is_word(ctx.line_suffix[:1]) else line
     return next((line.strip() for line in lines[1:] if line.strip()), "")
+
+
+def _opens_line(text: str, ctx: CompletionContext) -> bool:
+    """At the start of a line's code (only indentation before the cursor), an answer that ends its first line
+    writes a new line above the code instead of joining it."""
+    first, newline, _ = text.partition("\n")
+    return not ctx.line_prefix.strip() and bool(first.strip()) and bool(newline)
+
+
+def _new_line_before(text: str, ctx: CompletionContext) -> Suggestion | None:
+    """The answer's first line, then a line break and the cursor's indentation back to the line's code."""
+    line = text.partition("\n")[0].rstrip()
+    if ctx.line_prefix:
+        line = line.lstrip()  # (the indentation is typed)
+    if line.strip() == ctx.line_suffix.strip():  # it would only repeat the line
+        return None
+    return Suggestion(line + "\n" + ctx.line_prefix)
 
 
 def _fit_line(line: str, ctx: CompletionContext) -> Suggestion | None:
@@ -540,6 +562,8 @@ def _shorter(suggestion: Suggestion, ctx: CompletionContext) -> Iterator[Suggest
     at token boundaries (refitted, so replaced closers stay consistent)."""
     yield suggestion
     seen = {suggestion.text}
+    if ctx.hole is Hole.SINGLE_LINE and "\n" in suggestion.text:  # a new line before the code: whole or not at all
+        return
     if ctx.hole is Hole.SINGLE_LINE:
         ends = [m.end() for m in _TOKEN.finditer(suggestion.text)]
         shorter = (_fit_line(suggestion.text[:end], ctx) for end in reversed(ends))

@@ -224,3 +224,20 @@ def test_syntax_gate_sees_a_missing_newline():
     # tree-sitter records `f(x)return y` as a MISSING _newline, a hidden node no child list shows.
     assert error_count("python", "for x in y:\n    out.append(x)return out\n") == 1
     assert error_count("python", "for x in y:\n    out.append(x)\n    return out\n") == 0
+
+
+@pytest.mark.parametrize(
+    "document, raw, expected",
+    [
+        pytest.param("def f(x):\n    █return x\n", "y = x + 1\n    return x\n", "y = x + 1\n    ", id="line-above"),
+        pytest.param("def f(x):\n    █return x\n", "    y = x + 1\n", "y = x + 1\n    ", id="line-above-indent-not-doubled"),
+        pytest.param("█x = 1\n", "import os\n", "import os\n", id="line-above-col0"),
+        pytest.param("def f(x):\n    █return x\n", "return x\n", None, id="line-above-only-repeats"),
+        pytest.param("def f(x):\n    █return x\n", "y = (\n", None, id="line-above-unfinished"),
+        pytest.param("def f(x):\n    █x\n", "return ", "return ", id="joins-without-line-break"),
+    ],
+)
+def test_start_of_a_lines_code(document: str, raw: str, expected: str | None):
+    suggestion = serve("python", document, raw)
+    shown = suggestion.text if suggestion and not suggestion.replace else (suggestion.text, suggestion.replace) if suggestion else None
+    assert shown == expected

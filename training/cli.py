@@ -1,6 +1,6 @@
 """`midline-train`: one subcommand per training stage, in pipeline order.
 
-    corpus -> tokenizer -> data -> train -> evaluate -> export    (and tiny-model, a placeholder)
+    corpus -> tokenizer -> data -> train -> evaluate (and positions) -> export    (and tiny-model, a placeholder)
     then, for code actions: sft-mine -> sft -> eval-tasks
 """
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from midline.model import DEFAULT_MODEL_DIR
-from midline.training import corpus, data, evaluate, evaluate_tasks, export, sft, train
+from midline.training import corpus, data, evaluate, evaluate_tasks, export, positions, sft, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parser(stages)
     train.add_parser(stages)
     evaluate.add_parser(stages)
+    positions.add_parser(stages)  # completion where editors ask, and a typing replay
     export.add_parser(stages)
     sft.add_parsers(stages)  # sft-mine, sft: instruction tasks (explain, tests, fix) mined from the corpus
     evaluate_tasks.add_parser(stages)

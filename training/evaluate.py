@@ -126,7 +126,7 @@ def read_records(source: Path | Iterable[dict]) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _python_records(records: list[dict]) -> list[dict]:
+def python_records(records: list[dict]) -> list[dict]:
     """Python files of a sensible size, in a fixed order (so the input order does not matter)."""
     kept = [r for r in records if r["path"].endswith(".py") and 0 < len(r["text"]) <= MAX_FILE_CHARS]
     return sorted(kept, key=lambda r: (r.get("repo", ""), r["path"]))
@@ -135,7 +135,7 @@ def _python_records(records: list[dict]) -> list[dict]:
 # -- tasks ----------------------------------------------------------------------------------------
 
 
-class _Source:
+class Source:
     """A held-out file, parsed once, with line and offset helpers."""
 
     def __init__(self, record: dict, parser: tree_sitter.Parser) -> None:
@@ -179,26 +179,26 @@ def build_tasks(
 ) -> list[Task]:
     """Up to `per_kind` tasks of each kind (doctest: up to `doctests`, default `per_kind`; 0 for none),
     at most one per file and kind. The same records and seed give the same tasks."""
-    records = _python_records(read_records(source))
+    records = python_records(read_records(source))
     parser = new_parser("python")
     tasks: list[Task] = []
-    for kind, pick in (("single_line", _pick_single_line), ("multi_line", _pick_multi_line), ("random_span", _pick_span)):
-        tasks += _sample(records, parser, kind, per_kind, seed, pick)
+    for kind, pick in (("single_line", pick_single_line), ("multi_line", _pick_multi_line), ("random_span", _pick_span)):
+        tasks += sample_tasks(records, parser, kind, per_kind, seed, pick)
     if doctests is None:
         doctests = per_kind
     if doctests > 0:
         check = lambda task: run_doctests(task.function, task.original, timeout_s=sandbox_timeout_s).ok
-        tasks += _sample(records, parser, "doctest", doctests, seed, _pick_doctest, check=check, max_checks=4 * doctests + 8)
+        tasks += sample_tasks(records, parser, "doctest", doctests, seed, _pick_doctest, check=check, max_checks=4 * doctests + 8)
     return tasks
 
 
-def _sample(
+def sample_tasks(
     records: list[dict],
     parser: tree_sitter.Parser,
     kind: str,
     count: int,
     seed: int,
-    pick: Callable[[_Source, random.Random], Task | None],
+    pick: Callable[[Source, random.Random], Task | None],
     *,
     check: Callable[[Task], bool] | None = None,
     max_checks: int = 0,
@@ -212,7 +212,7 @@ def _sample(
     for i in order:
         if len(tasks) >= count or (check and checks >= max_checks):
             break
-        task = pick(_Source(records[i], parser), rng)
+        task = pick(Source(records[i], parser), rng)
         if task is None:
             continue
         if check is not None:
@@ -223,7 +223,7 @@ def _sample(
     return tasks
 
 
-def _string_rows(tree: tree_sitter.Tree) -> set[int]:
+def string_rows(tree: tree_sitter.Tree) -> set[int]:
     """Rows of multi-line string literals (docstrings, mostly): prose, not code lines."""
     rows: set[int] = set()
     stack = [tree.root_node]
@@ -237,9 +237,9 @@ def _string_rows(tree: tree_sitter.Tree) -> set[int]:
     return rows
 
 
-def _pick_single_line(src: _Source, rng: random.Random) -> Task | None:
+def pick_single_line(src: Source, rng: random.Random) -> Task | None:
     """The rest of a random code line after its first token."""
-    strings = _string_rows(src.tree)
+    strings = string_rows(src.tree)
     rows = [row for row, line in enumerate(src.lines) if row not in strings and line.strip() and not line.lstrip().startswith("#")]
     rng.shuffle(rows)
     for row in rows[:20]:
@@ -264,7 +264,7 @@ def _blocks(tree: tree_sitter.Tree) -> Iterator[tree_sitter.Node]:
         stack.extend(node.children)
 
 
-def _statement_runs(src: _Source, block: tree_sitter.Node, lines: tuple[int, int]) -> list[tuple[int, int]]:
+def _statement_runs(src: Source, block: tree_sitter.Node, lines: tuple[int, int]) -> list[tuple[int, int]]:
     """(start, end) of each run of a block's last statements spanning `lines` lines and starting its line."""
     statements = [c for c in block.named_children if c.type != "comment"]
     if not statements:
@@ -280,7 +280,7 @@ def _statement_runs(src: _Source, block: tree_sitter.Node, lines: tuple[int, int
     return runs
 
 
-def _pick_multi_line(src: _Source, rng: random.Random) -> Task | None:
+def _pick_multi_line(src: Source, rng: random.Random) -> Task | None:
     """A random run of a block's last statements, 2-8 lines."""
     if src.tree.root_node.has_error:
         return None
@@ -293,7 +293,7 @@ def _pick_multi_line(src: _Source, rng: random.Random) -> Task | None:
     return None
 
 
-def _pick_span(src: _Source, rng: random.Random) -> Task | None:
+def _pick_span(src: Source, rng: random.Random) -> Task | None:
     """A random span of 1-3 lines, moved back to the start of an identifier it would cut."""
     rows = [row for row, line in enumerate(src.lines) if line.strip()]
     for _ in range(10):
@@ -318,7 +318,7 @@ def _is_word(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
-def _pick_doctest(src: _Source, rng: random.Random) -> Task | None:
+def _pick_doctest(src: Source, rng: random.Random) -> Task | None:
     """The last statements (1-8 lines) of a random top-level function whose docstring has doctests."""
     if ">>>" not in src.text or src.tree.root_node.has_error:
         return None
@@ -341,11 +341,11 @@ def _pick_doctest(src: _Source, rng: random.Random) -> Task | None:
 
 def _has_doctests(function: tree_sitter.Node) -> bool:
     body = function.child_by_field_name("body")
-    docstring = _docstring(body)
+    docstring = docstring_of(body)
     return docstring is not None and b">>>" in docstring.text
 
 
-def _docstring(body: tree_sitter.Node | None) -> tree_sitter.Node | None:
+def docstring_of(body: tree_sitter.Node | None) -> tree_sitter.Node | None:
     first = body.named_children[0] if body is not None and body.named_children else None
     if first is not None and first.type == "expression_statement" and first.named_children and first.named_children[0].type == "string":
         return first
@@ -360,7 +360,7 @@ class _Statements:
 
 
 def _after_docstring(body: tree_sitter.Node) -> _Statements | None:
-    docstring = _docstring(body)
+    docstring = docstring_of(body)
     rest = [c for c in body.named_children if c.start_byte > docstring.end_byte and c.type != "comment"]
     return _Statements(rest) if rest else None
 
@@ -725,7 +725,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
-    report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=_sha256(tasks_file) if tasks_file else None, seed=args.seed)
+    report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
     write_report(report, args.out, format_report(report))
     return 0
 
@@ -755,5 +755,5 @@ def _cli_tasks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
     return tasks, path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
