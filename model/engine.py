@@ -83,8 +83,9 @@ class Engine:
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
-        self.min_mean_logprob: float | None = None  # the model's confidence floor (its midline.json), if it has one
-        self.min_line_logprob: float | None = None  # the model's floor for the lines after a suggestion's first
+        # the model's confidence floors (its midline.json), if it has them: one, or one per cursor position
+        self.min_mean_logprob: float | dict[str, float] | None = None  # hide a suggestion less sure than this
+        self.min_line_logprob: float | dict[str, float] | None = None  # cut at a later line less sure than this
         self.languages: tuple[str, ...] | None = None  # languages the model was trained on (its midline.json); None: any
         # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
         self.static = unsupported(model) is None if static is None else static
@@ -475,15 +476,19 @@ def model_settings(path: Path) -> dict:
     """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
     e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0, "languages": ["python"]}`: the mean token
     log-probability below which its suggestions are hidden, below which a line after a suggestion's first is
-    cut with all that follows, and the languages it was trained on (completion is on for those by default)."""
+    cut with all that follows, and the languages it was trained on (completion is on for those by default).
+    A floor may differ by cursor position: `{"mid_line": -1.0, "line_end": -0.6, "new_line": -1.2}`
+    (`CompletionContext.position`; a position it does not name has no floor)."""
     file = path / "midline.json"
     if not file.is_file():
         return {}
     try:
         settings = json.loads(file.read_text(encoding="utf-8"))
         for key in ("min_mean_logprob", "min_line_logprob"):
-            if settings.get(key) is not None and not isinstance(settings[key], (int, float)):
-                raise ValueError(f"{key} must be a number")
+            value = settings.get(key)
+            floors = value.values() if isinstance(value, dict) else [value]
+            if value is not None and not all(isinstance(v, (int, float)) for v in floors):
+                raise ValueError(f"{key} must be a number, or an object of numbers by cursor position")
         languages = settings.get("languages")
         if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
             raise ValueError("languages must be a list of language ids")

@@ -201,8 +201,8 @@ class Completer:
         cancel = self._running[uri] = threading.Event()
         config = self.config
         max_lines = config.max_lines
-        floor = _setting(config.min_mean_logprob, self.engine, "min_mean_logprob")
-        line_floor = _setting(config.min_line_logprob, self.engine, "min_line_logprob")
+        floor = _floor(config.min_mean_logprob, self.engine, "min_mean_logprob", ctx.position)
+        line_floor = _floor(config.min_line_logprob, self.engine, "min_line_logprob", ctx.position)
 
         def run() -> tuple[Generation, Suggestion | None]:
             generation = self.engine.generate(
@@ -261,6 +261,10 @@ class Completer:
             self._cache.popitem(last=False)
 
 
-def _setting(configured: float | None, engine: Engine, name: str) -> float | None:
-    """A confidence floor: the user's, else the one the model ships with (its midline.json), else None."""
-    return configured if configured is not None else getattr(engine, name, None)
+def _floor(configured: float | None, engine: Engine, name: str, position: str) -> float | None:
+    """A confidence floor: the user's, else the one the model ships with for this cursor position (its
+    midline.json: one floor, or one per position), else None."""
+    if configured is not None:
+        return configured
+    floor = getattr(engine, name, None)
+    return floor.get(position) if isinstance(floor, dict) else floor

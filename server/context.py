@@ -46,6 +46,14 @@ class CompletionContext:
     # `prefix`; the suggestion starts with it)
 
     @property
+    def position(self) -> str:
+        """Where the cursor is, as the model's confidence floors tell positions apart: "mid_line" (finishing a
+        line), "line_end" (the end of a line with code), "new_line" (a blank line)."""
+        if self.hole is not Hole.MULTI_LINE:
+            return "mid_line"
+        return "line_end" if self.line_prefix.strip() else "new_line"
+
+    @property
     def line_prefix(self) -> str:
         """Text of the cursor's line before the cursor."""
         return self.text[self.text.rfind("\n", 0, self.offset) + 1 : self.offset]

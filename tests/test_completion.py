@@ -131,6 +131,16 @@ def test_the_models_own_floor_applies_unless_the_settings_name_one(completer, tm
     assert complete(completer, doc(tmp_path), CURSOR) is not None
 
 
+def test_the_models_floor_may_differ_by_cursor_position(completer, tmp_path, monkeypatch):
+    """CODE's cursor ends a comment line ("line_end"); a blank line in a body is "new_line"."""
+    monkeypatch.setattr(completer.engine, "min_mean_logprob", {"new_line": 0.0})
+    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0)
+    assert complete(completer, doc(tmp_path), CURSOR) is not None  # no floor for this position
+    text = "def f(x):\n    y = x + 1\n    \n"
+    assert complete(completer, doc(tmp_path, text), text.index("    \n") + 4) is None
+    assert completer.stats.low_confidence == 1
+
+
 def test_unsure_lines_after_the_first_are_cut(completer, tmp_path):
     """The random-weight model is never confident: a line floor of 0 nats cuts after the first line, one far below never."""
     text = "import os\n\n\ndef home():\n    \n"
