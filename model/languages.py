@@ -107,6 +107,11 @@ def thread_parser(name: str) -> tree_sitter.Parser:
     return parsers[name]
 
 
+def is_word(char: str) -> bool:
+    """Whether `char` is part of an identifier or number (a letter, digit or underscore)."""
+    return char.isalnum() or char == "_"
+
+
 def error_spans(node: tree_sitter.Node) -> list[tuple[int, int]]:
     """Byte ranges of the syntax errors under `node`: ERROR and MISSING nodes.
 

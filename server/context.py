@@ -106,11 +106,6 @@ _INDENT_OPENERS = (":", "(", "[", "{")
 _BRACE_OPENERS = ("{", "(", "[", "=>")
 
 
-def is_word(char: str) -> bool:
-    """Whether `char` is part of an identifier (a letter, digit or underscore)."""
-    return char.isalnum() or char == "_"
-
-
 def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree | None = None) -> Hole:
     """What kind of completion fits at `offset` (`tree`: the parse of `text`, parsed here if not given).
 
@@ -123,7 +118,7 @@ def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree 
     """
     before = text[offset - 1] if offset > 0 else ""
     after = text[offset] if offset < len(text) else ""
-    if is_word(before) and is_word(after):
+    if languages.is_word(before) and languages.is_word(after):
         return Hole.NONE
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = _line_end(text, offset)

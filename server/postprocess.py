@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-from midline.model.languages import error_spans, resolve, thread_parser
+from midline.model.languages import error_spans, is_word, resolve, thread_parser
 
-from .context import CompletionContext, Hole, is_word
+from .context import CompletionContext, Hole
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 _OPENER_OF = {close: open_ for open_, close in _PAIRS.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sysconfig
@@ -304,3 +305,238 @@ def test_cli(corpus_dir, tiny_model_dir, tmp_path, capsys):
     assert "train: 16 documents" in printed and "PSM" in printed
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["seq_len"], meta["fim_rate"], meta["seed"]) == (96, 0.5, 2)
+
+
+# -- syntax-aware holes (holes="ast") -------------------------------------------------------------
+
+CODE = '''"""Shapes: ünïcödé before the code, so characters and bytes differ."""
+
+import math
+from dataclasses import dataclass
+
+RATE = {"π": math.pi, "τ": 2 * math.pi}  # 🙂
+
+
+@dataclass
+class Circle:
+    radius: float
+
+    def area(self) -> float:
+        """The area."""
+        return math.pi * self.radius ** 2
+
+    def scaled(self, factor):
+        if factor <= 0:
+            raise ValueError(
+                f"factor must be positive, not {factor}",
+            )
+        return Circle(self.radius * factor)
+
+
+def total_area(shapes, *, limit=None):
+    total = 0.0
+    for shape in shapes:
+        if limit is not None and total >= limit:
+            break
+        total += shape.area()
+    return total
+
+
+def main():
+    shapes = [Circle(r) for r in range(1, 4)]
+    print(total_area(shapes), RATE["π"] == math.pi)
+'''
+NODE_KINDS = ("expression", "statement", "statements", "block")
+
+
+def ast_holes(text: str, path: str = "shapes.py", seeds: range = range(1500)) -> dict[str, list[tuple[str, str, str]]]:
+    syntax = D.Syntax.of(text, path)
+    found: dict[str, list] = {}
+    for seed in seeds:
+        prefix, middle, suffix, kind = D.ast_split(text, random.Random(seed), syntax)
+        assert prefix + middle + suffix == text
+        found.setdefault(kind, []).append((prefix, middle, suffix))
+    return found
+
+
+def line_of(prefix: str) -> str:
+    """The cursor's line before the cursor."""
+    return prefix[prefix.rfind("\n") + 1 :]
+
+
+def is_word(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and (text[i].isalnum() or text[i] == "_")
+
+
+def named_spans(text: str) -> tuple[set, set, set]:
+    """`text`'s Python tree in characters: spans of named nodes, of runs of sibling named nodes, of block bodies."""
+    from midline.model.languages import new_parser
+
+    data = text.encode()
+    char = [len(data[:i].decode(errors="ignore")) for i in range(len(data) + 1)]
+    spans, runs, bodies = set(), set(), set()
+    todo = [new_parser("python").parse(data).root_node]
+    while todo:
+        node = todo.pop()
+        spans.add((char[node.start_byte], char[node.end_byte]))
+        children = [(char[c.start_byte], char[c.end_byte]) for c in node.named_children]
+        runs |= {(a[0], b[1]) for k, a in enumerate(children) for b in children[k + 1 :]}
+        if node.type == "block":
+            bodies.add((children[0][0], children[-1][1]))
+        todo += node.named_children
+    return spans, runs, bodies
+
+
+def test_ast_holes_are_where_an_editor_asks():
+    found = ast_holes(CODE)
+    assert set(found) == set(D.AST_HOLES) - {"node"} | set(NODE_KINDS), "every kind of hole occurs"
+    for kind, holes in found.items():
+        for prefix, middle, suffix in holes if kind != "chars" else ():  # no hole starts or ends inside a word
+            text, i, j = prefix + middle + suffix, len(prefix), len(prefix) + len(middle)
+            assert not (is_word(text, i - 1) and is_word(text, i)) and not (is_word(text, j - 1) and is_word(text, j)), (kind, prefix[-20:], middle)
+    for prefix, middle, suffix in found["lines"]:  # a fresh line: after the indentation, to a line end
+        assert not line_of(prefix).strip() and middle and not middle[0].isspace() and suffix[:1] in ("", "\n")
+        assert prefix == "" or prefix.endswith("\n" + line_of(prefix))
+    for prefix, middle, suffix in found["line_rest"]:  # mid-line, to the line's end
+        assert line_of(prefix).strip() and middle.strip() and suffix[:1] in ("", "\n")
+        assert not line_of(prefix).endswith('""') or middle[0] != '"', "not inside a triple quote"
+    for prefix, middle, suffix in found["new_line"]:  # at the end of a line, a new line
+        assert middle.startswith("\n") and middle.strip() and line_of(prefix).strip() and suffix[:1] in ("", "\n")
+    for prefix, middle, suffix in found["new_line"] + found["empty"] + found["lines"]:  # lines end complete, not in `raise ValueError(`
+        assert not (prefix + middle).rstrip(" ").endswith(("(", ","))
+    ends = starts = 0
+    for prefix, middle, suffix in found["empty"]:  # nothing: at the end of a line, or before a line's code
+        assert middle == ""
+        ends += bool(line_of(prefix).strip()) and suffix[:1] == "\n"
+        starts += not line_of(prefix).strip() and bool(suffix.split("\n", 1)[0].strip())
+    assert ends + starts == len(found["empty"]) and ends and starts
+    assert all(s == "" and m for _, m, s in found["end"])
+    spans, runs, bodies = named_spans(CODE)
+    for kind in NODE_KINDS:  # whole nodes: a node, sibling statements, a block's body
+        for prefix, middle, suffix in found[kind]:
+            i, j = len(prefix), len(prefix) + len(middle)
+            if kind in ("expression", "statement"):
+                assert (i, j) in spans, (kind, middle)
+            elif kind == "statements":
+                assert (i, j) in runs, middle
+            else:
+                assert (i, j) in bodies, middle
+            if kind != "expression":
+                assert not line_of(prefix).strip() or kind == "block" and line_of(prefix).rstrip().endswith(":")
+    assert any(p.endswith("def main():\n    ") and m.startswith("shapes = [") for p, m, _ in found["block"]), "a function body after `def ...:` + Enter"
+
+
+def test_line_rests_start_at_a_token():
+    """Mid-line holes start after a blank or where a token starts: never inside `==`, `f"` or an escape."""
+    text = "x = ['one\\n', f\"a {b} c\"] == y  # note\n"
+    for path, inside in (("a.py", ("f|\"", "\\|n", "=|=")), ("a.txt", ("=|=",))):
+        starts = {len(p) for kinds, holes in ast_holes(text, path, seeds=range(2000)).items() if kinds in ("line_rest", "end") for p, _, _ in holes}
+        shown = {text[: i] + "|" + text[i :] for i in starts}
+        assert not {cut for cut in inside for s in shown if cut in s}, path
+        assert all(any(cut in s for s in shown) for cut in ("= |[", "[|'", "'|one", "f\"a |{", "# |note")), (path, sorted(shown))
+
+
+def test_ast_mixture_shares_are_the_configured_ones():
+    found = ast_holes(CODE, seeds=range(4000))
+    shares = {kind: len(holes) / 4000 for kind, holes in found.items()}
+    shares["node"] = sum(shares.pop(kind) for kind in NODE_KINDS)
+    for kind, share in D.AST_HOLES.items():
+        assert abs(shares[kind] - share) < 0.03, (kind, shares[kind], share)
+
+
+def test_ast_holes_fall_back_to_lines_without_a_parse():
+    broken = "def f(:\n    ))) = = {\n  x y z ]]\n\tclass class\n" * 3
+    assert D.Syntax.of(broken, "broken.py").root.has_error
+    for text, path in ((broken, "broken.py"), (CODE, "shapes.txt"), (CODE.replace("\n", "\r\n"), "notes")):
+        assert (D.Syntax.of(text, path) is None) == (path != "broken.py")
+        found = ast_holes(text, path, seeds=range(400))
+        assert not set(found) & set(NODE_KINDS) and found["lines"] and found["new_line"]
+        for prefix, middle, suffix in found["lines"]:
+            assert not line_of(prefix).strip() and middle.strip() and suffix[:1] in ("", "\r", "\n")
+    assert set(ast_holes("\n\n  \n", seeds=range(20))) == {"chars"}  # nothing but blank lines
+
+
+def test_ast_holes_in_a_chunk_use_the_documents_tree():
+    """A chunk from the middle of a file: holes come from the whole file's parse, and stay inside the chunk."""
+    start = CODE.index("    def scaled")
+    chunk = CODE[start : CODE.index("def main")]
+    syntax = D.Syntax.of(CODE, "shapes.py")
+    spans, runs, bodies = named_spans(CODE)
+    kinds = Counter()
+    for seed in range(600):
+        prefix, middle, suffix, kind = D.ast_split(chunk, random.Random(seed), syntax, start)
+        assert prefix + middle + suffix == chunk
+        kinds[kind] += 1
+        span = (start + len(prefix), start + len(prefix) + len(middle))
+        assert kind not in NODE_KINDS or span in {"block": bodies, "statements": runs}.get(kind, spans)
+        assert kind != "block" or not middle.startswith(("@dataclass", "radius: float"))  # the class's body is not in the chunk
+    assert all(kinds[kind] for kind in NODE_KINDS)
+
+
+def test_ast_recipe_is_deterministic_and_recorded(corpus_dir, tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    split, offsets = D.ast_split, []
+
+    def checked(text, rng, syntax, offset):  # each chunk is split with the document's tree, at its offset
+        assert CODE[offset : offset + len(text)] == text and syntax.root.end_byte == len(CODE.encode())
+        offsets.append(offset)
+        return split(text, rng, syntax, offset)
+
+    monkeypatch.setattr(D, "ast_split", checked)
+    config = DataConfig(seq_len=SEQ, holes="ast", fim_rate=1.0)
+    stats = [Counter() for _ in range(3)]
+    runs = [D.document_examples(CODE, random.Random(f"0/train/{n}"), tiny_tokenizer, config, path="shapes.py", repo="r", stats=s) for n, s in zip((7, 7, 8), stats)]
+    assert runs[0] == runs[1] != runs[2] and stats[0] == stats[1] and sum(stats[0].values()) == len(runs[0])
+    assert "".join("".join(parse(ids, tiny_tokenizer)[3:]) for ids, _, _ in runs[0]) == CODE and len(set(offsets)) > 2
+    monkeypatch.setattr(D, "chunks", lambda text, tokenizer, budget: [text])  # a chunk too long for a row: halved
+    halved = D.document_examples(CODE, random.Random(0), tiny_tokenizer, config, path="shapes.py")
+    assert "".join("".join(parse(ids, tiny_tokenizer)[3:]) for ids, _, _ in halved) == CODE and len(halved) > 2
+    monkeypatch.undo()
+    config = DataConfig(seq_len=SEQ, shard_rows=60, workers=0, holes="ast")
+    meta = build_data(corpus_dir, tiny_model_dir, tmp_path / "ast", config)
+    assert meta["holes"] == meta["params"]["holes"] == "ast" and meta["params"]["ast_holes"] == D.AST_HOLES
+    train = meta["splits"]["train"]
+    assert sum(train["holes"].values()) == train["psm"] + train["spm"] and train["holes"]["lines"] and train["holes"]["statement"]
+    pooled = build_data(corpus_dir, tiny_model_dir, tmp_path / "pooled", DataConfig(seq_len=SEQ, shard_rows=60, workers=2, holes="ast"))
+    assert pooled["splits"] == meta["splits"]
+    for name in meta["splits"]["train"]["shards"]:
+        assert (tmp_path / "ast" / name).read_bytes() == (tmp_path / "pooled" / name).read_bytes()
+    chars = build_data(corpus_dir, tiny_model_dir, tmp_path / "chars", DataConfig(seq_len=SEQ, shard_rows=60, workers=0))
+    assert (tmp_path / "chars" / "train-00000.npy").read_bytes() != (tmp_path / "ast" / "train-00000.npy").read_bytes()
+    assert "holes" not in chars["splits"]["train"] and chars["holes"] == "chars"
+    with pytest.raises(ValueError, match="hole recipe"):
+        build_data(corpus_dir, tiny_model_dir, tmp_path / "bad", DataConfig(holes="words"))
+
+
+def test_chars_recipe_is_unchanged(tiny_tokenizer):
+    """The chars recipe makes the examples it made before `holes` existed: digests of these loops run then
+    (the splits and kinds depend on the random draws only, not on the tokenizer)."""
+    text = "def add(a, b):\n    return a + b\n\nclass K:\n    x = [1, 2]\n\n\nprint(add(1, 2))  # ünï\n"
+    assert DataConfig().holes == "chars"
+
+    def split_of(ids, kind, context):
+        mode, _, _, prefix, middle, suffix = parse(ids, tiny_tokenizer)
+        assert prefix + middle + suffix == text and mode == kind
+        return (kind, context, len(prefix), len(middle)) if kind != "plain" else (kind, context)
+
+    documents, examples, shared = [], [], random.Random(0)  # a document per seed; one generator through many examples
+    for rates in ((0.0, 0.0), (0.5, 0.1), (1.0, 0.5)):
+        config = DataConfig(seq_len=256, line_span_rate=rates[0], end_rate=rates[1])
+        for seed in range(40):
+            (example,) = D.document_examples(text, random.Random(seed), tiny_tokenizer, config, path="a/k.py", repo="r")
+            documents.append(split_of(*example))
+        examples += [split_of(*D._example(text, shared, tiny_tokenizer, config, "a/k.py", "r")) for _ in range(40)]
+    assert documents[:4] == [("spm", True, 62, 3), ("psm", True, 57, 6), ("plain", False), ("spm", True, 74, 6)]
+    assert hashlib.sha256(repr(documents).encode()).hexdigest()[:16] == "5c1ef648058b64a8"
+    assert hashlib.sha256(repr(examples).encode()).hexdigest()[:16] == "874ed63c330a5fcb"
+
+
+def test_cli_holes(corpus_dir, tiny_model_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    D.add_parser(parser.add_subparsers())
+    out = tmp_path / "cli"
+    args = parser.parse_args(["data", "--corpus", str(corpus_dir), "--tokenizer", str(tiny_model_dir), "--out", str(out), "--seq-len", "96", "--workers", "0", "--holes", "ast"])
+    assert args.run(parser, args) == 0
+    assert "train holes: " in capsys.readouterr().out
+    assert json.loads((out / "meta.json").read_text())["params"]["holes"] == "ast"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "--corpus", "c", "--tokenizer", "t", "--out", "o", "--holes", "words"])

@@ -7,7 +7,26 @@ The recipe (the knobs are `DataConfig`):
   hole: the rest of a line, or whole lines) with probability `line_span_rate`, else the span between
   two uniform character positions; with probability `end_rate` it then runs on to the chunk's end (an
   empty suffix: typing at the end of a file, which uniform spans almost never leave). Every example ends with EOT and lies whole inside one row, so a
-  middle always ends in EOT.
+  middle always ends in EOT. That is the `holes="chars"` recipe (the default, the shipped model's).
+- `holes="ast"`: holes where an editor asks, chosen with the file's tree-sitter tree (AST-FIM, Gong et al.
+  2025, "Structure-Aware Fill-in-the-Middle Pretraining for Code"). The shares of FIM middles (`AST_HOLES`):
+    lines      0.22  whole line(s): the prefix ends with "\n" + indentation, the suffix starts with "\n"
+                     (a fresh line after Enter)
+    line_rest  0.14  the rest of a line from a token start, never inside a word (typing mid-line)
+    node       0.24  a complete AST node (`AST_NODES`): an expression 0.35, a statement 0.2, a run of sibling
+                     statements 0.2, a whole block body 0.25 (after `def ...:` + Enter)
+    new_line   0.12  "\n" + indentation + the next line(s), from the end of a complete line
+    empty      0.08  nothing, at the end of a complete line (0.6) or at a line's code start (0.4)
+    end        0.10  from one of the chunk's last lines to its end (an empty suffix: the end of a file)
+    chars      0.10  today's uniform span, for robustness (the only holes that may cut a word)
+  A line is complete when a statement (a child of a block, `LanguageSpec.blocks`, or of the root) ends
+  at its end or starts the next code line. Multi-line holes take one more line with probability
+  `MORE_LINES`, and end at a complete line. Holes never cut a word: only the chars share starts or ends
+  between two word characters. Nodes come from a parse of the whole document; a node hole lies inside
+  the chunk, spans at most `MAX_NODE_LINES` lines and has no syntax errors, and where the drawn kind
+  does not fit a smaller one is taken (a node inside a statement that is too big, one statement for a
+  run). Without a grammar, or where the parse has errors, holes are line-based: node holes become whole
+  lines, and every line counts as complete. `line_span_rate` and `end_rate` apply to the chars recipe only.
 - The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
   i.e. the served prompt, the middle, EOT. With probability `context_rate` an example carries the
   file-level context the server sends (`<repo_name>repo`, `<file_sep>path`); plain examples too.
@@ -34,13 +53,14 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
+from midline.model.languages import LanguageSpec, is_word, resolve, thread_parser
 
 SPLITS = ("train", "valid")
 SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole
@@ -56,6 +76,7 @@ class DataConfig:
     spm_rate: float = 0.5  # share of FIM examples in SPM (midline's serving default); the rest PSM
     line_span_rate: float = 0.5  # share of FIM middles cut at line ends, like an editor's holes; the rest uniform
     end_rate: float = 0.1  # share of FIM middles that run on to the chunk's end (an empty suffix)
+    holes: str = "chars"  # FIM hole recipe: "chars" (uniform spans, line_span_rate, end_rate) or "ast" (AST_HOLES)
     context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
     seed: int = 0
     shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
@@ -98,18 +119,287 @@ def line_span(text: str, rng: random.Random, max_lines: int = 8) -> tuple[int, i
     return i, starts[last] + len(lines[last].rstrip("\r\n"))
 
 
+# -- syntax-aware holes (holes="ast") -------------------------------------------------------------
+
+HOLES = ("chars", "ast")
+AST_HOLES = {"lines": 0.22, "line_rest": 0.14, "node": 0.24, "new_line": 0.12, "empty": 0.08, "end": 0.10, "chars": 0.10}
+AST_NODES = {"expression": 0.35, "statement": 0.2, "statements": 0.2, "block": 0.25}  # the kinds of "node" holes
+MORE_LINES = 0.35  # chance that a multi-line hole takes one more line (again and again, up to MAX_LINES)
+MAX_LINES = 8
+MAX_NODE_LINES = 16  # node holes span at most this many lines (a bigger node is drawn again, then whole lines)
+TRIES = 8  # draws of a line for a hole that needs a complete line, or a node, before whole lines instead
+EMPTY_AT_LINE_END = 0.6  # share of empty middles at the end of a complete line; the rest at a line's code start
+_TOKEN = re.compile(r"\w+|[^\w\s]")  # token starts for cutting a line: words whole, punctuation one by one
+
+
+class Syntax:
+    """A document's tree-sitter tree, asked in character offsets: which statement and nodes lie at a character."""
+
+    def __init__(self, text: str, spec: LanguageSpec):
+        data = text.encode("utf-8", "surrogatepass")
+        self.tree = thread_parser(spec.name).parse(data)
+        self.root = self.tree.root_node
+        self.blocks = spec.blocks
+        self._bytes = None  # character -> byte offset, when they differ
+        if len(data) != len(text):
+            points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+            widths = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+            self._bytes = np.concatenate([[0], np.cumsum(widths)])
+
+    @classmethod
+    def of(cls, text: str, path: str) -> Syntax | None:
+        """The syntax of `text`, a file at `path`; None for a language without a grammar."""
+        spec = resolve(None, path)
+        return cls(text, spec) if spec.grammar is not None else None
+
+    def span(self, node) -> tuple[int, int]:
+        """The node's (start, end) in characters."""
+        if self._bytes is None:
+            return node.start_byte, node.end_byte
+        return int(np.searchsorted(self._bytes, node.start_byte)), int(np.searchsorted(self._bytes, node.end_byte))
+
+    def starts_token(self, i: int) -> bool:
+        """Whether a token of the tree starts at character i (and i is not inside one, like `==` or a triple quote)."""
+        b = i if self._bytes is None else int(self._bytes[i])
+        return self.root.descendant_for_byte_range(b, b + 1).start_byte == b
+
+    def statement(self, i: int) -> tuple[object | None, list]:
+        """(the statement at character i: the node under a block or the root that holds i's token; the named
+        nodes between that token and it, innermost first). (None, []) where the syntax has errors."""
+        b = i if self._bytes is None else int(self._bytes[i])
+        node, inside = self.root.descendant_for_byte_range(b, b + 1), []
+        while node is not None and node != self.root:
+            parent = node.parent
+            if parent is None or parent == self.root or parent.type in self.blocks:
+                return (None, []) if node.has_error else (node, inside)
+            if node.is_named:
+                inside.append(node)
+            node = parent
+        return None, []
+
+
+def _geometric(rng: random.Random, p: float, cap: int) -> int:
+    n = 0
+    while n < cap and rng.random() < p:
+        n += 1
+    return n
+
+
+def _in_word(text: str, i: int) -> bool:
+    """Whether position i of `text` lies between two word characters (inside an identifier or number)."""
+    return 0 < i < len(text) and is_word(text[i - 1]) and is_word(text[i])
+
+
+class _Chunk:
+    """A chunk of a document `offset` characters in, with the document's syntax (or None), and where its
+    lines' code starts (`indents`), where they end before the newline (`ends`) and before trailing blanks
+    (`tails`); `code` lists the non-blank lines. The hole kinds are its methods."""
+
+    def __init__(self, text: str, syntax: Syntax | None, offset: int):
+        self.text, self.syntax, self.offset = text, syntax, offset
+        self.indents, self.ends, self.tails = [], [], []
+        at = 0
+        for line in text.split("\n"):
+            body = line.rstrip("\r")
+            self.indents.append(at + len(body) - len(body.lstrip()))
+            self.ends.append(at + len(body))
+            self.tails.append(at + len(body.rstrip()))
+            at += len(line) + 1
+        self.code = [k for k in range(len(self.ends)) if self.indents[k] < self.tails[k]]  # non-blank lines
+
+    def fits(self, node) -> bool:
+        """Whether the node lies in the chunk."""
+        start, end = self.syntax.span(node)
+        return self.offset <= start < end <= self.offset + len(self.text)
+
+    def small(self, node) -> bool:
+        """Whether the node lies in the chunk and spans at most MAX_NODE_LINES lines."""
+        start, end = self.syntax.span(node)
+        return self.fits(node) and self.text.count("\n", start - self.offset, end - self.offset) < MAX_NODE_LINES
+
+    def complete(self, n: int) -> bool:
+        """Whether code line n (an index into `code`) ends complete: a statement ends at its end or starts
+        the next code line. True without syntax, or where it has errors (line-based holes)."""
+        if self.syntax is None:
+            return True
+        k = self.code[n]
+        node, _ = self.syntax.statement(self.offset + self.tails[k] - 1)
+        if node is None or self.syntax.span(node)[1] == self.offset + self.tails[k]:
+            return True
+        if n + 1 == len(self.code):
+            return False
+        start = self.offset + self.indents[self.code[n + 1]]
+        node, _ = self.syntax.statement(start)
+        return node is None or self.syntax.span(node)[0] == start
+
+    def last_line(self, rng: random.Random, n: int) -> int:
+        """The last code line of a hole from code line n on: a few more lines, then on to a complete end."""
+        last = min(n + _geometric(rng, MORE_LINES, MAX_LINES - 1), len(self.code) - 1)
+        for m in range(last, min(last + MAX_LINES, len(self.code))):
+            if self.complete(m):
+                return m
+        return last
+
+    def token_cuts(self, k: int) -> list[int]:
+        """Where line k can be cut after its first token: after a blank, or where a token of the tree starts (not
+        inside `==`, a triple quote or an escape); without syntax, anywhere but inside a word or a run of one
+        punctuation character."""
+        text, cuts = self.text, []
+        for m in itertools.islice(_TOKEN.finditer(text, self.indents[k], self.tails[k]), 1, None):
+            i = m.start()  # (never inside a word: the pattern takes words whole)
+            token = self.syntax.starts_token(self.offset + i) if self.syntax is not None else text[i - 1] != text[i]
+            if token or text[i - 1].isspace():
+                cuts.append(i)
+        return cuts
+
+    # each hole kind: (start, end) in the chunk, or None where it does not fit
+
+    def lines(self, rng: random.Random) -> tuple[int, int]:
+        n = rng.randrange(len(self.code))
+        return self.indents[self.code[n]], self.ends[self.code[self.last_line(rng, n)]]
+
+    def line_rest(self, rng: random.Random) -> tuple[int, int] | None:
+        for _ in range(3):
+            n = rng.randrange(len(self.code))
+            if cuts := self.token_cuts(self.code[n]):
+                last = self.last_line(rng, n) if rng.random() < MORE_LINES else n
+                return rng.choice(cuts), self.ends[self.code[last]]
+        return None
+
+    def new_line(self, rng: random.Random) -> tuple[int, int] | None:
+        if len(self.code) < 2:
+            return None
+        for _ in range(TRIES):
+            n = rng.randrange(len(self.code) - 1)
+            if self.complete(n):
+                return self.ends[self.code[n]], self.ends[self.code[self.last_line(rng, n + 1)]]
+        return None
+
+    def empty(self, rng: random.Random) -> tuple[int, int]:
+        if rng.random() < EMPTY_AT_LINE_END:
+            for _ in range(TRIES):
+                n = rng.randrange(len(self.code))
+                if self.complete(n):
+                    return self.ends[self.code[n]], self.ends[self.code[n]]
+        i = self.indents[self.code[rng.randrange(len(self.code))]]
+        return i, i
+
+    def end(self, rng: random.Random) -> tuple[int, int]:
+        n = max(0, len(self.code) - 1 - _geometric(rng, 0.5, MAX_LINES - 1))
+        k, r = self.code[n], rng.random()
+        if r < 0.25 and n > 0 and self.complete(n - 1):  # a new line at the end of a file
+            return self.ends[self.code[n - 1]], len(self.text)
+        if r < 0.45 and (cuts := self.token_cuts(k)):
+            return rng.choice(cuts), len(self.text)
+        return self.indents[k], len(self.text)
+
+    def node(self, rng: random.Random) -> tuple[int, int, str] | None:
+        """A complete node of at most MAX_NODE_LINES lines: (start, end, kind), kind one of AST_NODES (a
+        smaller one where the drawn one does not fit)."""
+        if self.syntax is None:
+            return None
+        drawn = rng.choices(list(AST_NODES), weights=list(AST_NODES.values()))[0]
+        for _ in range(TRIES):
+            k = self.code[rng.randrange(len(self.code))]
+            i = rng.randrange(self.indents[k], self.tails[k])
+            if found := self._node_at(i if not self.text[i].isspace() else self.indents[k], drawn, rng):
+                return found
+        return None
+
+    def _node_at(self, i: int, kind: str, rng: random.Random) -> tuple[int, int, str] | None:
+        statement, inside = self.syntax.statement(self.offset + i)
+        if statement is None:
+            return None
+        if not self.small(statement):  # it runs out of the chunk, or is too big: a node inside it
+            kind = "expression"
+        first = last = statement
+        if kind == "block":
+            block = self._block(statement)
+            if block is not None and block.named_child_count:
+                first, last = block.named_child(0), block.named_child(block.named_child_count - 1)
+            else:
+                kind = "statements"
+        if kind == "expression":  # a node inside the statement, around the drawn character, else one of its parts
+            def part(n) -> bool:
+                return self.small(n) and n.type not in self.syntax.blocks and not n.is_extra
+
+            inside = [n for n in inside if part(n)] or [n for n in statement.named_children if part(n)]
+            if inside:
+                first = last = rng.choice(inside)
+            elif self.small(statement):
+                kind = "statement"
+            else:
+                return None
+        if kind == "statements":
+            for _ in range(1 + _geometric(rng, 0.5, MAX_LINES - 2)):
+                after = last.next_named_sibling
+                if after is None or not self.fits(after):
+                    break
+                last = after
+            kind = "statements" if last != statement else "statement"
+        start, end = self.syntax.span(first)[0] - self.offset, self.syntax.span(last)[1] - self.offset
+        if start >= end or self.text.count("\n", start, end) >= MAX_NODE_LINES:
+            return None
+        if first.is_extra and self.text[self.text.rfind("\n", 0, start) + 1 : start].strip():
+            return None  # a comment after code: no hole starts there
+        return start, end, kind
+
+    def _block(self, statement):
+        """The block around `statement`, else one inside it (a top-level definition's body), if it lies in the chunk."""
+        around = statement.parent
+        if around is not None and around.type in self.syntax.blocks and not around.has_error and self.fits(around):
+            return around
+        level = [statement]
+        for _ in range(2):
+            level = [c for n in level for c in n.named_children]
+            for node in level:
+                if node.type in self.syntax.blocks and self.fits(node):
+                    return node
+        return None
+
+
+def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None, offset: int = 0) -> tuple[str, str, str, str]:
+    """(prefix, middle, suffix, kind): a hole in `text` (a chunk of a document, `offset` characters into it)
+    of a kind drawn from AST_HOLES; `syntax` is the document's (None: line-based holes). The kind is the
+    hole's own: a node's kind from AST_NODES, "lines" where the drawn kind did not fit."""
+    chunk = _Chunk(text, syntax, offset)
+    kind = rng.choices(list(AST_HOLES), weights=list(AST_HOLES.values()))[0]
+    if not chunk.code:  # only blank lines
+        kind = "chars"
+    span = None
+    if kind == "node" and (found := chunk.node(rng)):
+        *span, kind = found
+    elif kind in ("line_rest", "new_line", "empty", "end"):
+        span = getattr(chunk, kind)(rng)
+    if kind == "chars":
+        prefix, middle, suffix = fim_split(text, rng)
+        return prefix, middle, suffix, kind
+    if span is None or _in_word(text, span[0]) or _in_word(text, span[1]):
+        kind, span = "lines", chunk.lines(rng)
+    i, j = span
+    return text[:i], text[i:j], text[j:], kind
+
+
 def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[int]:
     """One example's ids, ending with EOT: FIM (PSM or SPM) or plain left-to-right, with or without path/repo."""
-    return _example(text, rng, tokenizer, config, path, repo)[0]
+    syntax = Syntax.of(text, path) if config.holes == "ast" else None
+    return _example(text, rng, tokenizer, config, path, repo, syntax=syntax)[0]
 
 
-def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True) -> tuple[list[int], str, bool]:
-    """(ids, kind: "psm" | "spm" | "plain", has file context)."""
+def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True, *,
+             syntax: Syntax | None = None, offset: int = 0, holes: Counter | None = None) -> tuple[list[int], str, bool]:
+    """(ids, kind: "psm" | "spm" | "plain", has file context). With the ast recipe, `text` lies `offset`
+    characters into a document whose syntax is `syntax`, and `holes` counts the FIM hole's kind."""
     if rng.random() >= config.context_rate:
         path = repo = ""
     if fim and rng.random() < config.fim_rate:
         mode = "spm" if rng.random() < config.spm_rate else "psm"
-        prefix, middle, suffix = fim_split(text, rng, config.line_span_rate, config.end_rate)
+        if config.holes == "ast":
+            prefix, middle, suffix, hole = ast_split(text, rng, syntax, offset)
+            if holes is not None:
+                holes[f"hole_{hole}"] += 1
+        else:
+            prefix, middle, suffix = fim_split(text, rng, config.line_span_rate, config.end_rate)
         ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
         return ids, mode, bool(path or repo)
     ids = header_ids(tokenizer, path, repo) + encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
@@ -147,26 +437,35 @@ def chunks(text: str, tokenizer, budget: int) -> list[str]:
     return out
 
 
-def document_examples(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[tuple[list[int], str, bool]]:
-    """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context)."""
+def document_examples(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "",
+                      stats: Counter | None = None) -> list[tuple[list[int], str, bool]]:
+    """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context).
+    `stats` counts the ast recipe's hole kinds (`hole_<kind>`)."""
     room = config.seq_len + 1
+    _check_holes(config)
+    syntax = Syntax.of(text, path) if config.holes == "ast" and config.fim_rate > 0 else None
     if len(header_ids(tokenizer, path, repo)) > room // 4:  # an absurd path: leave the context out
         path = repo = ""
     budget = room - len(header_ids(tokenizer, path, repo)) - 4 - SLACK
     if budget < 8:
         raise ValueError(f"seq_len {config.seq_len} is too short for FIM examples")
     out = []
-    todo = chunks(text, tokenizer, budget)[::-1]
+    pieces = chunks(text, tokenizer, budget)
+    todo = list(zip(itertools.accumulate((len(p) for p in pieces), initial=0), pieces))[::-1]  # (offset, chunk)
     while todo:
-        chunk = todo.pop()
-        example = _example(chunk, rng, tokenizer, config, path, repo)
+        offset, chunk = todo.pop()
+        holes: Counter = Counter()
+        example = _example(chunk, rng, tokenizer, config, path, repo, syntax=syntax, offset=offset, holes=holes)
         if len(example[0]) > room:  # the FIM split tokenized longer than the whole: plain text fits
+            holes.clear()
             example = _example(chunk, rng, tokenizer, config, path, repo, fim=False)
         if len(example[0]) > room:  # the chunk estimate was off: halve it (rare)
             cut = chunk.rfind("\n", 0, len(chunk) // 2) + 1 or len(chunk) // 2
-            todo += [chunk[cut:], chunk[:cut]]
+            todo += [(offset + cut, chunk[cut:]), (offset, chunk[:cut])]
             continue
         out.append(example)
+        if stats is not None:
+            stats.update(holes)
     return out
 
 
@@ -201,8 +500,12 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     for split in SPLITS:
         if not (corpus_dir / f"{split}.jsonl").is_file():
             raise FileNotFoundError(f"{corpus_dir / f'{split}.jsonl'} is missing: build the corpus stage first")
+    _check_holes(config)
     tokenizer = load_tokenizer(tokenizer_dir)
     params = {**asdict(config), "workers": None, "tokenizer_sha256": _sha256(tokenizer_dir / "tokenizer.json"), "corpus": _fingerprint(corpus_dir)}
+    if config.holes == "ast":  # the mixture is code, not a knob: a changed one must not resume old shards
+        params.update(ast_holes=AST_HOLES, ast_nodes=AST_NODES, more_lines=MORE_LINES, max_lines=MAX_LINES, max_node_lines=MAX_NODE_LINES,
+                      tries=TRIES, empty_at_line_end=EMPTY_AT_LINE_END)
     meta_path = out_dir / "meta.json"
     if force and out_dir.exists():
         _clean(out_dir)
@@ -236,7 +539,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     meta = {
         "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
         "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name,
-        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "context_rate": config.context_rate, "seed": config.seed,
+        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "holes": config.holes, "context_rate": config.context_rate, "seed": config.seed,
         "splits": splits, "params": params, "command": command, "complete": True,
     }
     _write_json(meta_path, meta)
@@ -288,8 +591,9 @@ def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, para
         finish()
     bar.close()
     tokens, rows = totals["tokens"], totals["rows"]
+    holes = {k.removeprefix("hole_"): totals[k] for k in sorted(totals) if k.startswith("hole_")}
     return {"shards": shards, **{k: totals[k] for k in ("rows", "tokens", "examples", "documents", "chars", "psm", "spm", "plain", "context")},
-            "fill": round(tokens / (rows * room), 4) if rows else 0.0}
+            "fill": round(tokens / (rows * room), 4) if rows else 0.0, **({"holes": holes} if holes else {})}
 
 
 def _groups(path: Path, target_bytes: int) -> Iterator[tuple[int, int, list[str], int]]:
@@ -339,7 +643,7 @@ def _encode_task(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarr
         if not doc["text"]:
             continue
         rng = random.Random(f"{config.seed}/{split}/{number}")
-        for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""), repo=shown_repo(doc.get("repo", ""))):
+        for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""), repo=shown_repo(doc.get("repo", "")), stats=stats):
             ids += example
             lengths.append(len(example))
             stats[kind] += 1
@@ -387,6 +691,11 @@ def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.
 
 def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.int32)
+
+
+def _check_holes(config: DataConfig) -> None:
+    if config.holes not in HOLES:
+        raise ValueError(f"unknown FIM hole recipe {config.holes!r} (known: {', '.join(HOLES)})")
 
 
 def _check_params(found: dict | None, wanted: dict, where: Path) -> None:
@@ -518,6 +827,8 @@ def add_parser(stages) -> None:
     p.add_argument("--spm-rate", type=float, default=d.spm_rate)
     p.add_argument("--line-span-rate", type=float, default=d.line_span_rate, help="share of FIM middles cut at line ends")
     p.add_argument("--end-rate", type=float, default=d.end_rate, help="share of FIM middles that run to the chunk's end (empty suffix)")
+    p.add_argument("--holes", choices=HOLES, default=d.holes,
+                   help="FIM hole recipe: chars (uniform spans, --line-span-rate, --end-rate) or ast (editor-like holes chosen with tree-sitter)")
     p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
@@ -528,13 +839,16 @@ def add_parser(stages) -> None:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, end_rate=args.end_rate,
-                        context_rate=args.context_rate,
+                        holes=args.holes, context_rate=args.context_rate,
                         seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
     start = time.monotonic()
     meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
     for split, s in meta["splits"].items():
         print(f"{split}: {s['documents']} documents -> {s['examples']} examples ({s['psm']} PSM, {s['spm']} SPM, {s['plain']} plain), "
               f"{s['rows']} rows x {meta['seq_len'] + 1}, {s['tokens']} tokens ({s['fill']:.1%} full), {len(s['shards'])} shards")
+        if s.get("holes"):
+            total = sum(s["holes"].values())
+            print(f"  {split} holes: " + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in s["holes"].items()))
     print(f"wrote {args.out} in {time.monotonic() - start:.1f} s")
     return 0
 

@@ -57,7 +57,7 @@ from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
-from midline.model.languages import new_parser
+from midline.model.languages import is_word, new_parser
 from midline.server.postprocess import Suggestion
 from midline.training.sandbox import SandboxResult, run_python
 
@@ -302,7 +302,7 @@ def _pick_span(src: Source, rng: random.Random) -> Task | None:
         row = rng.choice(rows)
         line = src.lines[row]
         start = src.line_starts[row] + rng.randrange(len(line) - len(line.lstrip()), len(line))
-        while start > 0 and _is_word(src.text[start - 1]) and _is_word(src.text[start]):
+        while start > 0 and is_word(src.text[start - 1]) and is_word(src.text[start]):
             start -= 1
         last = min(row + rng.randrange(SPAN_LINES), len(src.lines) - 1)
         last_end = src.line_starts[last] + len(src.lines[last])
@@ -312,10 +312,6 @@ def _pick_span(src: Source, rng: random.Random) -> Task | None:
         if task is not None:
             return task
     return None
-
-
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
 
 
 def _pick_doctest(src: Source, rng: random.Random) -> Task | None:

@@ -72,7 +72,7 @@ import tree_sitter
 from lsprotocol import types
 from midline.model import DEFAULT_MODEL_DIR, fim
 from midline.model.engine import Engine
-from midline.model.languages import new_parser, resolve
+from midline.model.languages import is_word, new_parser, resolve
 from midline.model.loader import ModelLoadError
 from midline.server.completion import Completer
 from midline.server.config import Config
@@ -427,10 +427,6 @@ def summarize_positions(rows: list[dict]) -> dict:
 # -- typing replay --------------------------------------------------------------------------------
 
 
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
 async def replay_function(task: Task, complete: Complete, *, uri: str = "file:///workspace/replay.py") -> dict:
     """Type `task.middle` at `task.offset` into a Document of `task.text_with_hole` (see the module docstring),
     asking `complete` at the pause points. Returns the function's figures."""
@@ -475,7 +471,7 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
             pause = True
         else:
             insert(char)
-            pause = not _is_word(char) and i > 0 and _is_word(typed[i - 1])
+            pause = not is_word(char) and i > 0 and is_word(typed[i - 1])
             i += 1
     if doc.text != task.original:
         raise RuntimeError(f"the replay of {task.path}:{task.function} typed a different text")
