@@ -23,7 +23,7 @@ MANIFEST = {
     "counts": {"repos": 12, "files_seen": 48213, "files_kept": 31977},
     "redactions": {"emails": 214, "api_keys": 9},
     "split": {"train": 30123, "valid": 1854},
-    "params": {"max_file_bytes": 100000, "languages": ["python"]},
+    "params": {"max_file_bytes": 100000, "extensions": [".py", ".pyi", ".md"]},
     "command": "midline-train corpus --out corpus",
 }
 DATA_META = {
@@ -70,6 +70,12 @@ def exported(inputs, tmp_path_factory) -> Path:
         inputs["run"], out, corpus_dir=inputs["corpus"], data_dir=inputs["data"], eval_report=inputs["eval"],
         command="midline-train export --run run", max_shard_mb=SHARD_MB,
     )
+
+
+def test_the_corpus_languages_are_named_for_the_server(exported):
+    assert json.loads((exported / "midline.json").read_text()) == {"languages": ["python"]}
+    assert "Languages: python" in (exported / "README.md").read_text()
+    assert Engine.load(exported, device="cpu").languages == ("python",)
 
 
 def test_weights_are_bf16_safetensors_in_small_shards(exported):

@@ -31,7 +31,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from midline.model import DEFAULT_MODEL_DIR, fim
+from midline.model import DEFAULT_MODEL_DIR, fim, languages
 from midline.model.loader import ModelLoadError, check_model_dir, load_model, resolve_dtype
 
 MAX_TOTAL_MB = 60.0  # all weight files together, in MB (10^6 bytes)
@@ -78,6 +78,8 @@ def export(
         tokenizer.save_pretrained(staging)
         card.files = _weight_files(staging)
         (staging / "README.md").write_text(model_card(card), encoding="utf-8")
+        if card.languages:  # the server completes these languages by default (engine.model_settings)
+            (staging / "midline.json").write_text(json.dumps({"languages": card.languages}, indent=2) + "\n", encoding="utf-8")
         _check_files(staging, max_total_mb, allow_large)
         _verify(staging, model)
         _install(staging, out_dir)
@@ -207,6 +209,13 @@ class CardInputs:
     hardware: str | None = None
     files: list[tuple[str, int]] = field(default_factory=list)
 
+    @property
+    def languages(self) -> list[str]:
+        """The languages of the corpus's file extensions (none without a corpus manifest)."""
+        extensions = ((self.manifest or {}).get("params") or {}).get("extensions") or []
+        names = {languages.resolve(None, f"file{ext}").name for ext in extensions}
+        return sorted(names - {languages.PLAIN_TEXT.name})
+
     @classmethod
     def gather(
         cls,
@@ -307,7 +316,9 @@ def _card_intro(card: CardInputs) -> str:
         f"A {card.config.get('model_type', 'causal')} language model {origin} with `midline-train` for "
         "fill-in-the-middle code completion, served by midline's language server. It is midline's default model.\n\n"
         f"Weights: {card.config.get('dtype') or card.config.get('torch_dtype') or 'bfloat16'} safetensors, "
-        f"{len(card.files)} file(s), {weights / MB:.1f} MB."
+        f"{len(card.files)} file(s), {weights / MB:.1f} MB.\n\n"
+        f"Languages: {', '.join(card.languages) or 'not recorded'} (the training corpus's; its `midline.json` names "
+        "them, and midline completes only those by default)."
     )
 
 
