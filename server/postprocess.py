@@ -535,26 +535,56 @@ def _syntax_gate(suggestion: Suggestion, ctx: CompletionContext) -> Suggestion |
     if resolve(ctx.language).grammar is None:
         return suggestion
     baseline = _baseline_errors(ctx.language, ctx.text)
+    line = _line_to_finish(ctx)
+    if is_word(suggestion.text[:1]) and _keyword_before(ctx):  # `return` + `x` makes `returnx`, which parses
+        return None
     for candidate in itertools.islice(_shorter(suggestion, ctx), _MAX_GATE_TRIES):
-        if not _adds_errors(candidate, ctx, baseline):
+        if not _adds_errors(candidate, ctx, baseline, line):
             return candidate
     return None
 
 
-def _adds_errors(candidate: Suggestion, ctx: CompletionContext, baseline: int) -> bool:
+def _line_to_finish(ctx: CompletionContext) -> int | None:
+    """Byte offset of the cursor's line start when a single-line answer must leave that line without syntax
+    errors: nothing follows the cursor on it and its errors all start on it (`from █`, `x = █`; not a line
+    inside a bracket opened above). None otherwise."""
+    if ctx.hole is not Hole.SINGLE_LINE or ctx.line_suffix.strip():
+        return None
+    line_start = len(ctx.text[: ctx.offset - len(ctx.line_prefix)].encode())
+    line_end = len(ctx.text[: ctx.offset].encode())
+    on_line = [first for first, last in _error_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start]
+    return line_start if on_line and min(on_line) >= line_start else None
+
+
+def _adds_errors(candidate: Suggestion, ctx: CompletionContext, baseline: int, line: int | None = None) -> bool:
     """Whether inserting `candidate` adds syntax errors (ERROR and MISSING nodes).
 
     It does if the document then has more errors than before, or if an error lies within the inserted text:
     a document broken at the cursor (`x = █`) already counts one error there, which a broken candidate
     would only trade for another. Errors that reach outside it (an unclosed bracket before the cursor) and
     missing nodes right after it are not the candidate's. Fixing errors is fine (completing `def f(x):`).
+    A candidate that finishes a line broken only on that line (`line`: its start) must leave it without
+    errors (`from` + `markdown_it import X` makes `frommarkdown_it`, an error the line had before).
     """
     before = ctx.text[: ctx.offset]
     document = before + candidate.text + ctx.text[ctx.offset + candidate.replace :]
     spans = _error_spans(ctx.language, document)
     start = len(before.encode())
     end = start + len(candidate.text.encode())
+    if line is not None and any(first <= end and last >= line for first, last in spans):
+        return True
     return len(spans) > baseline or any(start <= first < end and last <= end for first, last in spans)
+
+
+def _keyword_before(ctx: CompletionContext) -> bool:
+    """Whether the cursor's line is just a keyword token of the document's tree (`from█`, `    return█`):
+    a statement's keyword, not the start of a longer name (`x = for█mat(y)` may be typed)."""
+    word = ctx.line_prefix.strip()
+    if not word.isidentifier():
+        return False
+    at = len(ctx.text[: ctx.offset].encode())
+    node = thread_parser(ctx.language).parse(ctx.text.encode()).root_node.descendant_for_byte_range(at - 1, at)
+    return node is not None and not node.is_named and node.type == word
 
 
 def _shorter(suggestion: Suggestion, ctx: CompletionContext) -> Iterator[Suggestion]:

@@ -241,3 +241,18 @@ def test_start_of_a_lines_code(document: str, raw: str, expected: str | None):
     suggestion = serve("python", document, raw)
     shown = suggestion.text if suggestion and not suggestion.replace else (suggestion.text, suggestion.replace) if suggestion else None
     assert shown == expected
+
+
+@pytest.mark.parametrize(
+    "document, raw, expected",
+    [
+        pytest.param("from█\n", "markdown_it import Markdown\n", None, id="merged-word-leaves-line-broken"),
+        pytest.param("from█\n", " markdown_it import Markdown\n", " markdown_it import Markdown", id="finished-line"),
+        pytest.param("if x█\n", " is None\n", None, id="if-without-colon"),
+        pytest.param("x = [\n    1,█\n", " 2,\n", " 2,", id="line-inside-bracket-opened-above"),
+        pytest.param("def f(x):\n    return█\n", "x\n", None, id="keyword-merged-into-a-name"),
+    ],
+)
+def test_a_finished_line_is_left_without_errors(document: str, raw: str, expected: str | None):
+    suggestion = serve("python", document, raw)
+    assert (suggestion.text if suggestion else None) == expected
