@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from midline.model.engine import Generation
 from midline.model.fim import FimFormatError, FimPrompt, get
 from midline.server.completion import Completer
 from midline.server.config import Config
@@ -154,3 +155,41 @@ def test_unsure_lines_after_the_first_are_cut(completer, tmp_path):
     completer.config = Config(debounce_ms=0, max_new_tokens=48, cache_size=0, min_mean_logprob=-1e9, min_line_logprob=0.0)
     complete(completer, doc(tmp_path, text, name=name), offset)
     assert completer.stats.tails_cut == 1
+
+
+class ScriptedEngine:
+    """The tiny engine, except that the model's answer is scripted; records the prompts it was given."""
+
+    def __init__(self, engine, answer: str) -> None:
+        self._engine, self.answer, self.prompts = engine, answer, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def generate(self, ids, **kwargs) -> Generation:
+        self.prompts.append(self._engine.tokenizer.decode(ids))
+        return Generation(self.answer, [], "eot", -0.1, len(ids), 0.0)
+
+
+LOOP = "def total(names):\n    out = []\n    for name in names:\n        out.append(name){}\n    return out\n"
+
+
+@pytest.mark.parametrize(
+    "marked, answer, shown, prompt_end",
+    [
+        # Enter at column 0 in a body: the prompt has the implied indentation, and so has the suggestion.
+        (LOOP.format("\n█"), "print(out)\n", "        print(out)", "out.append(name)\n        "),
+        # The end of a complete line: the answer's new line stays a new line.
+        (LOOP.format("█"), "\n        print(name)\n", "\n        print(name)", "out.append(name)"),
+        # The start of a line's code: a line written above it.
+        (LOOP.format("").replace("    return", "    █return"), "print(out)\n", "print(out)\n    ", "\n    "),
+    ],
+    ids=["column-0", "end-of-line", "start-of-line"],
+)
+def test_editor_positions_through_the_completer(tiny_engine, tmp_path, marked, answer, shown, prompt_end):
+    engine = ScriptedEngine(tiny_engine, answer)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, Config(debounce_ms=0, cache_size=0), executor)  # type: ignore[arg-type]
+        suggestion = complete(completer, doc(tmp_path, marked.replace("█", "")), marked.index("█"))
+    assert suggestion is not None and suggestion.text == shown
+    assert engine.prompts[0].endswith(prompt_end + "<|midline:fim_middle|>")
