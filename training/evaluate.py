@@ -686,16 +686,21 @@ def format_report(report: dict) -> str:
 # -- command line ---------------------------------------------------------------------------------
 
 
+def add_task_arguments(p: argparse.ArgumentParser, corpus_help: str) -> None:
+    """The flags of every evaluation on held-out tasks: --model, --corpus, --tasks, --seed, --device."""
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
+    p.add_argument("--corpus", type=Path, metavar="DIR", help=corpus_help)
+    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
 def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `evaluate` subcommand."""
     p = stages.add_parser("evaluate", help="infilling, functional and loss figures of a model on held-out code")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
-    p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir: tasks and validation loss from its valid.jsonl")
-    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    add_task_arguments(p, "corpus dir: tasks and validation loss from its valid.jsonl")
     p.add_argument("--per-kind", type=int, default=100, help="tasks per kind (default: %(default)s)")
     p.add_argument("--doctests", type=int, metavar="N", help="doctest tasks at most (default: --per-kind)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--timeout-ms", type=int, default=60_000, help="generation time limit per task (default: %(default)s)")
     p.add_argument("--no-functional", action="store_true", help="skip running doctests in the sandbox")

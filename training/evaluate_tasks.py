@@ -37,9 +37,9 @@ import sys
 import time
 from pathlib import Path, PurePosixPath
 
-from midline.model import DEFAULT_MODEL_DIR, tasks
+from midline.model import tasks
 from midline.training import sft
-from midline.training.evaluate import edit_similarity, normalize, write_report
+from midline.training.evaluate import add_task_arguments, edit_similarity, normalize, write_report
 from midline.training.sandbox import run_python
 
 KINDS = ("explain", "fix", "tests")
@@ -311,13 +311,9 @@ def _progress(items: list, enabled: bool):
 def add_parser(stages) -> None:
     """The `eval-tasks` subcommand."""
     p = stages.add_parser("eval-tasks", help="explain / fix / tests figures of a model on held-out code")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
-    p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir: tasks from its valid.jsonl")
-    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    add_task_arguments(p, "corpus dir: tasks from its valid.jsonl")
     p.add_argument("--per-kind", type=int, default=100, help="explain and fix tasks each (default: %(default)s)")
     p.add_argument("--tests", type=int, default=30, help="tests tasks (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-new-tokens", type=int, nargs=3, metavar=("EXPLAIN", "FIX", "TESTS"), default=[128, 512, 384])
     p.add_argument("--no-run", action="store_true", help="do not run the generated tests in the sandbox")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")

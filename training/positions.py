@@ -70,7 +70,7 @@ from pathlib import Path, PurePosixPath
 
 import tree_sitter
 from lsprotocol import types
-from midline.model import DEFAULT_MODEL_DIR, fim
+from midline.model import fim
 from midline.model.engine import Engine
 from midline.model.languages import is_word, new_parser, resolve
 from midline.model.loader import ModelLoadError
@@ -80,6 +80,7 @@ from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
 from midline.training.evaluate import (
+    add_task_arguments,
     MIN_MIDDLE_CHARS,
     Outcome,
     Source,
@@ -572,13 +573,9 @@ def format_positions(report: dict) -> str:
 def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `positions` subcommand."""
     p = stages.add_parser("positions", help="completion where editors ask (after Enter, at line ends, ...) and a typing replay, on held-out code")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
-    p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir (or .jsonl): tasks from its valid.jsonl")
-    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    add_task_arguments(p, "corpus dir (or .jsonl): tasks from its valid.jsonl")
     p.add_argument("--per-kind", type=int, default=100, help="position tasks per kind (default: %(default)s)")
     p.add_argument("--functions", type=int, default=20, help="functions to type in the replay (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--timeout-ms", type=int, default=60_000, help="generation time limit per request (default: %(default)s)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
