@@ -146,6 +146,8 @@ def test_a_column_0_suggestion_must_bring_the_indentation_once(tasks):
     assert P.score_position(col0, Suggestion('    return os.path.expanduser("~")\n    x = 1'))["exact_first_line"]
     empty = P.score_position(col0, None)
     assert empty["empty"] and not empty["harmful"] and not empty["exact_first_line"] and empty["invalid_syntax"] is None
+    assert right["mid_word"] is False and P.score_position(col0, Suggestion("    eturn home"))["mid_word"]  # the tail of `return`
+    assert not P.score_position(col0, Suggestion("    unknown_name = 1"))["mid_word"]
 
 
 def test_a_suggestion_glued_to_a_complete_line_is_wrong_and_invalid(tasks):

@@ -40,6 +40,8 @@ greedy). Figures per kind and overall, over all tasks unless said:
   module or block) or the document more errors (`out.append(x)return out`), or that first line is a statement by
   itself (not a lone name) that merged into valid code (`old_stderr = sys.stderr` after `old_stdout = sys.stdout`
   makes `sys.stdoutold_stderr`). Continuations such as `.copy()` or ` + 1` are wrong, not glued.
+- mid_word_starts: shown suggestions at a cursor after white space (a line start) whose first word is the tail of
+  a longer one (`eturn True`): no keyword and no whole word of the document, but the end of one of its words.
 - latency of `Completer.complete` in ms.
 
 Typing replay (`replay`): held-out functions (top-level or methods, 3-25 lines, body on its own lines) are typed
@@ -366,9 +368,10 @@ def score_position(task: Task, suggestion: Suggestion | None) -> dict:
     got = _shown_line(completed_text(task, shown), task.offset, shown.text if shown else "")
     want = _shown_line(task.original, task.offset, task.middle)
     exact, similarity = score(task, shown)
-    invalid = glued = None
+    invalid = glued = mid_word = None
     if shown:
         invalid = syntax_errors(completed_text(task, shown)) > syntax_errors(task.original)
+        mid_word = not task.prefix[-1:].strip() and _starts_mid_word(shown.text, task.text_with_hole)
         first = shown.text.split("\n", 1)[0]
         if task.middle.startswith("\n"):
             row = task.prefix.count("\n")
@@ -386,9 +389,23 @@ def score_position(task: Task, suggestion: Suggestion | None) -> dict:
         "harmful": shown is not None and got != want,
         "invalid_syntax": invalid,
         "glued": glued,
+        "mid_word": mid_word,
         "shown_line": got[1],
         "expected_line": want[1],
     }
+
+
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+def _starts_mid_word(text: str, document: str) -> bool:
+    """Whether `text`, inserted at a line start, begins with the tail of a word: its first word is no keyword
+    and no whole word of the document, but the document has a longer word ending with it (`eturn`, `rch.get`)."""
+    first = _WORD.match(text.lstrip())
+    if first is None or keyword.iskeyword(first[0]):
+        return False
+    words = set(_WORD.findall(document)) | set(keyword.kwlist)
+    return first[0] not in words and any(w.endswith(first[0]) for w in words)
 
 
 def _row(task: Task, outcome: Outcome) -> dict:
@@ -421,6 +438,7 @@ def summarize_positions(rows: list[dict]) -> dict:
         "shown": len(shown),
         "invalid_syntax_rate": sum(r["invalid_syntax"] for r in shown) / len(shown) if shown else None,
         "glued": sum(glued) if any(r["kind"].startswith("end_of_line") for r in rows) else None,
+        "mid_word_starts": sum(bool(r.get("mid_word")) for r in shown),
         "glued_of_shown": sum(glued) / len(glued) if glued else None,
     }
 
@@ -548,14 +566,14 @@ def evaluate_positions(
 
 def format_positions(report: dict) -> str:
     """A small table of the figures, and the replay's."""
-    lines = [f"{'kind':<20} {'n':>4} {'first':>6} {'exact':>6} {'edit_sim':>8} {'empty':>6} {'harmful':>7} {'invalid':>7} {'glued':>5} {'ms/task':>8}"]
+    lines = [f"{'kind':<20} {'n':>4} {'first':>6} {'exact':>6} {'edit_sim':>8} {'empty':>6} {'harmful':>7} {'invalid':>7} {'glued':>5} {'midword':>7} {'ms/task':>8}"]
     for kind, m in report["metrics"].items():
         if m.get("n"):
             invalid = "-" if m["invalid_syntax_rate"] is None else f"{m['invalid_syntax_rate']:.3f}"
             glued = "-" if m["glued"] is None else str(m["glued"])
             lines.append(
                 f"{kind:<20} {m['n']:>4} {m['exact_first_line']:>6.3f} {m['exact_match']:>6.3f} {m['edit_similarity']:>8.3f} "
-                f"{m['empty_rate']:>6.3f} {m['harmful_rate']:>7.3f} {invalid:>7} {glued:>5} {m['latency_ms_mean']:>8.1f}"
+                f"{m['empty_rate']:>6.3f} {m['harmful_rate']:>7.3f} {invalid:>7} {glued:>5} {m['mid_word_starts']:>7} {m['latency_ms_mean']:>8.1f}"
             )
     r = report["replay"]
     if r["functions"]:
