@@ -112,9 +112,9 @@ def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree 
     NONE in the middle of a word; SINGLE_LINE when code follows the cursor on its line (also when only
     closing brackets or quotes do: `foo(|)`); MULTI_LINE on a blank line, or at the end of a line that ends
     with a block opener (`:` `(` `[` `{` in Python; `{` `(` `[` `=>` in brace languages). At the end of any
-    other line the tree decides: MULTI_LINE if the line's code is complete (the answer may be nothing, more
-    of the line, or new lines), SINGLE_LINE if it has a syntax error (`x = |`: finish the line). Plain text:
-    SINGLE_LINE.
+    other line, SINGLE_LINE after a typed space or in a comment (the line goes on), else the tree decides:
+    MULTI_LINE if the line's code is complete (the answer may be nothing, more of the line, or new lines),
+    SINGLE_LINE if it has a syntax error (`x = foo(1,|`: finish the line). Plain text: SINGLE_LINE.
     """
     before = text[offset - 1] if offset > 0 else ""
     after = text[offset] if offset < len(text) else ""
@@ -133,9 +133,13 @@ def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree 
     openers = _INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS
     if line_prefix.rstrip().endswith(openers):
         return Hole.MULTI_LINE
+    if line_prefix[-1].isspace():  # a space typed after code: the line goes on (`return |`, `# area of |`)
+        return Hole.SINGLE_LINE
     if tree is None:
         tree = languages.thread_parser(spec.name).parse(utf8(text))
-    start, end = len(utf8(text[:line_start])), len(utf8(text[:line_end]))
+    start, at, end = len(utf8(text[:line_start])), len(utf8(text[:offset])), len(utf8(text[:line_end]))
+    if "comment" in tree.root_node.descendant_for_byte_range(at - 1, at).type:  # a comment goes on too
+        return Hole.SINGLE_LINE
     broken = any(first <= end and last >= start for first, last in languages.error_spans(tree.root_node))
     return Hole.SINGLE_LINE if broken else Hole.MULTI_LINE
 

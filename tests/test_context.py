@@ -107,6 +107,10 @@ HOLES = [
     ("x = foo|", "python", Hole.MULTI_LINE),  # a complete line: nothing, more of it, or new lines
     ("x = foo|   ", "python", Hole.MULTI_LINE),
     ("x = |", "python", Hole.SINGLE_LINE),  # an unfinished line: finish it
+    ("return x |", "python", Hole.SINGLE_LINE),  # a space typed: the line goes on
+    ("x = 1  # the area|", "python", Hole.SINGLE_LINE),  # a comment goes on
+    ("# the area|\nx = 1\n", "python", Hole.SINGLE_LINE),
+    ("x = 1;  // the area|", "javascript", Hole.SINGLE_LINE),
     ("x = foo(1,|", "python", Hole.SINGLE_LINE),
     ("def f(x):\n    out.append(x)|\n    return out\n", "python", Hole.MULTI_LINE),
     ("if x:\n    y = (|\n", "python", Hole.MULTI_LINE),
