@@ -4,8 +4,11 @@ The server hides a suggestion whose generated tokens' mean log-probability is un
 cursor's position (`CompletionContext.position`: "mid_line", "line_end", "new_line"). This reads a report made
 with every suggestion shown, maps each task to the position the server saw, and for each position prints what a
 floor keeps and hides: suggestions whose first line is right, and those whose first line is wrong. The floor
-chosen per position is the highest that hides at most `--keep-loss` of the right suggestions (0.1: a tenth);
-the last line is the `min_mean_logprob` object for the model's midline.json.
+chosen for a position is the highest, up to `--max-floor`, that hides at most `--keep-loss` of the right
+suggestions; with a few right suggestions a position (tens of tasks each), a higher floor is noise. Only the
+`--calibrate` positions get one (default: line_end and new_line); the others keep `--default` (the typing
+replay asks mostly mid-line, and lost accepted characters under a high mid-line floor). The last line is the
+`min_mean_logprob` object for the model's midline.json.
 
     midline-train positions --model model/default --tasks WORK/positions.tasks.jsonl --no-floors --out WORK/no-floors.json
     python bench/position_floors.py WORK/no-floors.json
@@ -36,10 +39,10 @@ def split(rows: list[dict], floor: float | None) -> tuple[int, int, int, int]:
     return counts[0], counts[1], counts[2], counts[3]
 
 
-def choose(rows: list[dict], keep_loss: float) -> float | None:
-    """The highest floor that hides at most `keep_loss` of the right suggestions (None: none needed)."""
+def choose(rows: list[dict], keep_loss: float, max_floor: float) -> float | None:
+    """The highest floor up to `max_floor` that hides at most `keep_loss` of the right suggestions (None: none needed)."""
     right = split(rows, None)[0]
-    fitting = [floor for floor in FLOORS if split(rows, floor)[2] <= keep_loss * right]
+    fitting = [floor for floor in FLOORS if floor <= max_floor and split(rows, floor)[2] <= keep_loss * right]
     best = max(fitting, default=None)
     return None if best is None or split(rows, best)[3] == 0 else best
 
@@ -48,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a `midline-train positions --no-floors --out` report")
     parser.add_argument("--keep-loss", type=float, default=0.1, help="share of right suggestions a floor may hide (default: %(default)s)")
+    parser.add_argument("--max-floor", type=float, default=-0.5, help="the highest floor chosen (default: %(default)s)")
+    parser.add_argument("--calibrate", nargs="+", default=["line_end", "new_line"], help="positions to calibrate (default: %(default)s)")
+    parser.add_argument("--default", type=float, default=-1.0, help="the floor of the other positions (default: %(default)s)")
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text())
     shown = [r for r in report["per_task"] if not r["empty"]]
-    chosen: dict[str, float] = {}
+    chosen = {name: args.default for name in ("mid_line", "line_end", "new_line") if name not in args.calibrate}
     for name in ("mid_line", "line_end", "new_line"):
         rows = [r for r in shown if position(r) == name]
         kinds = sorted({r["kind"] for r in rows})
@@ -60,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---:|---:|---:|---:|---:|")
         for floor in [None, -2.0, -1.5, -1.2, -1.0, -0.8, -0.6, -0.5, -0.4, -0.3]:
             print(f"| {'none' if floor is None else floor} | " + " | ".join(map(str, split(rows, floor))) + " |")
-        if (floor := choose(rows, args.keep_loss)) is not None:
-            chosen[name] = floor
-        print(f"\nchosen: {floor}")
+        if name in args.calibrate:
+            if (floor := choose(rows, args.keep_loss, args.max_floor)) is not None:
+                chosen[name] = floor
+            print(f"\nchosen: {floor}")
     print("\nmin_mean_logprob:", json.dumps(chosen))
     return 0
 
