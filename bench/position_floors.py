@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a `midline-train positions --no-floors --out` report")
     parser.add_argument("--keep-loss", type=float, default=0.1, help="share of right suggestions a floor may hide (default: %(default)s)")
-    parser.add_argument("--max-floor", type=float, default=-0.5, help="the highest floor chosen (default: %(default)s)")
+    parser.add_argument("--max-floor", type=float, default=-0.6, help="the highest floor chosen (default: %(default)s)")
     parser.add_argument("--calibrate", nargs="+", default=["line_end", "new_line"], help="positions to calibrate (default: %(default)s)")
     parser.add_argument("--default", type=float, default=-1.0, help="the floor of the other positions (default: %(default)s)")
     args = parser.parse_args(argv)
