@@ -6,8 +6,10 @@ with every suggestion shown, maps each task to the position the server saw, and 
 floor keeps and hides: suggestions whose first line is right, and those whose first line is wrong. The floor
 chosen for a position is the highest, up to `--max-floor`, that hides at most `--keep-loss` of the right
 suggestions; with a few right suggestions a position (tens of tasks each), a higher floor is noise. Only the
-`--calibrate` positions get one (default: line_end and new_line); the others keep `--default` (the typing
-replay asks mostly mid-line, and lost accepted characters under a high mid-line floor). The last line is the
+`--calibrate` positions get one (default: new_line); the others keep `--default`. Mid-line, the typing replay
+lost accepted characters under a higher floor. At a line end, the floor judges the mean of all generated tokens
+while the model writes on past what is shown (the next function, cut by post-processing), so a higher floor hid
+short right answers there (README's quickstart: ` total` after `return` scored -0.83). The last line is the
 `min_mean_logprob` object for the model's midline.json.
 
     midline-train positions --model model/default --tasks WORK/positions.tasks.jsonl --no-floors --out WORK/no-floors.json
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path, help="a `midline-train positions --no-floors --out` report")
     parser.add_argument("--keep-loss", type=float, default=0.1, help="share of right suggestions a floor may hide (default: %(default)s)")
     parser.add_argument("--max-floor", type=float, default=-0.6, help="the highest floor chosen (default: %(default)s)")
-    parser.add_argument("--calibrate", nargs="+", default=["line_end", "new_line"], help="positions to calibrate (default: %(default)s)")
+    parser.add_argument("--calibrate", nargs="+", default=["new_line"], help="positions to calibrate (default: %(default)s)")
     parser.add_argument("--default", type=float, default=-1.0, help="the floor of the other positions (default: %(default)s)")
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text())
