@@ -534,7 +534,7 @@ def _syntax_gate(suggestion: Suggestion, ctx: CompletionContext) -> Suggestion |
     """
     if resolve(ctx.language).grammar is None:
         return suggestion
-    baseline = _baseline_errors(ctx.language, ctx.text)
+    baseline = len(_baseline_spans(ctx.language, ctx.text))
     line = _line_to_finish(ctx)
     if is_word(suggestion.text[:1]) and _keyword_before(ctx):  # `return` + `x` makes `returnx`, which parses
         return None
@@ -552,7 +552,7 @@ def _line_to_finish(ctx: CompletionContext) -> int | None:
         return None
     line_start = len(ctx.text[: ctx.offset - len(ctx.line_prefix)].encode())
     line_end = len(ctx.text[: ctx.offset].encode())
-    on_line = [first for first, last in _error_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start]
+    on_line = [first for first, last in _baseline_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start]
     return line_start if on_line and min(on_line) >= line_start else None
 
 
@@ -612,10 +612,10 @@ def error_count(language: str, source: str) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _baseline_errors(language: str, text: str) -> int:
+def _baseline_spans(language: str, text: str) -> tuple[tuple[int, int], ...]:
     """Errors of the document without a candidate: the same for every candidate of one request, so cached
     (keyed by the document alone, as the cursor does not change it)."""
-    return error_count(language, text)
+    return tuple(_error_spans(language, text))
 
 
 def _error_spans(language: str, source: str) -> list[tuple[int, int]]:
