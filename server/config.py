@@ -1,25 +1,30 @@
 """midline's settings: one typed, defaulted tree, read from initializationOptions and
 `workspace/didChangeConfiguration` (section `midline`). Keys are camelCase on the wire.
 
+Types are strict (`"false"` is not false, `12.9` is not an integer): a wrong value is a ConfigError that
+names the setting (`midline.enable.python`) and what it must be, and the server keeps its previous settings.
+
 The README's configuration table documents exactly these fields.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import math
 import re
-
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
-
-import cattrs
-import cattrs.v
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from midline.model import languages
 
+T = TypeVar("T")
+
 
 class ConfigError(ValueError):
-    """A setting has the wrong type or value."""
+    """A setting has the wrong type or value; the message names it (`midline.context.budget`) and says why."""
 
 
 @dataclass
@@ -33,9 +38,10 @@ class ContextConfig:
     cross_file: bool = True  # look up definitions in other open documents and workspace files
 
     def __post_init__(self) -> None:
-        _check(self.budget >= 16, "context.budget must be at least 16 tokens")
-        _check(0.0 < self.prefix_share <= 1.0, "context.prefixShare must be in (0, 1]")
-        _check(self.snippet_budget >= 0 and self.max_snippets >= 0, "context.snippetBudget/maxSnippets must be >= 0")
+        _check("context.budget", self.budget, self.budget >= 16, "at least 16")
+        _check("context.prefixShare", self.prefix_share, 0.0 < self.prefix_share <= 1.0, "in (0, 1]")
+        _check("context.snippetBudget", self.snippet_budget, self.snippet_budget >= 0, "at least 0")
+        _check("context.maxSnippets", self.max_snippets, self.max_snippets >= 0, "at least 0")
 
 
 @dataclass
@@ -52,10 +58,12 @@ class ActionsConfig:
     cache_size: int = 64  # action results remembered, by the code's content hash
 
     def __post_init__(self) -> None:
-        _check(1 <= self.max_new_tokens <= 8192, "actions.maxNewTokens must be in 1..8192")
-        _check(self.timeout_ms > 0 and self.test_timeout_ms > 0 and self.per_test_timeout_ms > 0, "actions timeouts must be > 0")
-        _check(self.test_memory_mb >= 64, "actions.testMemoryMb must be at least 64")
-        _check(self.cache_size >= 0, "actions.cacheSize must be >= 0")
+        _check("actions.maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 8192, "in 1..8192")
+        _check("actions.timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
+        _check("actions.testTimeoutMs", self.test_timeout_ms, self.test_timeout_ms > 0, "at least 1")
+        _check("actions.perTestTimeoutMs", self.per_test_timeout_ms, self.per_test_timeout_ms > 0, "at least 1")
+        _check("actions.testMemoryMb", self.test_memory_mb, self.test_memory_mb >= 64, "at least 64")
+        _check("actions.cacheSize", self.cache_size, self.cache_size >= 0, "at least 0")
 
 
 @dataclass
@@ -67,7 +75,7 @@ class HoverConfig:
     idle_ms: int = 500  # quiet time after the last completion request before a background explanation starts
 
     def __post_init__(self) -> None:
-        _check(self.idle_ms >= 0, "hover.idleMs must be >= 0")
+        _check("hover.idleMs", self.idle_ms, self.idle_ms >= 0, "at least 0")
 
 
 @dataclass
@@ -84,13 +92,11 @@ class BackendConfig:
     timeout_ms: int = 10000  # longest wait to connect, or for the server's next bytes
 
     def __post_init__(self) -> None:
-        if self.kind != "local":
-            _check(
-                bool(self.url) and re.match(r"https?://[^/\s]", self.url or "") is not None,
-                f"backend.url must be an http:// or https:// URL for backend.kind {self.kind}, got {self.url!r}",
-            )
-        _check(self.kind != "ollama" or bool(self.model), "backend.model is required for backend.kind ollama")
-        _check(self.context_length >= 64 and self.timeout_ms > 0, "backend.contextLength must be >= 64 and backend.timeoutMs > 0")
+        url_ok = self.kind == "local" or re.match(r"https?://[^/\s]", self.url or "") is not None
+        _check("backend.url", self.url, url_ok, f"an http:// or https:// URL for backend.kind {self.kind}")
+        _check("backend.model", self.model, self.kind != "ollama" or bool(self.model), "a model name for backend.kind ollama")
+        _check("backend.contextLength", self.context_length, self.context_length >= 64, "at least 64")
+        _check("backend.timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
 
 
 @dataclass
@@ -121,11 +127,13 @@ class Config:
     hover: HoverConfig = field(default_factory=HoverConfig)
 
     def __post_init__(self) -> None:
-        _check(1 <= self.max_new_tokens <= 2048, "maxNewTokens must be in 1..2048")
-        _check(self.max_lines >= 1, "maxLines must be >= 1")
-        _check(self.debounce_ms >= 0 and self.timeout_ms > 0, "debounceMs must be >= 0 and timeoutMs > 0")
-        _check(self.temperature >= 0.0 and 0.0 < self.top_p <= 1.0, "temperature must be >= 0 and topP in (0, 1]")
-        _check(self.cache_size >= 0, "cacheSize must be >= 0")
+        _check("maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 2048, "in 1..2048")
+        _check("maxLines", self.max_lines, self.max_lines >= 1, "at least 1")
+        _check("debounceMs", self.debounce_ms, self.debounce_ms >= 0, "at least 0")
+        _check("timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
+        _check("temperature", self.temperature, self.temperature >= 0.0, "at least 0")
+        _check("topP", self.top_p, 0.0 < self.top_p <= 1.0, "in (0, 1]")
+        _check("cacheSize", self.cache_size, self.cache_size >= 0, "at least 0")
 
     def enabled_for(self, language_id: str, model_languages: tuple[str, ...] | None = None) -> bool:
         """Whether to complete in `language_id`: its own `enable` entry if it has one; else, for a model that
@@ -138,24 +146,18 @@ class Config:
 
     @classmethod
     def from_json(cls, data: Any, base: Config | None = None) -> Config:
-        """Settings from the client, laid over `base` (default: the defaults). Raises ConfigError."""
+        """Settings from the client, laid over `base` (default: the defaults); `base` is never changed.
+
+        Raises ConfigError, naming every wrong setting: types are never coerced (`"false"` is not false)."""
         if data is None:
             return base or cls()
         if not isinstance(data, dict):
-            raise ConfigError(f"midline settings must be an object, got {type(data).__name__}")
-        merged = _merge(_converter.unstructure(base or cls()), data)
-        try:
-            return _converter.structure(merged, cls)
-        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-            raise ConfigError(_explain(exc)) from None
+            raise ConfigError(f"midline settings must be an object; got {_show(data)}")
+        return _structure(cls, _merge((base or cls()).to_json(), data), "midline")
 
     def to_json(self) -> dict[str, Any]:
-        return _converter.unstructure(self)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+        """The settings as the client spells them (camelCase keys, nested sections)."""
+        return _unstructure(self)
 
 
 def camel(name: str) -> str:
@@ -170,22 +172,137 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _explain(exc: BaseException) -> str:
-    """One line per problem, naming the setting as the client spells it (midline.maxNewTokens)."""
-    if not isinstance(exc, cattrs.BaseValidationError):
-        return str(exc)
-
-    def describe(error: BaseException, type_: Any) -> str:
-        if isinstance(error, ConfigError):
-            return str(error)
-        return cattrs.v.format_exception(error, type_)
-
-    lines = cattrs.transform_error(exc, path="midline", format_exception=describe)
-    return "; ".join(re.sub(r"[a-z]+(?:_[a-z]+)+", lambda m: camel(m.group()), line) for line in lines)
+# Strict coercion, one helper per type: each returns the value or raises ConfigError naming `key`.
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-for _cls in (ContextConfig, BackendConfig, ActionsConfig, HoverConfig, Config):
-    _renames = {f.name: override(rename=camel(f.name)) for f in fields(_cls)}
-    _converter.register_structure_hook(_cls, make_dict_structure_fn(_cls, _converter, _cattrs_forbid_extra_keys=True, **_renames))
-    _converter.register_unstructure_hook(_cls, make_dict_unstructure_fn(_cls, _converter, **_renames))
+def as_bool(value: Any, key: str) -> bool:
+    """Only JSON true or false."""
+    if not isinstance(value, bool):
+        raise _wrong(key, "true or false", value)
+    return value
+
+
+def as_int(value: Any, key: str) -> int:
+    """Only a JSON integer: not 12.9, 12.0, "12" or true."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong(key, "an integer", value)
+    return value
+
+
+def as_float(value: Any, key: str) -> float:
+    """A finite JSON number (integers too), not a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _wrong(key, "a number", value)
+    return float(value)
+
+
+def as_str(value: Any, key: str) -> str:
+    """Only a JSON string."""
+    if not isinstance(value, str):
+        raise _wrong(key, "a string", value)
+    return value
+
+
+def as_choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, exactly."""
+    if not isinstance(value, str) or value not in choices:
+        raise _wrong(key, "one of " + ", ".join(_show(choice) for choice in choices), value)
+    return value
+
+
+def as_bool_map(value: Any, key: str) -> dict[str, bool]:
+    """An object of names (language ids) to true or false."""
+    if not isinstance(value, dict):
+        raise _wrong(key, "an object of language ids to true or false", value)
+    errors, out = [], {}
+    for name, flag in value.items():
+        try:
+            out[name] = as_bool(flag, f"{key}.{name}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    _raise_all(errors)
+    return out
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {bool: as_bool, int: as_int, float: as_float, str: as_str}
+
+
+def _value(type_: Any, value: Any, key: str) -> Any:
+    """`value` as the field type `type_` (a scalar, Literal, dict[str, bool], a section, or one of these | None)."""
+    args = get_args(type_)
+    if type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        try:
+            return _value(inner, value, key)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("; got ", " or null; got ", 1)) from None  # "must be a string or null"
+    if get_origin(type_) is Literal:
+        return as_choice(value, key, args)
+    if get_origin(type_) is dict:
+        return as_bool_map(value, key)
+    if is_dataclass(type_):
+        return _structure(type_, value, key)
+    return _SCALARS[type_](value, key)
+
+
+def _structure(cls: type[T], data: Any, path: str) -> T:
+    """A settings section from its JSON object: every key known, every value of its field's type."""
+    if not isinstance(data, dict):
+        raise _wrong(path, "an object", data)
+    names = {camel(f.name): f.name for f in fields(cls)}
+    hints = _hints(cls)
+    errors, values = [], {}
+    for key, value in data.items():
+        if key not in names:
+            errors.append(_unknown(path, key, list(names)))
+            continue
+        try:
+            values[names[key]] = _value(hints[names[key]], value, f"{path}.{key}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    _raise_all(errors)
+    return cls(**values)
+
+
+def _unstructure(section: Any) -> dict[str, Any]:
+    return {
+        camel(f.name): _unstructure(value) if is_dataclass(value) else dict(value) if isinstance(value, dict) else value
+        for f in fields(section)
+        for value in [getattr(section, f.name)]
+    }
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _check(key: str, value: Any, ok: bool, requirement: str) -> None:
+    """A range rule of one setting (`key` below `midline`)."""
+    if not ok:
+        raise _wrong(f"midline.{key}", requirement, value)
+
+
+def _wrong(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key} must be {expected}; got {_show(value)}")
+
+
+def _unknown(path: str, key: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f"{path}.{key} is not a setting" + (f" (did you mean {path}.{close[0]}?)" if close else "")
+
+
+def _raise_all(errors: list[str]) -> None:
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def _show(value: Any) -> str:
+    """A value as JSON spells it, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
