@@ -30,6 +30,7 @@ from .assistant import Ask, Assistant, Cancelled, Progress, content_hash
 from .config import Config
 from .documents import Document, utf8
 from .symbols import definitions_of, enclosing_scopes
+from .sandbox import sandbox_state
 from .verify import Verified, verify_tests
 
 EXPLAIN, FIX, TESTS, FROM_COMMENT = "explain", "fix", "tests", "fromComment"
@@ -267,7 +268,7 @@ def offers(doc: Document, start: int, end: int, diagnostics: list[tuple[int, str
             title = f"midline: Fix {what}" + (f" ({_short(diagnostics[0][1])})" if inside else "")
             out.append(Offer(FIX, title, KINDS[FIX], {**data, "action": FIX, "diagnostics": inside}))
         if target.kind in ("function", "class") and target.name:
-            unverified = "" if doc.language == "python" else " (unverified)"
+            unverified = "" if doc.language == "python" and sandbox_state().available else " (unverified)"
             out.append(Offer(TESTS, f"midline: Generate tests for {what}{unverified}", KINDS[TESTS], {**data, "action": TESTS}))
     if only:
         out = [o for o in out if any(o.kind == k or o.kind.startswith(k + ".") for k in only)]
@@ -568,7 +569,7 @@ class Actions:
         verified = None
         if doc.language == "python":
             verified = await self._verify(source, doc, dotted, import_root, progress, read)
-            if not verified.passed:
+            if verified.ran and not verified.passed:
                 return Nothing(f"none of the generated tests passed against the current code{': ' + verified.note if verified.note else ''}")
             source = verified.source
         else:

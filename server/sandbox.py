@@ -1,38 +1,36 @@
-"""Run untrusted Python (model-generated code, held-out tests) in a limited, throwaway subprocess.
+"""Run untrusted Python (model-generated code, held-out tests) in a throwaway sandbox isolated by the kernel.
 
-`run_python(code)` runs `code` as `__main__` in a fresh interpreter, in a fresh temporary directory
-that is deleted afterwards, and returns its exit status and output.
+`run_python(code)` runs `code` as `__main__` in a fresh interpreter under bubblewrap (`bwrap`, user
+namespaces) and returns its exit status and output. Where that isolation is not available (no `bwrap`,
+user namespaces disabled, an old bubblewrap) it runs nothing and raises `SandboxUnavailable`, whose
+message says why; `sandbox_state()` tells beforehand (checked once, with a trial run).
 
-Contained by the kernel, whatever the code does:
-- wall-clock time: the child leads its own session; at `timeout_s` its whole process group is killed
-  (SIGKILL), as is anything still in the group after a normal exit.
-- CPU time (RLIMIT_CPU), address space (RLIMIT_AS = `memory_mb`: a huge allocation raises MemoryError),
-  the size of every file written, stdout and stderr included (RLIMIT_FSIZE), open files (RLIMIT_NOFILE),
-  core dumps (none), and the output read back (`max_output_chars` per stream).
-- processes (RLIMIT_NPROC = `max_processes`, threads included): the kernel enforces it only for a
-  non-root user. Run as root, the child becomes `nobody` when that user can run this Python (file
-  permissions then apply too); otherwise it stays root, and only the audit hook below stops forks.
-- environment: a minimal one (PATH, LANG, HOME = TMPDIR = the temp dir, one thread per math library);
-  nothing of the caller's, so no tokens or keys. No stdin.
+The first layer, the operating system's (whatever the code does, including defeating the second):
+- namespaces: no network (a private, empty network namespace), a private PID namespace (the code sees
+  and can signal only its own processes; all of them die with it), private IPC and host name, and a
+  user namespace in which the code is the unprivileged uid 65534 with no capabilities and cannot
+  create further namespaces. It never runs as root: it refuses to start if it finds itself root.
+- file system: an empty root; read-only views of /usr and the system library folders, the dynamic
+  linker's cache, the Python installation and its site-packages, this file, and the folders the caller
+  names (`read_only`: the workspace, for the module's imports); a fresh /proc and a minimal /dev; the
+  work dir, `WORK_DIR`, a tmpfs capped at `disk_mb` in all, which holds `code` and `files` and is the
+  only writable place (HOME and TMPDIR point to it). The user's home, keys and other files are not there.
+- environment: a minimal one, nothing of the caller's (no tokens or keys). No stdin.
+- a seccomp filter (x86-64 and arm64): no new processes (fork, vfork and clone other than threads fail
+  with EPERM), no namespaces, mounts, ptrace, keyrings, BPF, io_uring, pidfds or kernel modules.
+- limits: wall-clock time (at `timeout_s` bubblewrap is killed, and with it the whole PID namespace;
+  `--die-with-parent` if the caller dies), CPU time, address space (`memory_mb`: a huge allocation
+  raises MemoryError), the size of each written file (`file_size_mb`; stdout and stderr are files too),
+  threads (`max_processes`, RLIMIT_NPROC: the kernel does not apply it to a caller that is root; the
+  address space bounds them anyway), open files, no core dumps, and the output read back.
 
-Contained by a Python audit hook (PEP 578) installed before the code runs; each of these raises
-PermissionError in the code:
-- new processes: os.fork/forkpty, os.exec*, os.posix_spawn, os.system, subprocess (and its internal
-  `_posixsubprocess.fork_exec`), os.mknod; signals to other processes.
-- network: sockets other than AF_UNIX pairs; connect/bind/send/name lookups on any socket.
-- writes outside the temp dir: open() for writing (and opening directories outside it),
-  os.remove/rename/mkdir/rmdir/chmod/chown/utime/truncate/xattrs, shutil copy/move/rmtree/archives,
-  sqlite3 database files; symlinks and hard links anywhere.
-- ctypes (loading libraries, looking up symbols, calling foreign functions, raw memory access),
-  raising resource limits, and listing all objects with gc (a way to reach the hook's state).
+The second layer, a Python audit hook (PEP 578) installed before the code runs, refuses process
+creation, sockets, writes outside the work dir, ctypes and the like with a PermissionError that names
+the cause. It makes careless code fail clearly; it is not a security boundary (code in the same
+interpreter can defeat it), the first layer is.
 
-Not contained:
-- reading: the code can read every file its user can read (as root without `nobody`: all of them)
-  and print it; only the caller sees the output.
-- deliberate escapes: a hook inside the interpreter guards against mistakes and careless code, not
-  against code written to defeat it (e.g. memory corruption through a native extension). Run hostile
-  code in a container or VM; the kernel limits above hold regardless.
-- host contention: the child shares CPU, memory bandwidth and disk with the host (no cgroups).
+Not contained: host contention (CPU, memory bandwidth; no cgroups). The code can read what the
+read-only views show: the Python installation, system libraries and the caller's `read_only` folders.
 """
 
 from __future__ import annotations
@@ -41,19 +39,44 @@ import functools
 import json
 import math
 import os
-import pwd
+import platform
 import resource
+import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-_MAIN = "main.py"  # the code's file name inside the temp dir
+WORK_DIR = "/midline-sandbox"  # the code's working directory inside the sandbox (a tmpfs)
+SANDBOX_UID = 65534  # the code's uid and gid inside its user namespace
+INSTALL_HINT = "apt-get install bubblewrap"
+_MAIN = "main.py"  # the code's file name inside the work dir
 _LAUNCH = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__midline_sandbox__')['_boot'](sys.argv[2])"
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
+_REFUSED_AS_ROOT = 125  # the child's exit status when it finds itself root
+
+
+class SandboxUnavailable(RuntimeError):
+    """The kernel isolation is not available here, so untrusted code is not run; the message says why."""
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """Whether generated code can be run, and with what (or why not)."""
+
+    available: bool
+    detail: str  # "bubblewrap 0.8.0, seccomp" or the reason it is off
+
+    @property
+    def description(self) -> str:
+        return self.detail if self.available else f"off: {self.detail}"
 
 
 @dataclass
@@ -80,28 +103,90 @@ def run_python(
     max_processes: int = 64,
     files: dict[str, str] | None = None,
     file_size_mb: int = 64,
+    disk_mb: int = 64,
+    read_only: list[str] | tuple[str, ...] = (),
     max_output_chars: int = 200_000,
+    audit_hook: bool = True,
 ) -> SandboxResult:
-    """Run `code` as `__main__` in a sandboxed interpreter (see the module docstring for the guarantees).
+    """Run `code` as `__main__` in the sandbox (see the module docstring for the guarantees).
 
-    `files` (relative path -> text) are written into the temp dir first; the code runs there and can
-    import them. Limits: wall time `timeout_s`, address space `memory_mb`, `max_processes`, and
-    `file_size_mb` per written file.
+    `files` (relative path -> text) are written into the work dir first; the code runs there and can
+    import them. `read_only` folders are visible at their own paths, read-only (not the home folder or
+    a folder above it). Limits: wall time `timeout_s`, address space `memory_mb`, `max_processes`,
+    `file_size_mb` per written file and `disk_mb` in all. `audit_hook=False` leaves out the second
+    layer (for tests of the first). Raises `SandboxUnavailable` where the sandbox cannot run.
     """
-    ids = _unprivileged_ids()
-    with tempfile.TemporaryDirectory(prefix="midline-sandbox-", ignore_cleanup_errors=True) as tmp:
-        root = os.path.realpath(tmp)
-        _write_files(root, {_MAIN: code, **(files or {})})
-        if ids is not None:
-            _chown_tree(root, *ids)
-        settings = {"root": root, "limits": _limits(timeout_s, memory_mb, max_processes, file_size_mb)}
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            returncode, timed_out, elapsed = _supervise(root, settings, out, err, timeout_s, ids)
-            stdout, stderr = _read_back(out, max_output_chars), _read_back(err, max_output_chars)
-    return SandboxResult(returncode, stdout, stderr, timed_out, _killed_reason(returncode, timed_out), elapsed)
+    state = sandbox_state()
+    if not state.available:
+        raise SandboxUnavailable(state.detail)
+    return _run(code, files or {}, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb, read_only, max_output_chars, audit_hook)
+
+
+@functools.cache
+def sandbox_state() -> SandboxState:
+    """Whether bubblewrap is installed and a trial run is isolated as expected (checked once)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return SandboxState(False, f"bubblewrap is not installed ({INSTALL_HINT})")
+    version, options = _bwrap_version(bwrap)
+    if "--size" not in options:
+        return SandboxState(False, f"{version or 'bubblewrap'} is too old (no --size for a capped work dir; 0.5 or newer needed)")
+    try:
+        probe = _run(_PROBE, {}, 30.0, 256, 8, 1, 1, (), 4000, True)
+    except OSError as e:
+        return SandboxState(False, f"bubblewrap cannot start: {e}")
+    if probe.stdout.strip() != "isolated":
+        why = (probe.stderr.strip().split("\n") or ["?"])[-1] or probe.stdout.strip() or f"exit status {probe.returncode}"
+        return SandboxState(False, f"bubblewrap cannot isolate code here (user namespaces disabled?): {why}")
+    return SandboxState(True, f"{version}, seccomp" if _seccomp_program() else version)
+
+
+# What the trial run checks: an unprivileged uid, no capabilities, alone in its PID namespace, no
+# network interface but loopback, and no way to write outside the work dir.
+_PROBE = """\
+import os, socket
+caps = [l for l in open('/proc/self/status') if l.startswith('CapEff:')][0].split()[1]
+pids = [p for p in os.listdir('/proc') if p.isdigit()]
+for path in ('/', '/dev', '/usr'):
+    try:
+        open(os.path.join(path, 'probe'), 'w')
+        raise SystemExit('writable: ' + path)
+    except OSError:
+        pass
+if os.getuid() != 0 and int(caps, 16) == 0 and len(pids) <= 2 and [n for _, n in socket.if_nameindex()] == ['lo']:
+    print('isolated')
+else:
+    print('not isolated', os.getuid(), caps, pids, socket.if_nameindex())
+"""
 
 
 # -- parent side ----------------------------------------------------------------------------------
+
+
+def _run(code: str, files: dict[str, str], timeout_s: float, memory_mb: int, max_processes: int, file_size_mb: int,
+         disk_mb: int, read_only, max_output_chars: int, audit_hook: bool) -> SandboxResult:
+    """Start bubblewrap with the payload (code, files, limits) on a file descriptor, and collect the result."""
+    all_files = {_MAIN: code, **files}
+    for name in all_files:
+        _check_name(name)
+    payload = {"files": all_files, "limits": _limits(timeout_s, memory_mb, max_processes, file_size_mb), "hook": audit_hook}
+    program = _seccomp_program()
+    with tempfile.TemporaryFile() as data, tempfile.TemporaryFile() as filt, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        data.write(json.dumps(payload).encode("utf-8"))
+        data.seek(0)
+        filt.write(program)
+        filt.seek(0)
+        command = _bwrap_command(disk_mb, read_only, filt.fileno() if program else None, data.fileno())
+        returncode, timed_out, elapsed = _supervise(command, (data.fileno(), filt.fileno()), out, err, timeout_s)
+        stdout, stderr = _read_back(out, max_output_chars), _read_back(err, max_output_chars)
+    returncode = _child_status(returncode)
+    return SandboxResult(returncode, stdout, stderr, timed_out, _killed_reason(returncode, timed_out), elapsed)
+
+
+def _check_name(name: str) -> None:
+    rel = PurePath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"sandbox file names must be relative paths inside the work dir, got {name!r}")
 
 
 def _limits(timeout_s: float, memory_mb: int, max_processes: int, file_size_mb: int) -> list[tuple[str, int, int]]:
@@ -119,30 +204,15 @@ def _limits(timeout_s: float, memory_mb: int, max_processes: int, file_size_mb: 
     ]
 
 
-def _write_files(root: str, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        rel = PurePath(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise ValueError(f"sandbox file names must be relative paths inside the temp dir, got {name!r}")
-        path = Path(root, rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-
-
-def _chown_tree(root: str, uid: int, gid: int) -> None:
-    for folder, _, names in os.walk(root):
-        os.chown(folder, uid, gid)
-        for name in names:
-            os.chown(os.path.join(folder, name), uid, gid)
-
-
-def _environment(root: str) -> dict[str, str]:
-    """A minimal environment: nothing inherited from the caller."""
+def _environment() -> dict[str, str]:
+    """The child's environment: nothing inherited from the caller."""
     single_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
     return {
         "PATH": "/usr/bin:/bin",
-        "HOME": root,
-        "TMPDIR": root,
+        "HOME": WORK_DIR,
+        "TMPDIR": WORK_DIR,
+        "USER": "sandbox",
+        "LOGNAME": "sandbox",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",  # reproducible set/dict-of-str order in doctest output
@@ -152,20 +222,87 @@ def _environment(root: str) -> dict[str, str]:
     }
 
 
-def _command(settings: dict) -> list[str]:
+def _bwrap_command(disk_mb: int, read_only, seccomp_fd: int | None, payload_fd: int) -> list[str]:
+    """bwrap's command line: namespaces, the read-only views, the capped work dir, then the interpreter."""
+    bwrap = shutil.which("bwrap") or "bwrap"
+    _, options = _bwrap_version(bwrap)
+    args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv"]
+    if "--disable-userns" in options:
+        args.append("--disable-userns")
+    for name, value in _environment().items():
+        args += ["--setenv", name, value]
+    args += _system_view()
+    for path in _read_only_paths(read_only):
+        args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_mb * 2**20), "--tmpfs", WORK_DIR,
+             "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK_DIR]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    return [*args, "--", *_command(payload_fd)]
+
+
+def _command(payload_fd: int) -> list[str]:
     # -s: no user site-packages; -B: no .pyc writes. The environment is ours, so -E/-I are not needed
     # (and would drop PYTHONHASHSEED). The boot code is this file's `_boot`, loaded by path.
-    return [sys.executable, "-s", "-B", "-X", "utf8", "-c", _LAUNCH, os.path.abspath(__file__), json.dumps(settings)]
+    return [sys.executable, "-s", "-B", "-X", "utf8", "-c", _LAUNCH, _this_file(), str(payload_fd)]
 
 
-def _supervise(root: str, settings: dict, out, err, timeout_s: float, ids: tuple[int, int] | None) -> tuple[int, bool, float]:
-    """Start the child, wait up to `timeout_s`, and kill its process group: (returncode, timed out, seconds)."""
-    as_user = {"user": ids[0], "group": ids[1], "extra_groups": []} if ids else {}
+def _this_file() -> str:
+    return os.path.realpath(__file__)
+
+
+def _system_view() -> list[str]:
+    """Read-only /usr and library folders (symlinks where the host has them: merged /usr) and the linker's files."""
+    args: list[str] = []
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in _SYSTEM_FILES:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _read_only_paths(extra) -> list[str]:
+    """The Python installation, its site-packages, this file and `extra`: real paths, outermost first,
+    without nested duplicates, /usr-covered paths, the home folder or anything above it."""
+    import site
+
+    python = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    candidates = [*python, *site.getsitepackages(), _this_file(), *map(str, extra)]
+    home = os.path.realpath(os.path.expanduser("~"))
+    kept: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in candidates if p}, key=len):
+        if not os.path.exists(path) or _within(home, path) or any(_within(path, outer) for outer in (*kept, *_SYSTEM_DIRS)):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+@functools.cache
+def _bwrap_version(bwrap: str) -> tuple[str, str]:
+    """('bubblewrap 0.8.0', the text of --help) of this bwrap; ('', '') if it does not answer."""
+    try:
+        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        options = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", ""
+    return version, options
+
+
+def _supervise(command: list[str], fds: tuple[int, ...], out, err, timeout_s: float) -> tuple[int, bool, float]:
+    """Start bwrap, wait up to `timeout_s`, and kill its process group: (returncode, timed out, seconds).
+    Killing bwrap kills the sandbox's PID 1 (--die-with-parent) and with it every process inside."""
     start = time.monotonic()
-    proc = subprocess.Popen(
-        _command(settings), cwd=root, env=_environment(root), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        start_new_session=True, close_fds=True, **as_user,
-    )
+    proc = subprocess.Popen(command, cwd="/", env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                            start_new_session=True, close_fds=True, pass_fds=fds)
     timed_out = False
     try:
         proc.wait(timeout=timeout_s)
@@ -182,6 +319,14 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _child_status(returncode: int) -> int:
+    """bwrap reports a child killed by signal N as exit status 128 + N (as shells do): back to -N.
+    bwrap itself killed (the timeout) is already negative. (An explicit exit status over 128 reads as a signal.)"""
+    if 128 < returncode < 128 + signal.NSIG:
+        return 128 - returncode
+    return returncode
 
 
 def _read_back(stream, max_chars: int) -> str:
@@ -208,24 +353,67 @@ def _killed_reason(returncode: int, timed_out: bool) -> str | None:
         return f"signal {sig}"
 
 
+# -- seccomp --------------------------------------------------------------------------------------
+
+# Syscall numbers: x86-64, and the generic table arm64 uses (no fork/vfork there).
+_SYSCALLS = {
+    "x86_64": {
+        "fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "chroot": 161, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "keyctl": 250,
+        "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246,
+        "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176, "acct": 163, "swapon": 167,
+        "swapoff": 168, "reboot": 169, "syslog": 103, "open_by_handle_at": 304,
+    },
+    "aarch64": {
+        "clone": 220, "clone3": 435, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51,
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "keyctl": 219, "add_key": 217, "request_key": 218,
+        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
+        "finit_module": 273, "delete_module": 106, "acct": 89, "swapon": 224, "swapoff": 225, "reboot": 142, "syslog": 116,
+        "open_by_handle_at": 265,
+    },
+}
+# The same number on every architecture.
+_COMMON_SYSCALLS = {"pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+                    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+                    "pidfd_open": 434, "pidfd_getfd": 438, "mount_setattr": 442}
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_CLONE_THREAD = 0x00010000
+_X32_BIT = 0x40000000
+# BPF opcodes and seccomp return values.
+_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW, _KILL, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_EPERM, _ENOSYS = 1, 38
+
+
 @functools.cache
-def _unprivileged_ids() -> tuple[int, int] | None:
-    """(uid, gid) of `nobody` if we are root and `nobody` can run this Python and this file; else None."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-    probe = [sys.executable, "-s", "-B", "-c", "import runpy, sys; runpy.run_path(sys.argv[1])", os.path.abspath(__file__)]
-    try:
-        done = subprocess.run(
-            probe, cwd="/", env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, capture_output=True,
-            timeout=60, user=entry.pw_uid, group=entry.pw_gid, extra_groups=[],
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (entry.pw_uid, entry.pw_gid) if done.returncode == 0 else None
+def _seccomp_program() -> bytes:
+    """A classic-BPF seccomp filter for this machine (b"" where its syscall table is not known here):
+    other architectures' calls kill the process; fork, vfork, clone without CLONE_THREAD and the calls in
+    `_SYSCALLS` fail with EPERM; clone3 with ENOSYS (its flags cannot be inspected; libc then uses clone)."""
+    machine = platform.machine()
+    if machine not in _SYSCALLS:
+        return b""
+    denied = sorted({*_SYSCALLS[machine].values(), *_COMMON_SYSCALLS.values()} - {_SYSCALLS[machine]["clone"], 435})
+    # (code, jump-if-true label, jump-if-false label, k); labels resolve to relative offsets below.
+    program: list[tuple[int, str | None, str | None, int]] = [
+        (_LD_ABS, None, None, 4), (_JEQ, None, "kill", _AUDIT_ARCH[machine]), (_LD_ABS, None, None, 0),
+    ]
+    if machine == "x86_64":
+        program.append((_JGE, "deny", None, _X32_BIT))
+    program += [(_JEQ, "deny", None, nr) for nr in denied]
+    program += [
+        (_JEQ, "nosys", None, 435),
+        (_JEQ, None, "allow", _SYSCALLS[machine]["clone"]),
+        (_LD_ABS, None, None, 16),  # clone's flags (the low half of its first argument)
+        (_JSET, "allow", "deny", _CLONE_THREAD),
+    ]
+    returns = {"allow": _ALLOW, "deny": _ERRNO | _EPERM, "nosys": _ERRNO | _ENOSYS, "kill": _KILL}
+    position = {label: len(program) + i for i, label in enumerate(returns)}
+    program += [(_RET, None, None, value) for value in returns.values()]
+    def offset(i: int, label: str | None) -> int:
+        return 0 if label is None else position[label] - i - 1
+
+    return b"".join(struct.pack("=HBBI", code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(program))
 
 
 # -- child side -----------------------------------------------------------------------------------
@@ -240,32 +428,44 @@ _DENIED = frozenset({
     "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     "sys._current_frames",
 })
-# Events that change the file system, and which of their arguments are paths that must be in the temp dir.
-_WRITES = {
+# Events that change the file system, and which of their arguments are paths that must be in the work dir.
+_WRITES = types.MappingProxyType({
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.truncate": (0,),
     "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,), "os.chflags": (0,), "os.lchflags": (0,),
     "os.setxattr": (0,), "os.removexattr": (0,),
     "shutil.copyfile": (1,), "shutil.copymode": (1,), "shutil.copystat": (1,), "shutil.copytree": (1,),
     "shutil.rmtree": (0,), "shutil.move": (0, 1), "shutil.chown": (0,), "shutil.make_archive": (0,),
     "shutil.unpack_archive": (1,), "sqlite3.connect": (0,),
-}
+})
 # Events whose file-descriptor form could change a file opened read-only (fchmod & co.).
 _FD_DENIED = frozenset({"os.chmod", "os.chown", "os.utime", "os.setxattr", "os.removexattr", "os.chflags"})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-_REIMPORT_DENIED = frozenset({"_posixsubprocess", "posix"})
+_REIMPORT_DENIED = frozenset({"_posixsubprocess", "posix", "_xxsubinterpreters", "_interpreters", "_xxinterpchannels"})
+# Function attributes whose assignment would change the hook's helpers (not __defaults__: namedtuple sets it).
+_FUNCTION_STATE = frozenset({"__code__"})
 
 
-def _boot(settings_json: str) -> None:
-    """Set the limits, disarm process creation, install the audit hook, and run main.py as __main__."""
-    settings = json.loads(settings_json)
-    root = settings["root"]
-    for name, soft, hard in settings["limits"]:
+def _boot(payload_fd: str) -> None:
+    """Read the payload, refuse to run as root, write the files, set the limits, disarm process creation,
+    install the audit hook (the second layer), and run main.py as __main__."""
+    with open(int(payload_fd), "rb") as f:
+        payload = json.loads(f.read())
+    if os.getuid() == 0 or os.geteuid() == 0:
+        sys.stderr.write("sandbox: refusing to run as root\n")
+        os._exit(_REFUSED_AS_ROOT)
+    root = os.getcwd()
+    for name, text in payload["files"].items():
+        path = Path(root, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    for name, soft, hard in payload["limits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    _disarm()
     path = os.path.join(root, _MAIN)
     with open(path, encoding="utf-8") as f:
         source = f.read()
-    sys.addaudithook(_make_hook(root))
+    if payload["hook"]:
+        _disarm()
+        sys.addaudithook(_make_hook(root))
     _run_main(path, source)
 
 
@@ -279,6 +479,8 @@ def _disarm() -> None:
     import posix
 
     _posixsubprocess.fork_exec = _denied
+    if "subprocess" in sys.modules:  # imported already: its own reference to fork_exec
+        sys.modules["subprocess"]._fork_exec = _denied
     for name in ("mknod", "mkfifo"):
         if hasattr(posix, name):
             setattr(posix, name, _denied)
@@ -306,7 +508,7 @@ def _make_hook(root: str):
         event: str, args: tuple, *, root=root, denied=_DENIED, writes=_WRITES, fd_denied=_FD_DENIED,
         reimport=_REIMPORT_DENIED, write_flags=_WRITE_FLAGS, check=_check_open,
         inside=_inside, text=_path_text, getcwd=posix.getcwd, getpid=posix.getpid, stat_=posix.stat,
-        af_unix=socket.AF_UNIX,
+        af_unix=socket.AF_UNIX, function_state=_FUNCTION_STATE,
     ) -> None:
         if event in denied:
             raise PermissionError(f"sandbox: {event} is blocked")
@@ -333,6 +535,9 @@ def _make_hook(root: str):
         elif event == "ctypes.dlopen":
             if args[0] is not None:  # `import ctypes` opens the running program itself (None)
                 raise PermissionError(f"sandbox: loading libraries with ctypes is blocked: {args[0]!r}")
+        elif event == "object.__setattr__":
+            if args[1] in function_state and callable(args[0]):
+                raise PermissionError(f"sandbox: changing a function's {args[1]} is blocked")
         elif event == "import":
             if args[0] in reimport:
                 raise PermissionError(f"sandbox: re-importing {args[0]} is blocked")

@@ -447,13 +447,18 @@ def _as_snippet(text: str, document: str, offset: int) -> str:
 
 @server.command("midline.status")
 def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
-    """Model, device and latency for a status bar; counters for tests and benchmarks."""
+    """Model, device and latency for a status bar; counters for tests and benchmarks; the sandbox for
+    generated tests ("bubblewrap 0.8.0, seccomp", or "off: " and why they are offered unverified)."""
+    from .sandbox import sandbox_state
+
     completer = ls.completer
+    sandbox = sandbox_state().description
     if completer is None:
-        return {"ready": False, "model": _model_label(ls.config)}
+        return {"ready": False, "model": _model_label(ls.config), "sandbox": sandbox}
     return {
         "ready": True,
         "model": _model_label(ls.config),
+        "sandbox": sandbox,
         "device": str(completer.engine.device),
         "fimFormat": completer.engine.fim.name,
         "decodePath": getattr(completer.engine, "decode_path", "remote"),

@@ -1,10 +1,12 @@
 """Run generated tests against the current code in the sandbox, and keep the ones that pass.
 
-`verify_tests` writes the module under test (the editor's text, saved or not) and the test file into a
-`midline.training.sandbox.run_python` temp dir (time, memory and process limits, no writes outside it,
-no network) and runs pytest there with a small plugin that prints each test's outcome as it finishes
-and interrupts a test at `per_test_s`. A run killed as a whole (a hang in native code, the memory
-limit) is retried without the test that was running, so one bad test costs only itself.
+`verify_tests` writes the module under test (the editor's text, saved or not) and the test file into the
+work dir of `midline.server.sandbox.run_python` (kernel isolation: no network, no other processes, a
+read-only view of the Python environment and the workspace; time, memory and disk limits) and runs
+pytest there with a small plugin that prints each test's outcome as it finishes and interrupts a test
+at `per_test_s`. A run killed as a whole (a hang in native code, the memory limit) is retried without
+the test that was running, so one bad test costs only itself. Where the sandbox is not available,
+nothing is run: the tests come back marked unverified, with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from midline.model import tasks
-from midline.training.sandbox import run_python
+from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
 
 RUNNER = """\
 import json, os, signal, sys
@@ -66,6 +68,14 @@ class Verified:
     failed: list[str] = field(default_factory=list)
     runs: int = 0
     note: str = ""  # why nothing could be verified, if so
+    ran: bool = True  # False: not run at all (no sandbox here); `source` is then marked unverified
+
+
+def not_run(test_source: str, reason: str) -> Verified:
+    """The tests as written, marked unverified: the sandbox could not run them (`reason`)."""
+    note = f"not run: {reason}"
+    header = f"# midline: generated tests, {tasks.UNVERIFIED} ({note})\n"
+    return Verified(header + test_source, note=note, ran=False)
 
 
 def pytest_available() -> bool:
@@ -84,13 +94,17 @@ def verify_tests(
     report: Callable[[str], None] = lambda message: None,
 ) -> Verified:
     """Run the tests of `test_source` (written to `test_file`, with `files` beside it: the module under
-    test, its packages' `__init__.py`) in the sandbox; `paths` go on `sys.path` after the temp dir (the
-    workspace, for the module's own imports). Returns the source with only the passing tests."""
+    test, its packages' `__init__.py`) in the sandbox; `paths` go on `sys.path` after the work dir (the
+    workspace, for the module's own imports; visible read-only). Returns the source with only the passing
+    tests, or all of them marked unverified (`ran` False) where the sandbox is not available."""
     tests = [t.name for t in tasks.test_functions(test_source)]
     if not tests:
         return Verified(tasks.keep_tests(test_source, []), note="the model wrote no complete tests")
     if not pytest_available():
         return Verified(test_source, note="pytest is not installed in midline's Python environment, so the tests were not run")
+    state = sandbox_state()
+    if not state.available:
+        return not_run(test_source, state.detail)
     outcomes: dict[str, bool] = {}
     remaining = list(tests)
     runs = 0
@@ -100,7 +114,11 @@ def verify_tests(
         mark = f"@@midline-{secrets.token_hex(8)}@@ "
         node_ids = [f"{test_file}::{name.replace('.', '::')}" for name in remaining]
         code = RUNNER.format(paths=list(paths), per_test=per_test_s, mark=mark, node_ids=node_ids)
-        result = run_python(code, files={**files, test_file: test_source}, timeout_s=timeout_s, memory_mb=memory_mb, max_processes=64)
+        try:
+            result = run_python(code, files={**files, test_file: test_source}, read_only=list(paths), timeout_s=timeout_s,
+                                memory_mb=memory_mb, max_processes=64)
+        except SandboxUnavailable as e:
+            return not_run(test_source, str(e))
         seen: dict[str, bool] = {}
         for line in result.stdout.split("\n"):
             if not line.startswith(mark):

@@ -59,7 +59,7 @@ from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
 from midline.model.languages import is_word, new_parser
 from midline.server.postprocess import Suggestion
-from midline.training.sandbox import SandboxResult, run_python
+from midline.server.sandbox import SandboxResult, run_python, sandbox_state
 
 KINDS = ("single_line", "multi_line", "random_span", "doctest")
 MAX_FILE_CHARS = 100_000  # larger held-out files are skipped
@@ -187,7 +187,8 @@ def build_tasks(
     if doctests is None:
         doctests = per_kind
     if doctests > 0:
-        check = lambda task: run_doctests(task.function, task.original, timeout_s=sandbox_timeout_s).ok
+        def check(task):
+            return run_doctests(task.function, task.original, timeout_s=sandbox_timeout_s).ok
         tasks += sample_tasks(records, parser, "doctest", doctests, seed, _pick_doctest, check=check, max_checks=4 * doctests + 8)
     return tasks
 
@@ -559,7 +560,8 @@ def summarize(rows: list[dict]) -> dict:
     if not n:
         return {"n": 0}
     latencies = sorted(r["latency_ms"] for r in rows)
-    mean = lambda key: sum(float(r[key]) for r in rows) / n
+    def mean(key):
+        return sum(float(r[key]) for r in rows) / n
     return {
         "n": n,
         "exact_match": mean("exact_match"),
@@ -712,6 +714,8 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not args.no_functional and not (state := sandbox_state()).available:
+        parser.error(f"doctest pass@1 runs code in the sandbox, which is off here: {state.detail}; or pass --no-functional")
     tasks, tasks_file = _cli_tasks(parser, args)
     if not tasks:
         parser.error("no tasks: the held-out split has no Python files with code to mask")

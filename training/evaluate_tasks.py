@@ -15,7 +15,7 @@ saved as JSON lines, so every model is measured on the same:
 - tests: a public top-level function of a held-out module that imports on its own (no relative imports;
   checked in the sandbox), and a mutant of it. The model writes the test module after
   `tasks.tests_prompt`'s header; `tasks.parse_tests` reads it; the server's `verify_tests` runs it in the
-  sandbox (`training/sandbox.py`) against the module and keeps the passing tests, which then run
+  sandbox (`server/sandbox.py`) against the module and keeps the passing tests, which then run
   against the mutant. pass rate: at least one test passes on the correct code (the server has something
   to offer); kill rate: the kept tests pass on the correct code and fail on the mutant (they test it).
   A mutant can be equivalent to the original, so the kill rate's ceiling is a little under 1.
@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from midline.model import tasks
 from midline.training import sft
 from midline.training.evaluate import add_task_arguments, edit_similarity, normalize, write_report
-from midline.training.sandbox import run_python
+from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
 
 KINDS = ("explain", "fix", "tests")
 MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
@@ -207,6 +207,8 @@ def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
         row["note"] = "no complete test"
         return row
     on_code = verify_tests(source, test_file=test_file, files=_files(task, task["module"]), timeout_s=timeout_s)
+    if not on_code.ran:
+        raise SandboxUnavailable(on_code.note)
     row.update(passed=len(on_code.passed), passes=bool(on_code.passed), note=on_code.note)
     if on_code.passed:
         on_mutant = verify_tests(on_code.source, test_file=test_file, files=_files(task, task["mutant"]), timeout_s=timeout_s)
@@ -280,7 +282,8 @@ def summarize(rows: list[dict], run_tests: bool = True) -> dict:
 
 def format_report(report: dict) -> str:
     m = report["metrics"]
-    f = lambda v: "n/a" if v is None else f"{v:.3f}"
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
     lines = []
     e, x, t = m["explain"], m["fix"], m["tests"]
     if e["n"]:
@@ -321,6 +324,8 @@ def add_parser(stages) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not args.no_run and not (state := sandbox_state()).available:
+        parser.error(f"the tests tasks run generated tests in the sandbox, which is off here: {state.detail}; or pass --no-run")
     if args.tasks and args.tasks.exists():
         items, tasks_file = load_tasks(args.tasks), args.tasks
     elif args.corpus:
