@@ -35,7 +35,7 @@ from .actions import Actions, Explanation, Nothing, Replace, TestFile
 from .assistant import Assistant, Progress
 from .completion import Completer
 from .config import Config, ConfigError, camel
-from .documents import Document, DocumentStore
+from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .postprocess import Suggestion
 from .symbols import SymbolIndex
@@ -49,7 +49,7 @@ class MidlineServer(LanguageServer):
     """The server's state: open documents, settings, the model and its completer."""
 
     def __init__(self) -> None:
-        super().__init__("midline", VERSION)
+        super().__init__("midline", VERSION, protocol_cls=SyncProtocol)  # the documents below are the only copy
         self.documents = DocumentStore()
         self.config = Config()
         self.symbols = SymbolIndex()
@@ -248,6 +248,17 @@ def did_close(ls: MidlineServer, params: types.DidCloseTextDocumentParams) -> No
     ls.documents.close(params.text_document.uri)
     if ls.completer is not None:
         ls.completer.forget(params.text_document.uri)
+
+
+@server.command("midline.documentDigest")
+def document_digest(ls: MidlineServer, *args: Any) -> dict[str, Any] | None:
+    """An open document's version and the SHA-256 of its UTF-8 text (None if it is not open): a client checks
+    that the server's copy matches its own without the text crossing back."""
+    uri = args[0] if args and isinstance(args[0], str) else ""
+    if uri not in ls.documents:
+        return None
+    doc = ls.documents.get(uri)
+    return {"version": doc.version, "sha256": hashlib.sha256(utf8(doc.text)).hexdigest()}
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

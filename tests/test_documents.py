@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
+import re
+from unittest import mock
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lsprotocol import types
 from pygls.workspace.position_codec import PositionCodec
 
+from midline.server import documents
 from midline.server.documents import Document, DocumentStore
 
 UTF16 = PositionCodec(types.PositionEncodingKind.Utf16)
@@ -127,6 +132,8 @@ def test_reparse_reuses_the_old_tree() -> None:
     unchanged = [child.id for child in old_tree.root_node.children[0].children]  # the body of `a`
     doc.parser = Spy()
     doc.apply_change(edit(doc.text, doc.text.index("2"), doc.text.index("2") + 1, "3", "utf-16"), UTF16)
+    assert calls == []  # a change parses nothing: the tree's first use does
+    doc.tree
     assert calls == [old_tree]
     # Subtrees outside the edit are shared with the old tree, not rebuilt.
     assert [child.id for child in doc.tree.root_node.children[0].children] == unchanged
@@ -137,11 +144,12 @@ def test_reparse_reuses_the_old_tree() -> None:
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8"])
 def test_edit_moves_old_nodes_to_their_new_rows_and_columns(encoding: str) -> None:
     doc = Document("file:///w/a.py", "python", 1, "a = 1\nb = 2\nc = 3\nd = 4\ne = '😀'\n")
-    old_tree = doc.tree  # edited in place by the change: its later nodes shift by the edit's bytes and points
+    old_tree = doc.tree  # edited in place on the next use: its later nodes shift by the edit's bytes and points
     start = doc.text.index("1")
     doc.apply_change(edit(doc.text, start, doc.text.index("4"), "漢\n", encoding), CODECS[encoding])
     assert doc.text == "a = 漢\n4\ne = '😀'\n"
-    moved, reparsed = old_tree.root_node.children[-1], doc.tree.root_node.children[-1]
+    reparsed = doc.tree.root_node.children[-1]
+    moved = old_tree.root_node.children[-1]
     assert (moved.start_byte, moved.start_point, moved.end_point) == (reparsed.start_byte, (2, 0), (2, 10))
 
 
@@ -210,3 +218,78 @@ def test_line_table_counts_lsp_line_breaks(text: str) -> None:
         start = doc.offset_at(types.Position(number, 0), UTF16)
         end = doc.offset_at(types.Position(number, len(line.encode("utf-16-le")) // 2), UTF16)
         assert text[start:end] == line
+
+
+def test_only_lsp_line_breaks_split_lines() -> None:
+    text = "a\x0bb\x0cc\x1cd\x1de\x1ef\x85g\u2028h\u2029i\rj\r\nk\nl"
+    doc = Document("file:///w/a.txt", "plaintext", 1, text)
+    assert doc.line_count() == 4
+    assert doc.offset_at(types.Position(0, 16), UTF16) == text.index("i")  # past the form feed etc.: same line
+    assert doc.position_at(text.index("h"), UTF16) == types.Position(0, 14)
+    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 4), types.Position(0, 5)), text="X"), UTF16)
+    assert doc.text == text.replace("c", "X")
+
+
+def _reference_offset(line: str, character: int, encoding: str) -> int:
+    """Characters a position covers, counted one by one (a unit inside a character covers it)."""
+    width = {"utf-16": lambda c: 2 if ord(c) > 0xFFFF else 1, "utf-8": lambda c: len(c.encode("utf-8", "surrogatepass")), "utf-32": lambda c: 1}
+    total = reached = 0
+    while reached < len(line) and total < character:
+        total += width[encoding](line[reached])
+        reached += 1
+    return reached
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from(["a", "é", "漢", "😀", "\ud83d", "\ude00", "\x85"]), max_size=40), st.integers(0, 200), st.sampled_from(list(CODECS)))
+def test_positions_convert_like_counting_each_character(line: str, character: int, encoding: str) -> None:
+    doc = Document("file:///w/a.txt", "plaintext", 1, line)
+    assert doc.offset_at(types.Position(0, character), CODECS[encoding], clamp=True) == _reference_offset(line, character, encoding)
+    assert doc.position_at(len(line), CODECS[encoding]) == types.Position(0, len(line.encode(_ENCODING[encoding], "surrogatepass")) // _UNIT_BYTES[encoding])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), st.text(st.sampled_from(list("ab\r\n\x0c漢")), max_size=80))
+def test_line_index_matches_a_fresh_split_after_edits(data: st.DataObject, initial: str) -> None:
+    with mock.patch.object(documents._LineIndex, "BLOCK", 4):  # many small blocks: edits split and merge them
+        doc = Document("file:///w/a.txt", "plaintext", 1, initial)
+        for _ in range(data.draw(st.integers(1, 8))):
+            start = data.draw(st.integers(0, len(doc.text)))
+            end = data.draw(st.integers(start, min(len(doc.text), start + 20)))
+            doc.replace(start, end, data.draw(st.text(st.sampled_from(list("xy\r\n\n")), max_size=12)))
+            starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", doc.text)]
+            assert doc.line_count() == len(starts)
+            assert [doc._lines.start(line) for line in range(len(starts))] == starts
+            for offset in range(len(doc.text) + 1):
+                line = bisect.bisect_right(starts, offset) - 1
+                assert doc._lines.locate(offset) == (line, starts[line])
+
+
+def test_keystrokes_parse_nothing_and_the_next_use_reparses_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keystroke's cost does not grow with the document: no parse, no encoding of the text, and a line
+    index rewritten only where the edit is; the tree's next use re-parses once, incrementally."""
+    lines = [f"def f{i}(x):\n    return x + {i}\n" for i in range(5000)]
+    doc = Document("file:///w/a.py", "python", 1, "".join(lines))
+    calls, split, encoded = [], [], []
+    real = doc.parser
+
+    class Spy:
+        def parse(self, source, old_tree=None):
+            calls.append(old_tree)
+            return real.parse(source, old_tree)
+
+    old_tree = doc.tree
+    doc.parser = Spy()
+    line_lengths, encode = documents._line_lengths, documents.utf8
+    monkeypatch.setattr(documents, "_line_lengths", lambda text: split.append(len(text)) or line_lengths(text))
+    monkeypatch.setattr(documents, "utf8", lambda text: encoded.append(len(text)) or encode(text))
+    row = 2 * 2500 + 1  # `return x + 2500`
+    for i, char in enumerate("y * 2 + "):
+        doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(row, 15 + i), types.Position(row, 15 + i)), text=char), UTF16)
+    assert calls == [] and encoded == []
+    assert max(split) < 100  # two or three lines of the 10,000, each keystroke
+    assert "return x + y * 2 + 2500\n" in doc.text
+    assert doc.tree is not None and calls == [old_tree]
+    assert doc.tree is not None and calls == [old_tree]  # up to date: not parsed again
+    doc.parser = real
+    assert_synced(doc)
