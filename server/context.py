@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -19,6 +20,8 @@ from midline.model import languages
 from midline.model.fim import Snippet
 from midline.server.documents import Document, utf8
 from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
+
+log = logging.getLogger(__name__)
 
 
 class Hole(enum.Enum):
@@ -375,7 +378,7 @@ def _snippets(
     picked: list[Definition] = []
     if index is not None:
         paths: set[str] = set()
-        for d in index.lookup(identifiers_near(tree, source, byte_offset), exclude_path=doc.path):
+        for d in _cross_file(doc, byte_offset, index):
             if d.path not in paths and len(paths) + len(local) >= max_snippets:
                 continue
             cost = count_tokens(d.signature)
@@ -386,3 +389,14 @@ def _snippets(
     picked.sort(key=lambda d: (d.path, d.line))
     other_files = [Snippet(path, render(list(defs))) for path, defs in itertools.groupby(picked, key=lambda d: d.path)]
     return other_files + local[::-1]  # imports before the enclosing signature
+
+
+def _cross_file(doc: Document, byte_offset: int, index: SymbolIndex) -> list[Definition]:
+    """Definitions in other files of the names used near the cursor; none when looking them up fails (the
+    completion goes on without cross-file context; logged without the document's code)."""
+    assert doc.tree is not None
+    try:
+        return index.lookup(identifiers_near(doc.tree, doc.source, byte_offset), exclude_path=doc.path)
+    except Exception as exc:  # any failure degrades to no cross-file context
+        log.warning("cross-file context failed for %s (%s); completing without it", doc.path, type(exc).__name__)
+        return []

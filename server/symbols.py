@@ -8,6 +8,7 @@ definitions of workspace files by name, for cross-file context.
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 import threading
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from midline.server.documents import Document
 
 Node = tree_sitter.Node
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -298,10 +300,15 @@ def _scope_header(outer: Node, node: Node, source: bytes, language: str) -> str:
 
 
 def _top_level(parent: Node, table: _Table) -> Iterator[Node]:
-    """Children of a block, looking through transparent blocks (`#ifdef`, `namespace`, `try:`)."""
-    for child in parent.named_children:
-        if child.type in table.transparent:
-            yield from _top_level(child, table)
+    """Children of a block, looking through transparent blocks (`#ifdef`, `namespace`, `try:`), in source
+    order. Iterative: transparent blocks may nest as deep as the file does."""
+    stack = [iter(parent.named_children)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif child.type in table.transparent:
+            stack.append(iter(child.named_children))
         else:
             yield child
 
@@ -318,14 +325,20 @@ def imports(tree: tree_sitter.Tree, source: bytes, language: str) -> list[str]:
 def definitions(tree: tree_sitter.Tree, source: bytes, language: str) -> list[Definition]:
     """Top-level definitions and class members, in source order."""
     table = _TABLES.get(language)
+    return _collect(tree.root_node, source, language, table) if table is not None else []
+
+
+def _collect(root: Node, source: bytes, language: str, table: _Table) -> list[Definition]:
+    """Definitions under `root`, each container's members right after it (depth first, with an explicit
+    stack: containers may nest as deep as the file does)."""
     out: list[Definition] = []
-    if table is not None:
-        _collect(tree.root_node, source, language, table, "", out)
-    return out
-
-
-def _collect(parent: Node, source: bytes, language: str, table: _Table, scope: str, out: list[Definition]) -> None:
-    for outer in _top_level(parent, table):
+    stack: list[tuple[Iterator[Node], str]] = [(_top_level(root, table), "")]  # (nodes left, their scope)
+    while stack:
+        nodes, scope = stack[-1]
+        outer = next(nodes, None)
+        if outer is None:
+            stack.pop()
+            continue
         node = _unwrap(outer, table)
         kind = table.definitions.get(node.type)
         if kind is None:
@@ -349,7 +362,8 @@ def _collect(parent: Node, source: bytes, language: str, table: _Table, scope: s
         out.append(Definition(name, kind, signature(outer, source, language), outer.start_point.row, scope=scope))
         body = node.child_by_field_name("body")
         if node.type in table.containers and body is not None:
-            _collect(body, source, language, table, _scope_header(outer, node, source, language), out)
+            stack.append((_top_level(body, table), _scope_header(outer, node, source, language)))
+    return out
 
 
 def render(defs: Sequence[Definition]) -> str:
@@ -436,18 +450,23 @@ def identifiers_near(
 
 
 def _leaves(cursor: tree_sitter.TreeCursor, lo: int, hi: int) -> Iterator[Node]:
-    """Leaf nodes overlapping the byte range [lo, hi]."""
-    node = cursor.node
-    if node.child_count == 0:
-        yield node
-        return
-    if cursor.goto_first_child_for_byte(lo) is None:
-        return
-    while cursor.node.start_byte <= hi:
-        yield from _leaves(cursor, lo, hi)
-        if not cursor.goto_next_sibling():
-            break
-    cursor.goto_parent()
+    """Leaf nodes overlapping the byte range [lo, hi], in order, under the cursor's node (which the cursor is
+    back on at the end). Iterative: trees may be as deep as the file's nesting."""
+    depth = 0  # of the cursor below its starting node
+    while True:
+        if cursor.node.child_count == 0:
+            yield cursor.node
+        elif cursor.goto_first_child_for_byte(lo) is not None:
+            depth += 1
+            if cursor.node.start_byte <= hi:
+                continue  # descend into it
+        while depth:  # done with the cursor's node: on to the next sibling in range, else up
+            if cursor.goto_next_sibling() and cursor.node.start_byte <= hi:
+                break
+            cursor.goto_parent()
+            depth -= 1
+        else:
+            return
 
 
 # -- workspace index ------------------------------------------------------------------------------
@@ -475,8 +494,9 @@ class SymbolIndex:
         self._lock = threading.Lock()
 
     def index_file(self, path: str, text: str, language: str, tree: tree_sitter.Tree | None = None) -> None:
-        """(Re)index an open document's text; `tree` is its current parse, if there is one."""
-        self._store(path, definitions_of(text.encode("utf-8", "surrogatepass"), language, tree), live=True)
+        """(Re)index an open document's text; `tree` is its current parse, if there is one. A document that
+        fails to index counts as defining nothing (logged)."""
+        self._store(path, _safe_definitions(path, text.encode("utf-8", "surrogatepass"), language, tree), live=True)
 
     def refresh(self, documents: Iterable[Document], exclude: str | None = None) -> None:
         """Index open documents changed since the last refresh (all but the URI `exclude`); release closed ones."""
@@ -522,7 +542,7 @@ class SymbolIndex:
                     parsers[language.name] = languages.new_parser(language.name)
                 parser = parsers[language.name]
                 tree = parser.parse(source) if parser else None
-                self._store(path, definitions_of(source, language.name, tree), live=False)
+                self._store(path, _safe_definitions(path, source, language.name, tree), live=False)
                 count += 1
         return count
 
@@ -570,6 +590,16 @@ class SymbolIndex:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+def _safe_definitions(path: str, source: bytes, language: str, tree: tree_sitter.Tree | None) -> list[Definition]:
+    """`definitions_of`, or [] when it fails: one file must not stop indexing the others (nor completion in
+    other documents). Logged with the path and the error's type only, never the file's code."""
+    try:
+        return definitions_of(source, language, tree)
+    except Exception as exc:  # any failure degrades to "defines nothing"
+        log.warning("could not index %s (%s); skipped", path, type(exc).__name__)
+        return []
 
 
 def definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None = None) -> list[Definition]:
