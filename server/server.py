@@ -38,6 +38,7 @@ from .config import Config, ConfigError, camel
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .postprocess import Suggestion
+from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_payload_logs, strict_converter
 from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,19 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 
 
+class ServerProtocol(MidlineProtocol, SyncProtocol):
+    """Every request answered (MidlineProtocol), and the documents below as the only copy (SyncProtocol)."""
+
+
 class MidlineServer(LanguageServer):
     """The server's state: open documents, settings, the model and its completer."""
 
+    protocol: ServerProtocol
+
     def __init__(self) -> None:
-        super().__init__("midline", VERSION, protocol_cls=SyncProtocol)  # the documents below are the only copy
+        super().__init__("midline", VERSION, protocol_cls=ServerProtocol, converter_factory=strict_converter)
+        quiet_payload_logs()
+        self.failed_notifications: set[str] = set()  # methods whose internal error was shown, so each is shown once
         self.documents = DocumentStore()
         self.config = Config()
         self.symbols = SymbolIndex()
@@ -80,7 +89,7 @@ class MidlineServer(LanguageServer):
             try:
                 engine = await asyncio.get_running_loop().run_in_executor(self.model_executor, load)
             except (ModelLoadError, FimFormatError, RemoteError, OSError, ValueError) as exc:
-                self.report(f"midline: cannot load {where}: {exc}")
+                self.report(f"midline: cannot load {where}: {_load_failure(exc)}")
                 return None
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
             self.completer = Completer(engine, config, self.model_executor, symbols=self.symbols, root=self.root)
@@ -128,12 +137,25 @@ class MidlineServer(LanguageServer):
         log.error(message)
         self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=message))
 
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """pygls's out-of-band errors: an unparsable message is answered with ParseError, the rest only logged."""
+        if parse_failure(error, source):
+            self.protocol.parse_failed(error)
+        else:
+            log.error("server error (%s): %s", getattr(source, "__name__", source), type(error).__name__)
+
+    def report_internal_error(self, method: str) -> None:
+        """A notification's handler failed (the traceback is logged): say so once per method."""
+        if method not in self.failed_notifications:
+            self.failed_notifications.add(method)
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=internal_error_text(method)))
+
     def document_at(self, uri: str, position: types.Position) -> tuple[Document, int]:
         """The open document and the cursor's offset; InvalidParams for an unknown document or position."""
         try:
             doc = self.documents.get(uri)
         except KeyError:
-            raise JsonRpcInvalidParams(f"document not open: {uri}") from None
+            raise JsonRpcInvalidParams(f"The document {uri} is not open; send textDocument/didOpen before asking about it.") from None
         try:
             return doc, doc.offset_at(position, self.codec)
         except ValueError as exc:
@@ -170,6 +192,13 @@ def open_engine(config: Config) -> Engine | RemoteEngine:
         backend.kind, backend.url, model=backend.model, api_key=api_key_from(backend.api_key, backend.api_key_env),
         fim_format=config.fim_format, tokenizer=backend.tokenizer, max_context=backend.context_length, timeout_s=backend.timeout_ms / 1000,
     )
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why loading failed, in words: an OSError as its reason and file, not Python's `[Errno 13] ...`."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror.lower()}{f' ({exc.filename})' if exc.filename else ''}; check the path and its permissions"
+    return str(exc)
 
 
 def _model_label(config: Config) -> str:
@@ -321,11 +350,7 @@ def code_action(ls: MidlineServer, params: types.CodeActionParams) -> list[types
 @server.feature(types.CODE_ACTION_RESOLVE)
 async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> types.CodeAction:
     """The picked action, computed now: an edit, or the explanation as a command."""
-    data = action.data if isinstance(action.data, dict) else {}
-    try:
-        doc = ls.documents.get(data.get("uri", ""))
-    except KeyError:
-        raise JsonRpcInvalidParams(f"document not open: {data.get('uri')}") from None
+    doc, data = _action_data(ls, action.data)
     completer = await ls.get_completer()
     window = (lambda d, offset: completer.prompt(completer.context(d, offset))) if completer is not None else None
     async with _progress(ls, action.title.removeprefix("midline: ")) as progress:
@@ -342,10 +367,57 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     return action
 
 
+# The fields of a code action's `data` (from actions.offers) that resolving reads, by action.
+_DATA_FIELDS: dict[str, dict[str, type]] = {
+    actions.EXPLAIN: {"kind": str, "start": int, "end": int},
+    actions.FIX: {"kind": str, "start": int, "end": int},
+    actions.TESTS: {"kind": str, "start": int, "end": int},
+    actions.FROM_COMMENT: {"at": int},
+}
+_OPTIONAL_FIELDS: dict[str, type] = {"name": str, "diagnostics": list, "version": int}
+
+
+def _action_data(ls: MidlineServer, data: Any) -> tuple[Document, dict[str, Any]]:
+    """The open document and the `data` of a code action midline offered; InvalidParams saying what is wrong."""
+    again = "resolve only code actions that midline offered, or ask for code actions again"
+
+    def invalid(problem: str) -> JsonRpcInvalidParams:
+        return JsonRpcInvalidParams(f"Invalid params for codeAction/resolve: {problem}; {again}.")
+
+    if not isinstance(data, dict):
+        raise invalid("data is missing" if data is None else "data must be an object")
+    action = data.get("action")
+    if action not in _DATA_FIELDS:
+        raise invalid(f"data.action must be one of {', '.join(_DATA_FIELDS)}")
+    required = {"uri": str, **_DATA_FIELDS[action]}
+    for key, kind in [*required.items(), *_OPTIONAL_FIELDS.items()]:
+        value = data.get(key)
+        if value is None and key not in required:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise invalid(f"data.{key} is required" if value is None else f"data.{key} must be {_WORDS[kind]}")
+    if not all(isinstance(line, str) for line in data.get("diagnostics") or []):
+        raise invalid("data.diagnostics must be an array of strings")
+    if action != actions.FROM_COMMENT and data["start"] > data["end"]:
+        raise invalid("data.start must not be after data.end")
+    try:
+        doc = ls.documents.get(data["uri"])
+    except KeyError:
+        raise JsonRpcInvalidParams(f"The document {data['uri']} is not open; {again} once it is.") from None
+    if max(data.get(key, 0) for key in ("at", "start", "end")) > len(doc.text):
+        raise invalid("the action's place is past the end of the document")
+    return doc, data
+
+
+_WORDS = {str: "a string", int: "a non-negative integer", list: "an array"}
+
+
 @server.command("midline.openExplanation")
 async def open_explanation(ls: MidlineServer, *args: Any) -> None:
     """Show an explanation in editors without midline's client: a markdown document, else a message."""
-    markdown = str(args[0]) if args else ""
+    if len(args) != 1 or not isinstance(args[0], str) or not args[0].strip():
+        raise JsonRpcInvalidParams("midline.openExplanation takes one argument, the explanation's Markdown text.")
+    markdown = args[0]
     if get_capability(ls.client_capabilities, "window.show_document.support", False):
         folder = Path(tempfile.gettempdir()) / "midline-explanations"
         folder.mkdir(exist_ok=True)
