@@ -24,7 +24,14 @@ import cattrs
 from cattrs.errors import ClassValidationError, IterableValidationError
 from lsprotocol import types, validators
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
-from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
+from pygls.protocol import (
+    JsonRPCNotification,
+    JsonRPCRequestMessage,
+    LanguageServerProtocol,
+    _dict_to_object,
+    default_converter,
+    lsp_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +349,6 @@ def _sentence(text: str) -> str:
 
 def _untyped(message: dict[str, Any]) -> Any:
     """A message for a method that lsprotocol has no type for, as pygls's generic message objects."""
-    from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, _dict_to_object
-
     params = _dict_to_object(message.get("params"))
     if "id" in message:
         return JsonRPCRequestMessage(id=message["id"], method=message["method"], jsonrpc="2.0", params=params)
