@@ -16,9 +16,15 @@ for the local model. Three protocols (`kind`):
 
 Every request streams (server-sent events, or Ollama's JSON lines), so a cancelled, superseded or timed-out
 completion closes the connection mid-generation and the serving engine stops working on it. Failures
-(connection refused, HTTP errors with the server's message, malformed answers, no data within the timeout)
-raise a `RemoteError` whose message says what happened and where; the language server shows it and keeps
-running.
+(connection refused, HTTP errors with the server's message, malformed answers, no whole answer or event within
+the timeout, answers past the size limits) raise a `RemoteError` whose message says what happened and where;
+the language server shows it and keeps running.
+
+Limits: `timeout_s` is a deadline on connecting and on each whole event (or the whole answer, when the server
+does not stream), not on each socket read, so a server trickling bytes or keep-alive comments is stopped at
+it; a stream goes on as long as events keep coming (the caller's `deadline` bounds that). Answers are read in
+pieces, never whole first: a stream line past `MAX_LINE_BYTES`, or more than `MAX_RESPONSE_BYTES` in all, is
+refused.
 
 Token counts (for sizing the context windows): with a local copy of the served model's tokenizer
 (`tokenizer`, a directory with tokenizer.json), exact; without one, an estimate of one token per
@@ -54,8 +60,14 @@ KINDS: tuple[str, ...] = ("openai", "llamacpp", "ollama")
 CHARS_PER_TOKEN = 3.0
 # TGI refuses more than 4 stop sequences by default; the rest are cut on this side (see `_cut_at_stop`).
 MAX_STOP_SEQUENCES = 4
-# How often the watcher checks the cancel flag and the deadline while a request is open.
+# How often the watcher checks the cancel flag and the deadlines while a request is open.
 _POLL_S = 0.01
+# The most one answer may send in all (streamed or whole): 8192 tokens of vLLM's ~240-byte events are ~2 MB.
+MAX_RESPONSE_BYTES = 8 << 20
+# The most one stream line (an SSE field or an Ollama JSON line) may hold: one token's event is a few hundred bytes.
+MAX_LINE_BYTES = 1 << 20
+# The most read from the socket at a time.
+_READ_BYTES = 1 << 16
 # llama.cpp's /infill lays out the FIM prompt itself; the format stands in for status and logs.
 SERVER_SIDE = FimFormat("server-side", "", "", "", "")
 
@@ -69,7 +81,7 @@ class RemoteConnectionError(RemoteError):
 
 
 class RemoteTimeoutError(RemoteError):
-    """The server sent nothing for `timeout_s`."""
+    """The server sent no whole event (or answer) within `timeout_s`: nothing, or a trickle."""
 
 
 class RemoteHTTPError(RemoteError):
@@ -332,8 +344,9 @@ class RemoteEngine:
 class _Request:
     """One streamed request; iterating yields the parsed JSON events.
 
-    A watcher thread shuts the socket down when `cancel` is set or `deadline` passes, so a read blocked on a
-    slow server returns at once; the iterator then ends quietly and `generate` reports why.
+    A watcher thread shuts the socket down when `cancel` is set, `deadline` passes (the iterator then ends
+    quietly and `generate` reports why), or no whole event came within the backend's `timeout_s` (then the
+    iterator raises `RemoteTimeoutError`); a read blocked on a slow server returns at once.
     """
 
     def __init__(self, engine: RemoteEngine, payload: dict, cancel: threading.Event | None, deadline: float | None):
@@ -344,12 +357,15 @@ class _Request:
         self.conn: http.client.HTTPConnection | None = None
         self.sock: socket.socket | None = None  # kept: http.client hands a "Connection: close" socket to the response
         self.response: http.client.HTTPResponse | None = None
-        self.interrupted = threading.Event()
+        self.body: _Body | None = None
+        self.interrupted = threading.Event()  # by `cancel` or `deadline`
+        self.expired = threading.Event()  # by the backend timeout
+        self.expires = time.monotonic() + engine.timeout_s  # the next event's deadline
+        self.mark = 0  # bytes of the body read when the last event was whole
         self._done = threading.Event()
 
     def __enter__(self) -> Iterator[Any]:
-        if self.cancel is not None or self.deadline is not None:
-            threading.Thread(target=self._watch, name="midline-remote-watch", daemon=True).start()
+        threading.Thread(target=self._watch, name="midline-remote-watch", daemon=True).start()
         return self._events()
 
     def __exit__(self, *exc: object) -> None:
@@ -364,53 +380,143 @@ class _Request:
 
     def _watch(self) -> None:
         while not self._done.wait(_POLL_S):
-            if self._stopped():
-                self.interrupted.set()
-                if self.sock is not None:  # else keep watching: the connection is being made
-                    _shutdown(self.sock)  # a blocked read returns at once
-                    return
+            flag = self.interrupted if self._stopped() else self.expired if time.monotonic() >= self.expires else None
+            if flag is not None and self.sock is not None:  # else keep watching: the connection is being made
+                flag.set()
+                _shutdown(self.sock)  # a blocked read returns at once
+                return
 
     def _events(self) -> Iterator[Any]:
-        engine = self.engine
-        where = engine._where()
         if self._stopped():
             return
+        try:
+            for event in self._answer():
+                self.expires = time.monotonic() + self.engine.timeout_s
+                self.mark = self.body.received if self.body is not None else 0
+                yield event
+        except Exception as exc:  # noqa: BLE001 - mapped to a RemoteError, kept quiet after a cancel, or re-raised
+            error = self._error(exc)
+            if error is exc:
+                raise
+            if error is not None:
+                raise error from None
+            return
+        if self.expired.is_set():  # the shutdown at the timeout looked like the end of the answer
+            raise self._timeout()
+
+    def _answer(self) -> Iterator[Any]:
+        """Connect, send, and parse the answer's events as they come."""
+        engine = self.engine
+        where = engine._where()
         timeout = engine.timeout_s
         if self.deadline is not None:
             timeout = max(0.001, min(timeout, self.deadline - time.monotonic()))
-        try:
-            self.conn = engine._connection(timeout)
-            self.conn.connect()
-            self.conn.sock.settimeout(engine.timeout_s)  # from here on: the longest wait for the next bytes
-            self.sock = self.conn.sock
-            if self._stopped():
-                return
-            self.conn.request("POST", engine._path, json.dumps(self.payload).encode(), engine._headers())
-            response = self.response = self.conn.getresponse()
-            if response.status >= 400:
-                raise _http_error(engine, response)
-            content_type = response.getheader("Content-Type", "")
-            if engine.kind == "ollama" or "ndjson" in content_type:
-                yield from _json_lines(response, where)
-            elif "text/event-stream" in content_type:
-                yield from _server_sent_events(response, where)
-            else:  # a server that ignored "stream": one JSON answer
-                yield _json(response.read(), where)
-        except RemoteError:
-            if not self.interrupted.is_set():
-                raise
-        except (TimeoutError, socket.timeout):
-            if not (self.interrupted.is_set() or self._stopped()):
-                raise RemoteTimeoutError(f"{where} sent nothing for {engine.timeout_s:g} s (`midline.backend.timeoutMs`)") from None
-        except ConnectionRefusedError:
-            raise RemoteConnectionError(f"cannot connect to {where}: connection refused. Is the server running, and is `midline.backend.url` right?") from None
-        except socket.gaierror as exc:
-            raise RemoteConnectionError(f"cannot connect to {where}: unknown host {engine._host!r} ({exc.strerror})") from None
-        except ssl.SSLError as exc:
-            raise RemoteConnectionError(f"cannot connect to {where}: TLS failed ({exc})") from None
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            if not (self.interrupted.is_set() or self._stopped()):  # a closed socket after a cancel is expected
-                raise RemoteConnectionError(f"{where} dropped the connection ({type(exc).__name__}: {exc})") from None
+        self.conn = engine._connection(timeout)
+        self.conn.connect()
+        self.conn.sock.settimeout(engine.timeout_s)  # a backstop: the watcher ends a read at the deadlines
+        self.sock = self.conn.sock
+        if self._stopped():
+            return
+        self.conn.request("POST", engine._path, json.dumps(self.payload).encode(), engine._headers())
+        response = self.response = self.conn.getresponse()
+        if response.status >= 400:
+            raise _http_error(engine, response)
+        body = self.body = _Body(response, where)
+        content_type = response.getheader("Content-Type", "")
+        if engine.kind == "ollama" or "ndjson" in content_type:
+            yield from _json_lines(body.lines(), where)
+        elif "text/event-stream" in content_type:
+            yield from _server_sent_events(body.lines(), where)
+        else:  # a server that ignored "stream": one JSON answer
+            yield _json(body.whole(), where)
+
+    def _error(self, exc: Exception) -> Exception | None:
+        """What a failure while answering means: a `RemoteError` to raise, None after a cancel, or `exc` itself."""
+        engine = self.engine
+        where = engine._where()
+        if self.expired.is_set():
+            return self._timeout()
+        if self.interrupted.is_set() or self._stopped():  # a closed socket after a cancel is expected
+            return None
+        if isinstance(exc, RemoteError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return self._timeout()
+        if isinstance(exc, ConnectionRefusedError):
+            return RemoteConnectionError(f"cannot connect to {where}: connection refused. Is the server running, and is `midline.backend.url` right?")
+        if isinstance(exc, socket.gaierror):
+            return RemoteConnectionError(f"cannot connect to {where}: unknown host {engine._host!r} ({exc.strerror})")
+        if isinstance(exc, ssl.SSLError):
+            return RemoteConnectionError(f"cannot connect to {where}: TLS failed ({exc})")
+        if isinstance(exc, (OSError, http.client.HTTPException, ValueError)):
+            return RemoteConnectionError(f"{where} dropped the connection ({type(exc).__name__}: {exc})")
+        return exc
+
+    def _timeout(self) -> RemoteTimeoutError:
+        """The backend timeout passed: nothing came, or a trickle that never made a whole event."""
+        where, seconds = self.engine._where(), self.engine.timeout_s
+        partial = self.body.received - self.mark if self.body is not None else 0
+        if partial:
+            return RemoteTimeoutError(
+                f"{where} sent only {partial} bytes in {seconds:g} s, not a whole answer: a stalled or trickling stream (`midline.backend.timeoutMs`)"
+            )
+        return RemoteTimeoutError(f"{where} sent nothing for {seconds:g} s (`midline.backend.timeoutMs`)")
+
+
+class _Body:
+    """A response body read piece by piece (never whole first), at most `MAX_RESPONSE_BYTES` of it."""
+
+    def __init__(self, response: http.client.HTTPResponse, where: str):
+        self.response = response
+        self.where = where
+        self.received = 0
+
+    def read(self) -> bytes:
+        """The next piece as it arrives; b"" at the end. Raises `RemoteProtocolError` past the limit."""
+        piece = self.response.read1(_READ_BYTES)
+        self.received += len(piece)
+        if self.received > MAX_RESPONSE_BYTES:
+            raise self._too_large()
+        return piece
+
+    def whole(self) -> bytes:
+        """The whole body; refused at once when its declared length is over the limit."""
+        if self.response.length is not None and self.response.length > MAX_RESPONSE_BYTES:
+            raise self._too_large()
+        pieces = []
+        while piece := self.read():
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def lines(self) -> Iterator[bytes]:
+        """The body's lines, without their b"\\n", each as soon as it is whole; the last one may lack a newline."""
+        buffer = bytearray()
+        while piece := self.read():
+            scan = len(buffer)  # where a newline may be: in the new piece only
+            buffer += piece
+            start = 0
+            while (end := buffer.find(b"\n", scan)) >= 0:
+                if end - start > MAX_LINE_BYTES:
+                    raise self._too_long()
+                yield bytes(buffer[start:end])
+                start = scan = end + 1
+            del buffer[:start]
+            if len(buffer) > MAX_LINE_BYTES:
+                raise self._too_long()
+        if buffer:
+            yield bytes(buffer)
+
+    def _too_large(self) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"the response of {self.where} was larger than {MAX_RESPONSE_BYTES >> 20} MB, far more than a completion: "
+            "is `midline.backend.url` a completion server of `midline.backend.kind`?"
+        )
+
+    def _too_long(self) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"{self.where} sent a stream line longer than {MAX_LINE_BYTES >> 20} MB, far more than one event of a completion: "
+            "is `midline.backend.url` a completion server of `midline.backend.kind`?"
+        )
 
 
 def _shutdown(sock: socket.socket | None) -> None:
@@ -421,15 +527,12 @@ def _shutdown(sock: socket.socket | None) -> None:
             pass
 
 
-def _server_sent_events(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
-    """`data:` payloads of an SSE stream, parsed as JSON, until `[DONE]` or the end of the stream."""
+def _server_sent_events(lines: Iterator[bytes], where: str) -> Iterator[Any]:
+    """`data:` payloads of an SSE stream's lines, parsed as JSON, until `[DONE]` or the end of the stream."""
     data: list[str] = []
     is_error = False
-    while True:
-        raw = response.readline()
-        if not raw:
-            return
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
         if line:
             field, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
@@ -449,8 +552,8 @@ def _server_sent_events(response: http.client.HTTPResponse, where: str) -> Itera
         yield {"error": event} if is_error and "error" not in event else event
 
 
-def _json_lines(response: http.client.HTTPResponse, where: str) -> Iterator[Any]:
-    while raw := response.readline():
+def _json_lines(lines: Iterator[bytes], where: str) -> Iterator[Any]:
+    for raw in lines:
         if raw.strip():
             yield _json(raw, where)
 

@@ -14,19 +14,20 @@ code in the sandbox (`verify.py`); other languages' tests are marked unverified.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import tree_sitter
 
 from midline.model import languages, tasks
 from midline.model.fim import FimPrompt
 
-from .assistant import Ask, Assistant, Cancelled, Progress, content_hash
+from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config
 from .documents import Document, utf8
 from .symbols import definitions_of, enclosing_scopes
@@ -311,9 +312,10 @@ class TestFile:
 
 @dataclass(frozen=True)
 class Nothing:
-    """No result, and why (shown to the user)."""
+    """No result, and why (shown to the user; as an error when the model failed)."""
 
     message: str
+    error: bool = False
 
 
 Outcome = Explanation | Replace | TestFile | Nothing
@@ -440,6 +442,36 @@ def test_file_for(module: Path, root: Path | None, language: str) -> Path:
     return folder / f"test_{stem}{suffix}"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a module's generated tests go: inside the workspace folder holding the module."""
+
+    module: Path  # the module's real path (`..` segments and symlinks resolved)
+    folder: Path  # the real path of the workspace folder holding it
+    relative: Path  # the test file, relative to `folder`
+    path: Path  # the test file as the editor names it: the workspace folder as given, then `relative`
+
+
+OUTSIDE = "Generate tests: the file is outside the workspace folder, so midline will not write a test file there"
+
+
+def place_tests(module: str, folders: Sequence[Path], language: str) -> Placement | str:
+    """Where the tests of the module at `module` go, or why midline writes none: the module and its test
+    file, with `..` segments and symlinks resolved, must both lie inside a workspace folder."""
+    if not folders:
+        return "Generate tests: no workspace folder is open, so midline will not write a test file"
+    real = Path(os.path.realpath(module))
+    holding = [(Path(os.path.realpath(folder)), folder) for folder in folders]
+    holding = [(real_folder, folder) for real_folder, folder in holding if real.is_relative_to(real_folder)]
+    if not holding:
+        return OUTSIDE
+    real_folder, folder = max(holding, key=lambda pair: len(pair[0].parts))  # the innermost
+    test = Path(os.path.realpath(test_file_for(real, real_folder, language)))
+    if not test.is_relative_to(real_folder):  # a symlinked tests/ folder
+        return "Generate tests: the test file would be outside the workspace folder (through a symlink), so midline will not write it"
+    return Placement(real, real_folder, test.relative_to(real_folder), Path(folder) / test.relative_to(real_folder))
+
+
 def python_module(module: Path, root: Path | None) -> tuple[str, Path]:
     """The module's dotted import name and the folder that must be on `sys.path` to import it
     (above its outermost package, a folder with `__init__.py`)."""
@@ -467,10 +499,11 @@ def merge_tests(existing: str, generated: str) -> str:
 class Actions:
     """Computes picked actions with the model, and caches what the model and the sandbox said."""
 
-    def __init__(self, assistant: Assistant, config: Config, root: str | None = None) -> None:
+    def __init__(self, assistant: Assistant, config: Config, root: str | None = None, folders: Sequence[str] = ()) -> None:
         self.assistant = assistant
         self.config = config
         self.root = Path(root) if root else None
+        self.folders = [Path(folder) for folder in folders]  # the workspace folders (the root counts as one)
         self._verified: OrderedDict[str, Verified] = OrderedDict()
 
     async def resolve(
@@ -502,6 +535,8 @@ class Actions:
                 return await self._tests(doc, target, progress, read)
         except Cancelled:
             return Nothing("cancelled")
+        except Failed as exc:  # the model failed: its message, the only one shown
+            return Nothing(str(exc), error=True)
         return Nothing(f"unknown action {action!r}")
 
     def _unchanged(self, doc: Document, data: dict) -> bool:
@@ -557,18 +592,26 @@ class Actions:
             return Nothing("the model's code does not parse here, so it is not offered")
         return Replace(comment.insert, comment.replace_end, text)
 
+    def workspace_folders(self) -> list[Path]:
+        return list(dict.fromkeys([*self.folders, *([self.root] if self.root else [])]))
+
     async def _tests(self, doc: Document, target: Target, progress: Progress, read) -> Outcome:
-        module = Path(doc.path)
-        test_path = test_file_for(module, self.root, doc.language)
-        dotted, import_root = python_module(module, self.root) if doc.language == "python" else (module.stem, module.parent)
+        if not doc.uri.startswith("file:"):
+            return Nothing("Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests")
+        place = place_tests(doc.path, self.workspace_folders(), doc.language)
+        if isinstance(place, str):
+            return Nothing(place)
+        module, test_path = place.module, place.path
+        dotted, import_root = python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
         progress.report("writing tests")
-        ask = tests_ask(self.shown(module), doc.text, [target.name], dotted, self.shown(test_path), doc.language)
+        shown = module.relative_to(place.folder).as_posix()
+        ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
         source = await self.assistant.run(ask, progress.cancel)
         if not source or not source.strip():
             return Nothing("the model wrote no tests")
         verified = None
         if doc.language == "python":
-            verified = await self._verify(source, doc, dotted, import_root, progress, read)
+            verified = await self._verify(source, doc, dotted, import_root, progress, read, place)
             if verified.ran and not verified.passed:
                 return Nothing(f"none of the generated tests passed against the current code{': ' + verified.note if verified.note else ''}")
             source = verified.source
@@ -579,17 +622,17 @@ class Actions:
         text = merge_tests(existing, source) if existing is not None else source
         return TestFile(test_path, text, existing, verified)
 
-    async def _verify(self, source: str, doc: Document, dotted: str, import_root: Path, progress: Progress, read) -> Verified:
+    async def _verify(self, source: str, doc: Document, dotted: str, import_root: Path, progress: Progress, read, place: Placement) -> Verified:
         key = content_hash(source, doc.text, dotted)
         if key in self._verified:
             return self._verified[key]
         files = {dotted.replace(".", "/") + ".py": doc.text}
-        folder = Path(doc.path).parent
+        folder = place.module.parent
         for depth in range(dotted.count(".")):  # the packages' __init__.py, for a package module
             package = "/".join(dotted.split(".")[: dotted.count(".") - depth])
             files[package + "/__init__.py"] = read(folder / "__init__.py") or ""
             folder = folder.parent
-        paths = list(dict.fromkeys(str(p) for p in (import_root, self.root) if p is not None))
+        paths = list(dict.fromkeys(str(p) for p in (import_root, place.folder)))
         config = self.config.actions
         test_file = f"test_{dotted.split('.')[-1]}_midline.py"
 

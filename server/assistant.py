@@ -3,7 +3,8 @@
 An `Ask` holds one task in both shapes: a FIM prompt for the completion model and chat messages for
 an instruction model. `Assistant.run` uses the instruction model when `actions.model` names one (loaded
 on first use), else the completion model; it runs on the server's model thread, stops on cancellation
-and at `actions.timeoutMs`, and caches results by the task's inputs (a node's content hash).
+and at `actions.timeoutMs`, and caches results by the task's inputs (a node's content hash). A model that
+fails (a remote backend down) raises `Failed`, whose message the caller shows once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """The task was cancelled (the request, or its progress, was cancelled by the client)."""
+
+
+class Failed(Exception):
+    """The model failed (a remote backend down or answering with an error); the message says so, for the user."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ class Assistant:
     async def run(self, ask: Ask, cancel: threading.Event | None = None) -> str | None:
         """The task's result (cached by its inputs); None if there is no model or it timed out.
 
-        Raises `Cancelled` when `cancel` is set, and stops the generation when the awaiting task is cancelled.
+        Raises `Cancelled` when `cancel` is set, and stops the generation when the awaiting task is cancelled;
+        raises `Failed` when the model fails (reported by the caller, not here: one message per failure).
         """
         if (hit := self.cached(ask)) is not None:
             self.stats.cache_hits += 1
@@ -139,9 +145,8 @@ class Assistant:
             cancel.set()
             self.stats.cancelled += 1
             raise
-        except Exception as exc:  # a remote backend down, a model failing: say so, answer nothing
-            self.report(f"midline: {ask.task} failed: {exc}")
-            return None
+        except Exception as exc:  # a remote backend down, a model failing: the caller says so
+            raise Failed(f"{ask.task} failed: {exc}") from exc
         finally:
             self._running.discard(cancel)
         self.stats.last_raw, self.stats.last_finish = raw, finish

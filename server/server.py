@@ -224,6 +224,7 @@ def initialize(ls: MidlineServer, params: types.InitializeParams) -> None:
     if ls.root is None and folders:
         ls.root = to_fs_path(folders[0].uri)
     ls.actions.root = Path(ls.root) if ls.root else None
+    ls.actions.folders = [Path(path) for folder in folders if (path := to_fs_path(folder.uri))]
     inline = params.capabilities.text_document and params.capabilities.text_document.inline_completion
     ls.client_has_inline_completion = inline is not None
     options = params.initialization_options
@@ -362,6 +363,8 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
         action.edit = _workspace_edit(ls, [(doc.uri, doc.version, [edit], False)])
     elif isinstance(outcome, TestFile):
         action.edit = _test_file_edit(ls, outcome)
+    elif isinstance(outcome, Nothing) and outcome.error:  # the model failed: one error message
+        ls.report(f"midline: {outcome.message}")
     elif isinstance(outcome, Nothing) and outcome.message != "cancelled":
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"midline: {outcome.message}"))
     return action

@@ -13,7 +13,8 @@
 Tokens go out as they are generated (chunked transfer encoding), and a client that closes the connection stops
 the generation at the next write, as the real servers do. Knobs for failure tests: `token_delay_s`,
 `first_byte_delay_s`, `fail` (an HTTP status and JSON body to answer with), `garbage` (raw bytes to send as
-the stream), `ignore_stream` (answer whole even when asked to stream) and `api_key` (required as a Bearer token).
+the stream), `feed` (a raw answer sent piece by piece: huge bodies, endless trickles), `ignore_stream` (answer
+whole even when asked to stream) and `api_key` (required as a Bearer token).
 """
 
 from __future__ import annotations
@@ -21,10 +22,25 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from midline.model.fim import FimPrompt, Snippet
+
+
+@dataclass
+class Feed:
+    """A raw answer: `pieces()` written one by one, `delay_s` apart, chunked, or as a `length`-byte body when given.
+
+    The pieces are produced lazily (a huge answer is never in the server's memory); a client that closes the
+    connection ends the feed at the next write.
+    """
+
+    pieces: Callable[[], Iterator[bytes]]
+    content_type: str = "text/event-stream"
+    length: int | None = None
+    delay_s: float = 0.0
 
 
 class ModelServer:
@@ -46,6 +62,7 @@ class ModelServer:
         self.first_byte_delay_s = 0.0
         self.fail: tuple[int, Any] | None = None
         self.garbage: bytes | None = None
+        self.feed: Feed | None = None
         self.ignore_stream = False
         self.api_key: str | None = None
         self.requests: list[dict[str, Any]] = []  # path, payload, headers, prompt_ids of each request
@@ -102,6 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(404, {"error": {"message": f"File Not Found: {self.path}", "type": "not_found_error"}})
         if ms.first_byte_delay_s:
             time.sleep(ms.first_byte_delay_s)
+        if ms.feed is not None:
+            return self._feed(ms, ms.feed)
         if ms.garbage is not None:
             self._start_stream("text/event-stream")
             self._chunk(ms.garbage)
@@ -151,6 +170,32 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             finish = "disconnected"
         ms.last_finish = finish
+        ms.finished.set()
+
+    def _feed(self, ms: ModelServer, feed: Feed) -> None:
+        """Send `feed`'s pieces until they end or the client goes away (`last_finish`: "fed" or "disconnected")."""
+        self.send_response(200)
+        self.send_header("Content-Type", feed.content_type)
+        if feed.length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(feed.length))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for piece in feed.pieces():
+                if feed.length is None:
+                    self._chunk(piece)
+                else:
+                    self.wfile.write(piece)
+                if feed.delay_s:
+                    time.sleep(feed.delay_s)
+            if feed.length is None:
+                self._end_stream()
+            ms.last_finish = "fed"
+        except OSError:  # the client closed the connection
+            ms.last_finish = "disconnected"
         ms.finished.set()
 
     # -- HTTP plumbing --------------------------------------------------------------------------

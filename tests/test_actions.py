@@ -26,7 +26,8 @@ from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
 from midline.server import actions
 from midline.server.actions import Actions, Explanation, Nothing, Replace, Target, TestFile
-from midline.server.assistant import Assistant, Cancelled
+from midline.model.remote import RemoteError
+from midline.server.assistant import Assistant, Cancelled, Failed
 from midline.server.config import Config
 from midline.server.documents import Document
 from midline.model.languages import new_parser
@@ -318,6 +319,67 @@ def test_generated_tests_are_appended_to_an_existing_file_and_other_languages_ar
     assert outcome.text.startswith("// midline: generated tests, unverified (not run)\n// Tests for Add (calc.go)\n")
 
 
+JS_MODULE = "function add(a, b) {\n  return a + b;\n}\n"
+JS_TESTS = {"tests": "test('adds', () => {\n  expect(add(1, 2)).toBe(3);\n});\n"}
+
+
+def js_tests(uri: str, root: Path | None, folders: tuple[Path, ...] = ()):
+    """Generate tests (JavaScript: no sandbox run) for the module at `uri`, in a workspace at `root`."""
+    d = Document(uri, "javascript", 1, JS_MODULE)
+    acts = Actions(Canned(JS_TESTS), Config(), str(root) if root else None, [str(f) for f in folders])
+    return asyncio.run(acts.resolve(d, offer_of(d, "tests", d.text.index("add")).data)), acts.assistant
+
+
+@pytest.fixture
+def workspace(tmp_path) -> tuple[Path, Path]:
+    """A workspace folder with tests/, and a folder beside it (outside) with a module."""
+    root, elsewhere = tmp_path / "ws", tmp_path / "elsewhere"
+    (root / "tests").mkdir(parents=True)
+    (root / "sub").mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "calc.js").write_text(JS_MODULE)
+    return root, elsewhere
+
+
+def test_generated_tests_go_inside_the_workspace_folder_after_normalising(workspace):
+    root, elsewhere = workspace
+    outcome, _ = js_tests((root / "calc.js").as_uri(), root)  # the normal case
+    assert isinstance(outcome, TestFile) and outcome.path == root / "tests" / "calc.test.js"
+    outcome, assistant = js_tests(root.as_uri() + "/sub/../calc.js", root)  # `..` that stays inside: normalised
+    assert isinstance(outcome, TestFile) and outcome.path == root / "tests" / "calc.test.js" and ".." not in outcome.path.parts
+    assert "(calc.js)" in assistant.asks[0].prompt.prefix
+    second = elsewhere.parent / "second"  # another workspace folder: its own tests/
+    (second / "tests").mkdir(parents=True)
+    outcome, _ = js_tests((second / "calc.js").as_uri(), root, (root, second))
+    assert isinstance(outcome, TestFile) and outcome.path == second / "tests" / "calc.test.js"
+
+
+@pytest.mark.parametrize("where", ["outside", "dot-dot", "symlink", "no-workspace", "untitled"])
+def test_generate_tests_writes_nothing_outside_the_workspace_folder(workspace, where):
+    root, elsewhere = workspace
+    uri = {
+        "outside": (elsewhere / "calc.js").as_uri(),
+        "dot-dot": root.as_uri() + "/sub/../../elsewhere/calc.js",  # escapes the root once normalised
+        "symlink": (root / "calc.js").as_uri(),  # a link to the module outside
+        "no-workspace": (elsewhere / "calc.js").as_uri(),
+        "untitled": "untitled:Untitled-1",
+    }[where]
+    (root / "calc.js").symlink_to(elsewhere / "calc.js")
+    outcome, assistant = js_tests(uri, None if where == "no-workspace" else root)
+    assert isinstance(outcome, Nothing) and outcome.message.startswith("Generate tests: ") and not outcome.error
+    assert ("no workspace folder" if where == "no-workspace" else "not saved" if where == "untitled" else "outside the workspace folder") in outcome.message
+    assert assistant.asks == []  # refused before asking the model
+
+
+def test_generate_tests_refuses_a_tests_folder_that_links_outside(workspace):
+    root, elsewhere = workspace
+    (root / "tests").rmdir()
+    (elsewhere / "tests").mkdir()
+    (root / "tests").symlink_to(elsewhere / "tests")
+    outcome, _ = js_tests((root / "calc.js").as_uri(), root)
+    assert isinstance(outcome, Nothing) and "test file would be outside the workspace folder" in outcome.message
+
+
 # -- the assistant: cache and cancellation ------------------------------------------------------
 
 
@@ -345,6 +407,23 @@ def make_assistant(engine: FakeEngine) -> Assistant:
         return engine
 
     return Assistant(get_engine, Config(), ThreadPoolExecutor(max_workers=1))
+
+
+class FailingEngine(FakeEngine):
+    def generate(self, ids, **kwargs):
+        raise RemoteError("the openai backend at http://127.0.0.1:1 answered HTTP 500: CUDA out of memory (test)")
+
+
+def test_a_failing_model_is_one_error_outcome_not_a_report():
+    reported = []
+    assistant = Assistant(lambda: asyncio.sleep(0, FailingEngine()), Config(), ThreadPoolExecutor(max_workers=1), report=reported.append)
+    d = doc()
+    acts = Actions(assistant, Config())
+    outcome = asyncio.run(acts.resolve(d, offer_of(d, "explain", at(CODE, "def area")).data))
+    assert outcome == Nothing("explain failed: the openai backend at http://127.0.0.1:1 answered HTTP 500: CUDA out of memory (test)", error=True)
+    assert reported == [] and not assistant.generating
+    with pytest.raises(Failed, match="fix failed: .*CUDA out of memory"):
+        asyncio.run(assistant.run(actions.fix_ask("x = (", [], "python")))
 
 
 def test_results_are_cached_by_content_hash():

@@ -4,22 +4,29 @@ The served model is the same session model as `tiny_engine`, so a remote greedy 
 engine's, token for token, over OpenAI `/v1/completions`, llama.cpp `/infill` and Ollama `/api/generate`. Then:
 cancellation and deadlines close the stream mid-generation (and the server stops generating), a silent server
 times out, and refused connections, HTTP errors and malformed answers raise `RemoteError`s that say what happened;
-last, the real `midline serve` completes through a remote backend and reports a dead one without crashing.
+huge answers are refused after a few MB, never read whole, and a trickling server is stopped at the backend
+timeout; last, the real `midline serve` completes through a remote backend, reports a dead one without crashing,
+and shows a failing explanation once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import pytest
 from lsprotocol import types
 
 from midline.model.fim import FimPrompt, Snippet
 from midline.model.remote import (
+    MAX_LINE_BYTES,
+    MAX_RESPONSE_BYTES,
     RemoteConnectionError,
     RemoteEngine,
     RemoteError,
@@ -34,7 +41,7 @@ from midline.server.config import Config, ConfigError
 from midline.server.documents import Document
 
 from .lsp_client import inline, open_document, running_server, status
-from .model_server import ModelServer
+from .model_server import Feed, ModelServer
 
 PROMPT = FimPrompt(
     prefix="import os\n\n\ndef home():\n    # the user's home directory, from ",
@@ -215,6 +222,112 @@ def test_malformed_answers_raise_protocol_errors(served, tiny_engine, garbage, e
         backend.generate(backend.encode(PROMPT))
 
 
+MB = 1 << 20
+HUGE = 100 * MB
+PIECE = b"a" * (64 << 10)
+
+
+def huge(head: bytes, size: int, tail: bytes) -> Callable[[], Iterator[bytes]]:
+    """`head`, `size` bytes of "a" and `tail`, made as they are sent (one 64 KB piece, reused)."""
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        for _ in range(size // len(PIECE)):
+            yield PIECE
+        yield tail
+
+    return pieces
+
+
+def endless(first: bytes, each: bytes, most: int = 600) -> Callable[[], Iterator[bytes]]:
+    """`first`, then `each` again and again (`most` times: a test that fails still ends)."""
+
+    def pieces() -> Iterator[bytes]:
+        yield first
+        for _ in range(most):
+            yield each
+
+    return pieces
+
+
+@contextlib.contextmanager
+def traced() -> Iterator[dict[str, float]]:
+    """Figures for the block: `peak_mb`, the peak of Python's allocations (all threads, the server's too), and `seconds`."""
+    figures: dict[str, float] = {}
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        yield figures
+    finally:
+        figures["seconds"] = time.monotonic() - start
+        figures["peak_mb"] = tracemalloc.get_traced_memory()[1] / MB
+        tracemalloc.stop()
+
+
+def test_size_limits_are_a_few_megabytes():
+    assert MAX_RESPONSE_BYTES == 8 * MB and MAX_LINE_BYTES == MB
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
+def test_a_huge_answer_is_refused_without_being_read_whole(served, tiny_engine, declared):
+    head, tail = b'{"choices": [{"text": "', b'", "finish_reason": "length"}]}'
+    length = len(head) + HUGE + len(tail) if declared else None
+    served.feed = Feed(huge(head, HUGE, tail), "application/json", length)  # a server that ignored "stream"
+    backend = remote(served, tiny_engine)
+    with traced() as used, pytest.raises(RemoteProtocolError, match=r"response of .* was larger than 8 MB.*backend\.url") as err:
+        backend.generate(backend.encode(PROMPT), max_new_tokens=8)
+    assert served.url in str(err.value)
+    assert used["peak_mb"] < 20 and used["seconds"] < 5, used
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+def test_a_huge_stream_line_is_reported_as_too_long(served, tiny_engine, kind):
+    head = b'data: {"choices": [{"text": "' if kind == "openai" else b'{"response": "'
+    content_type = "text/event-stream" if kind == "openai" else "application/x-ndjson"
+    served.feed = Feed(huge(head, HUGE, b'"}]}\n\n'), content_type)
+    backend = remote(served, tiny_engine, kind)
+    with traced() as used, pytest.raises(RemoteProtocolError, match=r"sent a stream line longer than 1 MB") as err:
+        backend.generate(backend.encode(PROMPT), max_new_tokens=8)
+    assert served.url in str(err.value) and "sent nothing" not in str(err.value)
+    assert used["peak_mb"] < 20 and used["seconds"] < 5, used
+
+
+def test_a_stream_larger_than_the_limit_is_refused(served, tiny_engine):
+    event = b'data: {"choices": [{"text": "' + b"a" * 60_000 + b'", "finish_reason": null}]}\n\n'
+    served.feed = Feed(endless(event, event, 200))  # 12 MB of well-formed events
+    backend = remote(served, tiny_engine)
+    with traced() as used, pytest.raises(RemoteProtocolError, match=r"larger than 8 MB"):
+        backend.generate(backend.encode(PROMPT), max_new_tokens=8)
+    assert used["seconds"] < 5, used
+
+
+@pytest.mark.parametrize(
+    "first, each",
+    [
+        (b'data: {"choices": [{"text": "', b"a"),  # one event that never ends, a byte at a time
+        (b": keep-alive\n\n", b": keep-alive\n\n"),  # comments, never an event
+    ],
+    ids=["bytes", "comments"],
+)
+def test_an_endless_trickle_ends_at_the_backend_timeout(served, tiny_engine, first, each):
+    served.feed = Feed(endless(first, each), delay_s=0.05)
+    backend = remote(served, tiny_engine, timeout_s=0.5)
+    start = time.monotonic()
+    with pytest.raises(RemoteTimeoutError, match=r"sent only \d+ bytes in 0\.5 s, not a whole answer.*timeoutMs") as err:
+        backend.generate(backend.encode(PROMPT), max_new_tokens=8)
+    assert 0.45 < time.monotonic() - start < 1.0 and served.url in str(err.value)
+    assert served.finished.wait(5) and served.last_finish == "disconnected"
+
+
+def test_a_slow_stream_may_take_longer_than_the_backend_timeout_in_all(served, tiny_engine):
+    _, expected = local_greedy(tiny_engine, "openai", 24)
+    served.token_delay_s = 0.05  # a token every 50 ms: 1.2 s in all, each well within the timeout
+    backend = remote(served, tiny_engine, timeout_s=0.4)
+    start = time.monotonic()
+    got = backend.generate(backend.encode(PROMPT), max_new_tokens=24)
+    assert (got.text, got.finish_reason) == (expected.text, expected.finish_reason) and time.monotonic() - start > 0.8
+
+
 def test_api_key_is_sent_as_a_bearer_token(served, tiny_engine, monkeypatch):
     served.api_key = "sekrit"
     with pytest.raises(RemoteHTTPError, match="invalid API key.*apiKeyEnv"):
@@ -321,3 +434,24 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
         errors = [m.message for m in client.messages if m.type == types.MessageType.Error]
         assert len(errors) == 1 and "connection refused" in errors[0] and dead in errors[0]
         assert (await status(client))["ready"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_failing_explanation_shows_one_message(served, tiny_model_dir, tmp_path):
+    served.fail = (500, {"error": {"code": 500, "message": "CUDA out of memory (test)", "type": "server_error"}})
+    backend = {"kind": "openai", "url": served.url, "tokenizer": str(tiny_model_dir)}
+    uri = (tmp_path / "circle.py").as_uri()
+    async with running_server({"debounceMs": 0, "backend": backend}, tmp_path) as (client, _):
+        open_document(client, uri, E2E_CODE)
+        at = types.Position(3, 5)  # def area
+        listed = await client.text_document_code_action_async(
+            types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at), types.CodeActionContext(diagnostics=[]))
+        )
+        explain = next(a for a in listed if a.kind == "refactor.midline.explain")
+        client.messages.clear()
+        resolved = await client.code_action_resolve_async(explain)
+        await status(client)  # a round trip: any later message has arrived
+        assert resolved.command is None and resolved.edit is None and served.requests
+        shown = [(m.type, m.message) for m in client.messages]
+        assert len(shown) == 1, shown
+        assert shown[0][0] == types.MessageType.Error and "explain failed" in shown[0][1] and "CUDA out of memory (test)" in shown[0][1]
