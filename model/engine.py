@@ -472,6 +472,10 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
     return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
 
 
+# The cursor positions a confidence floor may name (`CompletionContext.position` in the server).
+CURSOR_POSITIONS = ("mid_line", "line_end", "new_line")
+
+
 def model_settings(path: Path) -> dict:
     """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
     e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0, "languages": ["python"]}`: the mean token
@@ -486,15 +490,24 @@ def model_settings(path: Path) -> dict:
         settings = json.loads(file.read_text(encoding="utf-8"))
         for key in ("min_mean_logprob", "min_line_logprob"):
             value = settings.get(key)
-            floors = value.values() if isinstance(value, dict) else [value]
-            if value is not None and not all(isinstance(v, (int, float)) for v in floors):
-                raise ValueError(f"{key} must be a number, or an object of numbers by cursor position")
+            floors = value if isinstance(value, dict) else {"": value}
+            unknown = set(floors) - {"", *CURSOR_POSITIONS}
+            if value is not None and (unknown or not all(_is_number(v) for v in floors.values())):
+                raise ValueError(
+                    f"{key} must be a number, or an object of numbers by cursor position "
+                    f"({', '.join(CURSOR_POSITIONS)}); got {json.dumps(value)}"
+                )
         languages = settings.get("languages")
         if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
             raise ValueError("languages must be a list of language ids")
     except (ValueError, AttributeError) as exc:
         raise ModelLoadError(f"{file}: {exc}") from None
     return settings
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (a boolean is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:

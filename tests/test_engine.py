@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from midline.model import fim
-from midline.model.engine import Engine, sample
+from midline.model.engine import Engine, model_settings, sample
 from midline.model.fim import FimFormatError, FimPrompt, Snippet
 from midline.model.loader import ModelLoadError
 
@@ -53,6 +53,15 @@ def test_confidence_floor_ships_with_the_model(engine, tiny_model_dir, tmp_path)
     (model_dir / "midline.json").write_text('{"min_mean_logprob": "low"}')
     with pytest.raises(ModelLoadError, match="midline.json: min_mean_logprob must be a number"):
         Engine.load(model_dir, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "floor", ['"low"', "true", "NaN", "Infinity", '{"newline": -1.0}', '{"line_end": false}', '{"mid_line": null}']
+)
+def test_a_floor_that_is_not_a_number_is_refused(tmp_path, floor):
+    (tmp_path / "midline.json").write_text(f'{{"min_line_logprob": {floor}}}')
+    with pytest.raises(ModelLoadError, match="min_line_logprob must be a number, or an object of numbers by cursor position"):
+        model_settings(tmp_path)
 
 
 def test_fim_format_override_and_unknown_name(tiny_model_dir):
