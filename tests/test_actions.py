@@ -34,6 +34,7 @@ from midline.model.languages import new_parser
 from midline.server.verify import verify_tests
 
 from .lsp_client import SERVER, open_document, status
+from .marks import needs_sandbox
 
 CODE = '''import math
 
@@ -273,6 +274,7 @@ def test_negative():
 '''
 
 
+@needs_sandbox
 def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_path):
     module = "def add(a, b):\n    return a + b\n"
     outside = tmp_path / f"outside-{uuid.uuid4().hex}.txt"
@@ -291,6 +293,7 @@ def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_p
     assert not outside.exists()
 
 
+@needs_sandbox
 def test_a_test_that_hangs_the_whole_run_costs_only_itself():
     source = (
         "from calc import add\n\n\ndef test_first():\n    assert add(1, 1) == 2\n\n\n"

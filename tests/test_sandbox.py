@@ -27,8 +27,7 @@ from midline.server import sandbox
 from midline.server.sandbox import WORK_DIR, SandboxResult, SandboxUnavailable, run_python, sandbox_state
 from midline.server.verify import verify_tests
 
-STATE = sandbox_state()
-needs_sandbox = pytest.mark.skipif(not STATE.available, reason=f"no sandbox here: {STATE.detail}")
+from .marks import SANDBOX as STATE, needs_sandbox
 
 # A single fork whose child exits at once: harmless even if it were not blocked.
 ONE_FORK = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('forked')\n"

@@ -24,6 +24,8 @@ from midline.training import train as T
 from midline.training.cli import main
 from midline.training.data import PackedDataset
 
+from .marks import needs_sandbox
+
 OPS = '''\
 """Small arithmetic helpers."""
 
@@ -277,6 +279,7 @@ def test_scores_of_right_and_wrong_answers():
     assert E.score_fix(fix, fix["buggy"])["unchanged"]
 
 
+@needs_sandbox
 def test_generated_tests_pass_on_the_code_and_kill_the_mutant():
     task = {"kind": "tests", "path": "strs/text.py", "name": "shout", "module": TEXT, "mutant": TEXT.replace('"!" * times', '"!" * (times + 1)')}
     good = 'shout():\n    assert shout("a") == "A!"\n\n\ndef test_shout_twice():\n    assert shout("b", 2) == "B!!"\n'
@@ -286,6 +289,7 @@ def test_generated_tests_pass_on_the_code_and_kill_the_mutant():
     assert (weak["tests"], weak["passed"], weak["passes"], weak["kills"]) == (2, 1, True, False)
 
 
+@needs_sandbox
 def test_eval_tasks_runs_end_to_end(planted, tiny_model_dir, tmp_path, capsys):
     report_path = tmp_path / "tasks.json"
     assert main(["eval-tasks", "--model", str(tiny_model_dir), "--corpus", str(planted), "--per-kind", "2", "--tests", "1",
