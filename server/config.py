@@ -89,7 +89,7 @@ class BackendConfig:
     api_key: str | None = None  # the key itself, where an environment variable can't be used
     tokenizer: str | None = None  # local dir with the served model's tokenizer.json: exact token counts, FIM format detection
     context_length: int = 4096  # the served model's context window, in tokens
-    timeout_ms: int = 10000  # longest wait to connect, or for the server's next bytes
+    timeout_ms: int = 10000  # longest wait to connect, or for the next whole answer (a stream event, else the body)
 
     def __post_init__(self) -> None:
         url_ok = self.kind == "local" or re.match(r"https?://[^/\s]", self.url or "") is not None
