@@ -452,14 +452,14 @@ class Placement:
     path: Path  # the test file as the editor names it: the workspace folder as given, then `relative`
 
 
-OUTSIDE = "Generate tests: the file is outside the workspace folder, so midline will not write a test file there"
+OUTSIDE = "Generate tests: the file is outside the workspace folder, so midline will not write a test file there; open its folder as the workspace to generate tests."
 
 
 def place_tests(module: str, folders: Sequence[Path], language: str) -> Placement | str:
     """Where the tests of the module at `module` go, or why midline writes none: the module and its test
     file, with `..` segments and symlinks resolved, must both lie inside a workspace folder."""
     if not folders:
-        return "Generate tests: no workspace folder is open, so midline will not write a test file"
+        return "Generate tests: no workspace folder is open, so midline will not write a test file; open the project's folder first."
     real = Path(os.path.realpath(module))
     holding = [(Path(os.path.realpath(folder)), folder) for folder in folders]
     holding = [(real_folder, folder) for real_folder, folder in holding if real.is_relative_to(real_folder)]
@@ -468,7 +468,7 @@ def place_tests(module: str, folders: Sequence[Path], language: str) -> Placemen
     real_folder, folder = max(holding, key=lambda pair: len(pair[0].parts))  # the innermost
     test = Path(os.path.realpath(test_file_for(real, real_folder, language)))
     if not test.is_relative_to(real_folder):  # a symlinked tests/ folder
-        return "Generate tests: the test file would be outside the workspace folder (through a symlink), so midline will not write it"
+        return "Generate tests: the test file would be outside the workspace folder (through a symlink), so midline will not write it; make the tests folder a real folder inside the workspace."
     return Placement(real, real_folder, test.relative_to(real_folder), Path(folder) / test.relative_to(real_folder))
 
 
@@ -523,7 +523,7 @@ class Actions:
         action = data.get("action")
         try:
             if data.get("version") != doc.version and not self._unchanged(doc, data):
-                return Nothing("the code changed since the action was offered: ask again")
+                return Nothing("The code changed since the action was offered; ask for the action again.")
             if action == FROM_COMMENT:
                 return await self._from_comment(doc, data, progress, window)
             target = Target(data["kind"], data.get("name", ""), data["start"], data["end"], doc.text[data["start"] : data["end"]])
@@ -537,7 +537,7 @@ class Actions:
             return Nothing("cancelled")
         except Failed as exc:  # the model failed: its message, the only one shown
             return Nothing(str(exc), error=True)
-        return Nothing(f"unknown action {action!r}")
+        return Nothing(f"midline offers no action {action!r}; ask for code actions again.")
 
     def _unchanged(self, doc: Document, data: dict) -> bool:
         if data.get("action") == FROM_COMMENT:
@@ -555,7 +555,7 @@ class Actions:
         progress.report("explaining")
         explanation = await self.assistant.run(explain_ask(target.code, doc.language, self.shown(doc.path)), progress.cancel)
         if not explanation:
-            return Nothing("the model gave no explanation")
+            return Nothing("The model gave no explanation; try again, or select less code.")
         title = f"`{target.name}`" if target.name else "the code"
         return Explanation(f"### {title}\n\n{explanation}\n")
 
@@ -564,13 +564,13 @@ class Actions:
         candidate = await self.assistant.run(fix_ask(target.code, diagnostics, doc.language, self.shown(doc.path)), progress.cancel)
         fixed = fix_gate(doc.text, target, candidate or "", doc.language)
         if fixed is None:
-            return Nothing("the model's fix did not parse or changed nothing, so it is not offered")
+            return Nothing("The model's fix did not parse or changed nothing, so it is not offered; try again, or fix the code by hand.")
         return Replace(target.start, target.end, fixed)
 
     async def _from_comment(self, doc: Document, data: dict, progress: Progress, window) -> Outcome:
         comment = comment_at(doc, data["at"])
         if comment is None or comment.hash != data.get("hash"):
-            return Nothing("no comment describing code to write here")
+            return Nothing("There is no comment describing code to write here; write one, then ask again.")
         progress.report("writing code")
         if window is not None:
             prompt = window(doc, comment.insert)
@@ -580,16 +580,16 @@ class Actions:
             prompt = FimPrompt(prompt.prefix + "\n", prompt.suffix, prompt.path, prompt.snippets, prompt.repo, prompt.comment)
         code = await self.assistant.run(from_comment_ask(prompt, comment.text, doc.language), progress.cancel)
         if not code or not code.strip():
-            return Nothing("the model wrote no code")
+            return Nothing("The model wrote no code for this comment; try again, or describe the code in more detail.")
         if _only_redefines(code, doc):
-            return Nothing("the model only rewrote functions the file already has")
+            return Nothing("The model only rewrote functions the file already has, so nothing is inserted; describe new code in the comment.")
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented
         text = ("" if doc.text[: comment.insert].endswith("\n") else "\n") + code
         new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
         if parses(new, doc.language) is False and parses(doc.text, doc.language) is not False:
-            return Nothing("the model's code does not parse here, so it is not offered")
+            return Nothing("The model's code does not parse here, so it is not offered; try again, or reword the comment.")
         return Replace(comment.insert, comment.replace_end, text)
 
     def workspace_folders(self) -> list[Path]:
@@ -597,7 +597,7 @@ class Actions:
 
     async def _tests(self, doc: Document, target: Target, progress: Progress, read) -> Outcome:
         if not doc.uri.startswith("file:"):
-            return Nothing("Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests")
+            return Nothing("Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests; save it there first.")
         place = place_tests(doc.path, self.workspace_folders(), doc.language)
         if isinstance(place, str):
             return Nothing(place)
@@ -608,12 +608,12 @@ class Actions:
         ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
         source = await self.assistant.run(ask, progress.cancel)
         if not source or not source.strip():
-            return Nothing("the model wrote no tests")
+            return Nothing("The model wrote no tests; try again.")
         verified = None
         if doc.language == "python":
             verified = await self._verify(source, doc, dotted, import_root, progress, read, place)
             if verified.ran and not verified.passed:
-                return Nothing(f"none of the generated tests passed against the current code{': ' + verified.note if verified.note else ''}")
+                return Nothing(f"None of the generated tests passed against the current code{' (' + verified.note + ')' if verified.note else ''}, so none are offered; try again, or check the code.")
             source = verified.source
         else:
             c = tasks.line_comment(doc.language)

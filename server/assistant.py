@@ -23,6 +23,7 @@ from midline.model.engine import Engine
 from midline.model.fim import FimPrompt
 from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
+from midline.model.remote import RemoteError
 
 from .config import Config
 
@@ -31,6 +32,18 @@ log = logging.getLogger(__name__)
 
 class Cancelled(Exception):
     """The task was cancelled (the request, or its progress, was cancelled by the client)."""
+
+
+def _failure(task: str, exc: Exception) -> str:
+    """The sentence shown when the model fails: a backend's own message says what to check; anything
+    else is a bug or a broken model, whose details go to the log only."""
+    if isinstance(exc, (RemoteError, ModelLoadError)):
+        return f"{task} failed: {exc}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch's, CPU or GPU
+        return f"{task} failed: the model ran out of memory; select less code, or use a smaller model."
+    log.error("%s failed: %s", task, type(exc).__name__)
+    log.debug("%s failed", task, exc_info=exc)
+    return f"{task} failed: the model raised {type(exc).__name__}; the server log has the details."
 
 
 class Failed(Exception):
@@ -146,7 +159,7 @@ class Assistant:
             self.stats.cancelled += 1
             raise
         except Exception as exc:  # a remote backend down, a model failing: the caller says so
-            raise Failed(f"{ask.task} failed: {exc}") from exc
+            raise Failed(_failure(ask.task, exc)) from exc
         finally:
             self._running.discard(cancel)
         self.stats.last_raw, self.stats.last_finish = raw, finish

@@ -429,6 +429,18 @@ def test_a_failing_model_is_one_error_outcome_not_a_report():
         asyncio.run(assistant.run(actions.fix_ask("x = (", [], "python")))
 
 
+class BuggyEngine(FakeEngine):
+    def generate(self, ids, **kwargs):
+        raise KeyError("file:///home/user/secret.py")
+
+
+def test_a_bug_in_the_model_is_a_sentence_without_the_exception_text():
+    assistant = Assistant(lambda: asyncio.sleep(0, BuggyEngine()), Config(), ThreadPoolExecutor(max_workers=1))
+    with pytest.raises(Failed) as failed:
+        asyncio.run(assistant.run(actions.explain_ask("x = 1", "python")))
+    assert str(failed.value) == "explain failed: the model raised KeyError; the server log has the details."
+
+
 def test_results_are_cached_by_content_hash():
     engine = FakeEngine("Doubles x.\"\"\"")
     assistant = make_assistant(engine)
