@@ -21,7 +21,7 @@ from typing import Callable
 from midline.model import tasks
 
 from .actions import explain_ask, node_name, unwrap
-from .assistant import Ask, Assistant, Cancelled
+from .assistant import Ask, Assistant, Cancelled, Failed
 from .documents import Document, utf8
 from .symbols import SymbolIndex, definitions, enclosing_scopes
 
@@ -196,6 +196,8 @@ class Explainer:
                 self.computed += 1
             except Cancelled:  # a completion came first: try again when idle
                 self._queue[key] = ask
+            except Failed as exc:  # the model or backend failed: completions report that once; no popup per hover
+                log.warning("background hover explanation: %s", exc)
             except Exception:  # never let a background job take the server down
                 log.exception("background hover explanation failed")
             finally:
