@@ -561,7 +561,7 @@ def _json_lines(lines: Iterator[bytes], where: str) -> Iterator[Any]:
 def _json(data: bytes | str, where: str) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's limit: not an answer either
         raise RemoteProtocolError(f"{where} sent something that is not JSON: {_short(data)}") from None
 
 
@@ -574,7 +574,7 @@ def _http_error(engine: RemoteEngine, response: http.client.HTTPResponse) -> Rem
     text = body.decode("utf-8", "replace").strip()
     try:
         server_message = _error_message(json.loads(text))
-    except ValueError:
+    except (ValueError, RecursionError):
         server_message = text
     server_message = _short(server_message or response.reason, 500)
     hint = ""
@@ -587,15 +587,18 @@ def _http_error(engine: RemoteEngine, response: http.client.HTTPResponse) -> Rem
 
 def _error_message(body: Any) -> str:
     """The message in the error shapes servers use: OpenAI/vLLM/llama.cpp, TGI, Ollama, FastAPI."""
-    if isinstance(body, dict):
+    while isinstance(body, dict):  # a loop, not recursion: the body's nesting is the server's to choose
         for key in ("error", "message", "detail"):
             value = body.get(key)
             if isinstance(value, str) and value:
                 return value
             if isinstance(value, dict) and value:
-                return _error_message(value)
+                body = value
+                break
             if isinstance(value, list) and value:  # FastAPI validation errors
-                return "; ".join(str(v.get("msg", v)) if isinstance(v, dict) else str(v) for v in value)
+                return "; ".join(_short(v.get("msg", v)) if isinstance(v, dict) else _short(v) for v in value)
+        else:
+            break
     return _short(body)
 
 
@@ -612,8 +615,15 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def _short(value: Any, limit: int = 200) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value if isinstance(value, str) else json.dumps(value)
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value if isinstance(value, str) else _dumps(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        return f"(a JSON {type(value).__name__} nested too deeply to show)"
 
 
 def _load_tokenizer(path: Path) -> Any:

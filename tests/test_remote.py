@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import pytest
 from lsprotocol import types
 
+from midline.model import remote as remote_module
 from midline.model.fim import FimPrompt, Snippet
 from midline.model.remote import (
     MAX_LINE_BYTES,
@@ -213,6 +214,7 @@ def test_http_errors_carry_the_servers_message(served, tiny_engine, status, body
         (b'data: ["a", "list"]\n\n', RemoteProtocolError, "not a JSON object"),
         (b'data: {"choices": [{"text": "x", "finish_reason": null}]}\n\n', RemoteProtocolError, "ended the stream"),
         (b'data: {"error": {"message": "slot unavailable", "code": 503}}\n\n', RemoteError, "slot unavailable"),
+        (b"data: " + b"[" * 200_000 + b"\n\n", RemoteProtocolError, "not JSON"),  # nested past Python's recursion limit
     ],
 )
 def test_malformed_answers_raise_protocol_errors(served, tiny_engine, garbage, error, message):
@@ -220,6 +222,17 @@ def test_malformed_answers_raise_protocol_errors(served, tiny_engine, garbage, e
     backend = remote(served, tiny_engine)
     with pytest.raises(error, match=message):
         backend.generate(backend.encode(PROMPT))
+
+
+def test_error_bodies_nested_past_the_recursion_limit_are_shown_short():
+    body: dict = {"detail": "deep"}
+    for _ in range(5000):
+        body = {"error": body}
+    assert remote_module._error_message(body) == "deep"
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    assert remote_module._error_message({"error": deep}) == "(a JSON list nested too deeply to show)"
 
 
 MB = 1 << 20
