@@ -249,6 +249,12 @@ def shutdown(ls: MidlineServer, params: None) -> None:
     ls.model_executor.shutdown(wait=False, cancel_futures=True)
 
 
+@server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+def did_change_workspace_folders(ls: MidlineServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+    """Follow added and removed folders (pygls has already updated its workspace's list)."""
+    ls.actions.folders = [Path(path) for folder in ls.workspace.folders.values() if (path := to_fs_path(folder.uri))]
+
+
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
 async def did_change_configuration(ls: MidlineServer, params: types.DidChangeConfigurationParams) -> None:
     settings = params.settings

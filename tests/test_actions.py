@@ -669,6 +669,37 @@ async def test_e2e_code_from_a_comment_and_generated_tests(lsp):
 
 
 @pytestmark_e2e
+async def test_e2e_tests_are_written_only_in_a_workspace_folder_as_folders_change(lsp, tmp_path):
+    client, _ = lsp
+    other = tmp_path / "other"
+    other.mkdir()
+    uri = (other / "shapes.py").as_uri()
+    open_document(client, uri, CODE)
+    line = LINES.index("def perimeter(radius):")
+
+    async def resolve_tests() -> types.CodeAction:
+        tests = next(a for a in await code_actions(client, uri, line, 4) if a.kind == "refactor.midline.tests")
+        client.messages.clear()
+        return await client.code_action_resolve_async(tests)
+
+    assert (await resolve_tests()).edit is None
+    assert "outside the workspace folder" in client.messages[-1].message
+    folder = types.WorkspaceFolder(uri=other.as_uri(), name="other")
+    client.workspace_did_change_workspace_folders(
+        types.DidChangeWorkspaceFoldersParams(event=types.WorkspaceFoldersChangeEvent(added=[folder], removed=[]))
+    )
+    resolved = await resolve_tests()
+    assert not any("outside the workspace folder" in m.message for m in client.messages)
+    if resolved.edit is not None:
+        assert resolved.edit.document_changes[0].uri == (other / "tests" / "test_shapes.py").as_uri()
+    client.workspace_did_change_workspace_folders(
+        types.DidChangeWorkspaceFoldersParams(event=types.WorkspaceFoldersChangeEvent(added=[], removed=[folder]))
+    )
+    assert (await resolve_tests()).edit is None
+    assert "outside the workspace folder" in client.messages[-1].message
+
+
+@pytestmark_e2e
 async def test_e2e_cancelling_a_resolve_stops_its_generation(lsp, tiny_chat_model_dir):
     client, root = lsp
     # The chat model has no end-of-turn token: its answers run to the token limit unless cancelled.
