@@ -3,8 +3,9 @@
 Two measurements per document, both through the real code:
 
 * in process: `DocumentStore.change` for one typed character (the work a keystroke costs the server), the
-  first use of the parse tree afterwards, and a completion's work besides the model (context, prompt tokens,
-  post-processing) with the shipped model's tokenizer;
+  first use of the parse tree afterwards (and the memory the first parse takes), and a completion's work
+  besides the model, stage by stage (context, prompt tokens, post-processing of three answers) with the
+  shipped model's tokenizer;
 * over stdio: the real `midline serve` (no model loaded): a `didChange` followed by a `midline.status` request,
   timed from send to answer, less the same request's time alone; and the server's resident memory.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
 import sys
@@ -87,9 +89,11 @@ def in_process(name: str, text: str, cursor: int, keystrokes: int, completer) ->
     started = time.perf_counter()
     doc = store.open(uri, "python", 1, text)
     opened = (time.perf_counter() - started) * 1000
+    rss = rss_mb(os.getpid())
     started = time.perf_counter()
     doc.tree  # noqa: B018 (the first parse: on open before, on first use after)
     parsed = (time.perf_counter() - started) * 1000
+    tree_mb = rss_mb(os.getpid()) - rss
     times = []
     for i, char in enumerate((TYPED * keystrokes)[:keystrokes]):
         text, edit = insertion(text, cursor + i, char)
@@ -100,19 +104,42 @@ def in_process(name: str, text: str, cursor: int, keystrokes: int, completer) ->
     started = time.perf_counter()
     doc.tree  # noqa: B018 (the re-parse a request pays for, when keystrokes do not parse)
     tree_ms = (time.perf_counter() - started) * 1000
-    print(f"{name}: open {opened:.0f} ms, first parse {parsed:.0f} ms; keystroke {ms(times)}; tree after them {tree_ms:.1f} ms")
+    print(
+        f"{name}: open {opened:.0f} ms, first parse {parsed:.0f} ms (+{tree_mb:.0f} MB resident); keystroke {ms(times)}; "
+        f"tree after them {tree_ms:.1f} ms"
+    )
     if completer is not None:
-        from midline.server.postprocess import postprocess
+        offset = cursor + keystrokes  # (mid-word, where the server would not complete: where typing began)
+        completion_work(name, completer, doc, offset if not doc.text[offset : offset + 1].isalnum() else cursor)
 
-        offset = cursor + keystrokes
-        runs = []
-        for _ in range(3):
-            started = time.perf_counter()
-            ctx = completer.context(doc, offset)
-            completer.engine.encode(completer.prompt(ctx))
-            postprocess(" * 2\n", ctx, completer.config.max_lines)
-            runs.append((time.perf_counter() - started) * 1000)
-        print(f"{name}: completion without the model (context, prompt tokens, post-processing) {ms(runs)}")
+
+# Answers the post-processing gets: one it shows whole, one its syntax gate shortens, one it drops.
+ANSWERS = [" * 2\n", " * 2\n        return total\n        x = (\n", " * (2\n"]
+
+
+def completion_work(name: str, completer, doc, offset: int, runs: int = 3) -> None:
+    """Time a completion's work besides the model, stage by stage: the context, the prompt's tokens, and the
+    post-processing of each of `ANSWERS` (its per-request caches emptied first, as a new text would)."""
+    from midline.server import postprocess as post
+
+    stages: dict[str, list[float]] = {"context": [], "prompt tokens": [], "post-processing": []}
+    for _ in range(runs):
+        for cached in (post._baseline_spans, getattr(post, "_line_balance", None), post._suffix_closer):
+            if hasattr(cached, "cache_clear"):
+                cached.cache_clear()
+        started = time.perf_counter()
+        ctx = completer.context(doc, offset)
+        built = time.perf_counter()
+        completer.engine.encode(completer.prompt(ctx))
+        encoded = time.perf_counter()
+        for answer in ANSWERS:
+            post.postprocess(answer, ctx, completer.config.max_lines)
+        done = time.perf_counter()
+        for stage, (a, b) in zip(stages, [(started, built), (built, encoded), (encoded, done)]):
+            stages[stage].append((b - a) * 1000)
+    totals = [sum(times) for times in zip(*stages.values())]
+    parts = ", ".join(f"{stage} {statistics.median(times):.1f}" for stage, times in stages.items())
+    print(f"{name}: completion without the model {ms(totals)} ({parts} ms, medians; {len(ANSWERS)} answers)")
 
 
 def rss_mb(pid: int) -> float:

@@ -179,13 +179,13 @@ class Completer:
 
     def _type_through(self, doc: Document, offset: int) -> Suggestion | None:
         """The rest of the shown suggestion if the user has typed its first characters."""
-        shown = self._shown.get(doc.uri)
-        if shown is None or doc.text[offset:] != shown.after:
+        shown, text = self._shown.get(doc.uri), doc.text
+        # (Compared in place: no copy of a large document's text per request.)
+        if shown is None or len(text) - offset != len(shown.after) or not text.endswith(shown.after):
             return None
-        before = doc.text[:offset]
-        if not before.startswith(shown.before):
+        if offset < len(shown.before) or not text.startswith(shown.before):
             return None
-        typed = before[len(shown.before) :]
+        typed = text[len(shown.before) : offset]
         text = shown.suggestion.text
         if typed and len(typed) < len(text) and text.startswith(typed):
             return Suggestion(text[len(typed) :], shown.suggestion.replace)

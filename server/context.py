@@ -2,7 +2,8 @@
 
 `build_context` turns a document and a cursor offset into a `CompletionContext`: token-budgeted prefix
 and suffix windows cut at line boundaries, the kind of hole at the cursor, and extra snippets (imports,
-enclosing signature, definitions from other files) ordered stable-first for prompt caching.
+enclosing signature, definitions from other files) ordered stable-first for prompt caching. In a large
+document, post-processing gets the top-level nodes around the cursor (`text_window`), not the whole text.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class CompletionContext:
 
     path: str  # file path (or the URI when it has no path), as shown to the model
     language: str  # canonical language name from `languages.resolve`, "plaintext" if unknown
-    text: str  # the whole document
+    text: str  # the document, or past a size limit the part around the cursor that post-processing sees
     offset: int  # cursor, as an index into `text`
     prefix: str  # window of text before the cursor (ends at the cursor)
     suffix: str  # window of text after the cursor (starts at the cursor)
@@ -88,10 +89,10 @@ def build_context(
     prefix window cut them off.
     """
     text = doc.text
-    byte_offset = len(utf8(text[:offset]))
+    byte_offset = doc.byte_offset(offset)
     prefix_start, suffix_end = _windows(doc, offset, byte_offset, count_tokens, budget, prefix_share)
     prefix, suffix = text[prefix_start:offset], text[offset:suffix_end]
-    hole = classify_hole(text, offset, doc.language, doc.tree)
+    hole = classify_hole(text, offset, doc.language, doc.tree, byte_offset)
     snippets: list[Snippet] = []
     if doc.tree is not None and hole is not Hole.NONE:  # (no completion mid-word: spare the lookups)
         window_byte = byte_offset - len(utf8(prefix))
@@ -100,7 +101,63 @@ def build_context(
     if indent:  # prompt as if the editor had indented the empty line
         text, prefix, offset = text[:offset] + indent + text[offset:], prefix + indent, offset + len(indent)
     block = hole is not Hole.NONE and ends_block(text, offset, doc.language)
-    return CompletionContext(doc.path, doc.language, text, offset, prefix, suffix, hole, snippets, block, indent)
+    start, end = text_window(doc, offset - len(indent), byte_offset)
+    text = text[start : end + len(indent)]
+    return CompletionContext(doc.path, doc.language, text, offset - start, prefix, suffix, hole, snippets, block, indent)
+
+
+# -- the text post-processing sees ----------------------------------------------------------------
+
+_WHOLE_TEXT = 64_000  # characters: a document up to this size goes to post-processing whole
+_TEXT_WINDOW = 32_000  # characters: past it, about this much around the cursor
+_LINE_WINDOW = 4_000  # characters on each side of the cursor of a line longer than `_TEXT_WINDOW`
+
+
+def text_window(doc: Document, offset: int, byte_offset: int) -> tuple[int, int]:
+    """The part of `doc` that post-processing (its syntax gate above all) sees, as string indexes.
+
+    The whole document up to `_WHOLE_TEXT` characters. Past that, whole lines: the top-level nodes around the
+    cursor that fit in `_TEXT_WINDOW` bytes together (they parse alone as they do in the whole document),
+    at least the cursor's own; one longer than `_TEXT_WINDOW` characters on a side is cut there at a line
+    start, or `_LINE_WINDOW` characters from the cursor when the cursor's line alone is longer.
+    """
+    text = doc.text
+    if len(text) <= _WHOLE_TEXT:
+        return 0, len(text)
+    row, line_start = doc.line_at(offset)
+    first = last = row
+    if doc.tree is not None and (rows := _top_level_rows(doc.tree.root_node, byte_offset, _TEXT_WINDOW)) is not None:
+        first, last = min(first, rows[0]), max(last, rows[1])
+    start, end = doc.line_start(first), doc.line_start(last + 1)
+    if offset - start > _TEXT_WINDOW:
+        cut_row, _ = doc.line_at(offset - _TEXT_WINDOW)
+        start = doc.line_start(cut_row + 1) if cut_row < row else offset - _LINE_WINDOW
+    if end - offset > _TEXT_WINDOW:
+        cut_row, cut = doc.line_at(offset + _TEXT_WINDOW)
+        end = cut if cut_row > row else offset + _LINE_WINDOW
+    return start, end
+
+
+def _top_level_rows(root: tree_sitter.Node, byte_offset: int, limit: int) -> tuple[int, int] | None:
+    """First and last rows of the root's children around `byte_offset`: the one holding it (or the two
+    beside it), then neighbours on both sides while all of them span at most `limit` bytes. None if empty."""
+    cursor = root.walk()  # (Node.first_child_for_byte gives a null node, which crashes, past the last child)
+    after = cursor.node if cursor.goto_first_child_for_byte(byte_offset) is not None else None  # ends after it
+    if after is not None and after.start_byte <= byte_offset:
+        lo = hi = after
+    else:
+        before = after.prev_sibling if after is not None else root.child(root.child_count - 1) if root.child_count else None
+        lo, hi = before or after, after or before
+    if lo is None or hi is None:
+        return None
+    grew = True
+    while grew:
+        grew = False
+        if (node := lo.prev_sibling) is not None and hi.end_byte - node.start_byte <= limit:
+            lo, grew = node, True
+        if (node := hi.next_sibling) is not None and node.end_byte - lo.start_byte <= limit:
+            hi, grew = node, True
+    return lo.start_point.row, hi.end_point.row
 
 
 # -- hole -----------------------------------------------------------------------------------------
@@ -109,8 +166,11 @@ _INDENT_OPENERS = (":", "(", "[", "{")
 _BRACE_OPENERS = ("{", "(", "[", "=>")
 
 
-def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree | None = None) -> Hole:
-    """What kind of completion fits at `offset` (`tree`: the parse of `text`, parsed here if not given).
+def classify_hole(
+    text: str, offset: int, language: str, tree: tree_sitter.Tree | None = None, byte_offset: int | None = None
+) -> Hole:
+    """What kind of completion fits at `offset` (`tree`: the parse of `text`, parsed here if not given;
+    `byte_offset`: the offset's in UTF-8, counted here if not given).
 
     NONE in the middle of a word; SINGLE_LINE when code follows the cursor on its line (also when only
     closing brackets or quotes do: `foo(|)`); MULTI_LINE on a blank line, or at the end of a line that ends
@@ -140,7 +200,8 @@ def classify_hole(text: str, offset: int, language: str, tree: tree_sitter.Tree 
         return Hole.SINGLE_LINE
     if tree is None:
         tree = languages.thread_parser(spec.name).parse(utf8(text))
-    start, at, end = len(utf8(text[:line_start])), len(utf8(text[:offset])), len(utf8(text[:line_end]))
+    at = len(utf8(text[:offset])) if byte_offset is None else byte_offset
+    start, end = at - len(utf8(text[line_start:offset])), at + len(utf8(text[offset:line_end]))
     if "comment" in tree.root_node.descendant_for_byte_range(at - 1, at).type:  # a comment goes on too
         return Hole.SINGLE_LINE
     broken = any(first <= end and last >= start for first, last in languages.error_spans(tree.root_node))
@@ -249,6 +310,14 @@ def _lines_down(text: str, line_end: int) -> Iterator[tuple[int, str]]:
         start = end
 
 
+_CHARS_PER_TOKEN = 16  # generous: a token budget holds fewer characters than this many per token
+
+
+def _line_chars(budget: int) -> int:
+    """Characters of the cursor's line a window side with `budget` tokens takes at most (4,000 at least)."""
+    return max(_CHARS_PER_TOKEN * budget, 4_000)
+
+
 class _Side:
     """The whole lines on one side of the cursor, taken nearest first while they fit a token budget."""
 
@@ -298,20 +367,23 @@ def _windows(
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = _line_end(text, offset)
     prefix_budget = int(budget * prefix_share)
-    suffix_budget = budget - prefix_budget - count_tokens(text[offset:line_end])
-    prefix_budget -= count_tokens(text[line_start:offset])
-    up = _Side(_lines_up(text, line_start), count_tokens)
-    down = _Side(_lines_down(text, line_end), count_tokens)
+    # The cursor's line goes in whole, but never more of it than a side's budget could hold.
+    first = max(line_start, offset - _line_chars(prefix_budget))
+    last = min(line_end, offset + _line_chars(budget - prefix_budget))
+    suffix_budget = budget - prefix_budget - count_tokens(text[offset:last])
+    prefix_budget -= count_tokens(text[first:offset])
+    up = _Side(_lines_up(text, line_start) if first == line_start else iter(()), count_tokens)
+    down = _Side(_lines_down(text, line_end) if last == line_end else iter(()), count_tokens)
     spare = down.fit(suffix_budget + up.fit(prefix_budget))
     if spare and not up.complete:
         up.fit(prefix_budget + spare)
     starts: set[int] = set()
     ends: set[int] = set()
-    if doc.tree is not None and not (up.complete and down.complete):
-        starts, ends = _boundary_rows(doc.tree, byte_offset)
     row = text.count("\n", 0, offset)
-    start = up.edge(line_start, itertools.count(row - 1, -1), starts)
-    end = down.edge(line_end, itertools.count(row + 1), ends)
+    if doc.tree is not None and not (up.complete and down.complete):
+        starts, ends = _boundary_rows(doc.tree, byte_offset, max(row - up.taken, 0), row + down.taken)
+    start = up.edge(first, itertools.count(row - 1, -1), starts)
+    end = down.edge(last, itertools.count(row + 1), ends)
     return start, end
 
 
@@ -321,15 +393,16 @@ def _end_row(node: tree_sitter.Node) -> int:
     return row - 1 if column == 0 and row > node.start_point.row else row
 
 
-def _boundary_rows(tree: tree_sitter.Tree, byte_offset: int) -> tuple[set[int], set[int]]:
+def _boundary_rows(tree: tree_sitter.Tree, byte_offset: int, first_row: int, last_row: int) -> tuple[set[int], set[int]]:
     """Rows a prefix window may start at, and rows a suffix window may end with, without cutting a
     syntax node beside the cursor in two: those of the cursor's ancestors and of their children
-    (top-level statements, class members, statements of the enclosing function, ...)."""
+    (top-level statements, class members, statements of the enclosing function, ...). Only the children
+    on rows first_row..last_row (the lines the windows may take) are looked at."""
     starts: set[int] = set()
     ends: set[int] = set()
     node: tree_sitter.Node | None = tree.root_node
     while node is not None:
-        children = node.named_children
+        children = _named_children_on(node, first_row, last_row)
         node = None
         previous_end = -1  # a row where an earlier sibling still runs is no clean start
         for child in children:
@@ -348,6 +421,20 @@ def _boundary_rows(tree: tree_sitter.Tree, byte_offset: int) -> tuple[set[int], 
                 ends.add(_end_row(child))
             next_start = min(next_start, child.start_point.row)
     return starts, ends
+
+
+def _named_children_on(node: tree_sitter.Node, first_row: int, last_row: int) -> list[tree_sitter.Node]:
+    """The named children of `node` that reach row `first_row` or later and start by row `last_row`."""
+    cursor = node.walk()
+    if cursor.goto_first_child_for_point((first_row, 0)) is None:
+        return []
+    children = []
+    while (child := cursor.node).start_point.row <= last_row:
+        if child.is_named:
+            children.append(child)
+        if not cursor.goto_next_sibling():
+            break
+    return children
 
 
 # -- snippets -------------------------------------------------------------------------------------

@@ -221,6 +221,18 @@ class Document:
     def line_count(self) -> int:
         return len(self._lines)
 
+    def line_at(self, offset: int) -> tuple[int, int]:
+        """The line holding string index `offset` (0 <= offset <= len(text)), and where that line starts."""
+        return self._lines.locate(offset)
+
+    def line_start(self, line: int) -> int:
+        """String index where `line` starts; the text's length for a line past the last."""
+        return self._lines.start(line) if line < len(self._lines) else len(self._text)
+
+    def byte_offset(self, offset: int) -> int:
+        """The UTF-8 byte offset, as tree positions count, of string index `offset` (no encoding for ASCII text)."""
+        return offset if self._text.isascii() else len(utf8(self._text[:offset]))
+
     def _line_span(self, line: int) -> tuple[int, int]:
         """String indexes of a line's start and of its end (where its line break starts)."""
         start = self._lines.start(line)

@@ -144,7 +144,7 @@ def _fit_line(line: str, ctx: CompletionContext) -> Suggestion | None:
     if not _AUTO_CLOSED.fullmatch(suffix):
         line = _trim_overlap(line, suffix)
     lexicon = _lexicon(ctx.language)
-    quote, free, spare = _line_balance(ctx, lexicon)
+    quote, free, spare = _line_balance(ctx.line_prefix, ctx.line_suffix, ctx.language)
     marks = _scan(line, lexicon, quote)
     reused, replace = _reused_closers(line, marks, suffix)
     end = _balanced_end(line, marks, reused, free, spare)
@@ -185,12 +185,14 @@ def _reused_closers(line: str, marks: list[_Mark], line_suffix: str) -> tuple[in
     return count, count
 
 
-def _line_balance(ctx: CompletionContext, lexicon: _Lexicon) -> tuple[str | None, int, int]:
+@functools.lru_cache(maxsize=8)
+def _line_balance(line_prefix: str, line_suffix: str, language: str) -> tuple[str | None, int, int]:
     """(open quote at the cursor, brackets the line prefix leaves open that nothing after the cursor closes,
-    closers in the line suffix with nothing on the line to close)."""
-    prefix_marks, quote = _scan_state(ctx.line_prefix, lexicon)
+    closers in the line suffix with nothing on the line to close). Cached: the same for every candidate."""
+    lexicon = _lexicon(language)
+    prefix_marks, quote = _scan_state(line_prefix, lexicon)
     opened = len(_match(prefix_marks)[0])
-    closed = len(_match(_scan(ctx.line_suffix, lexicon, quote))[1])
+    closed = len(_match(_scan(line_suffix, lexicon, quote))[1])
     return quote, max(0, opened - closed), max(0, closed - opened)
 
 

@@ -236,3 +236,46 @@ def test_plain_text_gets_windows_only() -> None:
     assert ctx.prefix.startswith("line ") and ctx.prefix.endswith("line")
     assert words(ctx.prefix) <= 30 + 1 and ctx.suffix.endswith("notes")
 
+
+
+# -- large documents: the cursor's line and the text post-processing sees are bounded
+
+
+def test_a_long_cursor_line_is_cut_to_what_the_budget_could_hold() -> None:
+    text = 'LABEL = "é"\nDATA = [' + "1, " * 300_000 + "2, " + "3, " * 300_000 + "0]\n\ndef f():\n    return 1\n"
+    offset = text.index("2, ")
+    counted: list[int] = []
+
+    def count(piece: str) -> int:
+        counted.append(len(piece))
+        return len(piece)
+
+    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=count, budget=1000)
+    assert max(counted) <= 16 * 750 and sum(counted) < 20_000  # not the 1.8 MB line
+    assert ctx.prefix == text[offset - 16 * 750 : offset] and ctx.suffix == text[offset : offset + 4_000]
+    assert ctx.text == text[offset - 4_000 : offset + 4_000]  # post-processing: 4,000 characters a side
+    assert ctx.hole is Hole.SINGLE_LINE and ctx.line_suffix.startswith("2, 3, ")
+
+
+def test_a_large_document_goes_to_post_processing_as_whole_definitions_around_the_cursor() -> None:
+    text = functions(3_000)  # about 370,000 characters
+    offset = at(text, "v3 = step3(x1500)", 5)
+    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=chars, budget=400)
+    assert 20_000 < len(ctx.text) <= 33_000
+    start = offset - ctx.offset
+    assert text[start : start + len(ctx.text)] == ctx.text
+    assert ctx.text.startswith("def f") and text[start - 3 : start] == "\n\n\n"  # whole definitions
+    assert ctx.text.endswith("    return v0\n") and text[start + len(ctx.text) :].startswith("\n\ndef f")
+    assert ctx.line_prefix == "    v3 = " and ctx.line_suffix == "step3(x1500)"
+    small = Document("file:///w/m.py", "python", 1, SOURCE)  # under the limit: the whole document
+    assert build_context(small, at(SOURCE, "def f5"), count_tokens=chars).text == SOURCE
+
+
+@pytest.mark.parametrize("where", ["start", "end", "unfinished-end", "whitespace-end"])
+def test_text_window_at_the_edges_of_a_large_document(where: str) -> None:
+    text = functions(1_000) + {"start": "", "end": "", "unfinished-end": "total = ", "whitespace-end": "\n\n   "}[where]
+    offset = 0 if where == "start" else len(text)
+    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=chars, budget=400)
+    start = offset - ctx.offset
+    assert len(ctx.text) <= 33_000 and text[start : start + len(ctx.text)] == ctx.text
+    assert (start == 0) if where == "start" else (start + len(ctx.text) == len(text))

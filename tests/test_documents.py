@@ -293,3 +293,14 @@ def test_keystrokes_parse_nothing_and_the_next_use_reparses_once(monkeypatch: py
     assert doc.tree is not None and calls == [old_tree]  # up to date: not parsed again
     doc.parser = real
     assert_synced(doc)
+
+
+@pytest.mark.parametrize("text", ["a\nbé😀\r\nc\rd", "", "x\n", "\n\n"])
+def test_line_lookups_and_byte_offsets(text: str) -> None:
+    doc = Document("file:///w/a.py", "python", 1, text)
+    starts = [0] + [m.end() for m in re.finditer(r"\r\n|\r|\n", text)]
+    assert [doc.line_start(line) for line in range(len(starts) + 1)] == [*starts, len(text)]
+    for offset in range(len(text) + 1):
+        line = bisect.bisect_right(starts, offset) - 1
+        assert doc.line_at(offset) == (line, starts[line])
+        assert doc.byte_offset(offset) == len(text[:offset].encode("utf-8"))

@@ -6,9 +6,12 @@ A case is (language, document with `█` at the cursor, hole, raw candidate, exp
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from midline.server.context import CompletionContext, Hole, build_context
+from midline.server import postprocess as postprocess_module
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion, block_complete, cut_unsure_lines, error_count, postprocess
 
@@ -256,3 +259,63 @@ def test_start_of_a_lines_code(document: str, raw: str, expected: str | None):
 def test_a_finished_line_is_left_without_errors(document: str, raw: str, expected: str | None):
     suggestion = serve("python", document, raw)
     assert (suggestion.text if suggestion else None) == expected
+
+
+# -- large documents: the gate parses the part around the cursor, with the whole document's verdicts
+
+LARGE_BODY = "def f{i}(x):\n    y = [x, {i}]\n    if y:\n        y.append(x)\n    return y\n\n\n"
+LARGE = "".join(LARGE_BODY.format(i=i) for i in range(2_000)) + "class C:\n    def m(self, v):\n        █\n" + "".join(
+    LARGE_BODY.format(i=i) for i in range(2_000, 4_000)
+)
+LARGE_LINE = "x = 1\nvalues = [" + "1, " * 100_000 + "█2, " + "3, " * 100_000 + "]\n"
+
+
+def served_and_whole(document: str, raw: str) -> tuple[Suggestion | None, Suggestion | None]:
+    """`raw` post-processed in the context as served, and in the same context given the whole document."""
+    offset = document.index(CURSOR)
+    text = document.replace(CURSOR, "", 1)
+    ctx = build_context(Document("file:///w/big.py", "python", 1, text), offset, count_tokens=len)
+    assert len(ctx.text) < len(text) // 4  # post-processing sees a part
+    whole = text[:offset] + ctx.indent + text[offset:]
+    whole_ctx = dataclasses.replace(ctx, text=whole, offset=offset + len(ctx.indent))
+    return postprocess(raw, ctx, MAX_LINES), postprocess(raw, whole_ctx, MAX_LINES)
+
+
+@pytest.mark.parametrize(
+    "document, raw",
+    [
+        pytest.param(LARGE, "return v * 2\n", id="accepted"),
+        pytest.param(LARGE, "return (v *\n", id="unclosed-bracket"),
+        pytest.param(LARGE, "w = v + 1\n        return w\n", id="two-lines"),
+        pytest.param(LARGE, "w = v +\n        return w\n", id="first-line-broken"),
+        pytest.param(LARGE, "w = v + 1\n        return (w\n", id="cut-to-the-first-line"),
+        pytest.param(LARGE, "x = '''\n", id="unterminated-string"),
+        pytest.param(LARGE, "return v\n\ndef g(:\n", id="broken-definition-after"),
+        pytest.param(LARGE_LINE, "2, 2, ", id="long-line"),
+        pytest.param(LARGE_LINE, "2)]", id="long-line-wrong-closer"),
+    ],
+)
+def test_gate_on_a_large_document_decides_as_on_the_whole_document(document: str, raw: str):
+    served, whole = served_and_whole(document, raw)
+    assert served == whole
+
+
+def test_gate_on_a_large_document_parses_no_more_than_the_part_around_the_cursor(monkeypatch: pytest.MonkeyPatch):
+    parsed: list[int] = []
+
+    class Counting:
+        def __init__(self, parser) -> None:
+            self._parser = parser
+
+        def parse(self, source: bytes, *args):
+            parsed.append(len(source))
+            return self._parser.parse(source, *args)
+
+    real = postprocess_module.thread_parser
+    monkeypatch.setattr(postprocess_module, "thread_parser", lambda language: Counting(real(language)))
+    for document, raw in [(LARGE, "w = v +\n        return w\n"), (LARGE_LINE, "2)]")]:
+        parsed.clear()
+        text = document.replace(CURSOR, "", 1)
+        ctx = build_context(Document("file:///w/big.py", "python", 1, text), document.index(CURSOR), count_tokens=len)
+        postprocess(raw, ctx, MAX_LINES)
+        assert parsed and max(parsed) < 70_000 and sum(parsed) < len(text) // 4
