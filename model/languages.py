@@ -283,7 +283,7 @@ def vscode_ids() -> list[str]:
 
 
 # Code ending with one of these opens a block in some language (the language-agnostic rule).
-ALL_INDENT_OPENERS: tuple[str, ...] = tuple(
+INDENT_OPENERS: tuple[str, ...] = tuple(
     dict.fromkeys(opener for spec in (*LANGUAGES.values(), PLAIN_TEXT) for opener in spec.indent_openers)
 )
 

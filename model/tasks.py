@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import tree_sitter
 
 from midline.model.fim import FimPrompt, Snippet
+from midline.model.languages import resolve
 
 QUOTES = '"""'
 FIX_BUGGY = "Buggy version:"
@@ -47,11 +48,6 @@ FIX_MARKER = "Fixed version:"  # the line after which the model writes the corre
 UNVERIFIED = "unverified"  # marks generated tests that were not run (languages other than Python)
 
 Message = dict[str, str]
-
-
-def line_comment(language: str) -> str:
-    """The line-comment marker of a language (`#` for Python and plain text, `//` for the brace languages)."""
-    return "#" if language in ("python", "plaintext", "") else "//"
 
 
 # -- when a generation is done --------------------------------------------------------------------
@@ -68,7 +64,7 @@ def should_stop(task: str, language: str = "python") -> Callable[[str], bool]:
     if task == "explain" and language == "python":
         end = lambda text: QUOTES in text
     elif task == "explain":
-        comment_end = re.compile(rf"\n\s*(?!{re.escape(line_comment(language))})\S")
+        comment_end = re.compile(rf"\n\s*(?!{re.escape(resolve(language).line_comment)})\S")
         end = lambda text: comment_end.search(text) is not None
     elif task == "fix":
         marker = re.compile(rf"{re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)}")
@@ -112,7 +108,8 @@ def explain_prompt(code: str, language: str = "python", *, path: str = "") -> Fi
     """
     parts = _definition_parts(code) if language == "python" else None
     if parts is None:
-        return FimPrompt(prefix=f"{line_comment(language)} ", suffix="\n" + _ended(code), path=path, comment=line_comment(language))
+        comment = resolve(language).line_comment
+        return FimPrompt(prefix=f"{comment} ", suffix="\n" + _ended(code), path=path, comment=comment)
     return FimPrompt(prefix=f"{parts.header}\n{parts.indent}{QUOTES}", suffix=f"{QUOTES}\n{parts.body}", path=path)
 
 
@@ -138,7 +135,7 @@ def parse_explanation(output: str, language: str = "python") -> str:
     if language == "python":
         text = output.split(QUOTES, 1)[0]
         return inspect.cleandoc(text).strip()
-    marker = line_comment(language)
+    marker = resolve(language).line_comment
     lines = []
     for i, line in enumerate(output.split("\n")):
         stripped = line.strip()
@@ -192,13 +189,13 @@ def tests_prompt(
     if language == "python":
         prefix = tests_header(module or module_name(module_path), names) + "def test_"
     else:
-        prefix = f"{line_comment(language)} Tests for {', '.join(names) or module_path} ({module_path})\n"
+        prefix = f"{resolve(language).line_comment} Tests for {', '.join(names) or module_path} ({module_path})\n"
     return FimPrompt(
         prefix=prefix,
         suffix="",
         path=test_path or test_path_for(module_path),
         snippets=[Snippet(module_path, module_source)],
-        comment=line_comment(language),
+        comment=resolve(language).line_comment,
     )
 
 
@@ -310,7 +307,7 @@ def fix_prompt(buggy_code: str, diagnostics: Sequence[str] = (), language: str =
 
     (`# Problems:` only when there are diagnostics; `//` for brace languages.) The suffix is empty.
     """
-    c = line_comment(language)
+    c = resolve(language).line_comment
     lines = [f"{c} {FIX_BUGGY}\n", _ended(buggy_code)]
     if diagnostics:
         lines.append(f"{c} {FIX_PROBLEMS}\n")
@@ -332,7 +329,7 @@ def fix_example(buggy_code: str, fixed_code: str, diagnostics: Sequence[str] = (
 def parse_fix(output: str, language: str = "python") -> str:
     """The corrected code in generated text: up to a repeated marker line, without trailing blank lines."""
     output = without_loop(output)
-    c = re.escape(line_comment(language))
+    c = re.escape(resolve(language).line_comment)
     cut = re.search(rf"^\s*{c} ({re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)})", output, re.MULTILINE)
     text = output[: cut.start()] if cut else output
     text = text.rstrip()
@@ -344,7 +341,7 @@ def parse_fix(output: str, language: str = "python") -> str:
 
 def from_comment_prompt(prefix: str, suffix: str, *, path: str = "", snippets: Sequence[Snippet] = (), language: str = "python") -> FimPrompt:
     """Ask for the code a comment describes: plain completion, `prefix` ending after the comment's line."""
-    return FimPrompt(prefix=prefix, suffix=suffix, path=path, snippets=snippets, comment=line_comment(language))
+    return FimPrompt(prefix=prefix, suffix=suffix, path=path, snippets=snippets, comment=resolve(language).line_comment)
 
 
 def from_comment_target(implementation: str) -> str:

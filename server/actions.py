@@ -433,13 +433,12 @@ def _reindent(code: str, indent: str) -> str:
 def test_file_for(module: Path, root: Path | None, language: str) -> Path:
     """Where a module's tests go: `tests/` at the workspace root if there is one, else beside the module;
     `test_<module>.py` (Go `<module>_test.go`, JavaScript/TypeScript `<module>.test.<ext>`)."""
-    stem, suffix = module.stem, module.suffix
-    if language == "go":
-        return module.with_name(f"{stem}_test{suffix}")
+    spec = languages.LANGUAGES.get(language, languages.PLAIN_TEXT)
+    name = spec.test_file.format(stem=module.stem, suffix=module.suffix)
+    if spec.tests_beside_module:
+        return module.with_name(name)
     folder = root / "tests" if root is not None and (root / "tests").is_dir() else module.parent
-    if language in ("javascript", "typescript", "typescriptreact"):
-        return folder / f"{stem}.test{suffix}"
-    return folder / f"test_{stem}{suffix}"
+    return folder / name
 
 
 @dataclass(frozen=True)
@@ -616,7 +615,7 @@ class Actions:
                 return Nothing(f"None of the generated tests passed against the current code{' (' + verified.note + ')' if verified.note else ''}, so none are offered; try again, or check the code.")
             source = verified.source
         else:
-            c = tasks.line_comment(doc.language)
+            c = languages.resolve(doc.language).line_comment
             source = f"{c} midline: generated tests, {tasks.UNVERIFIED} (not run)\n{source}"
         existing = read(test_path)
         text = merge_tests(existing, source) if existing is not None else source

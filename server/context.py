@@ -162,10 +162,6 @@ def _top_level_rows(root: tree_sitter.Node, byte_offset: int, limit: int) -> tup
 
 # -- hole -----------------------------------------------------------------------------------------
 
-_INDENT_OPENERS = (":", "(", "[", "{")
-_BRACE_OPENERS = ("{", "(", "[", "=>")
-
-
 def classify_hole(
     text: str, offset: int, language: str, tree: tree_sitter.Tree | None = None, byte_offset: int | None = None
 ) -> Hole:
@@ -193,8 +189,7 @@ def classify_hole(
     spec = languages.resolve(language)
     if spec.grammar is None:
         return Hole.SINGLE_LINE
-    openers = _INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS
-    if line_prefix.rstrip().endswith(openers):
+    if line_prefix.rstrip().endswith(spec.block_openers):
         return Hole.MULTI_LINE
     if line_prefix[-1].isspace():  # a space typed after code: the line goes on (`return |`, `# area of |`)
         return Hole.SINGLE_LINE
@@ -226,9 +221,9 @@ def implied_indent(text: str, offset: int, language: str) -> str:
     unit = _indent_unit(text)
     indent = _leading(above)
     code = above.strip()
-    if code.endswith(":" if spec.indent_blocks else ("{", "(", "[")):
+    if code.endswith(spec.indent_openers):
         indent += unit
-    elif spec.indent_blocks and _DEDENTERS.match(code):
+    elif spec.indent_blocks and _dedents(spec, code):
         indent = indent[: max(0, len(indent) - len(unit))]
     below = next((line for _, line in _lines_down(text, _line_end(text, offset)) if line.strip()), None)
     if below is not None:
@@ -254,12 +249,14 @@ def ends_block(text: str, offset: int, language: str) -> bool:
     below = below.lstrip("\n")
     width = _width(line if line.strip() else text[line_start:offset])
     spec = languages.resolve(language)
-    if line.rstrip().endswith(_INDENT_OPENERS if spec.indent_blocks else _BRACE_OPENERS):
+    if line.rstrip().endswith(spec.block_openers):
         width += 1
     return _width(below) < width or below.lstrip()[:1] in (")", "]", "}")
 
 
-_DEDENTERS = re.compile(r"(return|pass|raise|break|continue)\b")
+def _dedents(spec: languages.LanguageSpec, code: str) -> bool:
+    """Whether `code` starts with one of the language's dedenting statements (Python's `return`, `pass`, ...)."""
+    return bool(spec.dedenters) and re.match(rf"(?:{'|'.join(map(re.escape, spec.dedenters))})\b", code) is not None
 
 
 def _leading(line: str) -> str:

@@ -24,7 +24,16 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-from midline.model.languages import error_spans, is_word, resolve, thread_parser
+from midline.model.languages import (
+    INDENT_OPENERS,
+    LANGUAGES,
+    PLAIN_TEXT,
+    definition_line,
+    error_spans,
+    is_word,
+    resolve,
+    thread_parser,
+)
 
 from .context import CompletionContext, Hole
 
@@ -34,11 +43,8 @@ _BRACKETS = frozenset("()[]{}")
 
 # A line suffix an editor typically auto-inserted: closers and quotes, then maybe one terminator.
 _AUTO_CLOSED = re.compile(r"([)\]}\"'`]+)([:;,]?)\s*")
-# A line that starts a new top-level definition (kept simple and language-agnostic).
-_DEFINITION = re.compile(
-    r"@|#include\b|(?:(?:export|pub|public|private|protected|static|async|abstract|final|default|unsafe)\s+)*"
-    r"(?:def|class|function|func|fn|struct|enum|trait|impl|interface|mod)\b"
-)
+# A line that starts a new top-level definition (one language-agnostic union of the table's words).
+_DEFINITION = definition_line()
 # A short unit (up to 10 characters) repeated at least four times in a row.
 _REPEATED_UNIT = re.compile(r"(\S.{0,9}?)(?:\s*\1){3,}", re.S)
 # A longer unit (8 to 80 characters, with a letter) three times in a row: a model stuck in a loop.
@@ -268,7 +274,7 @@ def _statement_lines(lines: list[str], ctx: CompletionContext) -> int | None:
         return None
     base = _indent(ctx.line_prefix + lines[0] if start == 0 else lines[start])
     spec = resolve(ctx.language)
-    openers = ":" if spec.indent_blocks else ("{", "(", "[")
+    openers = spec.indent_openers
     lexicon = _lexicon(ctx.language)
     head = ctx.line_prefix if start == 0 else ""
     for end in range(start + 1, len(lines)):
@@ -331,7 +337,7 @@ def _block_indent(lines: list[str], ctx: CompletionContext) -> int | None:
     """
     line_prefix = ctx.line_prefix
     if line_prefix.strip():
-        opens = line_prefix.rstrip().endswith((":", "{", "(", "["))
+        opens = line_prefix.rstrip().endswith(INDENT_OPENERS)
         return _indent(line_prefix) + opens
     for i, line in enumerate(lines):
         if line.strip():
@@ -409,21 +415,11 @@ class _Lexicon:
     comment: str | None = None  # line comment start
 
 
-_LEXICONS = {
-    "python": _Lexicon(('"""', "'''", '"', "'"), frozenset({'"""', "'''"}), "#"),
-    "javascript": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
-    "typescript": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
-    "typescriptreact": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
-    "go": _Lexicon(('"', "'", "`"), frozenset("`"), "//"),
-    "rust": _Lexicon(('"',), frozenset('"'), "//"),  # `'` also starts lifetimes
-    "java": _Lexicon(('"', "'"), frozenset(), "//"),
-    "c": _Lexicon(('"', "'"), frozenset(), "//"),
-    "cpp": _Lexicon(('"', "'"), frozenset(), "//"),
-}
-
-
+@functools.cache
 def _lexicon(language: str) -> _Lexicon:
-    return _LEXICONS.get(language, _Lexicon())
+    """The table's lexical syntax for `language`; plain text (and any unknown id) has no quotes or comments."""
+    spec = LANGUAGES.get(language, PLAIN_TEXT)
+    return _Lexicon(spec.quotes, spec.multiline_quotes, spec.line_comment if spec.grammar is not None else None)
 
 
 class _Mark(NamedTuple):

@@ -1,8 +1,9 @@
 """Imports, definitions and enclosing scopes of source files, read from their tree-sitter trees.
 
-A small table per language names the node types that are imports, definitions, classes whose members
-are definitions too, wrappers around a definition (decorators, `export`, `template <...>`) and blocks
-whose children still count as top level (`#ifdef`, `namespace`, Python `try:`). `SymbolIndex` keeps the
+The language table (model/languages.py) names per language the node types that are imports,
+definitions, classes whose members are definitions too, wrappers around a definition (decorators,
+`export`, `template <...>`) and blocks whose children still count as top level (`#ifdef`, `namespace`,
+Python `try:`). `SymbolIndex` keeps the
 definitions of workspace files by name, for cross-file context.
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 import tree_sitter
 
 from midline.model import languages
+from midline.model.languages import LANGUAGES, LanguageSpec
 
 if TYPE_CHECKING:
     from midline.server.documents import Document
@@ -37,98 +39,6 @@ class Definition:
     path: str = ""  # the file, set by `SymbolIndex`
     scope: str = ""  # header of the enclosing class/impl/trait for members, "" at top level
 
-
-@dataclass(frozen=True)
-class _Table:
-    imports: frozenset[str]
-    definitions: dict[str, str]  # node type -> kind
-    containers: frozenset[str] = frozenset()  # definitions whose body members are definitions too
-    wrappers: frozenset[str] = frozenset()  # nodes around one definition
-    transparent: frozenset[str] = frozenset()  # blocks whose children count as top level
-
-
-def _table(imports: str, definitions: dict[str, str], containers: str = "", wrappers: str = "", transparent: str = "") -> _Table:
-    return _Table(frozenset(imports.split()), definitions, frozenset(containers.split()), frozenset(wrappers.split()), frozenset(transparent.split()))
-
-
-_JS_DEFINITIONS = {
-    "function_declaration": "function",
-    "generator_function_declaration": "function",
-    "function_signature": "function",
-    "lexical_declaration": "function",  # only `const f = (...) => ...` and `const f = function ...`
-    "variable_declaration": "function",
-    "class_declaration": "class",
-    "abstract_class_declaration": "class",
-    "method_definition": "method",
-    "abstract_method_signature": "method",
-    "interface_declaration": "interface",
-    "type_alias_declaration": "type",
-    "enum_declaration": "enum",
-}
-_JS = _table("import_statement", _JS_DEFINITIONS, "class_declaration abstract_class_declaration", "export_statement", "ambient_declaration")
-
-_C_DEFINITIONS = {
-    "function_definition": "function",
-    "declaration": "function",  # only prototypes
-    "struct_specifier": "struct",
-    "union_specifier": "union",
-    "enum_specifier": "enum",
-    "type_definition": "type",
-}
-_PREPROC = "preproc_ifdef preproc_if preproc_else preproc_elif preproc_elifdef"
-
-_TABLES: dict[str, _Table] = {
-    "python": _table(
-        "import_statement import_from_statement future_import_statement",
-        {"function_definition": "function", "class_definition": "class"},
-        "class_definition",
-        "decorated_definition",
-        "if_statement try_statement block else_clause elif_clause except_clause finally_clause",
-    ),
-    "javascript": _JS,
-    "typescript": _JS,
-    "typescriptreact": _JS,
-    "go": _table(
-        "import_declaration",
-        {"function_declaration": "function", "method_declaration": "method", "type_declaration": "type"},
-    ),
-    "rust": _table(
-        "use_declaration extern_crate_declaration",
-        {
-            "function_item": "function",
-            "function_signature_item": "function",
-            "struct_item": "struct",
-            "enum_item": "enum",
-            "union_item": "union",
-            "trait_item": "trait",
-            "impl_item": "impl",
-            "type_item": "type",
-        },
-        "trait_item impl_item",
-    ),
-    "java": _table(
-        "import_declaration",
-        {
-            "class_declaration": "class",
-            "interface_declaration": "interface",
-            "enum_declaration": "enum",
-            "record_declaration": "class",
-            "annotation_type_declaration": "interface",
-            "method_declaration": "method",
-            "constructor_declaration": "method",
-        },
-        "class_declaration interface_declaration enum_declaration record_declaration",
-        transparent="enum_body_declarations",
-    ),
-    "c": _table("preproc_include", _C_DEFINITIONS, transparent=_PREPROC),
-    "cpp": _table(
-        "preproc_include",
-        {**_C_DEFINITIONS, "class_specifier": "class", "field_declaration": "function", "alias_declaration": "type"},
-        "class_specifier",
-        "template_declaration",
-        f"{_PREPROC} namespace_definition linkage_specification declaration_list",
-    ),
-}
 
 _FUNCTION_VALUES = {"arrow_function", "function_expression", "function", "generator_function"}
 _DOC_LINES = 8  # longer docstrings / doc comments are cut to their summary
@@ -152,9 +62,9 @@ def _compact(text: str, max_lines: int = _MAX_LINES) -> str:
     return "\n".join([*lines[: max_lines - 2], indent + "...", lines[-1]])
 
 
-def _unwrap(node: Node, table: _Table) -> Node:
+def _unwrap(node: Node, spec: LanguageSpec) -> Node:
     """The definition inside a wrapper (decorated, exported, templated), else the node itself."""
-    while node.type in table.wrappers:
+    while node.type in spec.wrappers:
         inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
         if inner is None:
             named = node.named_children
@@ -276,11 +186,11 @@ def signature(node: Node, source: bytes, language: str) -> str:
     Functions and classes lose their body (`{ ... }`, or `...` under a Python header and docstring);
     structs, enums, type aliases and prototypes are kept whole, elided in the middle when long.
     """
-    table = _TABLES.get(language)
-    if table is None:
+    spec = LANGUAGES.get(language)
+    if spec is None:
         return _compact(_text(source, node.start_byte, node.end_byte))
-    outer, node = node, _unwrap(node, table)
-    kind = table.definitions.get(node.type, "")
+    outer, node = node, _unwrap(node, spec)
+    kind = spec.definitions.get(node.type, "")
     if language == "python":
         header, body = _python_header(outer, node, source)
         doc = _docstring(body, source) if body is not None else ""
@@ -288,7 +198,7 @@ def signature(node: Node, source: bytes, language: str) -> str:
             return f"{header} ..."
         return header + "\n" + textwrap.indent(f"{doc}\n...", _INDENT)
     doc = _doc_comment(outer, source)
-    header = _header(outer, node, source, language) if kind in ("function", "method") or node.type in table.containers else None
+    header = _header(outer, node, source, language) if kind in ("function", "method") or node.type in spec.containers else None
     if header is None:
         return doc + _compact(_text(source, outer.start_byte, outer.end_byte))
     body = _body(node)
@@ -299,7 +209,7 @@ def _scope_header(outer: Node, node: Node, source: bytes, language: str) -> str:
     return _header(outer, node, source, language) or _text(source, outer.start_byte, node.end_byte).split("\n")[0]
 
 
-def _top_level(parent: Node, table: _Table) -> Iterator[Node]:
+def _top_level(parent: Node, spec: LanguageSpec) -> Iterator[Node]:
     """Children of a block, looking through transparent blocks (`#ifdef`, `namespace`, `try:`), in source
     order. Iterative: transparent blocks may nest as deep as the file does."""
     stack = [iter(parent.named_children)]
@@ -307,7 +217,7 @@ def _top_level(parent: Node, table: _Table) -> Iterator[Node]:
         child = next(stack[-1], None)
         if child is None:
             stack.pop()
-        elif child.type in table.transparent:
+        elif child.type in spec.transparent:
             stack.append(iter(child.named_children))
         else:
             yield child
@@ -315,43 +225,43 @@ def _top_level(parent: Node, table: _Table) -> Iterator[Node]:
 
 def imports(tree: tree_sitter.Tree, source: bytes, language: str) -> list[str]:
     """The file's import statements (`import`, `use`, `#include`, ...) as source text, in order."""
-    table = _TABLES.get(language)
-    if table is None:
+    spec = LANGUAGES.get(language)
+    if spec is None:
         return []
-    nodes = [node for node in _top_level(tree.root_node, table) if node.type in table.imports]
+    nodes = [node for node in _top_level(tree.root_node, spec) if node.type in spec.imports]
     return [source[node.start_byte : node.end_byte].decode("utf-8", "replace").rstrip() for node in nodes]
 
 
 def definitions(tree: tree_sitter.Tree, source: bytes, language: str) -> list[Definition]:
     """Top-level definitions and class members, in source order."""
-    table = _TABLES.get(language)
-    return _collect(tree.root_node, source, language, table) if table is not None else []
+    spec = LANGUAGES.get(language)
+    return _collect(tree.root_node, source, language, spec) if spec is not None else []
 
 
-def _collect(root: Node, source: bytes, language: str, table: _Table) -> list[Definition]:
+def _collect(root: Node, source: bytes, language: str, spec: LanguageSpec) -> list[Definition]:
     """Definitions under `root`, each container's members right after it (depth first, with an explicit
     stack: containers may nest as deep as the file does)."""
     out: list[Definition] = []
-    stack: list[tuple[Iterator[Node], str]] = [(_top_level(root, table), "")]  # (nodes left, their scope)
+    stack: list[tuple[Iterator[Node], str]] = [(_top_level(root, spec), "")]  # (nodes left, their scope)
     while stack:
         nodes, scope = stack[-1]
         outer = next(nodes, None)
         if outer is None:
             stack.pop()
             continue
-        node = _unwrap(outer, table)
-        kind = table.definitions.get(node.type)
+        node = _unwrap(outer, spec)
+        kind = spec.definitions.get(node.type)
         if kind is None:
             continue
         if node.type == "type_declaration":  # Go: `type X struct {...}`, or a group of specs
             grouped = any(child.type == "(" for child in node.children)
-            for spec in node.named_children:
-                name = spec.child_by_field_name("name")
-                if name is None or spec.type not in ("type_spec", "type_alias"):
+            for type_spec in node.named_children:
+                name = type_spec.child_by_field_name("name")
+                if name is None or type_spec.type not in ("type_spec", "type_alias"):
                     continue
-                type_node = spec.child_by_field_name("type")
+                type_node = type_spec.child_by_field_name("type")
                 go_kind = {"struct_type": "struct", "interface_type": "interface"}.get(type_node.type if type_node else "", "type")
-                text = "type " + _text(source, spec.start_byte, spec.end_byte) if grouped else _text(source, node.start_byte, node.end_byte)
+                text = "type " + _text(source, type_spec.start_byte, type_spec.end_byte) if grouped else _text(source, node.start_byte, node.end_byte)
                 out.append(Definition(name.text.decode("utf-8", "replace"), go_kind, _doc_comment(node, source) + _compact(text), node.start_point.row, scope=scope))
             continue
         name = _name(node)
@@ -361,8 +271,8 @@ def _collect(root: Node, source: bytes, language: str, table: _Table) -> list[De
             kind = "method"
         out.append(Definition(name, kind, signature(outer, source, language), outer.start_point.row, scope=scope))
         body = node.child_by_field_name("body")
-        if node.type in table.containers and body is not None:
-            stack.append((_top_level(body, table), _scope_header(outer, node, source, language)))
+        if node.type in spec.containers and body is not None:
+            stack.append((_top_level(body, spec), _scope_header(outer, node, source, language)))
     return out
 
 
@@ -396,11 +306,11 @@ def render(defs: Sequence[Definition]) -> str:
 def render_scope(scopes: Sequence[Node], source: bytes, language: str) -> str:
     """The innermost of `scopes` (outermost first) as a signature, under its parent's header."""
     inner = signature(scopes[-1], source, language)
-    table = _TABLES.get(language)
-    if len(scopes) < 2 or table is None:
+    spec = LANGUAGES.get(language)
+    if len(scopes) < 2 or spec is None:
         return inner
     parent = scopes[-2]
-    return render([Definition("", "", inner, 0, scope=_scope_header(parent, _unwrap(parent, table), source, language))])
+    return render([Definition("", "", inner, 0, scope=_scope_header(parent, _unwrap(parent, spec), source, language))])
 
 
 def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) -> list[Node]:
@@ -409,8 +319,8 @@ def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) ->
     A definition encloses offsets after its start up to and including its end; decorated, exported or
     templated definitions are given as their wrapper.
     """
-    table = _TABLES.get(language)
-    if table is None:
+    spec = LANGUAGES.get(language)
+    if spec is None:
         return []
     scopes: list[Node] = []
     cursor = tree.walk()
@@ -418,9 +328,9 @@ def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) ->
         child = cursor.node
         if child.start_byte >= byte_offset:
             break
-        if child.type in table.definitions and (child.type == "type_declaration" or _name(child)):
+        if child.type in spec.definitions and (child.type == "type_declaration" or _name(child)):
             parent = child.parent
-            scopes.append(parent if parent is not None and parent.type in table.wrappers else child)
+            scopes.append(parent if parent is not None and parent.type in spec.wrappers else child)
     return scopes
 
 
@@ -603,8 +513,8 @@ def _safe_definitions(path: str, source: bytes, language: str, tree: tree_sitter
 
 
 def definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None = None) -> list[Definition]:
-    """`definitions` of `source` (parsed here unless its `tree` is given); [] for a language without a table."""
-    if language not in _TABLES:
+    """`definitions` of `source` (parsed here unless its `tree` is given); [] for a language outside the table."""
+    if language not in LANGUAGES:
         return []
     if tree is None:
         parser = languages.new_parser(language)

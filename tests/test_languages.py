@@ -80,7 +80,7 @@ def test_definition_line_is_the_literal_union():
 
 
 def test_openers_and_plain_text_defaults():
-    assert set(languages.ALL_INDENT_OPENERS) == {":", "{", "(", "["}
+    assert set(languages.INDENT_OPENERS) == {":", "{", "(", "["}
     assert LANGUAGES["python"].block_openers == (":", "(", "[", "{") and LANGUAGES["python"].indent_openers == (":",)
     assert PLAIN_TEXT.block_openers == ("{", "(", "[", "=>") and PLAIN_TEXT.indent_openers == ("{", "(", "[")
     assert PLAIN_TEXT.grammar is None and PLAIN_TEXT.line_comment == "#" and not PLAIN_TEXT.quotes
