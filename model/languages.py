@@ -6,20 +6,17 @@ imports, definitions and calls, and where generated tests go. The server (contex
 symbols, code actions), the tasks and training (FIM holes chosen with tree-sitter) all read it; the VS Code
 client's language list is checked against it by tests/test_languages.py. Grammars come from the official
 per-language wheels (tree-sitter-python, ...), which work offline. A language without a grammar here is
-served as plain text.
+served as plain text. Parsers and tree helpers are in model/syntax.py (which imports this module, never the
+reverse).
 """
 
 from __future__ import annotations
 
-import functools
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
-
-import tree_sitter
 
 
 @dataclass(frozen=True)
@@ -301,56 +298,3 @@ def definition_line() -> re.Pattern[str]:
     modifiers = _alternatives(m for spec in specs for m in spec.definition_modifiers)
     keywords = _alternatives(k for spec in specs for k in spec.definition_keywords)
     return re.compile(rf"{start}|(?:(?:{modifiers})\s+)*(?:{keywords})\b")
-
-
-@functools.cache
-def ts_language(name: str) -> tree_sitter.Language | None:
-    """The tree-sitter Language for a language name, or None for plain text."""
-    spec = LANGUAGES.get(name)
-    if spec is None or spec.grammar is None:
-        return None
-    return tree_sitter.Language(spec.grammar())
-
-
-def new_parser(name: str) -> tree_sitter.Parser | None:
-    """A fresh parser (parsers are not thread-safe, so each user keeps its own)."""
-    language = ts_language(name)
-    return tree_sitter.Parser(language) if language is not None else None
-
-
-_local = threading.local()
-
-
-def thread_parser(name: str) -> tree_sitter.Parser:
-    """This thread's parser for `name` (parsers are not thread-safe); ValueError without a grammar."""
-    parsers: dict[str, tree_sitter.Parser] = _local.__dict__.setdefault("parsers", {})
-    if name not in parsers:
-        parser = new_parser(name)
-        if parser is None:
-            raise ValueError(f"no tree-sitter grammar for {name!r}")
-        parsers[name] = parser
-    return parsers[name]
-
-
-def is_word(char: str) -> bool:
-    """Whether `char` is part of an identifier or number (a letter, digit or underscore)."""
-    return char.isalnum() or char == "_"
-
-
-def error_spans(node: tree_sitter.Node) -> list[tuple[int, int]]:
-    """Byte ranges of the syntax errors under `node`: ERROR and MISSING nodes.
-
-    A MISSING node of a hidden token (Python's `_newline`, as in `f(x)return y`) is not among any node's
-    children, so a node that has an error while none of its children do stands for it, with its own range.
-    """
-    spans: list[tuple[int, int]] = []
-    stack = [node]
-    while stack:
-        node = stack.pop()
-        if not node.has_error:
-            continue
-        flawed = [child for child in node.children if child.has_error]
-        if node.is_error or node.is_missing or not flawed:
-            spans.append((node.start_byte, node.end_byte))
-        stack.extend(flawed)
-    return sorted(spans)

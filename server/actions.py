@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import tree_sitter
 
-from midline.model import languages, tasks
+from midline.model import languages, syntax, tasks
 from midline.model.fim import FimPrompt
 
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
@@ -393,7 +393,7 @@ def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
 
 def parses(code: str, language: str) -> bool | None:
     """Whether tree-sitter parses `code` without errors; None for languages without a grammar."""
-    parser = languages.new_parser(language)
+    parser = syntax.new_parser(language)
     if parser is None:
         return None
     return not parser.parse(utf8(code)).root_node.has_error

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 import tree_sitter
 
 from midline.model import languages
+from midline.model.syntax import error_spans, is_word, thread_parser
 from midline.model.fim import Snippet
 from midline.server.documents import Document, utf8
 from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
@@ -177,7 +178,7 @@ def classify_hole(
     """
     before = text[offset - 1] if offset > 0 else ""
     after = text[offset] if offset < len(text) else ""
-    if languages.is_word(before) and languages.is_word(after):
+    if is_word(before) and is_word(after):
         return Hole.NONE
     line_start = text.rfind("\n", 0, offset) + 1
     line_end = _line_end(text, offset)
@@ -194,12 +195,12 @@ def classify_hole(
     if line_prefix[-1].isspace():  # a space typed after code: the line goes on (`return |`, `# area of |`)
         return Hole.SINGLE_LINE
     if tree is None:
-        tree = languages.thread_parser(spec.name).parse(utf8(text))
+        tree = thread_parser(spec.name).parse(utf8(text))
     at = len(utf8(text[:offset])) if byte_offset is None else byte_offset
     start, end = at - len(utf8(text[line_start:offset])), at + len(utf8(text[offset:line_end]))
     if "comment" in tree.root_node.descendant_for_byte_range(at - 1, at).type:  # a comment goes on too
         return Hole.SINGLE_LINE
-    broken = any(first <= end and last >= start for first, last in languages.error_spans(tree.root_node))
+    broken = any(first <= end and last >= start for first, last in error_spans(tree.root_node))
     return Hole.SINGLE_LINE if broken else Hole.MULTI_LINE
 
 

@@ -25,17 +25,13 @@ from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
 from midline.model import languages
+from midline.model.syntax import new_parser, utf8
 
 # Line breaks as LSP counts them.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CODECS = {"utf-8": ("utf-8", 1), "utf-16": ("utf-16-le", 2), "utf-32": ("utf-32-le", 4)}
 _UTF8_LEADS = bytes(b for b in range(256) if not 0x80 <= b < 0xC0)  # bytes that start a character
 _NOT_LOW_SURROGATE = bytes(b for b in range(256) if not 0xDC <= b <= 0xDF)  # high bytes of UTF-16 units
-
-
-def utf8(text: str) -> bytes:
-    """The UTF-8 bytes tree-sitter sees (lone surrogates, which JSON can carry, pass through)."""
-    return text.encode("utf-8", "surrogatepass")
 
 
 def _point(data: bytes, offset: int) -> tuple[int, int]:
@@ -164,7 +160,7 @@ class Document:
         self.language: str = languages.resolve(language_id, self.path).name
         self.language_id: str = language_id or self.language  # as the editor named it (for `enable`)
         self.version = version
-        self.parser: tree_sitter.Parser | None = languages.new_parser(self.language)
+        self.parser: tree_sitter.Parser | None = new_parser(self.language)
         self._tree: tree_sitter.Tree | None = None
         self._parsed = b""  # the source `_tree` was parsed from
         self._unchanged: tuple[int, int] | None = None  # characters kept at the start and end since that parse

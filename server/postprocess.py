@@ -29,11 +29,9 @@ from midline.model.languages import (
     LANGUAGES,
     PLAIN_TEXT,
     definition_line,
-    error_spans,
-    is_word,
     resolve,
-    thread_parser,
 )
+from midline.model.syntax import error_spans, is_word, thread_parser
 
 from .context import CompletionContext, Hole
 

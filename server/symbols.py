@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import tree_sitter
 
-from midline.model import languages
+from midline.model import languages, syntax
 from midline.model.languages import LANGUAGES, LanguageSpec
 
 if TYPE_CHECKING:
@@ -449,7 +449,7 @@ class SymbolIndex:
                 except OSError:
                     continue
                 if language.name not in parsers:
-                    parsers[language.name] = languages.new_parser(language.name)
+                    parsers[language.name] = syntax.new_parser(language.name)
                 parser = parsers[language.name]
                 tree = parser.parse(source) if parser else None
                 self._store(path, _safe_definitions(path, source, language.name, tree), live=False)
@@ -517,7 +517,7 @@ def definitions_of(source: bytes, language: str, tree: tree_sitter.Tree | None =
     if language not in LANGUAGES:
         return []
     if tree is None:
-        parser = languages.new_parser(language)
+        parser = syntax.new_parser(language)
         if parser is None:
             return []
         tree = parser.parse(source)

@@ -30,7 +30,7 @@ from midline.model.remote import RemoteError
 from midline.server.assistant import Assistant, Cancelled, Failed
 from midline.server.config import Config
 from midline.server.documents import Document
-from midline.model.languages import new_parser
+from midline.model.syntax import new_parser
 from midline.server.verify import verify_tests
 
 from .lsp_client import SERVER, open_document, status

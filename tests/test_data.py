@@ -370,7 +370,7 @@ def is_word(text: str, i: int) -> bool:
 
 def named_spans(text: str) -> tuple[set, set, set]:
     """`text`'s Python tree in characters: spans of named nodes, of runs of sibling named nodes, of block bodies."""
-    from midline.model.languages import new_parser
+    from midline.model.syntax import new_parser
 
     data = text.encode()
     char = [len(data[:i].decode(errors="ignore")) for i in range(len(data) + 1)]

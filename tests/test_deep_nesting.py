@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from midline.model import languages
+from midline.model import syntax as languages
 from midline.server import symbols
 from midline.server.actions import target_at
 from midline.server.context import Hole, build_context, classify_hole

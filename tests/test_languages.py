@@ -11,6 +11,7 @@ import pytest
 
 from midline.model import languages
 from midline.model.languages import LANGUAGES, PLAIN_TEXT
+from midline.model.syntax import ts_language
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_FIELDS = ("blocks", "imports", "definitions", "containers", "wrappers", "transparent", "calls")
@@ -49,7 +50,7 @@ def test_neovim_filetypes_are_served(path):
 @pytest.mark.parametrize("name", list(LANGUAGES))
 def test_every_node_type_exists_in_its_grammar(name):
     spec = LANGUAGES[name]
-    grammar = languages.ts_language(name)
+    grammar = ts_language(name)
     assert grammar is not None
     for field in NODE_FIELDS:
         unknown = [t for t in getattr(spec, field) if grammar.id_for_node_kind(t, True) is None]

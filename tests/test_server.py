@@ -10,7 +10,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
-from midline.model.languages import new_parser
+from midline.model.syntax import new_parser
 
 from .lsp_client import inline, open_document, running_server, status
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from midline.model import languages
+from midline.model import syntax as languages
 from midline.server import symbols
 from midline.server.documents import Document
 

@@ -60,7 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
-from midline.model.languages import LanguageSpec, is_word, resolve, thread_parser
+from midline.model.languages import LanguageSpec, resolve
+from midline.model.syntax import is_word, thread_parser
 
 SPLITS = ("train", "valid")
 SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole

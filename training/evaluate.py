@@ -53,11 +53,11 @@ import tree_sitter
 from midline.model import DEFAULT_MODEL_DIR, fim
 from midline.model.engine import Engine, Generation
 from midline.model.loader import ModelLoadError
+from midline.model.syntax import is_word, new_parser
 from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
-from midline.model.languages import is_word, new_parser
 from midline.server.postprocess import Suggestion
 from midline.server.sandbox import SandboxResult, run_python, sandbox_state
 

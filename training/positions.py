@@ -74,8 +74,9 @@ import tree_sitter
 from lsprotocol import types
 from midline.model import fim
 from midline.model.engine import Engine
-from midline.model.languages import is_word, new_parser, resolve
+from midline.model.languages import resolve
 from midline.model.loader import ModelLoadError
+from midline.model.syntax import is_word, new_parser
 from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole

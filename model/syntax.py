@@ -1,0 +1,213 @@
+"""Tree-sitter and offset helpers shared by the server, the tasks and training: one copy of each.
+
+Parsers per language (grammars from model/languages.py), error counting (MISSING nodes included), the
+definition inside a wrapper, a definition's name, body, header colon and docstring, and the offsets
+between string indexes and the UTF-8 byte offsets tree-sitter counts. All text is encoded with `utf8`
+(lone surrogates, which LSP's JSON can carry, pass through).
+
+Lines: `line_start` is the index of a line's first character, `line_end` the index of the "\\n" that
+ends it (its content end), `next_line` the index after that "\\n"; each works on str and bytes alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import AnyStr
+
+import tree_sitter
+
+from midline.model.languages import LANGUAGES
+
+Node = tree_sitter.Node
+
+_FUNCTION_VALUES = frozenset({"arrow_function", "function_expression", "function", "generator_function"})
+
+
+# -- text and offsets (string indexes vs UTF-8 byte offsets, as tree positions count) ---------------
+
+
+def utf8(text: str) -> bytes:
+    """The UTF-8 bytes tree-sitter sees (lone surrogates, which JSON can carry, pass through)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def byte_offset(text: str, index: int) -> int:
+    """The UTF-8 byte offset of string index `index` of `text`."""
+    return index if text.isascii() else len(utf8(text[:index]))
+
+
+def char_offset(data: bytes, byte: int) -> int:
+    """The string index of byte offset `byte` (a character boundary) of `data`."""
+    return len(data[:byte].decode("utf-8", "surrogatepass"))
+
+
+def is_word(char: str) -> bool:
+    """Whether `char` is part of an identifier or number (a letter, digit or underscore)."""
+    return char.isalnum() or char == "_"
+
+
+def _newline(text: AnyStr) -> AnyStr:
+    return "\n" if isinstance(text, str) else b"\n"  # type: ignore[return-value]
+
+
+def line_start(text: AnyStr, index: int) -> int:
+    """The index of the first character of the line holding `index` (a "\\n" belongs to the line it ends)."""
+    return text.rfind(_newline(text), 0, index) + 1
+
+
+def line_end(text: AnyStr, index: int) -> int:
+    """The index of the "\\n" ending the line holding `index` (the line's content end), else len(text)."""
+    end = text.find(_newline(text), index)
+    return len(text) if end < 0 else end
+
+
+def next_line(text: AnyStr, index: int) -> int:
+    """The index after the "\\n" ending the line holding `index` (the next line's start), else len(text)."""
+    end = text.find(_newline(text), index)
+    return len(text) if end < 0 else end + 1
+
+
+# -- parsers ----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def ts_language(name: str) -> tree_sitter.Language | None:
+    """The tree-sitter Language for a language name, or None for plain text."""
+    spec = LANGUAGES.get(name)
+    if spec is None or spec.grammar is None:
+        return None
+    return tree_sitter.Language(spec.grammar())
+
+
+def new_parser(name: str) -> tree_sitter.Parser | None:
+    """A fresh parser (parsers are not thread-safe, so each user keeps its own)."""
+    language = ts_language(name)
+    return tree_sitter.Parser(language) if language is not None else None
+
+
+_local = threading.local()
+
+
+def thread_parser(name: str) -> tree_sitter.Parser:
+    """This thread's parser for `name` (parsers are not thread-safe); ValueError without a grammar."""
+    parsers: dict[str, tree_sitter.Parser] = _local.__dict__.setdefault("parsers", {})
+    if name not in parsers:
+        parser = new_parser(name)
+        if parser is None:
+            raise ValueError(f"no tree-sitter grammar for {name!r}")
+        parsers[name] = parser
+    return parsers[name]
+
+
+def parse(language: str, text: str) -> tree_sitter.Tree:
+    """`text` parsed with this thread's parser for `language`; ValueError without a grammar."""
+    return thread_parser(language).parse(utf8(text))
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def error_spans(node: Node) -> list[tuple[int, int]]:
+    """Byte ranges of the syntax errors under `node`: ERROR and MISSING nodes.
+
+    A MISSING node of a hidden token (Python's `_newline`, as in `f(x)return y`) is not among any node's
+    children, so a node that has an error while none of its children do stands for it, with its own range.
+    """
+    spans: list[tuple[int, int]] = []
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if not node.has_error:
+            continue
+        flawed = [child for child in node.children if child.has_error]
+        if node.is_error or node.is_missing or not flawed:
+            spans.append((node.start_byte, node.end_byte))
+        stack.extend(flawed)
+    return sorted(spans)
+
+
+def error_count(language: str, text: str) -> int:
+    """How many syntax errors (ERROR and MISSING nodes, hidden ones included) `text` has."""
+    return len(error_spans(parse(language, text).root_node))
+
+
+def parses(language: str, code: str) -> bool | None:
+    """Whether `code` parses without errors; None for a language without a grammar."""
+    if ts_language(language) is None:
+        return None
+    return not parse(language, code).root_node.has_error
+
+
+# -- definitions ------------------------------------------------------------------------------------
+
+
+def unwrap(node: Node, language: str, *, fields_only: bool = False) -> Node:
+    """The definition inside the language's wrappers (decorated, exported, templated), else the node.
+
+    A wrapper's `definition` field, else its `declaration` field, else its last named child. With
+    `fields_only`, any node's `definition`/`declaration` field and nothing else (code actions' and hover's
+    rule: a C++ `template <...>` stays as it is).
+    """
+    if fields_only:
+        while (inner := node.child_by_field_name("definition") or node.child_by_field_name("declaration")) is not None:
+            if inner.type == node.type:
+                break
+            node = inner
+        return node
+    spec = LANGUAGES.get(language)
+    wrappers = spec.wrappers if spec is not None else frozenset()
+    while node.type in wrappers:
+        inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
+        if inner is None:
+            named = node.named_children
+            inner = named[-1] if named else None
+        if inner is None:
+            break
+        node = inner
+    return node
+
+
+def node_name(node: Node, language: str, *, fields_only: bool = False) -> str:
+    """The `name` field of the unwrapped definition (see `unwrap`), else ""."""
+    name = unwrap(node, language, fields_only=fields_only).child_by_field_name("name")
+    return name.text.decode("utf-8", "replace") if name is not None else ""
+
+
+def function_value(node: Node) -> tuple[Node, Node] | None:
+    """For `const f = (...) => ...` (a lexical or variable declaration): the declarator and its function value."""
+    for declarator in node.named_children:
+        value = declarator.child_by_field_name("value")
+        if value is not None and value.type in _FUNCTION_VALUES:
+            return declarator, value
+    return None
+
+
+def definition_body(node: Node) -> Node | None:
+    """A definition's `body` field; for `const f = (...) => {...}`, its function value's body."""
+    if node.type in ("lexical_declaration", "variable_declaration"):
+        found = function_value(node)
+        return found[1].child_by_field_name("body") if found else None
+    return node.child_by_field_name("body")
+
+
+def header_colon(node: Node) -> Node | None:
+    """The ":" ending a Python definition's header: the last ":" child ending at or before the body's
+    start (without a body: the last ":" child); None if there is none."""
+    body = node.child_by_field_name("body")
+    colon = None
+    for child in node.children:
+        if child.type == ":" and (body is None or child.end_byte <= body.start_byte):
+            colon = child
+    return colon
+
+
+def is_string_statement(node: Node) -> bool:
+    """Whether `node` is an expression statement made of one string literal (a Python docstring's form)."""
+    return node.type == "expression_statement" and node.named_child_count == 1 and node.named_children[0].type == "string"
+
+
+def docstring(body: Node | None) -> Node | None:
+    """The docstring statement opening a block or module (see `is_string_statement`), else None."""
+    first = body.named_children[0] if body is not None and body.named_child_count else None
+    return first if first is not None and is_string_statement(first) else None
