@@ -1,0 +1,145 @@
+"""model/syntax.py: each shared helper's contract (offsets, lines, errors, definitions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from midline.model import syntax
+from midline.model.syntax import (
+    byte_offset,
+    char_offset,
+    docstring,
+    error_count,
+    header_colon,
+    line_end,
+    line_start,
+    next_line,
+    node_name,
+    parse,
+    parses,
+    unwrap,
+    utf8,
+)
+
+
+def _first(language: str, code: str):
+    return parse(language, code).root_node.named_children[0]
+
+
+# -- text and offsets --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["ab\ncd\n", "ab\ncd", "\n\nx", ""])
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_line_end_is_the_newline_and_next_line_the_index_after_it(text: str, kind: type) -> None:
+    data = text if kind is str else text.encode()
+    for index in range(len(data) + 1):
+        start, end, after = line_start(data, index), line_end(data, index), next_line(data, index)
+        newline = data.find(data[:0] + (b"\n" if kind is bytes else "\n"), index)
+        assert start == (data[:index].rfind(b"\n" if kind is bytes else "\n") + 1)
+        assert end == (len(data) if newline < 0 else newline)
+        assert after == (len(data) if newline < 0 else newline + 1)
+
+
+def test_line_helpers_at_line_ends_and_the_last_line() -> None:
+    text = "ab\ncd"
+    assert (line_start(text, 2), line_end(text, 2), next_line(text, 2)) == (0, 2, 3)  # on the "\n": its line
+    assert (line_start(text, 3), line_end(text, 3), next_line(text, 3)) == (3, 5, 5)  # last line, no "\n"
+    assert (line_start(text, 5), line_end(text, 5), next_line(text, 5)) == (3, 5, 5)
+    assert (line_start(b"ab\ncd", 3), line_end(b"ab\ncd", 0), next_line(b"ab\ncd", 0)) == (3, 2, 3)
+
+
+def test_byte_and_char_offsets_with_non_ascii_and_surrogates() -> None:
+    text = "aé😀\ud800b"  # 1 + 2 + 4 + 3 (a lone surrogate, as JSON can carry) + 1 bytes
+    data = utf8(text)
+    assert len(data) == 11
+    widths = [1, 2, 4, 3, 1]
+    for index in range(len(text) + 1):
+        byte = sum(widths[:index])
+        assert byte_offset(text, index) == byte
+        assert char_offset(data, byte) == index
+    assert byte_offset("plain", 3) == 3 and char_offset(b"plain", 3) == 3
+
+
+# -- parsers and errors ------------------------------------------------------------------------------
+
+
+def test_error_count_counts_hidden_missing_nodes() -> None:
+    code = "def f():\n    x = 1 return x\n"  # a hidden MISSING `_newline`: no ERROR or MISSING node shows it
+    nodes, stack = [], [parse("python", code).root_node]
+    while stack:
+        nodes.append(stack.pop())
+        stack.extend(nodes[-1].children)
+    assert nodes[0].has_error and not any(n.is_error or n.is_missing for n in nodes)
+    assert error_count("python", code) == 1
+    assert error_count("python", "def f(x):\n    return x\n") == 0
+    assert error_count("python", "x = (1,\n") >= 1
+    assert error_count("c", "int f() { return 1 }") == 1
+
+
+def test_parses_and_a_language_without_grammar() -> None:
+    assert parses("python", "x = 1\n") is True
+    assert parses("python", "x = (\n") is False
+    assert parses("python", "s = '\ud800'\n") is True  # a lone surrogate is encoded, not refused
+    assert parses("plaintext", "anything") is None
+    assert syntax.new_parser("plaintext") is None
+    with pytest.raises(ValueError):
+        syntax.thread_parser("plaintext")
+
+
+# -- definitions -------------------------------------------------------------------------------------
+
+
+def test_unwrap_through_python_decorators() -> None:
+    node = _first("python", "@a\n@b\ndef f(x):\n    return x\n")
+    assert node.type == "decorated_definition"
+    assert unwrap(node, "python").type == "function_definition"
+    assert unwrap(node, "python", fields_only=True).type == "function_definition"
+    assert node_name(node, "python") == "f"
+    plain = _first("python", "x = 1\n")
+    assert unwrap(plain, "python") == plain and node_name(plain, "python") == ""
+
+
+def test_unwrap_through_a_javascript_export() -> None:
+    node = _first("javascript", "export function f(x) { return x; }\n")
+    assert node.type == "export_statement"
+    assert unwrap(node, "javascript").type == "function_declaration"
+    assert node_name(node, "javascript") == node_name(node, "javascript", fields_only=True) == "f"
+
+
+def test_unwrap_through_a_cpp_template_only_by_the_table() -> None:
+    node = _first("cpp", "template <typename T>\nT biggest(T a, T b) { return a > b ? a : b; }\n")
+    assert node.type == "template_declaration"
+    assert unwrap(node, "cpp").type == "function_definition"
+    assert unwrap(node, "cpp", fields_only=True) == node  # code actions' and hover's rule
+    assert unwrap(node, "plaintext") == node  # no table entry: nothing is a wrapper
+
+
+def test_definition_body_of_a_function_and_an_arrow_const() -> None:
+    function = _first("javascript", "function f(x) { return x; }\n")
+    arrow = _first("javascript", "const g = (x) => { return x; };\n")
+    assert syntax.definition_body(function).type == "statement_block"
+    assert syntax.definition_body(arrow).type == "statement_block"
+    assert syntax.definition_body(_first("javascript", "const n = 1;\n")) is None
+
+
+def test_header_colon_ends_the_header_not_a_later_colon() -> None:
+    code = "def f(x: int) -> dict[str, int]:\n    return {'a': x}\n"
+    node = _first("python", code)
+    colon = header_colon(node)
+    assert colon is not None and code[: colon.end_byte] == "def f(x: int) -> dict[str, int]:"
+    klass = _first("python", "class C(B): pass\n")
+    assert utf8("class C(B): pass\n")[: header_colon(klass).end_byte] == b"class C(B):"
+    assert header_colon(_first("python", "x = 1\n")) is None
+
+
+def test_docstring_is_a_block_opening_with_one_string() -> None:
+    def body(code: str):
+        return _first("python", code).child_by_field_name("body")
+
+    found = docstring(body('def f():\n    """Does f."""\n    return 1\n'))
+    assert found is not None and found.text == b'"""Does f."""'
+    assert docstring(body('def f():\n    "doc", 1\n')) is None  # a tuple, not a docstring
+    assert docstring(body("def f():\n    return 1\n    'late'\n")) is None
+    assert docstring(parse("python", '"""Module."""\nx = 1\n').root_node) is not None
+    assert docstring(None) is None
