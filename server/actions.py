@@ -24,12 +24,13 @@ from typing import Callable, Sequence
 
 import tree_sitter
 
-from midline.model import languages, syntax, tasks
+from midline.model import languages, tasks
+from midline.model.syntax import byte_offset, char_offset, line_start, next_line, node_name, parses, unwrap, utf8
 from midline.model.fim import FimPrompt
 
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config
-from .documents import Document, utf8
+from .documents import Document
 from .symbols import definitions_of, enclosing_scopes
 from .sandbox import sandbox_state
 from .verify import Verified, verify_tests
@@ -82,45 +83,17 @@ class Comment:
         return content_hash(self.text, str(self.insert))
 
 
-def _line_start(text: str, index: int) -> int:
-    return text.rfind("\n", 0, index) + 1
-
-
-def _line_end(text: str, index: int) -> int:
-    """Index after the newline ending the line at `index` (or the end of the text)."""
-    end = text.find("\n", index)
-    return len(text) if end < 0 else end + 1
-
-
-def _char_index(doc: Document, byte: int) -> int:
-    return len(doc.source[:byte].decode("utf-8", "surrogatepass"))
-
-
-def unwrap(node: tree_sitter.Node) -> tree_sitter.Node:
-    """The definition inside a decorator/export/template wrapper."""
-    while True:
-        inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
-        if inner is None or inner.type == node.type:
-            return node
-        node = inner
-
-
-def node_name(node: tree_sitter.Node) -> str:
-    name = unwrap(node).child_by_field_name("name")
-    return name.text.decode("utf-8", "replace") if name is not None else ""
-
-
-def _definition_kind(node: tree_sitter.Node) -> str:
-    return "class" if any(word in unwrap(node).type for word in _CLASS_TYPES) else "function"
+def _definition_kind(node: tree_sitter.Node, language: str) -> str:
+    return "class" if any(word in unwrap(node, language, fields_only=True).type for word in _CLASS_TYPES) else "function"
 
 
 def _lines_of(doc: Document, node: tree_sitter.Node) -> tuple[int, int]:
     """The node's whole lines, as string indexes (start of its first line, after its last line)."""
-    start, end = _char_index(doc, node.start_byte), _char_index(doc, node.end_byte)
-    line_start = _line_start(doc.text, start)
-    if doc.text[line_start:start].strip():  # code before the node on its first line: start at the node
-        line_start = start
-    return line_start, _line_end(doc.text, max(end - 1, start))
+    start, end = char_offset(doc.source, node.start_byte), char_offset(doc.source, node.end_byte)
+    first = line_start(doc.text, start)
+    if doc.text[first:start].strip():  # code before the node on its first line: start at the node
+        first = start
+    return first, next_line(doc.text, max(end - 1, start))
 
 
 def target_at(doc: Document, start: int, end: int) -> Target | None:
@@ -129,25 +102,25 @@ def target_at(doc: Document, start: int, end: int) -> Target | None:
     text = doc.text
     start, end = min(start, end), max(start, end)
     if start < end:
-        first = _line_start(text, start)
-        last = end if end > first and text[end - 1] == "\n" else _line_end(text, end)
+        first = line_start(text, start)
+        last = end if end > first and text[end - 1] == "\n" else next_line(text, end)
         code = text[first:last]
         if not code.strip():
             return None
         node = _single_definition(doc, first, last)
         if node is not None:
-            return Target(_definition_kind(node), node_name(node), first, last, code)
+            return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, code)
         return Target("selection", "", first, last, code)
     if doc.tree is None:
         return None
-    byte = len(utf8(text[:start]))
-    line = text[_line_start(text, start) : _line_end(text, start)]
-    probe = len(utf8(text[: _line_start(text, start) + len(line) - len(line.lstrip())])) + 1 if line.strip() else byte
+    byte = byte_offset(text, start)
+    line = text[line_start(text, start) : next_line(text, start)]
+    probe = byte_offset(text, line_start(text, start) + len(line) - len(line.lstrip())) + 1 if line.strip() else byte
     scopes = enclosing_scopes(doc.tree, min(max(byte, probe), len(doc.source)), doc.language)
     if scopes:
         node = scopes[-1]
         first, last = _lines_of(doc, node)
-        return Target(_definition_kind(node), node_name(node), first, last, text[first:last])
+        return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, text[first:last])
     if not line.strip():
         return None
     for node in doc.tree.root_node.named_children:
@@ -164,7 +137,7 @@ def _single_definition(doc: Document, first: int, last: int) -> tree_sitter.Node
     if doc.tree is None or not doc.text[first:last].strip():
         return None
     lead = len(doc.text[first:last]) - len(doc.text[first:last].lstrip())
-    scopes = enclosing_scopes(doc.tree, len(utf8(doc.text[: first + lead])) + 1, doc.language)
+    scopes = enclosing_scopes(doc.tree, byte_offset(doc.text, first + lead) + 1, doc.language)
     if not scopes:
         return None
     start, end = _lines_of(doc, scopes[-1])
@@ -204,13 +177,13 @@ def comment_at(doc: Document, offset: int) -> Comment | None:
         return None  # code follows at once: the comment describes it
     starts = doc.line_starts()
     start = starts[top]
-    insert = _line_end(text, starts[bottom])
+    insert = next_line(text, starts[bottom])
     comment = "\n".join(line.strip() for line in lines[top : bottom + 1])
     return Comment(comment, start, insert, insert, indent)
 
 
 def _docstring_at(doc: Document, offset: int) -> Comment | None:
-    byte = len(utf8(doc.text[:offset]))
+    byte = byte_offset(doc.text, offset)
     node = doc.tree.root_node.descendant_for_byte_range(byte, byte)
     while node is not None and node.type not in ("string", "module"):
         node = node.parent
@@ -391,14 +364,6 @@ def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
 # -- gates ----------------------------------------------------------------------------------------
 
 
-def parses(code: str, language: str) -> bool | None:
-    """Whether tree-sitter parses `code` without errors; None for languages without a grammar."""
-    parser = syntax.new_parser(language)
-    if parser is None:
-        return None
-    return not parser.parse(utf8(code)).root_node.has_error
-
-
 def fix_gate(document: str, target: Target, candidate: str, language: str) -> str | None:
     """The fix as the text replacing the target's lines, or None: empty, the same code, or it does not
     parse (on its own, dedented, or in the document in place of the target)."""
@@ -409,10 +374,10 @@ def fix_gate(document: str, target: Target, candidate: str, language: str) -> st
         fixed = fixed.rstrip("\n")
     if _normalized(fixed) == _normalized(target.code):
         return None
-    alone = parses(textwrap.dedent(fixed), language)
+    alone = parses(language, textwrap.dedent(fixed))
     if alone is None:
         return None
-    if alone or parses(document[: target.start] + fixed + document[target.end :], language):
+    if alone or parses(language, document[: target.start] + fixed + document[target.end :]):
         return fixed
     return None
 
@@ -587,7 +552,7 @@ class Actions:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented
         text = ("" if doc.text[: comment.insert].endswith("\n") else "\n") + code
         new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
-        if parses(new, doc.language) is False and parses(doc.text, doc.language) is not False:
+        if parses(doc.language, new) is False and parses(doc.language, doc.text) is not False:
             return Nothing("The model's code does not parse here, so it is not offered; try again, or reword the comment.")
         return Replace(comment.insert, comment.replace_end, text)
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from midline.model import tasks
+from midline.model.syntax import byte_offset, char_offset, header_colon, line_start, node_name, unwrap
 
-from .actions import explain_ask, node_name, unwrap
+from .actions import explain_ask
 from .assistant import Ask, Assistant, Cancelled, Failed
-from .documents import Document, utf8
+from .documents import Document
 from .symbols import SymbolIndex, definitions, enclosing_scopes
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,14 @@ def hover_target(doc: Document, offset: int, index: SymbolIndex | None = None) -
     name in this file, else one in the workspace index (signature only). None elsewhere."""
     if doc.tree is None:
         return None
-    byte = len(utf8(doc.text[:offset]))
+    byte = byte_offset(doc.text, offset)
     leaf = doc.tree.root_node.descendant_for_byte_range(byte, byte)
     if leaf is not None and not leaf.type.endswith("identifier") and byte > 0:
         leaf = doc.tree.root_node.descendant_for_byte_range(byte - 1, byte - 1)  # the cursor just after a name
     if leaf is None or not leaf.type.endswith("identifier"):
         return None
     name = leaf.text.decode("utf-8", "replace")
-    start = len(doc.source[: leaf.start_byte].decode("utf-8", "surrogatepass"))
+    start = char_offset(doc.source, leaf.start_byte)
     end = start + len(name)
     node = _defining(doc, leaf)
     if node is None:
@@ -72,7 +73,7 @@ def _defining(doc: Document, leaf) -> object | None:
     """The definition (or its wrapper) whose name `leaf` is."""
     scopes = enclosing_scopes(doc.tree, leaf.end_byte, doc.language)
     for node in reversed(scopes):
-        name = unwrap(node).child_by_field_name("name")
+        name = unwrap(node, doc.language, fields_only=True).child_by_field_name("name")
         if name is not None and name.start_byte == leaf.start_byte:
             return node
     return None
@@ -88,28 +89,27 @@ def _defined_here(doc: Document, name: str):
             line = doc._line(row)
             if not line.strip():
                 continue
-            probe = len(utf8(doc.text[: starts[row] + len(line) - len(line.lstrip())])) + 1
+            probe = byte_offset(doc.text, starts[row] + len(line) - len(line.lstrip())) + 1
             scopes = enclosing_scopes(doc.tree, probe, doc.language)
-            if scopes and node_name(scopes[-1]) == name:
+            if scopes and node_name(scopes[-1], doc.language, fields_only=True) == name:
                 return scopes[-1]
     return None
 
 
 def _source(doc: Document, node) -> str:
-    start = doc.source.rfind(b"\n", 0, node.start_byte) + 1
+    start = line_start(doc.source, node.start_byte)
     return doc.source[start : node.end_byte].decode("utf-8", "replace")
 
 
 def header(node, source: bytes, language: str) -> str:
     """A definition's text up to its body: decorators and `def f(x):` / `class C(B):` / `fn f() -> T`."""
-    inner = unwrap(node)
+    inner = unwrap(node, language, fields_only=True)
     body = inner.child_by_field_name("body")
     end = inner.end_byte
     if body is not None:
         end = body.start_byte
-        if language == "python":
-            colons = [c for c in inner.children if c.type == ":" and c.end_byte <= body.start_byte]
-            end = colons[-1].start_byte if colons else end
+        colon = header_colon(inner) if language == "python" else None
+        end = colon.start_byte if colon is not None else end
     text = source[node.start_byte : end].decode("utf-8", "replace").rstrip()
     return text + (":" if language == "python" and body is not None else "")
 
