@@ -20,6 +20,7 @@ import tree_sitter
 
 from midline.model import languages, syntax
 from midline.model.languages import LANGUAGES, LanguageSpec
+from midline.model.syntax import definition_body, docstring, function_value, header_colon, line_start, unwrap
 
 if TYPE_CHECKING:
     from midline.server.documents import Document
@@ -40,7 +41,6 @@ class Definition:
     scope: str = ""  # header of the enclosing class/impl/trait for members, "" at top level
 
 
-_FUNCTION_VALUES = {"arrow_function", "function_expression", "function", "generator_function"}
 _DOC_LINES = 8  # longer docstrings / doc comments are cut to their summary
 _MAX_LINES = 12  # longer whole-text definitions (structs, types) are elided in the middle
 _INDENT = "    "
@@ -48,9 +48,9 @@ _INDENT = "    "
 
 def _text(source: bytes, start: int, end: int) -> str:
     """Source text from `start` to `end`, dedented as a block (its first line's indentation counts)."""
-    line_start = source.rfind(b"\n", 0, start) + 1
-    if not source[line_start:start].strip():
-        start = line_start
+    first = line_start(source, start)
+    if not source[first:start].strip():
+        start = first
     return textwrap.dedent(source[start:end].decode("utf-8", "replace")).strip("\n").rstrip()
 
 
@@ -60,19 +60,6 @@ def _compact(text: str, max_lines: int = _MAX_LINES) -> str:
         return text
     indent = lines[1][: len(lines[1]) - len(lines[1].lstrip())] or _INDENT
     return "\n".join([*lines[: max_lines - 2], indent + "...", lines[-1]])
-
-
-def _unwrap(node: Node, spec: LanguageSpec) -> Node:
-    """The definition inside a wrapper (decorated, exported, templated), else the node itself."""
-    while node.type in spec.wrappers:
-        inner = node.child_by_field_name("definition") or node.child_by_field_name("declaration")
-        if inner is None:
-            named = node.named_children
-            inner = named[-1] if named else None
-        if inner is None:
-            break
-        node = inner
-    return node
 
 
 def _declarator_name(node: Node) -> tuple[str | None, bool]:
@@ -89,19 +76,10 @@ def _declarator_name(node: Node) -> tuple[str | None, bool]:
     return None, is_function
 
 
-def _function_value(node: Node) -> tuple[Node, Node] | None:
-    """For `const f = (...) => ...`: the declarator and its function value."""
-    for declarator in node.named_children:
-        value = declarator.child_by_field_name("value")
-        if value is not None and value.type in _FUNCTION_VALUES:
-            return declarator, value
-    return None
-
-
 def _name(node: Node) -> str | None:
     """The defined name, or None when the node defines nothing we index (variables, forward decls)."""
     if node.type in ("lexical_declaration", "variable_declaration"):
-        found = _function_value(node)
+        found = function_value(node)
         name = found[0].child_by_field_name("name") if found else None
     elif node.type == "impl_item":
         name = node.child_by_field_name("type")
@@ -117,20 +95,12 @@ def _name(node: Node) -> str | None:
     return name.text.decode("utf-8", "replace") if name is not None else None
 
 
-def _body(node: Node) -> Node | None:
-    if node.type in ("lexical_declaration", "variable_declaration"):
-        found = _function_value(node)
-        return found[1].child_by_field_name("body") if found else None
-    return node.child_by_field_name("body")
-
-
 def _doc_comment(node: Node, source: bytes) -> str:
     """Comments right above a definition (brace languages), if short."""
     first = last = None
     prev, row = node.prev_named_sibling, node.start_point.row
     while prev is not None and "comment" in prev.type and prev.end_point.row >= row - 1:
-        line_start = source.rfind(b"\n", 0, prev.start_byte) + 1
-        if source[line_start : prev.start_byte].strip():
+        if source[line_start(source, prev.start_byte) : prev.start_byte].strip():
             break  # a trailing comment of the line above
         first, last = prev, last or prev
         row, prev = prev.start_point.row, prev.prev_named_sibling
@@ -142,12 +112,10 @@ def _doc_comment(node: Node, source: bytes) -> str:
 
 def _docstring(body: Node, source: bytes) -> str:
     """The docstring opening a Python block, cut to its summary if long."""
-    first = body.named_children[0] if body.named_children else None
-    if first is None or first.type != "expression_statement" or first.named_child_count != 1:
+    first = docstring(body)
+    if first is None:
         return ""
     string = first.named_children[0]
-    if string.type != "string":
-        return ""
     lines = _text(source, string.start_byte, string.end_byte).split("\n")
     if len(lines) > _DOC_LINES:
         end = string.children[-1].text.decode() if string.children else '"""'
@@ -160,12 +128,7 @@ def _docstring(body: Node, source: bytes) -> str:
 
 def _python_header(outer: Node, node: Node, source: bytes) -> tuple[str, Node | None]:
     body = node.child_by_field_name("body")
-    colon = None
-    for child in node.children:
-        if child.type == ":":
-            colon = child
-        if body is not None and child.start_byte >= body.start_byte:
-            break
+    colon = header_colon(node)
     end = colon.end_byte if colon is not None else node.end_byte
     return _text(source, outer.start_byte, end), body
 
@@ -174,7 +137,7 @@ def _header(outer: Node, node: Node, source: bytes, language: str) -> str | None
     """The text of a definition up to its body, or None if it has no body to leave out."""
     if language == "python":
         return _python_header(outer, node, source)[0]
-    body = _body(node)
+    body = definition_body(node)
     if body is None:
         return None
     return _text(source, outer.start_byte, body.start_byte)
@@ -189,7 +152,7 @@ def signature(node: Node, source: bytes, language: str) -> str:
     spec = LANGUAGES.get(language)
     if spec is None:
         return _compact(_text(source, node.start_byte, node.end_byte))
-    outer, node = node, _unwrap(node, spec)
+    outer, node = node, unwrap(node, language)
     kind = spec.definitions.get(node.type, "")
     if language == "python":
         header, body = _python_header(outer, node, source)
@@ -201,7 +164,7 @@ def signature(node: Node, source: bytes, language: str) -> str:
     header = _header(outer, node, source, language) if kind in ("function", "method") or node.type in spec.containers else None
     if header is None:
         return doc + _compact(_text(source, outer.start_byte, outer.end_byte))
-    body = _body(node)
+    body = definition_body(node)
     return doc + header + (" { ... }" if body is not None and body.text.startswith(b"{") else " ...")
 
 
@@ -249,7 +212,7 @@ def _collect(root: Node, source: bytes, language: str, spec: LanguageSpec) -> li
         if outer is None:
             stack.pop()
             continue
-        node = _unwrap(outer, spec)
+        node = unwrap(outer, language)
         kind = spec.definitions.get(node.type)
         if kind is None:
             continue
@@ -310,7 +273,7 @@ def render_scope(scopes: Sequence[Node], source: bytes, language: str) -> str:
     if len(scopes) < 2 or spec is None:
         return inner
     parent = scopes[-2]
-    return render([Definition("", "", inner, 0, scope=_scope_header(parent, _unwrap(parent, spec), source, language))])
+    return render([Definition("", "", inner, 0, scope=_scope_header(parent, unwrap(parent, language), source, language))])
 
 
 def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) -> list[Node]:
