@@ -17,10 +17,10 @@ from typing import Callable, Iterable, Iterator
 
 import tree_sitter
 
-from midline.model import languages
-from midline.model.syntax import error_spans, is_word, thread_parser
+from midline.model import languages, syntax
+from midline.model.syntax import error_spans, is_word, utf8
 from midline.model.fim import Snippet
-from midline.server.documents import Document, utf8
+from midline.server.documents import Document
 from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,12 @@ class CompletionContext:
     @property
     def line_prefix(self) -> str:
         """Text of the cursor's line before the cursor."""
-        return self.text[self.text.rfind("\n", 0, self.offset) + 1 : self.offset]
+        return self.text[syntax.line_start(self.text, self.offset) : self.offset]
 
     @property
     def line_suffix(self) -> str:
         """Text of the cursor's line after the cursor."""
-        end = self.text.find("\n", self.offset)
-        return self.text[self.offset : end if end >= 0 else len(self.text)]
+        return self.text[self.offset : syntax.line_end(self.text, self.offset)]
 
 
 def build_context(
@@ -180,8 +179,8 @@ def classify_hole(
     after = text[offset] if offset < len(text) else ""
     if is_word(before) and is_word(after):
         return Hole.NONE
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = _line_end(text, offset)
+    line_start = syntax.line_start(text, offset)
+    line_end = syntax.line_end(text, offset)
     line_prefix, line_suffix = text[line_start:offset], text[offset:line_end]
     if line_suffix.strip():
         return Hole.SINGLE_LINE
@@ -195,8 +194,8 @@ def classify_hole(
     if line_prefix[-1].isspace():  # a space typed after code: the line goes on (`return |`, `# area of |`)
         return Hole.SINGLE_LINE
     if tree is None:
-        tree = thread_parser(spec.name).parse(utf8(text))
-    at = len(utf8(text[:offset])) if byte_offset is None else byte_offset
+        tree = syntax.parse(spec.name, text)
+    at = syntax.byte_offset(text, offset) if byte_offset is None else byte_offset
     start, end = at - len(utf8(text[line_start:offset])), at + len(utf8(text[offset:line_end]))
     if "comment" in tree.root_node.descendant_for_byte_range(at - 1, at).type:  # a comment goes on too
         return Hole.SINGLE_LINE
@@ -212,9 +211,9 @@ def implied_indent(text: str, offset: int, language: str) -> str:
     still if the code line below is (the cursor is above a block's first line), shallower if the line
     below is and a blank line separates the cursor from the code above. Plain text: "".
     """
-    line_start = text.rfind("\n", 0, offset) + 1
+    line_start = syntax.line_start(text, offset)
     spec = languages.resolve(language)
-    if offset != line_start or text[offset:_line_end(text, offset)] or spec.grammar is None:
+    if offset != line_start or text[offset:syntax.line_end(text, offset)] or spec.grammar is None:
         return ""
     above = next((line for _, line in _lines_up(text, line_start) if line.strip()), None)
     if above is None:
@@ -226,10 +225,10 @@ def implied_indent(text: str, offset: int, language: str) -> str:
         indent += unit
     elif spec.indent_blocks and _dedents(spec, code):
         indent = indent[: max(0, len(indent) - len(unit))]
-    below = next((line for _, line in _lines_down(text, _line_end(text, offset)) if line.strip()), None)
+    below = next((line for _, line in _lines_down(text, syntax.line_end(text, offset)) if line.strip()), None)
     if below is not None:
         below_indent = _leading(below.lstrip("\n"))
-        blank_above = line_start >= 1 and not text[text.rfind("\n", 0, line_start - 1) + 1 : line_start].strip()
+        blank_above = line_start >= 1 and not text[syntax.line_start(text, line_start - 1) : line_start].strip()
         if len(below_indent) > len(indent) or (blank_above and len(below_indent) < len(indent)):
             indent = below_indent
     return indent
@@ -242,9 +241,9 @@ def ends_block(text: str, offset: int, language: str) -> bool:
     A following code line is outside the block when it is indented less than the cursor's line (than its
     body, after a block opener) or starts with a closer.
     """
-    line_start = text.rfind("\n", 0, offset) + 1
-    line = text[line_start:_line_end(text, offset)]
-    below = next((line for _, line in _lines_down(text, _line_end(text, offset)) if line.strip()), None)
+    line_start = syntax.line_start(text, offset)
+    line = text[line_start:syntax.line_end(text, offset)]
+    below = next((line for _, line in _lines_down(text, syntax.line_end(text, offset)) if line.strip()), None)
     if below is None:
         return True
     below = below.lstrip("\n")
@@ -285,16 +284,11 @@ def _indent_unit(text: str) -> str:
 # -- windows --------------------------------------------------------------------------------------
 
 
-def _line_end(text: str, offset: int) -> int:
-    end = text.find("\n", offset)
-    return len(text) if end < 0 else end
-
-
 def _lines_up(text: str, line_start: int) -> Iterator[tuple[int, str]]:
     """Lines above `line_start`, nearest first, as (their start, their text with its newline)."""
     end = line_start
     while end > 0:
-        start = text.rfind("\n", 0, end - 1) + 1
+        start = syntax.line_start(text, end - 1)
         yield start, text[start:end]
         end = start
 
@@ -303,7 +297,7 @@ def _lines_down(text: str, line_end: int) -> Iterator[tuple[int, str]]:
     """Lines below the one ending at `line_end`, nearest first, as (their end, newline + their text)."""
     start = line_end
     while start < len(text):
-        end = _line_end(text, start + 1)
+        end = syntax.line_end(text, start + 1)
         yield end, text[start:end]
         start = end
 
@@ -362,8 +356,8 @@ def _windows(
 ) -> tuple[int, int]:
     """Start of the prefix window and end of the suffix window, as string indexes."""
     text = doc.text
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = _line_end(text, offset)
+    line_start = syntax.line_start(text, offset)
+    line_end = syntax.line_end(text, offset)
     prefix_budget = int(budget * prefix_share)
     # The cursor's line goes in whole, but never more of it than a side's budget could hold.
     first = max(line_start, offset - _line_chars(prefix_budget))

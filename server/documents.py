@@ -25,7 +25,7 @@ from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
 from midline.model import languages
-from midline.model.syntax import new_parser, utf8
+from midline.model.syntax import byte_offset, new_parser, utf8
 
 # Line breaks as LSP counts them.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -227,7 +227,7 @@ class Document:
 
     def byte_offset(self, offset: int) -> int:
         """The UTF-8 byte offset, as tree positions count, of string index `offset` (no encoding for ASCII text)."""
-        return offset if self._text.isascii() else len(utf8(self._text[:offset]))
+        return byte_offset(self._text, offset)
 
     def _line_span(self, line: int) -> tuple[int, int]:
         """String indexes of a line's start and of its end (where its line break starts)."""

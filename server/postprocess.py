@@ -31,7 +31,8 @@ from midline.model.languages import (
     definition_line,
     resolve,
 )
-from midline.model.syntax import error_spans, is_word, thread_parser
+from midline.model import syntax
+from midline.model.syntax import error_count, error_spans, is_word, thread_parser, utf8  # noqa: F401 (error_count: re-exported)
 
 from .context import CompletionContext, Hole
 
@@ -386,12 +387,11 @@ def _closer_end(text: str, ctx: CompletionContext) -> int | None:
     if not excess:
         return None
     closer = excess[0]
-    line_start = text.rfind("\n", 0, closer.index) + 1
+    line_start = syntax.line_start(text, closer.index)
     if _suffix_closer(ctx.suffix, ctx.language) == closer.char:
         own_line = not text[line_start : closer.index].strip() and (line_start > 0 or not ctx.line_prefix.strip())
         return line_start if own_line else closer.index
-    line_end = text.find("\n", closer.index)
-    return len(text) if line_end < 0 else line_end
+    return syntax.line_end(text, closer.index)
 
 
 @functools.lru_cache(maxsize=8)
@@ -546,8 +546,8 @@ def _line_to_finish(ctx: CompletionContext) -> int | None:
     inside a bracket opened above). None otherwise."""
     if ctx.hole is not Hole.SINGLE_LINE or ctx.line_suffix.strip():
         return None
-    line_start = len(ctx.text[: ctx.offset - len(ctx.line_prefix)].encode())
-    line_end = len(ctx.text[: ctx.offset].encode())
+    line_start = syntax.byte_offset(ctx.text, ctx.offset - len(ctx.line_prefix))
+    line_end = syntax.byte_offset(ctx.text, ctx.offset)
     on_line = [first for first, last in _baseline_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start]
     return line_start if on_line and min(on_line) >= line_start else None
 
@@ -565,8 +565,8 @@ def _adds_errors(candidate: Suggestion, ctx: CompletionContext, baseline: int, l
     before = ctx.text[: ctx.offset]
     document = before + candidate.text + ctx.text[ctx.offset + candidate.replace :]
     spans = _error_spans(ctx.language, document)
-    start = len(before.encode())
-    end = start + len(candidate.text.encode())
+    start = len(utf8(before))
+    end = start + len(utf8(candidate.text))
     if line is not None and any(first <= end and last >= line for first, last in spans):
         return True
     return len(spans) > baseline or any(start <= first < end and last <= end for first, last in spans)
@@ -578,8 +578,8 @@ def _keyword_before(ctx: CompletionContext) -> bool:
     word = ctx.line_prefix.strip()
     if not word.isidentifier():
         return False
-    at = len(ctx.text[: ctx.offset].encode())
-    node = thread_parser(ctx.language).parse(ctx.text.encode()).root_node.descendant_for_byte_range(at - 1, at)
+    at = syntax.byte_offset(ctx.text, ctx.offset)
+    node = thread_parser(ctx.language).parse(utf8(ctx.text)).root_node.descendant_for_byte_range(at - 1, at)
     return node is not None and not node.is_named and node.type == word
 
 
@@ -602,11 +602,6 @@ def _shorter(suggestion: Suggestion, ctx: CompletionContext) -> Iterator[Suggest
             yield candidate
 
 
-def error_count(language: str, source: str) -> int:
-    """Number of ERROR and MISSING nodes in the parse of `source`."""
-    return len(_error_spans(language, source))
-
-
 @functools.lru_cache(maxsize=8)
 def _baseline_spans(language: str, text: str) -> tuple[tuple[int, int], ...]:
     """Errors of the document without a candidate: the same for every candidate of one request, so cached
@@ -615,5 +610,5 @@ def _baseline_spans(language: str, text: str) -> tuple[tuple[int, int], ...]:
 
 
 def _error_spans(language: str, source: str) -> list[tuple[int, int]]:
-    """Byte ranges of the ERROR and MISSING nodes in the parse of `source`."""
-    return error_spans(thread_parser(language).parse(source.encode()).root_node)
+    """Byte ranges of the ERROR and MISSING nodes in the parse of `source` (by this module's `thread_parser`)."""
+    return error_spans(thread_parser(language).parse(utf8(source)).root_node)

@@ -29,6 +29,7 @@ from midline.model.engine import Engine
 from midline.model.fim import FimFormatError
 from midline.model.loader import ModelLoadError
 from midline.model.remote import RemoteEngine, RemoteError, api_key_from
+from midline.model.syntax import line_start
 
 from . import actions
 from .actions import Actions, Explanation, Nothing, Replace, TestFile
@@ -530,7 +531,7 @@ def _test_file_edit(ls: MidlineServer, tests: TestFile) -> types.WorkspaceEdit:
 def _as_snippet(text: str, document: str, offset: int) -> str:
     """`text` as an LSP snippet that expands to exactly `text`: `\\ $ }` escaped, and the cursor line's
     indentation taken off later lines (clients re-indent a snippet's lines to the cursor line)."""
-    line = document[document.rfind("\n", 0, offset) + 1 : offset]
+    line = document[line_start(document, offset) : offset]
     indent = line[: len(line) - len(line.lstrip())]
     first, *rest = text.split("\n")
     lines = [first] + [later[len(indent):] if later.startswith(indent) else later for later in rest]

@@ -20,6 +20,9 @@ from midline.model.syntax import (
     unwrap,
     utf8,
 )
+from midline.server.context import build_context
+from midline.server.documents import Document
+from midline.server.postprocess import postprocess
 
 
 def _first(language: str, code: str):
@@ -85,6 +88,15 @@ def test_parses_and_a_language_without_grammar() -> None:
     assert syntax.new_parser("plaintext") is None
     with pytest.raises(ValueError):
         syntax.thread_parser("plaintext")
+
+
+def test_a_completion_in_a_document_with_a_lone_surrogate_is_post_processed() -> None:
+    # LSP's JSON can carry a lone surrogate; the syntax gate encodes it as tree positions count (it raised before).
+    text = "s = '\ud800'\ndef f(x):\n    return \n"
+    offset = text.index("return ") + len("return ")
+    ctx = build_context(Document("file:///w/a.py", "python", 1, text), offset, count_tokens=len)
+    suggestion = postprocess("x + 1\n", ctx, 6)
+    assert suggestion is not None and suggestion.text == "x + 1"
 
 
 # -- definitions -------------------------------------------------------------------------------------
