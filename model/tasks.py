@@ -28,7 +28,6 @@ Code passed in is dedented (a method as if it were top level); the caller re-ind
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import textwrap
@@ -39,7 +38,9 @@ from typing import Callable, Sequence
 import tree_sitter
 
 from midline.model.fim import FimPrompt, Snippet
+from midline.model import syntax
 from midline.model.languages import resolve
+from midline.model.syntax import char_offset, header_colon, is_string_statement, line_start, next_line, node_name, parse, unwrap, utf8
 
 QUOTES = '"""'
 FIX_BUGGY = "Buggy version:"
@@ -250,20 +251,20 @@ class TestFunction:
 def test_functions(source: str) -> list[TestFunction]:
     """Top-level `test_*` functions and `test_*` methods of top-level `Test*` classes, in order."""
     out: list[TestFunction] = []
-    data = source.encode()
-    root = _python_tree(source).root_node
+    data = utf8(source)
+    root = parse("python", source).root_node
     for node in root.named_children:
-        inner = _unwrap_decorated(node)
-        name = _node_name(inner)
+        inner = unwrap(node, "python")
+        name = node_name(inner, "python")
         if inner.type == "function_definition" and name.startswith("test"):
-            out.append(TestFunction(name, _char(data, node.start_byte), _line_end(source, _char(data, node.end_byte))))
+            out.append(TestFunction(name, char_offset(data, node.start_byte), next_line(source, char_offset(data, node.end_byte))))
         elif inner.type == "class_definition" and name.startswith("Test") and (body := inner.child_by_field_name("body")):
             for member in body.named_children:
-                method = _unwrap_decorated(member)
-                if method.type == "function_definition" and _node_name(method).startswith("test"):
-                    start = _char(data, member.start_byte)
-                    start = source.rfind("\n", 0, start) + 1
-                    out.append(TestFunction(f"{name}.{_node_name(method)}", start, _line_end(source, _char(data, member.end_byte))))
+                method = unwrap(member, "python")
+                if method.type == "function_definition" and node_name(method, "python").startswith("test"):
+                    start = char_offset(data, member.start_byte)
+                    start = line_start(source, start)
+                    out.append(TestFunction(f"{name}.{node_name(method, 'python')}", start, next_line(source, char_offset(data, member.end_byte))))
     return out
 
 
@@ -276,14 +277,14 @@ def keep_tests(source: str, keep: Sequence[str]) -> str:
     out = source
     for test in sorted(drop, key=lambda t: t.start, reverse=True):
         out = out[: test.start] + out[test.end:]
-    root = _python_tree(out).root_node
-    data = out.encode()
+    root = parse("python", out).root_node
+    data = utf8(out)
     for node in reversed(root.named_children):
-        inner = _unwrap_decorated(node)
-        name = _node_name(inner)
+        inner = unwrap(node, "python")
+        name = node_name(inner, "python")
         if inner.type == "class_definition" and name.startswith("Test") and name not in classes_kept:
             if any(t.name.startswith(name + ".") for t in tests):
-                out = out[: _char(data, node.start_byte)] + out[_line_end(out, _char(data, node.end_byte)):]
+                out = out[: char_offset(data, node.start_byte)] + out[next_line(out, char_offset(data, node.end_byte)):]
     return re.sub(r"\n{4,}", "\n\n\n", out).rstrip() + "\n"
 
 
@@ -426,80 +427,47 @@ class _Definition:
     body: str  # the body after the docstring, each line ending with a newline
 
 
-@functools.cache
-def _python_parser() -> tree_sitter.Parser:
-    import tree_sitter_python
-
-    return tree_sitter.Parser(tree_sitter.Language(tree_sitter_python.language()))
-
-
-def _python_tree(code: str) -> tree_sitter.Tree:
-    return _python_parser().parse(code.encode())
-
-
 def parses(code: str) -> bool:
     """Whether `code` is Python without syntax errors (tree-sitter)."""
-    return not _python_tree(code).root_node.has_error
-
-
-def _unwrap_decorated(node: tree_sitter.Node) -> tree_sitter.Node:
-    if node.type == "decorated_definition":
-        inner = node.child_by_field_name("definition")
-        return inner if inner is not None else node
-    return node
-
-
-def _node_name(node: tree_sitter.Node) -> str:
-    name = node.child_by_field_name("name")
-    return name.text.decode("utf-8", "replace") if name is not None else ""
-
-
-def _char(data: bytes, byte: int) -> int:
-    return len(data[:byte].decode("utf-8", "replace"))
-
-
-def _line_end(text: str, index: int) -> int:
-    """Index after the newline that ends the line containing `index` (or the end of the text)."""
-    end = text.find("\n", index)
-    return len(text) if end < 0 else end + 1
+    return bool(syntax.parses("python", code))
 
 
 def _definition_parts(code: str) -> _Definition | None:
     """A dedented Python function or class split into header, docstring and body; None if `code` is not one."""
     code = textwrap.dedent(code)
-    data = code.encode()
-    roots = [n for n in _python_tree(code).root_node.named_children if n.type != "comment"]
+    data = utf8(code)
+    roots = [n for n in parse("python", code).root_node.named_children if n.type != "comment"]
     if len(roots) != 1:
         return None
     outer = roots[0]
-    node = _unwrap_decorated(outer)
+    node = unwrap(outer, "python")
     body = node.child_by_field_name("body")
     if node.type not in ("function_definition", "class_definition") or body is None or outer.has_error:
         return None
-    colon = max((c for c in node.children if c.type == ":" and c.end_byte <= body.start_byte), key=lambda c: c.end_byte, default=None)
+    colon = header_colon(node)
     if colon is None:
         return None
-    header = data[outer.start_byte:colon.end_byte].decode()
-    header_end_line = code.count("\n", 0, _char(data, colon.end_byte))
+    header = data[outer.start_byte:colon.end_byte].decode("utf-8", "surrogatepass")
+    header_end_line = code.count("\n", 0, char_offset(data, colon.end_byte))
     statements = body.named_children
     docstring = None
     first = statements[0] if statements else None
-    if first is not None and first.type == "expression_statement" and first.named_child_count == 1 and first.named_children[0].type == "string":
+    if first is not None and is_string_statement(first):
         docstring = _string_content(first.named_children[0])
-        rest_start = _line_end(code, _char(data, first.end_byte)) if len(statements) == 1 or statements[1].start_point.row > first.end_point.row else _char(data, statements[1].start_byte)
+        rest_start = next_line(code, char_offset(data, first.end_byte)) if len(statements) == 1 or statements[1].start_point.row > first.end_point.row else char_offset(data, statements[1].start_byte)
     else:
         rest_start = None
     body_row = body.start_point.row
     if body_row == header_end_line:  # `def f(x): return x`: the body moves to its own line
         indent = "    "
-        start = rest_start if rest_start is not None else _char(data, body.start_byte)
+        start = rest_start if rest_start is not None else char_offset(data, body.start_byte)
         rest = code[start:].strip()
         body_text = "".join(indent + line + "\n" for line in rest.split("\n")) if rest else ""
     else:
-        line_start = code.rfind("\n", 0, _char(data, body.start_byte)) + 1
-        indent = code[line_start:_char(data, body.start_byte)]
+        body_line = line_start(code, char_offset(data, body.start_byte))
+        indent = code[body_line:char_offset(data, body.start_byte)]
         indent = indent if not indent.strip() else "    "
-        start = rest_start if rest_start is not None else line_start
+        start = rest_start if rest_start is not None else body_line
         body_text = code[start:]
     if docstring is not None and not body_text.strip():
         body_text = ""
@@ -522,9 +490,9 @@ def _parsing_head(code: str) -> str:
     """The longest head of `code` made of whole top-level statements that parses without errors."""
     if parses(code):
         return code
-    tree = _python_tree(code)
-    data = code.encode()
-    ends = [_line_end(code, _char(data, n.end_byte)) for n in tree.root_node.children if not n.has_error and n.type != "ERROR"]
+    tree = parse("python", code)
+    data = utf8(code)
+    ends = [next_line(code, char_offset(data, n.end_byte)) for n in tree.root_node.children if not n.has_error and n.type != "ERROR"]
     for end in sorted(set(ends), reverse=True):
         if parses(code[:end]):
             return code[:end]
