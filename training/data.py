@@ -61,7 +61,7 @@ import numpy as np
 
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
 from midline.model.languages import LanguageSpec, resolve
-from midline.model.syntax import is_word, thread_parser
+from midline.model.syntax import is_word, line_start, thread_parser
 
 SPLITS = ("train", "valid")
 SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole
@@ -341,7 +341,7 @@ class _Chunk:
         start, end = self.syntax.span(first)[0] - self.offset, self.syntax.span(last)[1] - self.offset
         if start >= end or self.text.count("\n", start, end) >= MAX_NODE_LINES:
             return None
-        if first.is_extra and self.text[self.text.rfind("\n", 0, start) + 1 : start].strip():
+        if first.is_extra and self.text[line_start(self.text, start) : start].strip():
             return None  # a comment after code: no hole starts there
         return start, end, kind
 

@@ -53,7 +53,7 @@ import tree_sitter
 from midline.model import DEFAULT_MODEL_DIR, fim
 from midline.model.engine import Engine, Generation
 from midline.model.loader import ModelLoadError
-from midline.model.syntax import is_word, new_parser
+from midline.model.syntax import char_offset, is_word, new_parser, node_name, utf8
 from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole
@@ -147,14 +147,14 @@ class Source:
         for line in self.lines[:-1]:
             self.line_starts.append(self.line_starts[-1] + len(line) + 1)
         self._ascii = self.text.isascii()
-        self.tree = parser.parse(self.text.encode("utf-8", "surrogatepass"))
+        self.tree = parser.parse(utf8(self.text))
 
     def offset(self, point: tree_sitter.Point) -> int:
         """String index of a tree-sitter (row, byte column) point."""
         row, column = point
         line = self.lines[row]
         if not self._ascii:
-            column = len(line.encode("utf-8", "surrogatepass")[:column].decode("utf-8", "surrogatepass"))
+            column = char_offset(utf8(line), column)
         return self.line_starts[row] + column
 
     def task(self, kind: str, start: int, end: int, function: str | None = None) -> Task | None:
@@ -329,7 +329,7 @@ def _pick_doctest(src: Source, rng: random.Random) -> Task | None:
         runs = _statement_runs(src, code, DOCTEST_LINES)
         if not runs:
             continue
-        name = function.child_by_field_name("name").text.decode()
+        name = node_name(function, "python")
         task = src.task("doctest", *runs[0], function=name)  # the longest run that fits
         if task is not None and task.hole == Hole.MULTI_LINE.value:
             return task

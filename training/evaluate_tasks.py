@@ -38,6 +38,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from midline.model import tasks
+from midline.model.syntax import line_start, node_name, parse, unwrap, utf8
 from midline.training import sft
 from midline.training.evaluate import add_task_arguments, edit_similarity, normalize, write_report
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
@@ -80,7 +81,7 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandb
                     continue
                 found.append(task)
                 continue
-            tree = sft.parse(doc["text"])
+            tree = parse("python", doc["text"])
             records = sft.explain_records(doc, tree, rng, config) if kind == "explain" else sft.fix_records(doc, tree, rng, config)
             if records:
                 found.append(rng.choice(records))
@@ -95,23 +96,23 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
     if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft.tested_module(doc["path"]) or not path.stem.isidentifier()
             or _RELATIVE_IMPORT.search(text) or "__main__" in path.stem):
         return None
-    tree = sft.parse(text)
+    tree = parse("python", text)
     if tree.root_node.has_error:
         return None
-    data = text.encode("utf-8", "surrogatepass")
+    data = utf8(text)
     functions = [n for n in tree.root_node.named_children
-                 if sft._inner(n).type == "function_definition" and not sft._name(n).startswith("_") and n.end_point.row - n.start_point.row >= 2]
+                 if unwrap(n, "python").type == "function_definition" and not node_name(n, "python").startswith("_") and n.end_point.row - n.start_point.row >= 2]
     rng.shuffle(functions)
     for node in functions:
         code = sft.definition_code(data, node)
         found = sft.mutate(code, rng) if code else None
         if found is None:
             continue
-        start = data.rfind(b"\n", 0, node.start_byte) + 1
+        start = line_start(data, node.start_byte)
         mutant = (data[:start] + found[1].rstrip("\n").encode() + data[node.end_byte :]).decode("utf-8", "surrogatepass")
         if not sft.compiles(mutant):
             continue
-        return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": sft._name(node), "mutation": found[0],
+        return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "mutation": found[0],
                 "module": text, "mutant": mutant}
     return None
 

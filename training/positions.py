@@ -76,7 +76,7 @@ from midline.model import fim
 from midline.model.engine import Engine
 from midline.model.languages import resolve
 from midline.model.loader import ModelLoadError
-from midline.model.syntax import is_word, new_parser
+from midline.model.syntax import error_count, header_colon, is_word, line_end, line_start, new_parser, node_name, parse
 from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.context import Hole, classify_hole
@@ -200,7 +200,8 @@ def _statement_rows(src: Source) -> set[int]:
     return rows
 
 
-def _line_end(src: Source, row: int) -> int:
+def _row_end(src: Source, row: int) -> int:
+    """The index of the "\\n" ending row `row` (`syntax.line_end`'s contract, by row number)."""
     return src.line_starts[row] + len(src.lines[row])
 
 
@@ -216,7 +217,7 @@ def _pick_enter(kind: str) -> Callable[[Source, random.Random], Task | None]:
         """A code line in a block emptied (enter_col0), or emptied to its indentation (enter_indented)."""
         for row in _shuffled(_code_lines(src, in_block=True), rng):
             typed = _indent(src.lines[row]) if kind == "enter_indented" else 0
-            if task := _task(src, kind, src.line_starts[row], _line_end(src, row), typed):
+            if task := _task(src, kind, src.line_starts[row], _row_end(src, row), typed):
                 return task
         return None
 
@@ -238,7 +239,7 @@ def _pick_end_of_line_next(src: Source, rng: random.Random) -> Task | None:
     """The cursor at the end of a code line; the next line, a code line too, deleted."""
     code = _code_lines(src)
     for row in _shuffled([r for r in code if r + 1 in code], rng):
-        if task := _task(src, "end_of_line_next", _line_end(src, row), _line_end(src, row + 1)):
+        if task := _task(src, "end_of_line_next", _row_end(src, row), _row_end(src, row + 1)):
             return task
     return None
 
@@ -246,7 +247,7 @@ def _pick_end_of_line_next(src: Source, rng: random.Random) -> Task | None:
 def _pick_end_of_line_nothing(src: Source, rng: random.Random) -> Task | None:
     """The cursor at the end of a code line of the complete file."""
     for row in _shuffled(_code_lines(src), rng):
-        if task := _task(src, "end_of_line_nothing", _line_end(src, row), _line_end(src, row)):
+        if task := _task(src, "end_of_line_nothing", _row_end(src, row), _row_end(src, row)):
             return task
     return None
 
@@ -268,7 +269,7 @@ def _pick_empty_block(src: Source, rng: random.Random) -> Task | None:
         first, last = code[0].start_point, code[-1].end_point
         start, end = src.offset(first), src.offset(last)
         row_start, indent = src.line_starts[first.row], _indent(src.lines[first.row])
-        if start != row_start + indent or end != _line_end(src, last.row):  # the body has its lines to itself
+        if start != row_start + indent or end != _row_end(src, last.row):  # the body has its lines to itself
             continue
         if BODY_LINES[0] <= last.row - first.row + 1 <= BODY_LINES[1] and (task := _task(src, "empty_block", row_start, end, indent)):
             return task
@@ -297,12 +298,12 @@ def _pick_function(src: Source, rng: random.Random) -> Task | None:
                  and FUNCTION_LINES[0] <= n.end_point.row - n.start_point.row + 1 <= FUNCTION_LINES[1]]
     for function in _shuffled(functions, rng):
         body = function.child_by_field_name("body")
-        colon = [c for c in function.children if c.type == ":" and c.end_byte <= body.start_byte][-1]
+        colon = header_colon(function)
         header = colon.end_point.row
         start, end = src.offset(colon.end_point), src.offset(body.end_point)
-        own_lines = body.start_point.row > header and start == _line_end(src, header) and end == _line_end(src, body.end_point.row)
+        own_lines = body.start_point.row > header and start == _row_end(src, header) and end == _row_end(src, body.end_point.row)
         if own_lines and (task := _task(src, REPLAY, start, end)):
-            return dataclasses.replace(task, function=function.child_by_field_name("name").text.decode())
+            return dataclasses.replace(task, function=node_name(function, "python"))
     return None
 
 
@@ -329,22 +330,13 @@ PICKS: dict[str, Callable[[Source, random.Random], Task | None]] = {
 
 
 def syntax_errors(text: str) -> int:
-    """ERROR and MISSING nodes in the parse of `text`, counting a node with an error but no erroring child once
-    (a hidden MISSING token: py-tree-sitter's `children` does not list those)."""
-    count = 0
-    for node in _nodes(_parse(text)):
-        if node.has_error and (node.is_error or node.is_missing or not any(c.has_error for c in node.children)):
-            count += 1
-    return count
-
-
-def _parse(text: str) -> tree_sitter.Tree:
-    return new_parser("python").parse(text.encode("utf-8", "surrogatepass"))
+    """ERROR and MISSING nodes in the parse of `text`, hidden MISSING tokens included (`syntax.error_count`)."""
+    return error_count("python", text)
 
 
 def _statements_on(text: str, row: int) -> int:
     """Statements starting on `row`."""
-    return sum(n.start_point.row == row for n in _statements(_parse(text)))
+    return sum(n.start_point.row == row for n in _statements(parse("python", text)))
 
 
 def _is_statement(line: str) -> bool:
@@ -358,9 +350,7 @@ def _shown_line(text: str, cursor: int, inserted: str) -> tuple[int, str]:
     """(row, text without trailing space) of the line of `text` where `inserted`, inserted at `cursor`, shows its
     first non-blank character; the cursor's row if it has none."""
     at = cursor + len(inserted) - len(inserted.lstrip())
-    start = text.rfind("\n", 0, at) + 1
-    end = text.find("\n", at)
-    return text.count("\n", 0, at), text[start : end if end >= 0 else len(text)].rstrip()
+    return text.count("\n", 0, at), text[line_start(text, at) : line_end(text, at)].rstrip()
 
 
 def score_position(task: Task, suggestion: Suggestion | None) -> dict:
@@ -410,15 +400,14 @@ def _starts_mid_word(text: str, document: str) -> bool:
 
 
 def _row(task: Task, outcome: Outcome) -> dict:
-    line_start = task.prefix.rfind("\n") + 1
-    line_end = task.text_with_hole.find("\n", task.offset)
-    cursor_line = task.text_with_hole[line_start : line_end if line_end >= 0 else None]
+    text, start = task.text_with_hole, line_start(task.text_with_hole, task.offset)
+    cursor_line = text[start : line_end(text, task.offset)]
     return {
         "kind": task.kind, "repo": task.repo, "path": task.path, "offset": task.offset, "hole": task.hole,
         **score_position(task, outcome.suggestion),
         "latency_ms": outcome.latency_ms, "tokens": outcome.tokens, "finish_reason": outcome.finish_reason,
         "mean_logprob": None if math.isnan(outcome.mean_logprob) else round(outcome.mean_logprob, 4),
-        "cursor": cursor_line[: task.offset - line_start] + "█" + cursor_line[task.offset - line_start :],
+        "cursor": cursor_line[: task.offset - start] + "█" + cursor_line[task.offset - start :],
         "suggestion": outcome.suggestion.text if outcome.suggestion else None,
         "replace": outcome.suggestion.replace if outcome.suggestion else 0,
         "expected": task.middle,

@@ -57,6 +57,7 @@ import tree_sitter
 
 from midline.model import DEFAULT_MODEL_DIR, tasks
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimFormat, FimPrompt, encode_text
+from midline.model.syntax import is_string_statement, line_start, node_name, parse, unwrap
 
 KINDS = ("explain", "tests", "fix")
 SPLITS = ("train", "valid")
@@ -85,18 +86,6 @@ class MineConfig:
 # -- definitions ----------------------------------------------------------------------------------
 
 
-_PARSER: tree_sitter.Parser | None = None
-
-
-def parse(code: str) -> tree_sitter.Tree:
-    global _PARSER
-    if _PARSER is None:
-        import tree_sitter_python
-
-        _PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_python.language()))
-    return _PARSER.parse(code.encode("utf-8", "surrogatepass"))
-
-
 def definitions(tree: tree_sitter.Tree) -> Iterator[tree_sitter.Node]:
     """Function and class definitions at any depth (a decorated one with its decorators), in order."""
     stack = [tree.root_node]
@@ -119,23 +108,14 @@ def definition_code(data: bytes, node: tree_sitter.Node) -> str | None:
     """The definition's lines as the server passes code to `midline.model.tasks` (server/actions.py: dedented,
     a method as if it were top level, one final newline); None if it does not start its line or dedents
     badly (a multi-line string less indented than the code)."""
-    line_start = data.rfind(b"\n", 0, node.start_byte) + 1
-    if data[line_start:node.start_byte].strip():
+    first = line_start(data, node.start_byte)
+    if data[first:node.start_byte].strip():
         return None
     try:
-        code = textwrap.dedent(data[line_start:node.end_byte].decode("utf-8")).strip("\n").rstrip() + "\n"
+        code = textwrap.dedent(data[first:node.end_byte].decode("utf-8")).strip("\n").rstrip() + "\n"
     except UnicodeDecodeError:
         return None
     return code if code[:1] not in (" ", "\t") else None
-
-
-def _inner(node: tree_sitter.Node) -> tree_sitter.Node:
-    return node.child_by_field_name("definition") or node if node.type == "decorated_definition" else node
-
-
-def _name(node: tree_sitter.Node) -> str:
-    name = _inner(node).child_by_field_name("name")
-    return name.text.decode("utf-8", "replace") if name is not None else ""
 
 
 # -- explain --------------------------------------------------------------------------------------
@@ -157,7 +137,7 @@ def explain_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: Mi
         docstring = example[1]
         if not (c.min_docstring_chars <= len("".join(docstring.split())) and len(docstring) <= c.max_docstring_chars):
             continue
-        out.append({"kind": "explain", "repo": doc["repo"], "path": doc["path"], "name": _name(node), "code": code})
+        out.append({"kind": "explain", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "code": code})
     return _sample(out, c.explain_per_file, rng)
 
 
@@ -177,8 +157,8 @@ Site = tuple[int, int, bytes]  # (start byte, end byte, replacement)
 
 def mutation_sites(code: str) -> dict[str, list[Site]]:
     """Every place in the body of the function `code` where each kind of mutation applies."""
-    tree = parse(code)
-    function = _inner(tree.root_node.named_children[0]) if tree.root_node.named_children else None
+    tree = parse("python", code)
+    function = unwrap(tree.root_node.named_children[0], "python") if tree.root_node.named_children else None
     if function is None or function.type != "function_definition":
         return {}
     body = function.child_by_field_name("body")
@@ -308,7 +288,7 @@ def fix_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: MineCo
     data = doc["text"].encode("utf-8", "surrogatepass")
     functions = []
     for node in definitions(tree):
-        if _inner(node).type != "function_definition":
+        if unwrap(node, "python").type != "function_definition":
             continue
         lines = node.end_point.row - node.start_point.row + 1
         if c.fix_lines[0] <= lines <= c.fix_lines[1] and node.end_byte - node.start_byte <= 2 * c.max_fix_chars:
@@ -323,7 +303,7 @@ def fix_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: MineCo
             continue
         found = mutate(code, rng)
         if found is not None:
-            out.append({"kind": "fix", "repo": doc["repo"], "path": doc["path"], "name": _name(node), "mutation": found[0],
+            out.append({"kind": "fix", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "mutation": found[0],
                         "buggy": found[1], "fixed": code})
     return out
 
@@ -390,10 +370,10 @@ def normalize_test_prelude(source: str) -> str:
     header of a tests prompt stands for it): no module docstring, and each import on one line."""
     data = source.encode("utf-8", "surrogatepass")
     edits = []
-    for node in parse(source).root_node.named_children:
+    for node in parse("python", source).root_node.named_children:
         if node.type in ("function_definition", "class_definition", "decorated_definition"):
             break
-        if node.type == "expression_statement" and not edits and node.named_child_count == 1 and node.named_children[0].type == "string":
+        if is_string_statement(node) and not edits:
             edits.append((node.start_byte, node.end_byte, b""))  # the module docstring
         elif node.type in ("import_statement", "import_from_statement", "future_import_statement") and b"\n" in node.text:
             one_line = re.sub(rb",?\s*\)$", b"", re.sub(rb"\(\s*", b"", b" ".join(node.text.split())))
@@ -414,7 +394,7 @@ def mine_documents(docs: list[dict], split: str, c: MineConfig) -> tuple[list[di
         if not doc["path"].endswith(".py") or not 0 < len(doc["text"]) <= c.max_file_chars:
             continue
         rng = random.Random(f"{c.seed}/{split}/{doc['repo']}/{doc['path']}")
-        tree = parse(doc["text"])
+        tree = parse("python", doc["text"])
         for record in explain_records(doc, tree, rng, c) + fix_records(doc, tree, rng, c):
             records.append(record)
             counts[record["kind"]] += 1
@@ -592,9 +572,9 @@ def prune_module(source: str, names: set[str]) -> str:
     imports and the rest stay)."""
     data = source.encode("utf-8", "surrogatepass")
     out, at = [], 0
-    for i, node in enumerate(parse(source).root_node.named_children):
-        docstring = i == 0 and node.type == "expression_statement" and node.named_child_count == 1 and node.named_children[0].type == "string"
-        if docstring or (_inner(node).type in ("function_definition", "class_definition") and _name(node) not in names):
+    for i, node in enumerate(parse("python", source).root_node.named_children):
+        docstring = i == 0 and is_string_statement(node)
+        if docstring or (unwrap(node, "python").type in ("function_definition", "class_definition") and node_name(node, "python") not in names):
             out.append(data[at:node.start_byte])
             at = node.end_byte
             if data[at:at + 1] == b"\n":
