@@ -15,6 +15,7 @@ as comments at the top of the prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Iterable, Literal, Protocol, Sequence
 
 Mode = Literal["psm", "spm"]
@@ -28,6 +29,12 @@ FIM_PAD = "<|midline:fim_pad|>"
 FILE_SEP = "<|midline:file_sep|>"
 REPO_NAME = "<|midline:repo_name|>"
 SPECIAL_TOKENS: tuple[str, ...] = (EOT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, FILE_SEP, REPO_NAME)
+
+
+def shown_path(path: str | PurePath, root: str | PurePath | None) -> str:
+    """A path as the model sees it in prompts: relative to `root` when inside it, in POSIX form."""
+    p = Path(path)
+    return (p.relative_to(root) if root and p.is_relative_to(root) else p).as_posix()
 
 
 class FimFormatError(ValueError):

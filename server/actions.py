@@ -26,7 +26,7 @@ import tree_sitter
 
 from midline.model import languages, tasks
 from midline.model.syntax import byte_offset, char_offset, line_start, next_line, node_name, parses, unwrap, utf8
-from midline.model.fim import FimPrompt
+from midline.model.fim import FimPrompt, shown_path
 
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config
@@ -512,8 +512,7 @@ class Actions:
 
     def shown(self, path: str | Path) -> str:
         """A path as the model sees it: relative to the workspace root when inside it (as completion shows it)."""
-        p = Path(path)
-        return (p.relative_to(self.root) if self.root and p.is_relative_to(self.root) else p).as_posix()
+        return shown_path(path, self.root)
 
     async def _explain(self, doc: Document, target: Target, progress: Progress) -> Outcome:
         progress.report("explaining")
@@ -568,7 +567,7 @@ class Actions:
         module, test_path = place.module, place.path
         dotted, import_root = python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
         progress.report("writing tests")
-        shown = module.relative_to(place.folder).as_posix()
+        shown = shown_path(module, place.folder)
         ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
         source = await self.assistant.run(ask, progress.cancel)
         if not source or not source.strip():

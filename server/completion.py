@@ -19,7 +19,7 @@ from pathlib import Path
 
 from midline.model import languages
 from midline.model.engine import Engine, Generation
-from midline.model.fim import FimPrompt, Snippet
+from midline.model.fim import FimPrompt, Snippet, shown_path
 
 from .config import Config
 from .context import CompletionContext, Hole, build_context
@@ -149,8 +149,8 @@ class Completer:
         return FimPrompt(
             prefix=ctx.prefix,
             suffix=ctx.suffix,
-            path=self._shown_path(ctx.path),
-            snippets=[Snippet(self._shown_path(s.path), s.text) for s in ctx.snippets],
+            path=shown_path(ctx.path, self.root),
+            snippets=[Snippet(shown_path(s.path, self.root), s.text) for s in ctx.snippets],
             repo=self.root.name if self.root else "",
             comment=languages.resolve(ctx.language).line_comment,
         )
@@ -168,11 +168,6 @@ class Completer:
             flag.set()
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _shown_path(self, path: str) -> str:
-        """A path as the model sees it: relative to the workspace root when inside it."""
-        p = Path(path)
-        return (p.relative_to(self.root) if self.root and p.is_relative_to(self.root) else p).as_posix()
 
     def _mode(self):
         return None if self.config.fim_mode == "auto" else self.config.fim_mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from midline.model import syntax
+from midline.model.fim import shown_path
 from midline.model.syntax import (
     byte_offset,
     char_offset,
@@ -155,3 +156,10 @@ def test_docstring_is_a_block_opening_with_one_string() -> None:
     assert docstring(body("def f():\n    return 1\n    'late'\n")) is None
     assert docstring(parse("python", '"""Module."""\nx = 1\n').root_node) is not None
     assert docstring(None) is None
+
+
+def test_shown_path_is_relative_to_the_root_when_inside_it() -> None:
+    # model/fim.py: the path prompts show (completion, code actions and hover share it)
+    assert shown_path("/w/pkg/a.py", "/w") == "pkg/a.py"
+    assert shown_path("/elsewhere/a.py", "/w") == "/elsewhere/a.py"
+    assert shown_path("/w/a.py", None) == "/w/a.py"
