@@ -1,8 +1,9 @@
-"""Shared fixtures: one tiny random-weight model per test session, and broken copies of it."""
+"""Shared fixtures: one tiny random-weight model per test session, and broken copies of it; and the tiers' check."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -78,3 +79,31 @@ def _edit_config(path: Path, **changes) -> None:
     config = json.loads(config_file.read_text())
     config.update(changes)
     config_file.write_text(json.dumps(config))
+
+
+# -- tiers: `-m "not e2e and not slow"` is the quick tier (pyproject.toml registers the marks) ----------
+
+def _tier_limit() -> float | None:
+    """MIDLINE_CHECK_TIERS=1 fails an unmarked test that takes over 5 s (setup and call); a number is the limit in s."""
+    value = os.environ.get("MIDLINE_CHECK_TIERS", "")
+    if value in ("", "0"):
+        return None
+    return 5.0 if value == "1" else float(value)
+
+
+_SETUP_S = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = (yield).get_result()
+    limit = _tier_limit()
+    if limit is None or item.get_closest_marker("e2e") or item.get_closest_marker("slow"):
+        return
+    if report.when == "setup":
+        item.stash[_SETUP_S] = report.duration
+    elif report.when == "call" and report.passed:
+        seconds = item.stash.get(_SETUP_S, 0.0) + report.duration
+        if seconds > limit:
+            report.outcome = "failed"
+            report.longrepr = f"{item.nodeid} took {seconds:.1f} s (setup and call), over {limit:g} s: mark it slow (or e2e), or make it quicker"

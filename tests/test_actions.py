@@ -294,6 +294,7 @@ def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_p
 
 
 @needs_sandbox
+@pytest.mark.slow
 def test_a_test_that_hangs_the_whole_run_costs_only_itself():
     source = (
         "from calc import add\n\n\ndef test_first():\n    assert add(1, 1) == 2\n\n\n"
@@ -598,6 +599,7 @@ def only_edit(action: types.CodeAction) -> tuple[str, types.TextEdit]:
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_actions_are_listed_without_the_model_then_resolved(lsp):
     client, root = lsp
     uri = (root / "circle.py").as_uri()
@@ -627,6 +629,7 @@ async def test_e2e_actions_are_listed_without_the_model_then_resolved(lsp):
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_fix_never_returns_an_invalid_edit(lsp):
     client, root = lsp
     uri = (root / "fix.py").as_uri()
@@ -646,6 +649,7 @@ async def test_e2e_fix_never_returns_an_invalid_edit(lsp):
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_code_from_a_comment_and_generated_tests(lsp):
     client, root = lsp
     uri = (root / "comment.py").as_uri()
@@ -669,6 +673,7 @@ async def test_e2e_code_from_a_comment_and_generated_tests(lsp):
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_tests_are_written_only_in_a_workspace_folder_as_folders_change(lsp, tmp_path):
     client, _ = lsp
     other = tmp_path / "other"
@@ -700,6 +705,7 @@ async def test_e2e_tests_are_written_only_in_a_workspace_folder_as_folders_chang
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_cancelling_a_resolve_stops_its_generation(lsp, tiny_chat_model_dir):
     client, root = lsp
     # The chat model has no end-of-turn token: its answers run to the token limit unless cancelled.
@@ -742,6 +748,7 @@ async def test_e2e_cancelling_a_resolve_stops_its_generation(lsp, tiny_chat_mode
 
 
 @pytestmark_e2e
+@pytest.mark.e2e
 async def test_e2e_open_explanation_shows_a_markdown_document(lsp):
     client, root = lsp
     client.shown_documents.clear()

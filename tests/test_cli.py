@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).parent / "data" / "example.py"
 
 
@@ -16,6 +18,7 @@ def complete(location: str, model: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_prints_the_completion_at_a_position(tiny_model_dir):
     line = EXAMPLE.read_text().split("\n")[7]  # the quickstart's comment line
     result = complete(f"{EXAMPLE}:8:{len(line) + 1}", tiny_model_dir)

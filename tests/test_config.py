@@ -160,6 +160,7 @@ def test_the_section_must_be_an_object(data):
 
 
 @pytest.mark.asyncio
+@pytest.mark.e2e
 async def test_the_server_reports_a_wrong_type_and_keeps_its_settings(tmp_path):
     """Over the real server: `"trustRemoteCode": "false"` is shown as an error, and nothing else in that
     update (here `model`, which `midline.status` reports) is taken either."""

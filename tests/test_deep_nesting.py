@@ -205,6 +205,7 @@ async def deep_lsp(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_e2e_a_deep_file_breaks_neither_completion_elsewhere_nor_workspace_indexing(deep_lsp):
     client, root = deep_lsp
     deep_uri, bracket_uri, ordinary_uri = (root / "a_deep.py").as_uri(), (root / "b_deep.c").as_uri(), (root / "ordinary.py").as_uri()

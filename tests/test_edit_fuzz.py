@@ -127,6 +127,7 @@ async def fuzz(client, encoding: str, seed: int) -> list[int]:
 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-8", "utf-32"])
+@pytest.mark.e2e
 async def test_random_edits_keep_the_server_text_equal_to_the_editors(encoding: str, tmp_path: Path) -> None:
     offered = None if encoding == "utf-16" else [encoding, "utf-16"]
     async with running_server({"model": str(tmp_path / "no-model")}, tmp_path, encodings=offered) as (client, result):

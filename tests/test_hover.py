@@ -161,6 +161,7 @@ async def explained(client, count: int) -> dict:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_e2e_hover_answers_at_once_then_explains_in_the_background(lsp):
     client, root = lsp
     uri = (root / "shapes.py").as_uri()
@@ -187,6 +188,7 @@ async def test_e2e_hover_answers_at_once_then_explains_in_the_background(lsp):
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_e2e_hover_never_waits_for_the_model(lsp, tiny_chat_model_dir):
     client, root = lsp
     uri = (root / "busy.py").as_uri()
@@ -212,6 +214,7 @@ async def test_e2e_hover_never_waits_for_the_model(lsp, tiny_chat_model_dir):
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_e2e_hover_settings(lsp):
     client, root = lsp
     uri = (root / "settings.py").as_uri()

@@ -67,6 +67,8 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_neovim_completion_inserts_the_suggestion(tiny_model_dir, tmp_path):
     nvim = nvim_binary()
     workspace = tmp_path / "workspace"

@@ -8,6 +8,7 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+import pytest
 import torch
 
 from midline.model.engine import Engine
@@ -28,6 +29,7 @@ def small_source_tree(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_midline_train_runs_every_stage(tmp_path):
     torch.set_num_threads(1)  # 2 shared cores: one thread is much faster for a tiny model
     src = small_source_tree(tmp_path / "src")

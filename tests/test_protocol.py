@@ -171,6 +171,7 @@ def _assert_serving(server: RawServer, msg_id: str) -> None:
 
 
 @pytest.mark.parametrize("label, message, answer_id, code, words", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+@pytest.mark.e2e
 def test_every_bad_request_is_answered_with_an_lsp_error(served: RawServer, label, message, answer_id, code, words):
     served.send(message)
     answer = served.response(answer_id)
@@ -183,6 +184,7 @@ def test_every_bad_request_is_answered_with_an_lsp_error(served: RawServer, labe
     _assert_serving(served, f"after {label}")
 
 
+@pytest.mark.e2e
 def test_each_batched_request_gets_its_own_error(served: RawServer):
     served.send([_request(31, "textDocument/hover", _position(0)), {"jsonrpc": "2.0", "method": "initialized"}, _request(32, "shutdown")])
     for msg_id in (31, 32):
@@ -191,6 +193,7 @@ def test_each_batched_request_gets_its_own_error(served: RawServer):
     _assert_serving(served, "after a batch")  # the batched shutdown was not run
 
 
+@pytest.mark.e2e
 def test_bad_notifications_get_no_answer_and_break_nothing(served: RawServer):
     for notification in BAD_NOTIFICATIONS:
         served.send(notification)
@@ -200,6 +203,7 @@ def test_bad_notifications_get_no_answer_and_break_nothing(served: RawServer):
     assert not any("Error in server" in m["params"]["message"] for m in shown), shown
 
 
+@pytest.mark.e2e
 def test_no_python_exception_text_in_messages(served: RawServer):
     """Nothing the server sent (answers or popups) carries a Python exception's repr."""
     _assert_serving(served, "collect")
@@ -208,6 +212,7 @@ def test_no_python_exception_text_in_messages(served: RawServer):
         assert not any(marker in text for text in texts), (marker, texts)
 
 
+@pytest.mark.e2e
 def test_requests_before_initialize_and_a_second_initialize(tmp_path: Path):
     server = RawServer(tmp_path / "server.log")
     try:
@@ -234,6 +239,7 @@ def test_requests_before_initialize_and_a_second_initialize(tmp_path: Path):
             server.process.kill()
 
 
+@pytest.mark.e2e
 def test_bad_initialize_params_are_answered_and_initialize_can_be_retried(tmp_path: Path):
     server = RawServer(tmp_path / "server.log")
     try:
@@ -250,6 +256,7 @@ def _assert_serving_uninitialized_doc(server: RawServer) -> None:
     assert answer is not None and answer["error"]["code"] == INVALID_PARAMS, answer  # served: the document is just not open
 
 
+@pytest.mark.e2e
 def test_log_holds_no_user_code_above_debug(served: RawServer):
     """Bad messages' params (a document's text) stay out of the log at WARNING."""
     _assert_serving(served, "flush")
@@ -262,6 +269,7 @@ def _is_sentence(text: str) -> bool:
     return " " in text and text.endswith(".") and re.match(r"\w+(Error|Exception)\b", text) is None
 
 
+@pytest.mark.e2e
 def test_info_log_holds_no_document_text(tmp_path: Path):
     """At the default INFO level the log says what happened, not what the documents and answers hold."""
     server = RawServer(tmp_path / "server.log", level="INFO")
@@ -335,6 +343,7 @@ def test_a_failing_notification_is_shown_once_as_a_sentence(in_process, caplog):
     assert ["TypeError" in r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [True, True]
 
 
+@pytest.mark.e2e
 def test_open_explanation_without_text_is_invalid_params(served: RawServer):
     for msg_id, arguments in (("no args", None), ("an object", [{"a": 1}])):
         params = {"command": "midline.openExplanation", **({"arguments": arguments} if arguments else {})}

@@ -305,6 +305,7 @@ def test_a_huge_stream_line_is_reported_as_too_long(served, tiny_engine, kind):
     assert used["peak_mb"] < 20 and used["seconds"] < 5, used
 
 
+@pytest.mark.slow
 def test_a_stream_larger_than_the_limit_is_refused(served, tiny_engine):
     event = b'data: {"choices": [{"text": "' + b"a" * 60_000 + b'", "finish_reason": null}]}\n\n'
     served.feed = Feed(endless(event, event, 200))  # 12 MB of well-formed events
@@ -419,6 +420,7 @@ E2E_LINE = 5
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_midline_serve_completes_through_a_remote_backend(served, tiny_engine, tiny_model_dir, tmp_path):
     settings = {"debounceMs": 0, "maxNewTokens": 24, "timeoutMs": 20000, "context": {"crossFile": False}}
     uri = (tmp_path / "circle.py").as_uri()
@@ -450,6 +452,7 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
 
 
 @pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
 async def test_a_failing_explanation_shows_one_message(served, tiny_model_dir, tmp_path):
     served.fail = (500, {"error": {"code": 500, "message": "CUDA out of memory (test)", "type": "server_error"}})
     backend = {"kind": "openai", "url": served.url, "tokenizer": str(tiny_model_dir)}

@@ -14,7 +14,7 @@ from midline.model.syntax import new_parser
 
 from .lsp_client import inline, open_document, running_server, status
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.e2e]
 
 # The test model has random weights: its text is noise, so requests sit at the end of a comment,
 # where any one line is valid Python and the syntax gate lets a suggestion through.

@@ -114,6 +114,7 @@ def test_compiled_layer_is_one_graph_for_every_layer(qwen_engine):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_steps_match_transformers_greedy(qwen_engine):
     """The CPU's compiled steps (inductor, dynamic lengths): two graphs serve every position and every length up to
     CHUNK (one-token decoding, prompt tails, lookup checks), and give transformers' greedy tokens."""

@@ -140,6 +140,7 @@ def test_grad_accumulation_matches_a_bigger_batch(reference, data_dir, tmp_path)
         assert float(got["train_loss"]) == pytest.approx(float(want["train_loss"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(reference, data_dir, tmp_path):
     """DDP over gloo: 2 ranks x 2 rows == 1 process x 4 rows, step for step."""
     out = tmp_path / "ddp"
