@@ -25,7 +25,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -33,6 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import fim
+from midline.model.backend import Generation
 from midline.model.fim import FimFormat, FimFormatError, FimPrompt, Mode
 from midline.model.loader import ModelLoadError, load_model
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
@@ -47,22 +47,8 @@ CPU_THREADS = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1))
 CPU_LOOKUP = 4
 
 
-@dataclass
-class Generation:
-    """One completion and how it ended."""
-
-    text: str  # decoded generated text (stop token excluded)
-    token_ids: list[int]
-    finish_reason: str  # "eot" | "length" | "stop" | "cancelled" | "timeout"
-    mean_logprob: float  # mean log-probability of the generated tokens (nan if none)
-    prompt_tokens: int  # prompt length actually fed to the model (after any truncation)
-    elapsed_s: float
-    reused_tokens: int = 0  # leading prompt tokens whose KV cache came from the previous generation
-    token_logprobs: list[float] = field(default_factory=list)  # log-probability of each generated token
-
-
 class Engine:
-    """A loaded model, its tokenizer and FIM format, and a decode loop.
+    """A loaded model, its tokenizer and FIM format, and a decode loop: the local `Backend`.
 
     A chat model (code actions' `actions.model`) has no FIM format: it gets `fim_format=None` and its
     end-of-turn tokens as `stop_tokens`."""

@@ -1,8 +1,7 @@
 """Remote backends: the `Engine` interface over HTTP, for a model served by vLLM, TGI, llama.cpp or Ollama.
 
-`RemoteEngine` has what the server's `Completer` uses from `Engine` (`encode`, `generate`, `count_tokens`,
-`max_context`, `fim`, `device`, `clear_cache`, `decode`), so a serving engine on another machine drops in
-for the local model. Three protocols (`kind`):
+`RemoteEngine` is a `Backend` (`model/backend.py`) as the local `Engine` is, so a serving engine on another
+machine drops in for the local model. Three protocols (`kind`):
 
 - `openai`: `POST {url}/v1/completions`, OpenAI-compatible text completion (vLLM, TGI, llama.cpp's server,
   SGLang, LM Studio). The FIM prompt is rendered as text by `midline.model.fim` in the served model's format;
@@ -48,7 +47,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from midline.model import fim
-from midline.model.engine import Generation
+from midline.model.backend import Generation
 from midline.model.fim import FimFormat, FimPrompt, Mode
 
 Kind = Literal["openai", "llamacpp", "ollama"]
@@ -110,9 +109,12 @@ class RemotePrompt(NamedTuple):
 
 
 class RemoteEngine:
-    """A model behind an HTTP server, with the `Engine` interface."""
+    """A model behind an HTTP server: a `Backend`."""
 
     reuse_prefix = False  # the serving engine does its own prefix caching
+    min_mean_logprob = None  # no confidence floors: a server sends no log-probabilities
+    min_line_logprob = None
+    languages = None  # any language
 
     def __init__(
         self,
@@ -174,7 +176,7 @@ class RemoteEngine:
         fmt = fim.get(fim_format) if fim_format else fim.detect(tok.get_vocab()) if tok is not None else None
         return cls(kind, url, model=model, api_key=api_key, fim_format=fmt, tokenizer=tok, max_context=max_context, timeout_s=timeout_s)
 
-    # -- the Engine interface -------------------------------------------------------------------
+    # -- the Backend protocol -------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text`: exact with a local tokenizer, else estimated from its length. Memoized."""
@@ -262,6 +264,10 @@ class RemoteEngine:
         if self.tokenizer is None:
             raise RemoteError("decoding token ids needs a local tokenizer: set `midline.backend.tokenizer`")
         return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).rstrip("\ufffd")
+
+    def token_ends(self, token_ids: list[int]) -> list[int]:
+        """Where each token's text ends in `decode(token_ids)` (as `Engine.token_ends`; needs a local tokenizer)."""
+        return [len(self.decode(token_ids[: i + 1])) for i in range(len(token_ids))]
 
     # -- protocols ------------------------------------------------------------------------------
 

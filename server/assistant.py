@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from midline.model.engine import Engine
+from midline.model.backend import Backend
 from midline.model.fim import FimPrompt
 from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
@@ -87,7 +87,7 @@ class Assistant:
 
     def __init__(
         self,
-        engine: Callable[[], Awaitable[Engine | None]],
+        engine: Callable[[], Awaitable[Backend | None]],
         config: Config,
         executor: Executor,
         report: Callable[[str], None] = log.error,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from midline.model import languages
-from midline.model.engine import Engine, Generation
+from midline.model.backend import Backend, EncodedPrompt, Generation
 from midline.model.fim import FimPrompt, Snippet, shown_path
 
 from .config import Config
@@ -68,11 +68,11 @@ class Stats:
 
 
 class Completer:
-    """Answers completion requests for open documents with one model."""
+    """Answers completion requests for open documents with one model (local or remote: a `Backend`)."""
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Backend,
         config: Config,
         executor: Executor,
         *,
@@ -109,14 +109,14 @@ class Completer:
         ctx = self.context(doc, offset)
         if ctx.hole is Hole.NONE:
             return None
-        prompt_ids = self.engine.encode(self.prompt(ctx), self._mode())
-        key = (tuple(prompt_ids), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
+        prompt = self.engine.encode(self.prompt(ctx), self._mode())
+        key = (tuple(prompt), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
         if key in self._cache:
             self.stats.cache_hits += 1
             self._cache.move_to_end(key)
             suggestion = self._cache[key]
         else:
-            finished, suggestion = await self._generate(doc.uri, ctx, prompt_ids)
+            finished, suggestion = await self._generate(doc.uri, ctx, prompt)
             if finished:
                 self._remember(key, suggestion)
         if suggestion is not None:
@@ -126,7 +126,7 @@ class Completer:
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
-        return self.config.enabled_for(doc.language_id, getattr(self.engine, "languages", None))
+        return self.config.enabled_for(doc.language_id, self.engine.languages)
 
     def context(self, doc: Document, offset: int) -> CompletionContext:
         ctx_config = self.config.context
@@ -186,7 +186,7 @@ class Completer:
             return Suggestion(text[len(typed) :], shown.suggestion.replace)
         return None
 
-    async def _generate(self, uri: str, ctx: CompletionContext, prompt_ids: list[int]) -> tuple[bool, Suggestion | None]:
+    async def _generate(self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt) -> tuple[bool, Suggestion | None]:
         """Generate and post-process off the event loop; a newer request for the same document stops this one.
 
         Returns whether the generation finished (a cancelled or timed-out one is not cached) and the suggestion.
@@ -201,7 +201,7 @@ class Completer:
 
         def run() -> tuple[Generation, Suggestion | None]:
             generation = self.engine.generate(
-                prompt_ids,
+                prompt,
                 max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature,
                 top_p=config.top_p,
@@ -256,10 +256,10 @@ class Completer:
             self._cache.popitem(last=False)
 
 
-def _floor(configured: float | None, engine: Engine, name: str, position: str) -> float | None:
+def _floor(configured: float | None, engine: Backend, name: str, position: str) -> float | None:
     """A confidence floor: the user's, else the one the model ships with for this cursor position (its
     midline.json: one floor, or one per position), else None."""
     if configured is not None:
         return configured
-    floor = getattr(engine, name, None)
+    floor = getattr(engine, name)
     return floor.get(position) if isinstance(floor, dict) else floor

@@ -1,0 +1,76 @@
+"""The seam between the server and what generates: the `Backend` protocol, its prompts and its generations.
+
+Two kinds of backend have it: the local model (`model/engine.py`'s `Engine`) and a serving engine over HTTP
+(`model/remote.py`'s `RemoteEngine`). The server's `Completer` and `Assistant` are written against `Backend`
+only: they encode a FIM prompt, generate from it, and size their windows with `count_tokens`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeAlias
+
+from midline.model.fim import FimFormat, FimPrompt, Mode
+
+if TYPE_CHECKING:
+    from midline.model.remote import RemotePrompt
+
+# What `Backend.encode` makes and `Backend.generate` takes: token ids for the local model, a `RemotePrompt`
+# (rendered text, or llama.cpp's parts) for a served one. Either way a sequence, so `tuple(prompt)` is a cache key.
+EncodedPrompt: TypeAlias = "list[int] | RemotePrompt"
+
+# How the model's confidence floors are given (its midline.json): one, or one per cursor position.
+Floor: TypeAlias = "float | dict[str, float] | None"
+
+
+@dataclass
+class Generation:
+    """One completion and how it ended."""
+
+    text: str  # decoded generated text (stop token excluded)
+    token_ids: list[int]
+    finish_reason: str  # "eot" | "length" | "stop" | "cancelled" | "timeout"
+    mean_logprob: float  # mean log-probability of the generated tokens (nan if none)
+    prompt_tokens: int  # prompt length actually fed to the model (after any truncation)
+    elapsed_s: float
+    reused_tokens: int = 0  # leading prompt tokens whose KV cache came from the previous generation
+    token_logprobs: list[float] = field(default_factory=list)  # log-probability of each generated token
+
+
+class Backend(Protocol):
+    """What the server uses of a model: a FIM format, a context size, token counts, encode and generate."""
+
+    fim: FimFormat | None  # the served model's FIM format (None: a chat model, which cannot encode FIM prompts)
+    device: Any  # where generation runs, for logs and `midline.status`
+    max_context: int  # prompt and answer together, in tokens
+    min_mean_logprob: Floor  # hide a suggestion less sure than this (the model's own floor; None: none)
+    min_line_logprob: Floor  # cut a suggestion at a later line less sure than this
+    languages: tuple[str, ...] | None  # languages the model was trained on; None: any
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` (exact, or an over-estimate where the tokenizer is not at hand)."""
+        ...
+
+    def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> EncodedPrompt:
+        """`prompt` in the model's FIM format, ready for `generate`."""
+        ...
+
+    def generate(
+        self,
+        prompt: EncodedPrompt,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        should_stop: Callable[[str], bool] | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> Generation:
+        """Complete `prompt`, stopping at an end token, `max_new_tokens`, `should_stop`, `cancel` or `deadline`."""
+        ...
+
+    def token_ends(self, token_ids: list[int]) -> list[int]:
+        """Where each token's text ends in the decoded text of `token_ids`."""
+        ...
