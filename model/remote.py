@@ -1,7 +1,8 @@
-"""Remote backends: the `Engine` interface over HTTP, for a model served by vLLM, TGI, llama.cpp or Ollama.
+"""Remote backends: the `Backend` protocol over HTTP, for a model served by vLLM, TGI, llama.cpp or Ollama.
 
 `RemoteEngine` is a `Backend` (`model/backend.py`) as the local `Engine` is, so a serving engine on another
-machine drops in for the local model. Three protocols (`kind`):
+machine drops in for the local model. Three protocols (`kind`), a small class each (`PROTOCOLS`) behind the
+one `RemoteEngine`, which does the HTTP, the streaming and the limits for all of them:
 
 - `openai`: `POST {url}/v1/completions`, OpenAI-compatible text completion (vLLM, TGI, llama.cpp's server,
   SGLang, LM Studio). The FIM prompt is rendered as text by `midline.model.fim` in the served model's format;
@@ -128,18 +129,18 @@ class RemoteEngine:
         max_context: int = 4096,
         timeout_s: float = 10.0,
     ):
-        if kind not in KINDS:
+        if kind not in PROTOCOLS:
             raise RemoteError(f"unknown backend kind {kind!r}: use {', '.join(KINDS)} (or local)")
+        protocol = self.protocol = PROTOCOLS[kind]()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError(f"backend URL {url!r} is not an http:// or https:// URL with a host")
-        if fim_format is None and kind != "llamacpp":
+        if fim_format is None and protocol.needs_fim:
             raise RemoteError(
                 f"the {kind} backend needs the served model's FIM format: set `midline.fimFormat` "
                 f"({', '.join(fim.FORMATS)}) or `midline.backend.tokenizer` to a local copy of its tokenizer"
             )
-        if kind == "ollama" and not model:
-            raise RemoteError("the ollama backend needs `midline.backend.model` (the name `ollama list` shows)")
+        protocol.check_model(model)
         self.kind = kind
         self.url = url.rstrip("/")
         self.model_name = model
@@ -151,7 +152,7 @@ class RemoteEngine:
         self.device = f"{kind} {self.url}"  # where generation runs, for logs and `midline.status`
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
-        self._path = self._endpoint(parts.path.rstrip("/"))
+        self._path = protocol.endpoint(parts.path.rstrip("/"))
         if tokenizer is not None:
             count = lambda text: len(fim.encode_text(tokenizer, text))  # noqa: E731
         else:
@@ -184,9 +185,7 @@ class RemoteEngine:
 
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> RemotePrompt:
         """The request's prompt: rendered in the model's FIM format, or (llamacpp) the parts /infill takes."""
-        if self.kind == "llamacpp":
-            return RemotePrompt("", prompt.prefix, prompt.suffix, tuple((s.path, s.text) for s in prompt.snippets))
-        return RemotePrompt(self.fim.render(prompt, mode))
+        return self.protocol.encode(self.fim, prompt, mode)
 
     def generate(
         self,
@@ -209,14 +208,14 @@ class RemoteEngine:
         chunk ("stop"), on `cancel` ("cancelled") or at `deadline` ("timeout", a `time.monotonic()` time); the
         last three close the connection, which stops the server's generation. Raises `RemoteError`.
         """
+        protocol = self.protocol
         if isinstance(prompt, str):  # plain text: the rendered prompt, or (llamacpp) the prefix
-            prompt = RemotePrompt("", prefix=prompt) if self.kind == "llamacpp" else RemotePrompt(prompt)
-        if not prompt.text and self.kind != "llamacpp":  # (an empty file is a fine /infill request)
-            raise ValueError("the prompt is empty")
+            prompt = protocol.from_text(prompt)
+        protocol.check_prompt(prompt)
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         start = time.monotonic()
-        payload = self._payload(prompt, max_new_tokens, temperature, top_p, seed)
+        payload = protocol.payload(self, prompt, max_new_tokens, temperature, top_p, seed)
         text, finish, prompt_tokens = "", None, None
         with _Request(self, payload, cancel, deadline) as events:
             for event in events:
@@ -269,37 +268,6 @@ class RemoteEngine:
         """Where each token's text ends in `decode(token_ids)` (as `Engine.token_ends`; needs a local tokenizer)."""
         return [len(self.decode(token_ids[: i + 1])) for i in range(len(token_ids))]
 
-    # -- protocols ------------------------------------------------------------------------------
-
-    def _endpoint(self, base: str) -> str:
-        if self.kind == "openai":  # the URL may be the server's root or its OpenAI base URL (.../v1)
-            return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
-        return base + ("/infill" if self.kind == "llamacpp" else "/api/generate")
-
-    def _payload(self, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
-        stops = list(self.fim.stop_tokens)
-        if self.kind == "openai":
-            payload: dict[str, Any] = {
-                "prompt": prompt.text, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                "stream": True, "stop": stops[:MAX_STOP_SEQUENCES],
-            }
-            if self.model_name:
-                payload["model"] = self.model_name
-        elif self.kind == "llamacpp":
-            payload = {
-                "input_prefix": prompt.prefix, "input_suffix": prompt.suffix,
-                "input_extra": [{"filename": name, "text": text} for name, text in prompt.extra],
-                "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True, "cache_prompt": True,
-            }
-        else:  # ollama: options go in "options"; num_ctx, or Ollama cuts prompts at its default context
-            options = {"num_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stop": stops, "num_ctx": self.max_context}
-            if seed is not None:
-                options["seed"] = seed
-            return {"model": self.model_name, "prompt": prompt.text, "raw": True, "stream": True, "options": options}
-        if seed is not None:
-            payload["seed"] = seed
-        return payload
-
     def _parse(self, event: Any) -> tuple[str, str | None, int | None]:
         """One streamed (or whole) answer: (new text, finish reason if it ends here, prompt tokens if reported)."""
         if not isinstance(event, dict):
@@ -307,24 +275,7 @@ class RemoteEngine:
         if "error" in event:
             raise RemoteError(f"{self._where()} failed: {_error_message(event)}")
         try:
-            if self.kind == "openai":
-                usage = event.get("usage") or {}
-                if not event.get("choices"):  # e.g. a usage-only chunk
-                    return "", None, usage.get("prompt_tokens")
-                choice = event["choices"][0]
-                reason = choice.get("finish_reason")
-                done = None if reason is None else "length" if reason == "length" else "eot"
-                return _text(choice["text"]), done, usage.get("prompt_tokens")
-            if self.kind == "llamacpp":
-                done = None
-                if event.get("stop"):
-                    limit = event.get("stop_type") == "limit" or event.get("stopped_limit")
-                    done = "length" if limit else "eot"
-                return _text(event.get("content", "")), done, event.get("tokens_evaluated")
-            done = None
-            if event.get("done"):
-                done = "length" if event.get("done_reason") == "length" else "eot"
-            return _text(event.get("response", "")), done, event.get("prompt_eval_count")
+            return self.protocol.parse(event)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise RemoteProtocolError(f"{self._where()} sent a malformed {self.kind} answer ({exc!r}): {_short(event)}") from None
 
@@ -345,6 +296,136 @@ class RemoteEngine:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
+
+
+class _Protocol:
+    """One serving API: its endpoint, how a prompt and the sampling settings make a request, what its events say.
+
+    The base renders the FIM prompt here, in the served model's format, and sends its text.
+    """
+
+    needs_fim = True  # the prompt is rendered here, so the served model's FIM format must be known
+    json_lines = False  # the answer streams as JSON lines whatever its Content-Type says
+
+    def endpoint(self, base: str) -> str:
+        raise NotImplementedError
+
+    def check_model(self, model: str | None) -> None:
+        """Raise `RemoteError` if the API needs a model name that is not given."""
+
+    def encode(self, fim_format: FimFormat, prompt: FimPrompt, mode: Mode | None) -> RemotePrompt:
+        return RemotePrompt(fim_format.render(prompt, mode))
+
+    def from_text(self, text: str) -> RemotePrompt:
+        """A prompt given as plain text: the rendered prompt."""
+        return RemotePrompt(text)
+
+    def check_prompt(self, prompt: RemotePrompt) -> None:
+        if not prompt.text:
+            raise ValueError("the prompt is empty")
+
+    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        raise NotImplementedError
+
+    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+        """(new text, finish reason if it ends here, prompt tokens if reported); may raise KeyError, TypeError, ..."""
+        raise NotImplementedError
+
+
+class _OpenAICompletions(_Protocol):
+    """`POST /v1/completions` (vLLM, TGI, llama.cpp's server, SGLang, LM Studio), server-sent events."""
+
+    def endpoint(self, base: str) -> str:  # the URL may be the server's root or its OpenAI base URL (.../v1)
+        return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
+
+    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        payload: dict[str, Any] = {
+            "prompt": prompt.text, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "stream": True, "stop": list(engine.fim.stop_tokens)[:MAX_STOP_SEQUENCES],
+        }
+        if engine.model_name:
+            payload["model"] = engine.model_name
+        if seed is not None:
+            payload["seed"] = seed
+        return payload
+
+    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+        usage = event.get("usage") or {}
+        if not event.get("choices"):  # e.g. a usage-only chunk
+            return "", None, usage.get("prompt_tokens")
+        choice = event["choices"][0]
+        reason = choice.get("finish_reason")
+        done = None if reason is None else "length" if reason == "length" else "eot"
+        return _text(choice["text"]), done, usage.get("prompt_tokens")
+
+
+class _LlamaCppInfill(_Protocol):
+    """llama.cpp's `POST /infill`: the prompt's parts go as fields, laid out by the server in the model's FIM format."""
+
+    needs_fim = False
+
+    def endpoint(self, base: str) -> str:
+        return base + "/infill"
+
+    def encode(self, fim_format: FimFormat, prompt: FimPrompt, mode: Mode | None) -> RemotePrompt:
+        return RemotePrompt("", prompt.prefix, prompt.suffix, tuple((s.path, s.text) for s in prompt.snippets))
+
+    def from_text(self, text: str) -> RemotePrompt:
+        """A prompt given as plain text: the prefix."""
+        return RemotePrompt("", prefix=text)
+
+    def check_prompt(self, prompt: RemotePrompt) -> None:
+        """Any prompt: an empty file is a fine /infill request."""
+
+    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        payload: dict[str, Any] = {
+            "input_prefix": prompt.prefix, "input_suffix": prompt.suffix,
+            "input_extra": [{"filename": name, "text": text} for name, text in prompt.extra],
+            "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True, "cache_prompt": True,
+        }
+        if seed is not None:
+            payload["seed"] = seed
+        return payload
+
+    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+        done = None
+        if event.get("stop"):
+            limit = event.get("stop_type") == "limit" or event.get("stopped_limit")
+            done = "length" if limit else "eot"
+        return _text(event.get("content", "")), done, event.get("tokens_evaluated")
+
+
+class _OllamaGenerate(_Protocol):
+    """Ollama's `POST /api/generate` with `raw: true` (the prompt verbatim, no template), JSON lines."""
+
+    json_lines = True
+
+    def endpoint(self, base: str) -> str:
+        return base + "/api/generate"
+
+    def check_model(self, model: str | None) -> None:
+        if not model:
+            raise RemoteError("the ollama backend needs `midline.backend.model` (the name `ollama list` shows)")
+
+    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+        # options go in "options"; num_ctx, or Ollama cuts prompts at its default context
+        options = {
+            "num_predict": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "stop": list(engine.fim.stop_tokens), "num_ctx": engine.max_context,
+        }
+        if seed is not None:
+            options["seed"] = seed
+        return {"model": engine.model_name, "prompt": prompt.text, "raw": True, "stream": True, "options": options}
+
+    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+        done = None
+        if event.get("done"):
+            done = "length" if event.get("done_reason") == "length" else "eot"
+        return _text(event.get("response", "")), done, event.get("prompt_eval_count")
+
+
+# The protocol of each `kind`.
+PROTOCOLS: dict[str, type[_Protocol]] = {"openai": _OpenAICompletions, "llamacpp": _LlamaCppInfill, "ollama": _OllamaGenerate}
 
 
 class _Request:
@@ -429,7 +510,7 @@ class _Request:
             raise _http_error(engine, response)
         body = self.body = _Body(response, where)
         content_type = response.getheader("Content-Type", "")
-        if engine.kind == "ollama" or "ndjson" in content_type:
+        if engine.protocol.json_lines or "ndjson" in content_type:
             yield from _json_lines(body.lines(), where)
         elif "text/event-stream" in content_type:
             yield from _server_sent_events(body.lines(), where)
