@@ -53,6 +53,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from midline.training.stage import atomic_open, read_json, sha256_bytes, write_text
+
 # -----------------------------------------------------------------------------
 # Rules (the issue's thresholds; see the filter functions for exact meanings)
 
@@ -108,7 +110,7 @@ def build_corpus(
                   shingle=shingle, decontam_ngram=decontam_ngram, eval_sets=[_abspath(e) for e in eval_sets])
 
     manifest_file = out_dir / "manifest.json"
-    old = _read_json(manifest_file)
+    old = read_json(manifest_file, tolerant=True)
     if not force and old and old.get("complete") and all((out_dir / f"{s}.jsonl").is_file() for s in ("train", "valid")):
         if (old.get("sources"), old.get("params")) != (sources, params):
             raise ValueError(f"{manifest_file} was built from other sources or settings; pass --force (force=True) to rebuild")
@@ -144,7 +146,7 @@ def build_corpus(
         "elapsed_s": round(time.monotonic() - start, 2),
         "complete": True,
     }
-    _write_atomic(manifest_file, json.dumps(manifest, indent=2) + "\n")
+    write_text(manifest_file, json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -287,16 +289,15 @@ def scan_batch(job: tuple[int, list[tuple], dict, str]) -> int:
             continue
         redacted, found = redact(text)
         lines.append(json.dumps({"repo": repo, "path": path, "text": redacted}) + "\n")
-        meta.append({"repo": repo, "path": path, "sha": hashlib.sha256(text.encode()).hexdigest(),
+        meta.append({"repo": repo, "path": path, "sha": sha256_bytes(text),
                      "bytes": len(redacted.encode()), "redactions": {k: n for k, n in found.items() if n}})
         hashes.append(minhash(text, params["num_perm"], params["shingle"]))
     name = Path(work) / f"{index:05d}"
-    _write_atomic(name.with_suffix(".jsonl"), "".join(lines))
+    write_text(name.with_suffix(".jsonl"), "".join(lines))
     minhashes = np.stack(hashes) if hashes else np.zeros((0, params["num_perm"]), np.uint32)
-    tmp = name.with_suffix(".tmp.npz")
-    np.savez(tmp, minhashes=minhashes)
-    os.replace(tmp, name.with_suffix(".npz"))
-    _write_atomic(name.with_suffix(".json"), json.dumps({"counts": counts, "files": meta}))
+    with atomic_open(name.with_suffix(".npz"), "wb") as f:
+        np.savez(f, minhashes=minhashes)
+    write_text(name.with_suffix(".json"), json.dumps({"counts": counts, "files": meta}))
     return sum(min(f[3], params["max_bytes"]) for f in files)
 
 
@@ -577,7 +578,7 @@ def _write_splits(out_dir: Path, work: Path, n_batches: int, meta: list[dict], d
         stats[split]["repos"].add(m["repo"])
         redactions.update(m["redactions"])
 
-    with _AtomicWriter(out_dir / "valid.jsonl") as out:
+    with atomic_open(out_dir / "valid.jsonl") as out:
         for line, m in _kept_lines(work, n_batches, meta, drop, lambda m: m["repo"] in valid_repos, "valid"):
             out.write(line)
             keep("valid", m)
@@ -586,7 +587,7 @@ def _write_splits(out_dir: Path, work: Path, n_batches: int, meta: list[dict], d
         eval_grams.append(ngram_hashes(text, n, skip_header=False))
     grams = np.unique(np.concatenate(eval_grams)) if eval_grams else np.zeros(0, np.uint64)
 
-    with _AtomicWriter(out_dir / "train.jsonl") as out:
+    with atomic_open(out_dir / "train.jsonl") as out:
         for line, m in _kept_lines(work, n_batches, meta, drop, lambda m: m["repo"] not in valid_repos, "train"):
             if contaminated(json.loads(line)["text"], grams, n):
                 counts["contaminated"] += 1
@@ -659,7 +660,7 @@ def _eval_texts(eval_sets: Sequence[Path]) -> Iterator[str]:
 
 
 # -----------------------------------------------------------------------------
-# Resumable work dir and atomic files
+# Resumable work dir
 
 
 def _batches(files: list[tuple], max_bytes: int) -> list[list[tuple]]:
@@ -678,11 +679,11 @@ def _work_dir(out_dir: Path, plan: dict, force: bool) -> Path:
     """`<out>/.work`, emptied if it holds another plan's results (other sources, params, files or batches)
     or if forced."""
     work = out_dir / ".work"
-    key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    if force or _read_json(work / "plan.json") != {"plan": key}:
+    key = sha256_bytes(json.dumps(plan, sort_keys=True))
+    if force or read_json(work / "plan.json", tolerant=True) != {"plan": key}:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        _write_atomic(work / "plan.json", json.dumps({"plan": key}))
+        write_text(work / "plan.json", json.dumps({"plan": key}))
     return work
 
 
@@ -696,35 +697,6 @@ def _load_scan(work: Path, n: int) -> tuple[list[dict], np.ndarray, Counter]:
         with np.load(work / f"{i:05d}.npz", allow_pickle=False) as z:
             hashes.append(z["minhashes"])
     return meta, np.concatenate(hashes), counts
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class _AtomicWriter:
-    """A text file written to `<path>.tmp` and moved into place only when the block ends without error."""
-
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-
-    def __enter__(self):
-        self.file = open(self.tmp, "w", encoding="utf-8")
-        return self.file
-
-    def __exit__(self, exc_type, *_) -> None:
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
 
 
 # -----------------------------------------------------------------------------

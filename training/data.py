@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -62,8 +61,8 @@ import numpy as np
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
 from midline.model.languages import LanguageSpec, resolve
 from midline.model.syntax import is_word, line_start, thread_parser
+from midline.training.stage import SPLITS, command, corpus_fingerprint, sha256_file, write_json, write_npy
 
-SPLITS = ("train", "valid")
 SLACK = 8  # tokens kept free in a chunk's budget: a FIM split can tokenize a little longer than the whole
 BYTES_PER_TOKEN = 3.5  # for sizing shards from corpus bytes before tokenizing
 TASK_BYTES = 1 << 20  # corpus bytes per worker task
@@ -503,7 +502,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
             raise FileNotFoundError(f"{corpus_dir / f'{split}.jsonl'} is missing: build the corpus stage first")
     _check_holes(config)
     tokenizer = load_tokenizer(tokenizer_dir)
-    params = {**asdict(config), "workers": None, "tokenizer_sha256": _sha256(tokenizer_dir / "tokenizer.json"), "corpus": _fingerprint(corpus_dir)}
+    params = {**asdict(config), "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"), "corpus": corpus_fingerprint(corpus_dir)}
     if config.holes == "ast":  # the mixture is code, not a knob: a changed one must not resume old shards
         params.update(ast_holes=AST_HOLES, ast_nodes=AST_NODES, more_lines=MORE_LINES, max_lines=MAX_LINES, max_node_lines=MAX_NODE_LINES,
                       tries=TRIES, empty_at_line_end=EMPTY_AT_LINE_END)
@@ -543,7 +542,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
         "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "holes": config.holes, "context_rate": config.context_rate, "seed": config.seed,
         "splits": splits, "params": params, "command": command, "complete": True,
     }
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta, indent=1)
     return meta
 
 
@@ -569,7 +568,7 @@ def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, para
         order = np.random.default_rng([config.seed, SPLITS.index(split), index]).permutation(len(lengths))
         stats["rows"] = _write_shard(out_dir / name, tokens, lengths, order, room, pad, dtype)
         stats.update(tokens=int(lengths.sum()), examples=len(lengths))
-        _write_json(out_dir / name.replace(".npy", ".json"), {"params": params, "stats": dict(stats)})
+        write_json(out_dir / name.replace(".npy", ".json"), {"params": params, "stats": dict(stats)}, indent=1)
         totals.update(stats)
         bar.update(nbytes)
 
@@ -681,12 +680,7 @@ def packed_rows(tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room
 def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype: np.dtype) -> int:
     """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the row count."""
     out = packed_rows(tokens, lengths, order, room, pad, dtype)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, out, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_npy(path, out, fsync=True)
     return len(out)
 
 
@@ -710,23 +704,6 @@ def _clean(out_dir: Path) -> None:
         if p.name == "meta.json" or re.fullmatch(r"(train|valid)-\d{5}\.(npy|json)(\.tmp)?", p.name):
             p.unlink()
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fingerprint(corpus_dir: Path) -> dict:
-    """What identifies a corpus cheaply: its manifest's hash and the jsonl sizes."""
-    manifest = corpus_dir / "manifest.json"
-    return {"manifest_sha256": _sha256(manifest) if manifest.exists() else None,
-            **{f"{s}_bytes": (corpus_dir / f"{s}.jsonl").stat().st_size for s in SPLITS}}
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -843,7 +820,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         holes=args.holes, context_rate=args.context_rate,
                         seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
     start = time.monotonic()
-    meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=command())
     for split, s in meta["splits"].items():
         print(f"{split}: {s['documents']} documents -> {s['examples']} examples ({s['psm']} PSM, {s['spm']} SPM, {s['plain']} plain), "
               f"{s['rows']} rows x {meta['seq_len'] + 1}, {s['tokens']} tokens ({s['fill']:.1%} full), {len(s['shards'])} shards")

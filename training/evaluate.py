@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import math
 import random
 import re
-import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +58,8 @@ from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
 from midline.server.sandbox import SandboxResult, run_python, sandbox_state
+from midline.training import stage
+from midline.training.stage import command_line, save_jsonl, sha256_file
 
 KINDS = ("single_line", "multi_line", "random_span", "doctest")
 MAX_FILE_CHARS = 100_000  # larger held-out files are skipped
@@ -367,11 +367,7 @@ def _after_docstring(body: tree_sitter.Node) -> _Statements | None:
 
 def save_tasks(tasks: list[Task], path: Path) -> str:
     """Write tasks as JSON lines; returns the file's sha256 (recorded in reports, to compare like with like)."""
-    text = "".join(json.dumps(asdict(task), ensure_ascii=False) + "\n" for task in tasks)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return hashlib.sha256(text.encode()).hexdigest()
+    return save_jsonl([asdict(task) for task in tasks], path)
 
 
 def load_tasks(path: Path) -> list[Task]:
@@ -480,7 +476,7 @@ async def _complete_all(engine: Engine, tasks: list[Task], config: Config, progr
     outcomes = []
     with ThreadPoolExecutor(max_workers=1) as executor:
         await _warm_up(recording, config, executor)
-        for task in _progress(tasks, progress):
+        for task in stage.progress(tasks, progress, "evaluate"):
             root = PurePosixPath("/", task.repo or "workspace")
             completer = Completer(recording, config, executor, root=str(root))  # type: ignore[arg-type]
             doc = Document((root / task.path).as_uri(), "python", 1, task.text_with_hole)
@@ -499,14 +495,6 @@ async def _warm_up(engine: _Recording, config: Config, executor: ThreadPoolExecu
     """One short completion first, so one-off start-up costs do not land on the first task's latency."""
     completer = Completer(engine, eval_config(4, config.timeout_ms), executor)  # type: ignore[arg-type]
     await completer.complete(Document("file:///warm_up.py", "python", 1, "def f(x):\n    \n"), len("def f(x):\n    "))
-
-
-def _progress(items: list, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="evaluate", unit="task", file=sys.stderr)
 
 
 # -- loss -----------------------------------------------------------------------------------------
@@ -737,7 +725,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def write_report(report: dict, out: Path | None, table: str) -> None:
     """Record the command line in `report`, write it as JSON to `out` (if given) and print `table`."""
-    report["command"] = shlex.join(["midline-train", *sys.argv[1:]])
+    report["command"] = command_line()
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -759,6 +747,3 @@ def _cli_tasks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tup
         save_tasks(tasks, path)
     return tasks, path
 
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

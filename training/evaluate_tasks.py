@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import inspect
 import json
 import random
@@ -42,6 +41,8 @@ from midline.model.syntax import line_start, node_name, parse, unwrap, utf8
 from midline.training import sft
 from midline.training.evaluate import add_task_arguments, edit_similarity, normalize, write_report
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
+from midline.training import stage
+from midline.training.stage import save_jsonl, sha256_file
 
 KINDS = ("explain", "fix", "tests")
 MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
@@ -140,10 +141,8 @@ def prompt_of(task: dict):
 
 
 def save_tasks(items: list[dict], path: Path) -> str:
-    text = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in items)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text, encoding="utf-8")
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Write tasks as JSON lines; returns the file's sha256."""
+    return save_jsonl(items, path)
 
 
 def load_tasks(path: Path) -> list[dict]:
@@ -235,7 +234,7 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
     started = time.monotonic()
     engine = Engine.load(model_dir, device=device, reuse_prefix=False)
     rows = []
-    for task in _progress(items, progress):
+    for task in stage.progress(items, progress, "eval-tasks"):
         ids = engine.encode(prompt_of(task))
         generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=tasks.should_stop(task["kind"]))
         row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"), "tokens": len(generation.token_ids),
@@ -301,14 +300,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _progress(items: list, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="eval-tasks", unit="task", file=sys.stderr)
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -341,6 +332,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     limits = dict(zip(("explain", "fix", "tests"), args.max_new_tokens))
     report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run, progress=sys.stderr.isatty())
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
-                           sha256=hashlib.sha256(Path(tasks_file).read_bytes()).hexdigest() if tasks_file else None)
+                           sha256=sha256_file(tasks_file) if tasks_file else None)
     write_report(report, args.out, format_report(report))
     return 0

@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import shutil
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from midline.model import DEFAULT_MODEL_DIR, fim, languages
 from midline.model.loader import ModelLoadError, check_model_dir, load_model, resolve_dtype
+from midline.training.stage import command_line
 
 MAX_TOTAL_MB = 60.0  # all weight files together, in MB (10^6 bytes)
 MAX_FILE_BYTES = 16 * 2**20  # any one file
@@ -519,7 +519,7 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    commands = [*(args.command or []), shlex.join(["midline-train", *sys.argv[1:]])]
+    commands = [*(args.command or []), command_line()]
     try:
         out = export(
             args.run_dir, args.out, corpus_dir=args.corpus, data_dir=args.data, eval_report=args.eval, command=commands,

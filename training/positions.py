@@ -99,11 +99,11 @@ from midline.training.evaluate import (
     sample_tasks,
     save_tasks,
     score,
-    sha256_file,
     string_rows,
     summarize,
     write_report,
 )
+from midline.training.stage import sha256_file
 from pygls.workspace.position_codec import PositionCodec
 
 KINDS = (
@@ -509,7 +509,10 @@ async def _replay_all(engine: Engine, tasks: list[Task], config: Config) -> list
 
 def summarize_replay(rows: list[dict]) -> dict:
     latencies = sorted(x for r in rows for x in r["latencies_ms"])
-    total = lambda key: sum(r[key] for r in rows)
+
+    def total(key: str) -> int:
+        return sum(r[key] for r in rows)
+
     return {
         "functions": len(rows), "chars": total("chars"), "accepted_chars": total("accepted_chars"),
         "accepted_share": total("accepted_chars") / total("chars") if rows else None,

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import math
 import multiprocessing
@@ -58,9 +57,9 @@ import tree_sitter
 from midline.model import DEFAULT_MODEL_DIR, tasks
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimFormat, FimPrompt, encode_text
 from midline.model.syntax import is_string_statement, line_start, node_name, parse, unwrap
+from midline.training.stage import SPLITS, command, corpus_fingerprint, read_json, sha256_file, write_json, write_jsonl, write_npy
 
 KINDS = ("explain", "tests", "fix")
-SPLITS = ("train", "valid")
 MUTATIONS = ("comparison", "arithmetic", "boolean", "off_by_one", "swapped_args", "wrong_variable")
 
 
@@ -408,9 +407,9 @@ def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, 
     """Mine `corpus_dir`'s train and valid splits into `out_dir`/{train,valid}.jsonl; returns meta.json.
     A finished output with the same settings and corpus is kept."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
-    params = {**asdict(config), "workers": None, "corpus": _fingerprint(corpus_dir)}
+    params = {**asdict(config), "workers": None, "corpus": corpus_fingerprint(corpus_dir)}
     meta_path = out_dir / "meta.json"
-    old = _read_json(meta_path)
+    old = read_json(meta_path)
     if old and old.get("complete") and not force:
         if old.get("params") != params:
             raise ValueError(f"{meta_path} was mined with other settings or from another corpus; pass --force to mine again")
@@ -426,11 +425,11 @@ def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, 
         counts["tests"] = len(tests)
         records += tests
         records.sort(key=lambda r: (r["repo"], r["path"], KINDS.index(r["kind"]), r.get("name", ""), r.get("test_path", "")))
-        _write_lines(out_dir / f"{split}.jsonl", records)
+        write_jsonl(out_dir / f"{split}.jsonl", records)
         splits[split] = {"records": len(records), **{k: counts[k] for k in sorted(counts)},
                          "packages": len({r["repo"] for r in records})}
     meta = {"splits": splits, "params": params, "command": command, "elapsed_s": round(time.monotonic() - start, 1), "complete": True}
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta, indent=1)
     return meta
 
 
@@ -459,45 +458,6 @@ def read_records(mined_dir: Path, split: str) -> list[dict]:
 
 def _sample(items: list, count: int, rng: random.Random) -> list:
     return items if len(items) <= count else [items[i] for i in sorted(rng.sample(range(len(items)), count))]
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def _write_lines(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fingerprint(corpus_dir: Path) -> dict:
-    """What identifies a corpus cheaply: its manifest's hash and the jsonl sizes."""
-    manifest = corpus_dir / "manifest.json"
-    return {"manifest_sha256": _sha256(manifest) if manifest.exists() else None,
-            **{f"{s}_bytes": (corpus_dir / f"{s}.jsonl").stat().st_size for s in SPLITS}}
 
 
 # -- examples: records in the server's prompt shapes ----------------------------------------------
@@ -619,13 +579,13 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
         raise ValueError(f"fim_share must be in [0, 1), got {config.fim_share}")
     tokenizer = D.load_tokenizer(tokenizer_dir)
     seq_len = config.seq_len or _context_length(tokenizer_dir)
-    mined_meta = _read_json(mined_dir / "meta.json")
+    mined_meta = read_json(mined_dir / "meta.json")
     if not (mined_meta or {}).get("complete"):
         raise FileNotFoundError(f"{mined_dir} holds no finished mining: run `midline-train sft-mine` first")
-    params = {**asdict(config), "seq_len": seq_len, "workers": None, "tokenizer_sha256": _sha256(tokenizer_dir / "tokenizer.json"),
-              "mined": mined_meta["params"], "corpus": _fingerprint(Path(corpus_dir)) if corpus_dir and config.fim_share else None}
+    params = {**asdict(config), "seq_len": seq_len, "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
+              "mined": mined_meta["params"], "corpus": corpus_fingerprint(corpus_dir) if corpus_dir and config.fim_share else None}
     meta_path = out_dir / "meta.json"
-    old = _read_json(meta_path)
+    old = read_json(meta_path)
     if old and old.get("complete") and old.get("params") == params and not force:
         return old
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -676,12 +636,12 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
         "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name, "sft": True, "masking": "prompt tokens stored as ~id (no loss)",
         "splits": splits, "params": params, "command": command, "complete": True,
     }
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta, indent=1)
     return meta
 
 
 def _context_length(model_dir: Path) -> int:
-    config = _read_json(Path(model_dir) / "config.json") or {}
+    config = read_json(Path(model_dir) / "config.json") or {}
     return int(config.get("max_position_embeddings") or 1024)
 
 
@@ -789,10 +749,7 @@ def _write_rows(out_dir: Path, split: str, ids: np.ndarray, lengths: np.ndarray,
     names = []
     for s in range(0, max(len(out), 1), shard_rows):
         name = f"{split}-{s // shard_rows:05d}.npy"
-        tmp = out_dir / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, out[s : s + shard_rows], allow_pickle=False)
-        os.replace(tmp, out_dir / name)
+        write_npy(out_dir / name, out[s : s + shard_rows])
         names.append(name)
     return names, len(out)
 
@@ -896,13 +853,9 @@ def _mine_config(args: argparse.Namespace) -> MineConfig:
     return MineConfig(seed=args.seed, explain_per_file=args.explain_per_file, fix_per_file=args.fix_per_file, workers=args.workers)
 
 
-def _command() -> list[str]:
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
-
-
 def _run_mine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     start = time.monotonic()
-    meta = mine(args.corpus, args.out, _mine_config(args), force=args.force, command=_command())
+    meta = mine(args.corpus, args.out, _mine_config(args), force=args.force, command=command())
     for split, s in meta["splits"].items():
         print(f"{split}: {s['records']} records from {s.get('files', 0)} files of {s['packages']} packages: "
               f"{s.get('explain', 0)} explain, {s.get('tests', 0)} tests, {s.get('fix', 0)} fix")
@@ -918,6 +871,6 @@ def _run_sft(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     sft_config = SftConfig(seq_len=args.seq_len, fim_share=args.fim_share, max_per_kind=args.max_per_kind, tests_repeat=args.tests_repeat,
                            valid_examples=args.valid_examples, seed=args.seed, workers=args.workers)
     summary = finetune(args.model, args.out, corpus_dir=args.corpus, mined_dir=args.mined, export_dir=args.export, mine_config=_mine_config(args),
-                       sft_config=sft_config, train_overrides=overrides, epochs=args.epochs, fresh=args.fresh, command=_command())
+                       sft_config=sft_config, train_overrides=overrides, epochs=args.epochs, fresh=args.fresh, command=command())
     print(json.dumps(summary, indent=1))
     return 0

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from midline.training.data import PackedDataset, load_tokenizer
+from midline.training import stage
 from midline.training.model import build_model, count_params, load_model, make_optimizer
 
 
@@ -508,7 +509,7 @@ def _int(text: str) -> int:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     config = TrainConfig(**{**PRESETS.get(args.preset or "", {}), **given})
-    command = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    command = stage.command()
     summary = train(config, args.data, args.out, tokenizer_dir=args.tokenizer, fresh=args.fresh, command=command)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
