@@ -12,7 +12,7 @@ import pytest
 from midline.model.engine import Engine, Generation
 from midline.server.context import classify_hole
 from midline.server.postprocess import Suggestion
-from midline.training import evaluate as ev
+from midline.training import evaluate as ev, metrics
 
 from .marks import needs_sandbox, require_sandbox
 
@@ -189,10 +189,10 @@ def test_tasks_round_trip_through_a_file(tasks, tmp_path):
 
 
 def test_metric_functions_on_known_strings():
-    assert ev.levenshtein("kitten", "sitting") == 3
-    assert ev.edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
-    assert ev.edit_similarity("", "") == 1.0 and ev.edit_similarity("abc", "") == 0.0
-    assert ev.normalize("a  \n  b\t\n\n") == "a\n  b"
+    assert metrics.levenshtein("kitten", "sitting") == 3
+    assert metrics.edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert metrics.edit_similarity("", "") == 1.0 and metrics.edit_similarity("abc", "") == 0.0
+    assert metrics.normalize("a  \n  b\t\n\n") == "a\n  b"
     task = ev.Task("single_line", "r", "f.py", "x = f()\n", 6, "a, b", "single_line")
     assert ev.score(task, Suggestion("a, b  ")) == (True, 1.0)  # trailing whitespace does not count
     assert ev.score(task, Suggestion("a, b)", replace=1)) == (True, 1.0)  # reusing the auto-closed ")"

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 import tree_sitter
 
 from midline.model import DEFAULT_MODEL_DIR, fim
-from midline.model.engine import Engine, Generation
+from midline.model.backend import Backend
+from midline.model.engine import Engine
 from midline.model.loader import ModelLoadError
 from midline.model.syntax import char_offset, is_word, new_parser, node_name, utf8
 from midline.server.completion import Completer
@@ -59,6 +60,7 @@ from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
 from midline.server.sandbox import SandboxResult, run_python, sandbox_state
 from midline.training import stage
+from midline.training.metrics import edit_similarity, normalize
 from midline.training.stage import command_line, save_jsonl, sha256_file
 
 KINDS = ("single_line", "multi_line", "random_span", "doctest")
@@ -375,35 +377,7 @@ def load_tasks(path: Path) -> list[Task]:
         return [Task(**json.loads(line)) for line in f if line.strip()]
 
 
-# -- metrics --------------------------------------------------------------------------------------
-
-
-def normalize(text: str) -> str:
-    """Without trailing whitespace on each line and without trailing blank lines."""
-    return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n")
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Character edit distance (insertions, deletions, substitutions)."""
-    while a and b and a[0] == b[0]:
-        a, b = a[1:], b[1:]
-    while a and b and a[-1] == b[-1]:
-        a, b = a[:-1], b[:-1]
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein(a, b) / max(len(a), len(b)); 1.0 for two empty strings."""
-    longest = max(len(a), len(b))
-    return 1.0 if longest == 0 else 1.0 - levenshtein(a, b) / longest
+# -- scoring --------------------------------------------------------------------------------------
 
 
 def target(task: Task, suggestion: Suggestion | None) -> str:
@@ -435,21 +409,6 @@ def run_doctests(function: str, text: str, *, timeout_s: float = 10.0) -> Sandbo
 # -- completion -----------------------------------------------------------------------------------
 
 
-class _Recording:
-    """An Engine that remembers its last generation (for token counts and finish reasons)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.last: Generation | None = None
-
-    def __getattr__(self, name: str):
-        return getattr(self._engine, name)
-
-    def generate(self, *args, **kwargs) -> Generation:
-        self.last = self._engine.generate(*args, **kwargs)
-        return self.last
-
-
 @dataclass
 class Outcome:
     """What the server answered for one task."""
@@ -466,34 +425,32 @@ def eval_config(max_new_tokens: int, timeout_ms: int) -> Config:
     return Config(max_new_tokens=max_new_tokens, debounce_ms=0, cache_size=0, temperature=0.0, timeout_ms=timeout_ms)
 
 
-def complete_tasks(engine: Engine, tasks: list[Task], config: Config, *, progress: bool = False) -> list[Outcome]:
+def complete_tasks(engine: Backend, tasks: list[Task], config: Config, *, progress: bool = False) -> list[Outcome]:
     """Each task through `Completer.complete`, one fresh Completer per task (no state carried over)."""
     return asyncio.run(_complete_all(engine, tasks, config, progress))
 
 
-async def _complete_all(engine: Engine, tasks: list[Task], config: Config, progress: bool) -> list[Outcome]:
-    recording = _Recording(engine)
+async def _complete_all(engine: Backend, tasks: list[Task], config: Config, progress: bool) -> list[Outcome]:
     outcomes = []
     with ThreadPoolExecutor(max_workers=1) as executor:
-        await _warm_up(recording, config, executor)
+        await _warm_up(engine, config, executor)
         for task in stage.progress(tasks, progress, "evaluate"):
             root = PurePosixPath("/", task.repo or "workspace")
-            completer = Completer(recording, config, executor, root=str(root))  # type: ignore[arg-type]
+            completer = Completer(engine, config, executor, root=str(root))
             doc = Document((root / task.path).as_uri(), "python", 1, task.text_with_hole)
-            recording.last = None
             start = time.perf_counter()
-            suggestion = await completer.complete(doc, task.offset)
+            completion = await completer.complete(doc, task.offset)
             latency = (time.perf_counter() - start) * 1000
-            generation = recording.last
+            generation = completion.generation
             tokens = len(generation.token_ids) if generation else 0
-            outcomes.append(Outcome(suggestion, latency, tokens, generation.finish_reason if generation else "none",
+            outcomes.append(Outcome(completion.suggestion, latency, tokens, generation.finish_reason if generation else "none",
                                     generation.mean_logprob if generation else math.nan))
     return outcomes
 
 
-async def _warm_up(engine: _Recording, config: Config, executor: ThreadPoolExecutor) -> None:
+async def _warm_up(engine: Backend, config: Config, executor: ThreadPoolExecutor) -> None:
     """One short completion first, so one-off start-up costs do not land on the first task's latency."""
-    completer = Completer(engine, eval_config(4, config.timeout_ms), executor)  # type: ignore[arg-type]
+    completer = Completer(engine, eval_config(4, config.timeout_ms), executor)
     await completer.complete(Document("file:///warm_up.py", "python", 1, "def f(x):\n    \n"), len("def f(x):\n    "))
 
 

@@ -27,7 +27,6 @@ as the server's assistant sends it), with the task's stop condition and a token 
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import json
 import random
@@ -39,7 +38,8 @@ from pathlib import Path, PurePosixPath
 from midline.model import tasks
 from midline.model.syntax import line_start, node_name, parse, unwrap, utf8
 from midline.training import sft
-from midline.training.evaluate import add_task_arguments, edit_similarity, normalize, write_report
+from midline.training.evaluate import add_task_arguments, write_report
+from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
 from midline.training import stage
 from midline.training.stage import save_jsonl, sha256_file
@@ -150,36 +150,7 @@ def load_tasks(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# -- metrics --------------------------------------------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1: the longest common subsequence of word tokens, as an F1 of its precision and recall."""
-    a, b = words(candidate), words(reference)
-    if not a or not b:
-        return float(a == b)
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, 1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    lcs = previous[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(a), lcs / len(b)
-    return 2 * precision * recall / (precision + recall)
-
-
-def same_tree(a: str, b: str) -> bool:
-    try:
-        return ast.dump(ast.parse(a)) == ast.dump(ast.parse(b))
-    except (SyntaxError, ValueError):
-        return False
+# -- scoring --------------------------------------------------------------------------------------
 
 
 def score_explain(task: dict, output: str) -> dict:
