@@ -8,12 +8,10 @@ is wrong once, with `window/showMessage`, and answers completions with nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import tempfile
-import uuid
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,13 +27,12 @@ from midline.model.engine import Engine
 from midline.model.fim import FimFormatError
 from midline.model.loader import ModelLoadError
 from midline.model.remote import RemoteEngine, RemoteError, api_key_from
-from midline.model.syntax import line_start
 
-from . import actions
+from . import actions, lsp
 from .actions import Actions, Explanation, Nothing, Replace, TestFile
-from .assistant import Assistant, Progress
+from .assistant import Assistant
 from .completion import Completer
-from .config import Config, ConfigError, camel
+from .config import Config, ConfigError
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .postprocess import Suggestion
@@ -305,8 +302,7 @@ async def inline_completion(ls: MidlineServer, params: types.InlineCompletionPar
     if found is None:
         return types.InlineCompletionList(items=[])
     doc, offset, suggestion = found
-    replaced = _range(ls, doc, offset, suggestion) if suggestion.replace else None
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=suggestion.text, range=replaced)])
+    return types.InlineCompletionList(items=[lsp.inline_item(doc, offset, suggestion, ls.codec)])
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
@@ -320,21 +316,7 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
     if found is None:
         return empty
     doc, offset, suggestion = found
-    first_line = suggestion.text.strip().split("\n", 1)[0]
-    # Vim-style clients insert a plain-text item only up to its first whitespace; a snippet goes in whole.
-    snippet = get_capability(ls.client_capabilities, "text_document.completion.completion_item.snippet_support", False)
-    new_text = _as_snippet(suggestion.text, doc.text, offset) if snippet else suggestion.text
-    item = types.CompletionItem(
-        label=first_line[:80] or suggestion.text.strip()[:80],
-        kind=types.CompletionItemKind.Snippet,
-        detail="midline",
-        documentation=_code_block(ls, doc.language, suggestion.text),
-        insert_text_format=types.InsertTextFormat.Snippet if snippet else types.InsertTextFormat.PlainText,
-        text_edit=types.TextEdit(range=_range(ls, doc, offset, suggestion), new_text=new_text),
-        sort_text="0",
-        preselect=True,
-    )
-    return types.CompletionList(is_incomplete=True, items=[item])
+    return types.CompletionList(is_incomplete=True, items=[lsp.completion_item(ls.client_capabilities, doc, offset, suggestion, ls.codec)])
 
 
 # -- code actions and hover -------------------------------------------------------------------------
@@ -361,15 +343,15 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     doc, data = _action_data(ls, action.data)
     completer = await ls.get_completer()
     window = (lambda d, offset: completer.prompt(completer.context(d, offset))) if completer is not None else None
-    async with _progress(ls, action.title.removeprefix("midline: ")) as progress:
+    async with lsp.progress(ls, action.title.removeprefix("midline: ")) as progress:
         outcome = await ls.actions.resolve(doc, data, progress, window, read=ls.read_text)
+    capabilities = ls.client_capabilities
     if isinstance(outcome, Explanation):
-        action.command = _explanation_command(ls, outcome.markdown)
+        action.command = lsp.explanation_command(capabilities, outcome.markdown)
     elif isinstance(outcome, Replace):
-        edit = types.TextEdit(range=types.Range(doc.position_at(outcome.start, ls.codec), doc.position_at(outcome.end, ls.codec)), new_text=outcome.text)
-        action.edit = _workspace_edit(ls, [(doc.uri, doc.version, [edit], False)])
+        action.edit = lsp.replace_edit(capabilities, doc, outcome.start, outcome.end, outcome.text, ls.codec)
     elif isinstance(outcome, TestFile):
-        action.edit = _test_file_edit(ls, outcome)
+        action.edit = lsp.tests_edit(capabilities, outcome, ls.documents, ls.codec)
     elif isinstance(outcome, Nothing) and outcome.error:  # the model failed: one error message
         ls.report(f"midline: {outcome.message}")
     elif isinstance(outcome, Nothing) and outcome.message != "cancelled":
@@ -452,90 +434,8 @@ def hover(ls: MidlineServer, params: types.HoverParams) -> types.Hover | None:
     enabled = ls.completer.enabled(doc) if ls.completer is not None else ls.config.enabled_for(doc.language_id)
     if explanation is None and ls.config.hover.explain and enabled:
         ls.explainer.request(target)
-    formats = get_capability(ls.client_capabilities, "text_document.hover.content_format", None) or [types.MarkupKind.Markdown]
-    kind = types.MarkupKind.Markdown if types.MarkupKind.Markdown in formats else types.MarkupKind.PlainText
-    return types.Hover(
-        contents=types.MarkupContent(kind=kind, value=render(target, explanation)),
-        range=types.Range(doc.position_at(target.start, ls.codec), doc.position_at(target.end, ls.codec)),
-    )
-
-
-def _explanation_command(ls: MidlineServer, markdown: str) -> types.Command:
-    """`midline.showExplanation` for clients that render it (they say so in their capabilities:
-    `experimental.midline.showExplanation`), else the server's own `midline.openExplanation`."""
-    experimental = ls.client_capabilities.experimental if ls.client_capabilities else None
-    own = isinstance(experimental, dict) and isinstance(experimental.get("midline"), dict) and experimental["midline"].get("showExplanation")
-    return types.Command(title="Show explanation", command="midline.showExplanation" if own else "midline.openExplanation", arguments=[markdown])
-
-
-@contextlib.asynccontextmanager
-async def _progress(ls: MidlineServer, title: str):
-    """Work done progress for a long task, where the client supports it; its cancel button sets `cancel`."""
-    progress = Progress()
-    token = f"midline-{uuid.uuid4().hex}"
-    created = False
-    if get_capability(ls.client_capabilities, "window.work_done_progress", False):
-        try:
-            await ls.work_done_progress.create_async(token)
-            created = True
-        except Exception as exc:  # the client refused: work without progress
-            log.debug("no work done progress: %s", exc)
-    if not created:
-        yield progress
-        return
-    loop = asyncio.get_running_loop()
-    future = ls.work_done_progress.tokens.get(token)
-    if future is not None:
-        future.add_done_callback(lambda f: progress.cancel.set() if f.cancelled() else None)
-    ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"midline: {title}", cancellable=True))
-    progress.report = lambda message: loop.call_soon_threadsafe(
-        ls.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
-    )
-    try:
-        yield progress
-    finally:
-        ls.work_done_progress.end(token, types.WorkDoneProgressEnd())
-        ls.work_done_progress.tokens.pop(token, None)
-
-
-def _document_changes(ls: MidlineServer) -> bool:
-    edit = get_capability(ls.client_capabilities, "workspace.workspace_edit", None)
-    return edit is not None and bool(edit.document_changes or "create" in (edit.resource_operations or ()))
-
-
-def _workspace_edit(ls: MidlineServer, edits: list[tuple[str, int | None, list[types.TextEdit], bool]]) -> types.WorkspaceEdit:
-    """(uri, version, edits, create the file first) as a WorkspaceEdit in the form the client takes."""
-    if not _document_changes(ls):
-        return types.WorkspaceEdit(changes={uri: text_edits for uri, _, text_edits, _ in edits})
-    changes: list = []
-    for uri, version, text_edits, create in edits:
-        if create:
-            changes.append(types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)))
-        identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
-        changes.append(types.TextDocumentEdit(text_document=identifier, edits=text_edits))
-    return types.WorkspaceEdit(document_changes=changes)
-
-
-def _test_file_edit(ls: MidlineServer, tests: TestFile) -> types.WorkspaceEdit:
-    uri = tests.path.as_uri()
-    open_doc = next((d for d in ls.documents if Path(d.path) == tests.path), None)
-    if tests.existing is None:
-        at = types.Position(0, 0)
-    else:
-        doc = open_doc or Document(uri, None, 0, tests.existing)
-        at = doc.position_at(len(doc.text), ls.codec)
-    edit = types.TextEdit(range=types.Range(at, at), new_text=tests.text)
-    return _workspace_edit(ls, [(uri, open_doc.version if open_doc else None, [edit], tests.existing is None)])
-
-
-def _as_snippet(text: str, document: str, offset: int) -> str:
-    """`text` as an LSP snippet that expands to exactly `text`: `\\ $ }` escaped, and the cursor line's
-    indentation taken off later lines (clients re-indent a snippet's lines to the cursor line)."""
-    line = document[line_start(document, offset) : offset]
-    indent = line[: len(line) - len(line.lstrip())]
-    first, *rest = text.split("\n")
-    lines = [first] + [later[len(indent):] if later.startswith(indent) else later for later in rest]
-    return "\n".join(lines).replace("\\", "\\\\").replace("$", "\\$").replace("}", "\\}")
+    contents = lsp.hover_markup(ls.client_capabilities, render(target, explanation))
+    return types.Hover(contents=contents, range=lsp.span(doc, target.start, target.end, ls.codec))
 
 
 @server.command("midline.status")
@@ -557,25 +457,8 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "decodePath": getattr(completer.engine, "decode_path", "remote"),
         "languages": getattr(completer.engine, "languages", None),  # the model's own; None: any
         "generating": completer.generating,
-        **_camel_keys(dataclasses.asdict(completer.stats)),
-        "last": _camel_keys(dataclasses.asdict(completer.trace)),
-        "actions": {**_camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
+        **lsp.camel_keys(dataclasses.asdict(completer.stats)),
+        "last": lsp.camel_keys(dataclasses.asdict(completer.trace)),
+        "actions": {**lsp.camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
         "hover": {"explained": ls.explainer.computed, "pending": ls.explainer.pending},
     }
-
-
-def _code_block(ls: MidlineServer, language: str, code: str) -> types.MarkupContent:
-    """The suggestion as documentation: a fenced block where the client renders Markdown, else plain text."""
-    item = get_capability(ls.client_capabilities, "text_document.completion.completion_item", None)
-    if item is not None and types.MarkupKind.Markdown in (item.documentation_format or ()):
-        return types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{language}\n{code}\n```")
-    return types.MarkupContent(kind=types.MarkupKind.PlainText, value=code)
-
-
-def _camel_keys(values: dict[str, Any]) -> dict[str, Any]:
-    return {camel(name): value for name, value in values.items()}
-
-
-def _range(ls: MidlineServer, doc: Document, offset: int, suggestion: Suggestion) -> types.Range:
-    """From the cursor over the characters the suggestion replaces (none for a plain insertion)."""
-    return types.Range(start=doc.position_at(offset, ls.codec), end=doc.position_at(offset + suggestion.replace, ls.codec))

@@ -777,11 +777,11 @@ class FakeServer:
 
 
 def test_explanation_command_is_the_clients_where_it_renders_them_else_the_servers():
-    from midline.server import server as lsp_server
+    from midline.server import lsp, server as lsp_server
 
-    vscode = FakeServer(client_capabilities(experimental={"midline": {"showExplanation": True}}))
-    assert lsp_server._explanation_command(vscode, "Does f.") == types.Command(title="Show explanation", command="midline.showExplanation", arguments=["Does f."])
+    vscode = client_capabilities(experimental={"midline": {"showExplanation": True}})
+    assert lsp.explanation_command(vscode, "Does f.") == types.Command(title="Show explanation", command="midline.showExplanation", arguments=["Does f."])
     other = FakeServer(client_capabilities(show_document=False))
-    assert lsp_server._explanation_command(other, "Does f.").command == "midline.openExplanation"
+    assert lsp.explanation_command(other.client_capabilities, "Does f.").command == "midline.openExplanation"
     asyncio.run(lsp_server.open_explanation(other, "Does f."))
     assert [m.message for m in other.messages] == ["Does f."] and not other.shown

@@ -13,7 +13,7 @@ from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
-from midline.server.server import _as_snippet
+from midline.server.lsp import as_snippet
 
 CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    return os.path.expanduser('~')\n"
 CURSOR = CODE.index("from ") + len("from ")
@@ -111,8 +111,8 @@ def test_a_layout_the_format_lacks_is_a_clear_error():
 def test_snippet_fallback_expands_to_exactly_the_suggestion():
     document = "def f():\n    x = {\n"
     offset = document.index("{") + 1
-    assert _as_snippet("'a': $b}\n    y = 2", document, offset) == "'a': \\$b\\}\ny = 2"
-    assert _as_snippet("c:\\\\d", document, offset) == "c:\\\\\\\\d"
+    assert as_snippet("'a': $b}\n    y = 2", document, offset) == "'a': \\$b\\}\ny = 2"
+    assert as_snippet("c:\\\\d", document, offset) == "c:\\\\\\\\d"
 
 
 def test_suggestions_under_the_confidence_floor_are_hidden(completer, tmp_path):

@@ -1,0 +1,179 @@
+"""Conversions between midline's records and the LSP's types, in the form each client takes.
+
+Suggestions become inline completion items or (for clients without inline completion) a snippet
+completion item; action outcomes become workspace edits (`documentChanges` where the client supports
+them, else `changes`) or an explanation command; long tasks report work done progress. What a client
+supports is read from its capabilities, positions go through the negotiated position encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.capabilities import get_capability
+from pygls.lsp.server import LanguageServer
+from pygls.workspace.position_codec import PositionCodec
+
+from midline.model.syntax import line_start
+
+from .actions import TestFile
+from .assistant import Progress
+from .config import camel
+from .documents import Document
+from .postprocess import Suggestion
+
+log = logging.getLogger(__name__)
+
+Capabilities = types.ClientCapabilities | None
+# (uri, version, edits, create the file first): one document's part of a workspace edit.
+FileEdits = tuple[str, int | None, list[types.TextEdit], bool]
+
+
+def span(doc: Document, start: int, end: int, codec: PositionCodec) -> types.Range:
+    """The range between two character offsets of `doc`."""
+    return types.Range(start=doc.position_at(start, codec), end=doc.position_at(end, codec))
+
+
+def replaced_range(doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec) -> types.Range:
+    """From the cursor over the characters the suggestion replaces (none for a plain insertion)."""
+    return span(doc, offset, offset + suggestion.replace, codec)
+
+
+def inline_item(doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec) -> types.InlineCompletionItem:
+    """The suggestion as ghost text; its range only where it replaces characters after the cursor."""
+    replaced = replaced_range(doc, offset, suggestion, codec) if suggestion.replace else None
+    return types.InlineCompletionItem(insert_text=suggestion.text, range=replaced)
+
+
+def completion_item(
+    capabilities: Capabilities, doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec
+) -> types.CompletionItem:
+    """The whole suggestion as one completion item: a snippet where the client takes snippets (Vim-style
+    clients insert a plain-text item only up to its first whitespace), else plain text."""
+    first_line = suggestion.text.strip().split("\n", 1)[0]
+    snippet = get_capability(capabilities, "text_document.completion.completion_item.snippet_support", False)
+    new_text = as_snippet(suggestion.text, doc.text, offset) if snippet else suggestion.text
+    return types.CompletionItem(
+        label=first_line[:80] or suggestion.text.strip()[:80],
+        kind=types.CompletionItemKind.Snippet,
+        detail="midline",
+        documentation=code_block(capabilities, doc.language, suggestion.text),
+        insert_text_format=types.InsertTextFormat.Snippet if snippet else types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=replaced_range(doc, offset, suggestion, codec), new_text=new_text),
+        sort_text="0",
+        preselect=True,
+    )
+
+
+def as_snippet(text: str, document: str, offset: int) -> str:
+    """`text` as an LSP snippet that expands to exactly `text`: `\\ $ }` escaped, and the cursor line's
+    indentation taken off later lines (clients re-indent a snippet's lines to the cursor line)."""
+    line = document[line_start(document, offset) : offset]
+    indent = line[: len(line) - len(line.lstrip())]
+    first, *rest = text.split("\n")
+    lines = [first] + [later[len(indent):] if later.startswith(indent) else later for later in rest]
+    return "\n".join(lines).replace("\\", "\\\\").replace("$", "\\$").replace("}", "\\}")
+
+
+def code_block(capabilities: Capabilities, language: str, code: str) -> types.MarkupContent:
+    """The suggestion as documentation: a fenced block where the client renders Markdown, else plain text."""
+    item = get_capability(capabilities, "text_document.completion.completion_item", None)
+    if item is not None and types.MarkupKind.Markdown in (item.documentation_format or ()):
+        return types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{language}\n{code}\n```")
+    return types.MarkupContent(kind=types.MarkupKind.PlainText, value=code)
+
+
+def hover_markup(capabilities: Capabilities, text: str) -> types.MarkupContent:
+    """A hover's Markdown text, marked as Markdown where the client renders it, else as plain text."""
+    formats = get_capability(capabilities, "text_document.hover.content_format", None) or [types.MarkupKind.Markdown]
+    kind = types.MarkupKind.Markdown if types.MarkupKind.Markdown in formats else types.MarkupKind.PlainText
+    return types.MarkupContent(kind=kind, value=text)
+
+
+def explanation_command(capabilities: Capabilities, markdown: str) -> types.Command:
+    """`midline.showExplanation` for clients that render it (they say so in their capabilities:
+    `experimental.midline.showExplanation`), else the server's own `midline.openExplanation`."""
+    experimental = capabilities.experimental if capabilities else None
+    own = isinstance(experimental, dict) and isinstance(experimental.get("midline"), dict) and experimental["midline"].get("showExplanation")
+    return types.Command(title="Show explanation", command="midline.showExplanation" if own else "midline.openExplanation", arguments=[markdown])
+
+
+def document_changes(capabilities: Capabilities) -> bool:
+    """Whether the client takes a workspace edit's `documentChanges` (versioned edits, file creation)."""
+    edit = get_capability(capabilities, "workspace.workspace_edit", None)
+    return edit is not None and bool(edit.document_changes or "create" in (edit.resource_operations or ()))
+
+
+def workspace_edit(capabilities: Capabilities, edits: list[FileEdits]) -> types.WorkspaceEdit:
+    """(uri, version, edits, create the file first) as a WorkspaceEdit in the form the client takes."""
+    if not document_changes(capabilities):
+        return types.WorkspaceEdit(changes={uri: text_edits for uri, _, text_edits, _ in edits})
+    changes: list = []
+    for uri, version, text_edits, create in edits:
+        if create:
+            changes.append(types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)))
+        identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
+        changes.append(types.TextDocumentEdit(text_document=identifier, edits=text_edits))
+    return types.WorkspaceEdit(document_changes=changes)
+
+
+def replace_edit(capabilities: Capabilities, doc: Document, start: int, end: int, text: str, codec: PositionCodec) -> types.WorkspaceEdit:
+    """`text` in place of `doc`'s characters from `start` to `end`, for the document's current version."""
+    edit = types.TextEdit(range=span(doc, start, end, codec), new_text=text)
+    return workspace_edit(capabilities, [(doc.uri, doc.version, [edit], False)])
+
+
+def tests_edit(capabilities: Capabilities, tests: TestFile, documents: Iterable[Document], codec: PositionCodec) -> types.WorkspaceEdit:
+    """Generated tests as an edit: a new file created with them, or them appended to the existing file
+    (the open document's text and version if it is open, else the text on disk)."""
+    uri = tests.path.as_uri()
+    open_doc = next((d for d in documents if Path(d.path) == tests.path), None)
+    if tests.existing is None:
+        at = types.Position(0, 0)
+    else:
+        doc = open_doc or Document(uri, None, 0, tests.existing)
+        at = doc.position_at(len(doc.text), codec)
+    edit = types.TextEdit(range=types.Range(at, at), new_text=tests.text)
+    return workspace_edit(capabilities, [(uri, open_doc.version if open_doc else None, [edit], tests.existing is None)])
+
+
+@contextlib.asynccontextmanager
+async def progress(ls: LanguageServer, title: str) -> AsyncIterator[Progress]:
+    """Work done progress for a long task, where the client supports it; its cancel button sets `cancel`."""
+    task = Progress()
+    token = f"midline-{uuid.uuid4().hex}"
+    created = False
+    if get_capability(ls.client_capabilities, "window.work_done_progress", False):
+        try:
+            await ls.work_done_progress.create_async(token)
+            created = True
+        except Exception as exc:  # the client refused: work without progress
+            log.debug("no work done progress: %s", exc)
+    if not created:
+        yield task
+        return
+    loop = asyncio.get_running_loop()
+    future = ls.work_done_progress.tokens.get(token)
+    if future is not None:
+        future.add_done_callback(lambda f: task.cancel.set() if f.cancelled() else None)
+    ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"midline: {title}", cancellable=True))
+    task.report = lambda message: loop.call_soon_threadsafe(
+        ls.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
+    )
+    try:
+        yield task
+    finally:
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd())
+        ls.work_done_progress.tokens.pop(token, None)
+
+
+def camel_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A record's fields (`dataclasses.asdict`) with their wire names: `last_latency_ms` as `lastLatencyMs`."""
+    return {camel(name): value for name, value in values.items()}
