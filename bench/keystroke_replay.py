@@ -51,17 +51,6 @@ def sides(compare: str, lookup: int | None) -> list[tuple[str, dict]]:
     }[compare]
 
 
-class RecordingEngine(Engine):
-    """An `Engine` that keeps every `Generation` it returns."""
-
-    generations: list[Generation]
-
-    def generate(self, prompt_ids: list[int], **kwargs) -> Generation:
-        generation = super().generate(prompt_ids, **kwargs)
-        self.generations.append(generation)
-        return generation
-
-
 @dataclass
 class Run:
     """One side of the comparison: its completer and what each model-calling keystroke cost."""
@@ -101,14 +90,13 @@ async def replay(runs: list[Run], doc: Document, offset: int, typed: str) -> Non
         doc.version += 1
         offset += 1
         for run in runs if i % 2 == 0 else runs[::-1]:
-            engine = run.completer.engine
-            calls = len(engine.generations)
             started = time.perf_counter()
-            suggestion = await run.completer.complete(doc, offset)
+            completion = await run.completer.complete(doc, offset)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            if len(engine.generations) > calls:  # the keystroke reached the model (not mid-word, not typed through)
+            if completion.generation is not None:  # the keystroke reached the model (not mid-word, not typed through)
                 run.latencies_ms.append(elapsed_ms)
-                run.generations.append(engine.generations[-1])
+                run.generations.append(completion.generation)
+                suggestion = completion.suggestion
                 run.suggestions.append(suggestion.text if suggestion else None)
 
 
@@ -176,16 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
     for name, setting in sides(args.compare, args.lookup):
-        engine = RecordingEngine(base.model, base.tokenizer, base.device, base.fim, static=base.static, **setting)
+        engine = Engine(base.model, base.tokenizer, base.device, base.fim, static=base.static, **setting)
         if args.compare == "compile" and runs:
             compiling = while_compiling(engine, runs[0].completer.engine, base.tokenizer(doc.text)["input_ids"][-600:])
-        engine.generations = []
         runs.append(Run(name, Completer(engine, config, executor, root=str(args.file.resolve().parent))))
 
     warm = Document(doc.uri, "python", 0, doc.text)  # first calls pay one-off costs: not measured
     asyncio.run(replay([Run(r.name, r.completer) for r in runs], warm, start, typed[:8]))
     for r in runs:
-        r.completer.engine.generations.clear()
         r.completer.engine.clear_cache()
         r.completer.forget(doc.uri)
 

@@ -66,7 +66,7 @@ def _complete(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=1) as executor:
         completer = Completer(engine, settings, executor, root=str(Path.cwd()))
         try:
-            suggestion = asyncio.run(completer.complete(doc, offset))
+            suggestion = asyncio.run(completer.complete(doc, offset)).suggestion
         except RemoteError as exc:  # the remote backend failed: its message, not a traceback
             print(f"midline complete: {exc}", file=sys.stderr)
             return 2

@@ -1,6 +1,7 @@
 """The path of one keystroke: document -> context -> prompt -> model -> post-processing -> suggestion.
 
-`Completer.complete` is shared by the LSP handlers and `midline complete`. Around the model call it
+`Completer.complete` is shared by the LSP handlers and `midline complete`; it answers a `Completion`: the
+suggestion, and the generation and trace of the model call, if there was one. Around the model call it
 adds what makes completion feel instant: an optional debounce for automatic triggers, typing-through (the user
 types what is shown: answer with the rest, no model call), a cache keyed by the prompt, and
 cancellation (a cancelled or superseded request stops its generation).
@@ -53,6 +54,16 @@ class Trace:
 
 
 @dataclass
+class Completion:
+    """What one request answered: the suggestion, and the model call behind it (None where there was none:
+    completion off, no hole, typed through, a cached prompt, superseded while debouncing)."""
+
+    suggestion: Suggestion | None
+    generation: Generation | None = None
+    trace: Trace | None = None
+
+
+@dataclass
 class Stats:
     """Counters for logs and benchmarks."""
 
@@ -91,24 +102,26 @@ class Completer:
         self._latest: dict[str, int] = {}  # uri -> id of its newest request
         self._running: dict[str, threading.Event] = {}  # uri -> cancel flag of its generation
 
-    async def complete(self, doc: Document, offset: int, *, automatic: bool = False) -> Suggestion | None:
-        """The suggestion for the cursor at `offset` in `doc`, or None."""
+    async def complete(self, doc: Document, offset: int, *, automatic: bool = False) -> Completion:
+        """The suggestion for the cursor at `offset` in `doc` (or None), with its generation and trace."""
         started = time.perf_counter()
         self.stats.requests += 1
         request = self._latest[doc.uri] = self._latest.get(doc.uri, 0) + 1
         if not self.enabled(doc):
-            return None
+            return Completion(None)
         if (rest := self._type_through(doc, offset)) is not None:
             self.stats.typed_through += 1
-            return rest
+            return Completion(rest)
         if automatic and self.config.debounce_ms:
             await asyncio.sleep(self.config.debounce_ms / 1000)
             if self._latest.get(doc.uri) != request:  # superseded while waiting
-                return None
+                return Completion(None)
 
         ctx = self.context(doc, offset)
         if ctx.hole is Hole.NONE:
-            return None
+            return Completion(None)
+        generation: Generation | None = None
+        trace: Trace | None = None
         prompt = self.engine.encode(self.prompt(ctx), self._mode())
         key = (tuple(prompt), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
         if key in self._cache:
@@ -116,13 +129,14 @@ class Completer:
             self._cache.move_to_end(key)
             suggestion = self._cache[key]
         else:
-            finished, suggestion = await self._generate(doc.uri, ctx, prompt)
+            finished, generation, suggestion = await self._generate(doc.uri, ctx, prompt)
+            trace = self.trace
             if finished:
                 self._remember(key, suggestion)
         if suggestion is not None:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestion)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
-        return suggestion
+        return Completion(suggestion, generation, trace)
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
@@ -186,10 +200,10 @@ class Completer:
             return Suggestion(text[len(typed) :], shown.suggestion.replace)
         return None
 
-    async def _generate(self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt) -> tuple[bool, Suggestion | None]:
+    async def _generate(self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt) -> tuple[bool, Generation, Suggestion | None]:
         """Generate and post-process off the event loop; a newer request for the same document stops this one.
 
-        Returns whether the generation finished (a cancelled or timed-out one is not cached) and the suggestion.
+        Returns whether the generation finished (a cancelled or timed-out one is not cached), it, and the suggestion.
         """
         if (previous := self._running.get(uri)) is not None:
             previous.set()
@@ -241,12 +255,12 @@ class Completer:
         )
         if generation.finish_reason == "cancelled":
             self.stats.cancelled += 1
-            return False, None
+            return False, generation, None
         if generation.finish_reason == "timeout":
             self.stats.timeouts += 1
             log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
-            return False, None
-        return True, suggestion
+            return False, generation, None
+        return True, generation, suggestion
 
     def _remember(self, key: tuple, suggestion: Suggestion | None) -> None:
         if self.config.cache_size <= 0:

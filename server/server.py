@@ -167,7 +167,7 @@ class MidlineServer(LanguageServer):
             return None
         self.symbols.refresh(self.documents, exclude=uri)
         try:
-            suggestion = await completer.complete(doc, offset, automatic=automatic)
+            suggestion = (await completer.complete(doc, offset, automatic=automatic)).suggestion
         except RemoteError as exc:  # the serving engine is down or failing: say so once, answer nothing
             if str(exc) != self.backend_error:
                 self.backend_error = str(exc)

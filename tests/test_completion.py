@@ -30,7 +30,7 @@ def doc(tmp_path, text: str = CODE, language: str = "python", name: str = "home.
 
 
 def complete(completer: Completer, document: Document, offset: int) -> Suggestion | None:
-    return asyncio.run(completer.complete(document, offset))
+    return asyncio.run(completer.complete(document, offset)).suggestion
 
 
 def test_disabled_language_never_reaches_the_model(completer, tmp_path):
@@ -64,6 +64,14 @@ def test_same_context_is_cached_and_cache_is_bounded(completer, tmp_path):
     complete(completer, doc(tmp_path, CODE.replace("expanduser", "expandvars")), CURSOR)  # evicts the first
     complete(completer, doc(tmp_path), CURSOR)
     assert completer.stats.model_calls == 3
+
+
+def test_a_completion_carries_its_model_call(completer, tmp_path):
+    made = asyncio.run(completer.complete(doc(tmp_path), CURSOR))
+    assert made.generation is not None and made.trace is completer.trace and made.trace.raw == made.generation.text
+    assert made.trace.shown == (made.suggestion.text if made.suggestion else None)
+    cached = asyncio.run(completer.complete(doc(tmp_path), CURSOR))  # no model call: no generation, no trace
+    assert (cached.suggestion, cached.generation, cached.trace) == (made.suggestion, None, None)
 
 
 def test_typing_through_only_while_the_typed_text_matches(completer, tmp_path):

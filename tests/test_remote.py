@@ -400,8 +400,8 @@ def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engin
     with ThreadPoolExecutor(max_workers=1) as executor:
         for engine in (tiny_engine, remote(served, tiny_engine, kind)):
             completer = Completer(engine, config, executor, root=str(tmp_path))
-            suggestions.append(asyncio.run(completer.complete(doc, CURSOR)))
-            assert asyncio.run(completer.complete(doc, CURSOR)) == suggestions[-1] and completer.stats.cache_hits == 1
+            suggestions.append(asyncio.run(completer.complete(doc, CURSOR)).suggestion)
+            assert asyncio.run(completer.complete(doc, CURSOR)).suggestion == suggestions[-1] and completer.stats.cache_hits == 1
     if kind == "openai":  # llama.cpp's layout has no path or repository name: a different prompt, so another suggestion
         assert suggestions[0] is not None and suggestions[1] == suggestions[0]
     assert len(served.requests) == 1
@@ -427,7 +427,7 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
     column = len(E2E_CODE.split("\n")[E2E_LINE])
     with ThreadPoolExecutor(max_workers=1) as executor:  # what the local model suggests at the same place
         completer = Completer(tiny_engine, Config.from_json(settings), executor, root=str(tmp_path))
-        expected = await completer.complete(Document(uri, "python", 1, E2E_CODE), E2E_CODE.index(" by ") + 4)
+        expected = (await completer.complete(Document(uri, "python", 1, E2E_CODE), E2E_CODE.index(" by ") + 4)).suggestion
     assert expected is not None
 
     backend = {"kind": "openai", "url": served.url + "/v1", "tokenizer": str(tiny_model_dir)}

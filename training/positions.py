@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import functools
 import keyword
 import math
 import random
@@ -502,7 +501,11 @@ async def _replay_all(engine: Engine, tasks: list[Task], config: Config) -> list
         for task in tasks:
             root = PurePosixPath("/", task.repo or "workspace")
             completer = Completer(engine, config, executor, root=str(root))
-            row = await replay_function(task, functools.partial(completer.complete, automatic=True), uri=(root / task.path).as_uri())
+
+            async def suggest(doc: Document, offset: int) -> Suggestion | None:
+                return (await completer.complete(doc, offset, automatic=True)).suggestion
+
+            row = await replay_function(task, suggest, uri=(root / task.path).as_uri())
             rows.append({**row, "model_calls": completer.stats.model_calls})
     return rows
 
