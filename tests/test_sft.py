@@ -19,7 +19,7 @@ from midline.model import tasks
 from midline.model.fim import MIDLINE
 from midline.model.engine import Engine
 from midline.training import evaluate_tasks as E
-from midline.training import sft
+from midline.training import sft, sft_mine
 from midline.training import train as T
 from midline.training.cli import main
 from midline.training.data import PackedDataset
@@ -128,7 +128,7 @@ def planted(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mined(planted, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mined")
-    sft.mine(planted, out, sft.MineConfig(workers=0))
+    sft_mine.mine(planted, out, sft_mine.MineConfig(workers=0))
     return out
 
 
@@ -142,7 +142,7 @@ def one_thread():
 
 def test_miners_find_docstrings_tests_and_bugs(mined):
     meta = json.loads((mined / "meta.json").read_text())
-    records = sft.read_records(mined, "train")
+    records = sft_mine.read_records(mined, "train")
     explain = {r["name"]: r for r in records if r["kind"] == "explain"}
     assert set(explain) == {"clamp", "mean", "Counter", "add"}
     prompt, middle = sft.task_example(explain["add"])
@@ -159,12 +159,12 @@ def test_miners_find_docstrings_tests_and_bugs(mined):
     fixes = [r for r in records if r["kind"] == "fix"]
     assert fixes and meta["splits"]["train"]["fix"] == len(fixes)
     for r in fixes:
-        assert r["buggy"] != r["fixed"] and tasks.parses(r["buggy"]) and sft.compiles(r["buggy"])
-        assert r["fixed"].split("\n")[0] in OPS + TEST_OPS and r["mutation"] in sft.MUTATIONS
-    assert {r["repo"] for r in sft.read_records(mined, "valid")} == {"strs"}  # held out by package
+        assert r["buggy"] != r["fixed"] and tasks.parses(r["buggy"]) and sft_mine.compiles(r["buggy"])
+        assert r["fixed"].split("\n")[0] in OPS + TEST_OPS and r["mutation"] in sft_mine.MUTATIONS
+    assert {r["repo"] for r in sft_mine.read_records(mined, "valid")} == {"strs"}  # held out by package
 
 
-@pytest.mark.parametrize("kind", sft.MUTATIONS)
+@pytest.mark.parametrize("kind", sft_mine.MUTATIONS)
 def test_every_mutation_parses_and_differs(kind):
     code = (
         "def f(items, limit, scale=2):\n"
@@ -176,27 +176,27 @@ def test_every_mutation_parses_and_differs(kind):
     )
     seen = set()
     for seed in range(30):
-        found = sft.mutate(code, random.Random(seed), kinds=[kind])
+        found = sft_mine.mutate(code, random.Random(seed), kinds=[kind])
         assert found is not None and found[0] == kind
         mutant = found[1]
-        assert mutant != code and sft.compiles(mutant) and ast.dump(ast.parse(mutant)) != ast.dump(ast.parse(code))
+        assert mutant != code and sft_mine.compiles(mutant) and ast.dump(ast.parse(mutant)) != ast.dump(ast.parse(code))
         seen.add(mutant)
     assert len(seen) > 1 or kind == "boolean"  # (one `and` in the code)
-    assert sft.mutate("def g():\n    return None\n", random.Random(0)) is None  # nothing to mutate
+    assert sft_mine.mutate("def g():\n    return None\n", random.Random(0)) is None  # nothing to mutate
 
 
 def test_wrong_variable_uses_a_name_bound_before():
     code = "def f(a):\n    b = a + 1\n    c = g(b)\n    return c\n"
     for seed in range(20):
-        _, mutant = sft.mutate(code, random.Random(seed), kinds=["wrong_variable"])
+        _, mutant = sft_mine.mutate(code, random.Random(seed), kinds=["wrong_variable"])
         assert "c = g(c)" not in mutant  # c is bound only after that statement
 
 
 def test_prompt_tokens_equal_the_servers_and_the_loss_is_on_the_answer_only(mined, tiny_model_dir, tiny_engine):
     tokenizer = tiny_engine.tokenizer
-    records = sft.read_records(mined, "train")
+    records = sft_mine.read_records(mined, "train")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).eval()
-    for kind in sft.KINDS:
+    for kind in sft_mine.KINDS:
         record = next(r for r in records if r["kind"] == kind)
         ids, n = sft.encode_record(record, tokenizer, 4096)
         if kind == "explain":
@@ -219,7 +219,7 @@ def test_prompt_tokens_equal_the_servers_and_the_loss_is_on_the_answer_only(mine
 
 
 def test_too_long_tests_are_shrunk_to_fit(mined, tiny_engine):
-    pair = next(r for r in sft.read_records(mined, "train") if r["kind"] == "tests")
+    pair = next(r for r in sft_mine.read_records(mined, "train") if r["kind"] == "tests")
     variants = list(sft.shrink_tests(pair))  # whole; the module pruned; one test and its part of the module
     sizes = [len(MIDLINE.encode_example(*sft.task_example(v), tiny_engine.tokenizer)) for v in variants]
     assert len(sizes) == 3 and sizes[0] > sizes[1] > sizes[2]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from midline.model import DEFAULT_MODEL_DIR
-from midline.training import corpus, data, evaluate, evaluate_tasks, export, positions, sft, train
+from midline.training import corpus, data, evaluate, evaluate_tasks, export, positions, sft, sft_mine, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(stages)
     positions.add_parser(stages)  # completion where editors ask, and a typing replay
     export.add_parser(stages)
-    sft.add_parsers(stages)  # sft-mine, sft: instruction tasks (explain, tests, fix) mined from the corpus
+    sft_mine.add_parser(stages)  # instruction tasks (explain, tests, fix) mined from the corpus
+    sft.add_parser(stages)  # a fine-tune on them
     evaluate_tasks.add_parser(stages)
 
     p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")

@@ -4,11 +4,11 @@ Tasks come from the corpus's held-out split (valid.jsonl: whole packages the mod
 chosen reproducibly from a seed (files in a seeded order, at most one task per file and kind) and
 saved as JSON lines, so every model is measured on the same:
 
-- explain: a function or class with a docstring (`sft.explain_records`). The model fills the docstring
+- explain: a function or class with a docstring (`sft_mine.explain_records`). The model fills the docstring
   slot of `tasks.explain_prompt`; `tasks.parse_explanation` reads the answer, which is compared with the
   real docstring (both `inspect.cleandoc`-ed): ROUGE-L F1 over lower-cased word tokens, character edit
   similarity (1 - Levenshtein / longer length), exact match.
-- fix: a synthetic bug in a function (`sft.mutate`). The model writes after `tasks.fix_prompt`'s marker;
+- fix: a synthetic bug in a function (`sft_mine.mutate`). The model writes after `tasks.fix_prompt`'s marker;
   `tasks.parse_fix` reads the answer. fix rate: the answer equals the original function (trailing
   whitespace aside); same tree: the answer's syntax tree equals the original's (formatting and comments
   aside); parses; unchanged: the answer is the buggy code again.
@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from midline.model import tasks
 from midline.model.syntax import line_start, node_name, parse, unwrap, utf8
-from midline.training import sft
+from midline.training import sft_mine
 from midline.training.evaluate import add_task_arguments, write_report
 from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
@@ -62,7 +62,7 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandb
     """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl."""
     docs = [json.loads(line) for line in open(Path(corpus_dir) / "valid.jsonl", encoding="utf-8") if line.strip()]
     docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000), key=lambda d: (d["repo"], d["path"]))
-    config = sft.MineConfig(seed=seed)
+    config = sft_mine.MineConfig(seed=seed)
     out: list[dict] = []
     for kind, count in (("explain", per_kind), ("fix", per_kind), ("tests", tests)):
         rng = random.Random(f"{seed}:{kind}")
@@ -83,7 +83,7 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandb
                 found.append(task)
                 continue
             tree = parse("python", doc["text"])
-            records = sft.explain_records(doc, tree, rng, config) if kind == "explain" else sft.fix_records(doc, tree, rng, config)
+            records = sft_mine.explain_records(doc, tree, rng, config) if kind == "explain" else sft_mine.fix_records(doc, tree, rng, config)
             if records:
                 found.append(rng.choice(records))
         out += found
@@ -94,7 +94,7 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
     """A tests task for a module: a public top-level function of it with a mutant; None if none fits."""
     path = PurePosixPath(doc["path"])
     text = doc["text"]
-    if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft.tested_module(doc["path"]) or not path.stem.isidentifier()
+    if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft_mine.tested_module(doc["path"]) or not path.stem.isidentifier()
             or _RELATIVE_IMPORT.search(text) or "__main__" in path.stem):
         return None
     tree = parse("python", text)
@@ -105,13 +105,13 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
                  if unwrap(n, "python").type == "function_definition" and not node_name(n, "python").startswith("_") and n.end_point.row - n.start_point.row >= 2]
     rng.shuffle(functions)
     for node in functions:
-        code = sft.definition_code(data, node)
-        found = sft.mutate(code, rng) if code else None
+        code = sft_mine.definition_code(data, node)
+        found = sft_mine.mutate(code, rng) if code else None
         if found is None:
             continue
         start = line_start(data, node.start_byte)
         mutant = (data[:start] + found[1].rstrip("\n").encode() + data[node.end_byte :]).decode("utf-8", "surrogatepass")
-        if not sft.compiles(mutant):
+        if not sft_mine.compiles(mutant):
             continue
         return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "mutation": found[0],
                 "module": text, "mutant": mutant}
@@ -242,7 +242,7 @@ def summarize(rows: list[dict], run_tests: bool = True) -> dict:
                     "exact": mean(explain, "exact"), "empty": mean(explain, "empty"), "tokens_mean": mean(explain, "tokens")},
         "fix": {"n": len(fix), "fix_rate": mean(fix, "fixed"), "same_tree": mean(fix, "same_tree"), "parses": mean(fix, "parses"),
                 "unchanged": mean(fix, "unchanged"), "edit_similarity": mean(fix, "edit_similarity"), "tokens_mean": mean(fix, "tokens"),
-                "by_mutation": {m: {"n": len(g), "fix_rate": mean(g, "fixed")} for m in sft.MUTATIONS if (g := [r for r in fix if r["mutation"] == m])}},
+                "by_mutation": {m: {"n": len(g), "fix_rate": mean(g, "fixed")} for m in sft_mine.MUTATIONS if (g := [r for r in fix if r["mutation"] == m])}},
         "tests": {"n": len(tests_), "tokens_mean": mean(tests_, "tokens")},
     }
     if run_tests and tests_:
