@@ -812,10 +812,10 @@ def add_parser(stages) -> None:
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
     p.add_argument("--workers", type=int, default=None, help="default: one per core; 0: no subprocesses")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
-    p.set_defaults(run=_run)
+    p.set_defaults(run=run)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, end_rate=args.end_rate,
                         holes=args.holes, context_rate=args.context_rate,
                         seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)

@@ -6,6 +6,8 @@ so a killed stage leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import argparse
+import glob
 import hashlib
 import json
 import os
@@ -125,6 +127,17 @@ def command() -> list[str]:
 def command_line() -> str:
     """This `midline-train` run's command line, one shell string (recorded in reports and model cards)."""
     return shlex.join(["midline-train", *sys.argv[1:]])
+
+
+def expand_files(parser: argparse.ArgumentParser, patterns: list[str]) -> list[Path]:
+    """Files matching the globs (`~` and `**` allowed), sorted; a usage error if a glob matches no file."""
+    files: set[Path] = set()
+    for pattern in patterns:
+        matches = [Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(m)]
+        if not matches:
+            parser.error(f"--files {pattern!r} matches no file")
+        files.update(matches)
+    return sorted(files)
 
 
 def progress(items: list, enabled: bool, desc: str) -> Iterable:

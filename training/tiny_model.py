@@ -7,14 +7,18 @@ end to end before a trained model exists.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sysconfig
+import time
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from midline.model import DEFAULT_MODEL_DIR
 from midline.training.model import build_model
+from midline.training.stage import expand_files
 from midline.training.tokenizer import train_tokenizer
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -81,3 +85,31 @@ def make_tiny_model(
     params = sum(p.numel() for p in model.parameters()) / 1e6
     (out_dir / "README.md").write_text(MODEL_CARD.format(params=params, vocab=len(tokenizer), files=len(files), seed=seed))
     return out_dir
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_parser(stages) -> None:
+    """The `tiny-model` subcommand."""
+    p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write it (the shipped model lives in %s)" % DEFAULT_MODEL_DIR)
+    p.add_argument("--files", nargs="+", metavar="GLOB", help="tokenizer corpus (default: ~300 files of Python's stdlib)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--max-positions", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    files = expand_files(parser, args.files) if args.files else None
+    start = time.monotonic()
+    out = make_tiny_model(
+        args.out, corpus_files=files, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+        layers=args.layers, heads=args.heads, max_positions=args.max_positions, seed=args.seed,
+    )
+    print(f"wrote a tiny random-weight model to {out} in {time.monotonic() - start:.1f} s")
+    return 0

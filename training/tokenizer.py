@@ -6,6 +6,8 @@ The special tokens take ids 0..6 in `fim.SPECIAL_TOKENS` order, EOT first.
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,6 +15,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from midline.model.fim import EOT, FIM_PAD, SPECIAL_TOKENS
+from midline.training import corpus
+from midline.training.stage import expand_files
 
 
 def train_tokenizer(files: Iterable[Path], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
@@ -58,3 +62,35 @@ def train_tokenizer_on_texts(
 def _texts(files: list[Path]) -> Iterator[str]:
     for path in files:
         yield path.read_text(encoding="utf-8", errors="replace")
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_parser(stages) -> None:
+    """The `tokenizer` subcommand."""
+    p = stages.add_parser("tokenizer", help="train a byte-level BPE tokenizer with midline's FIM tokens")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", type=Path, metavar="DIR", help="a corpus from the corpus stage (its train split)")
+    source.add_argument("--files", nargs="+", metavar="GLOB", help="training text files (globs, ** allowed)")
+    p.add_argument("--vocab-size", type=int, default=16384)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--force", action="store_true", help="train again even if DIR has a tokenizer")
+    p.set_defaults(run=run)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if (args.out / "tokenizer.json").is_file() and not args.force:
+        print(f"{args.out} already has a tokenizer (--force to train again)")
+        return 0
+    start = time.monotonic()
+    if args.corpus:
+        texts = (record["text"] for record in corpus.read_split(args.corpus, "train"))
+        tok = train_tokenizer_on_texts(texts, args.vocab_size, args.out)
+        source = str(args.corpus)
+    else:
+        files = expand_files(parser, args.files)
+        tok = train_tokenizer(files, args.vocab_size, args.out)
+        source = f"{len(files)} files"
+    print(f"wrote a tokenizer (vocab {len(tok)}, {source}) to {args.out} in {time.monotonic() - start:.1f} s")
+    return 0

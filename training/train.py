@@ -495,7 +495,7 @@ def add_parser(stages) -> None:
         else:
             p.add_argument(flag, type=_int if kind is int else kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name),
                            metavar="DIR" if f.name == "init" else None, help=f"default: {f.default!r}")
-    p.set_defaults(run=_run)
+    p.set_defaults(run=run)
 
 
 def _int(text: str) -> int:
@@ -506,7 +506,7 @@ def _int(text: str) -> int:
     return int(value)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     config = TrainConfig(**{**PRESETS.get(args.preset or "", {}), **given})
     command = stage.command()
