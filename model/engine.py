@@ -219,25 +219,9 @@ class Engine:
                 box = [cache]  # the dynamic stream puts each step's cache here
                 steps = self._dynamic_steps(box, prompt_ids[reused:], temperature, top_p, generator)
 
-            tokens: list[int] = []
-            logprobs: list[float] = []
-            finish_reason = "length"
-            for _ in range(max_new_tokens):
-                if cancel is not None and cancel.is_set():
-                    finish_reason = "cancelled"
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    finish_reason = "timeout"
-                    break
-                token, logprob = next(steps)
-                if token in self.stop_ids and not ignore_eos:
-                    finish_reason = "eot"
-                    break
-                tokens.append(token)
-                logprobs.append(logprob)
-                if should_stop is not None and should_stop(self.decode(tokens)):
-                    finish_reason = "stop"
-                    break
+            [tokens], [logprobs], [finish_reason] = self._decode(
+                ([step] for step in steps), 1, max_new_tokens, should_stop, cancel, deadline, ignore_eos
+            )
             started = inspect.getgeneratorstate(steps) != inspect.GEN_CREATED  # the prompt went into the cache
             steps.close()
 
@@ -306,37 +290,54 @@ class Engine:
                 out = self.model(input_ids=torch.tensor([prompt_ids] * n, device=self.device), use_cache=True, **self._last_only)
                 box[0], logits = out.past_key_values, out.logits[:, -1].float()
 
-            rows: list[list[int]] = [[] for _ in range(n)]
-            logprobs: list[list[float]] = [[] for _ in range(n)]
-            finish: list[str | None] = [None] * n
-            for i in range(max_new_tokens):
-                halted = "cancelled" if cancel is not None and cancel.is_set() else "timeout" if deadline is not None and time.monotonic() > deadline else None
-                if halted:
-                    finish = [f or halted for f in finish]
-                    break
-                tokens, token_logprobs = pick(logits, temperature, top_p, generator)
-                for r, (token, logprob) in enumerate(torch.stack((tokens.double(), token_logprobs.double()), dim=1).tolist()):
-                    if finish[r]:
-                        continue
-                    if int(token) in self.stop_ids and not ignore_eos:
-                        finish[r] = "eot"
-                        continue
-                    rows[r].append(int(token))
-                    logprobs[r].append(logprob)
-                    if should_stop is not None and should_stop(self.decode(rows[r])):
-                        finish[r] = "stop"
-                if all(finish):
-                    break
-                if i + 1 < max_new_tokens:
-                    logits = step(tokens, len(prompt_ids) + i)
+            def batch_steps(logits: torch.Tensor) -> Iterator[list[tuple[int, float]]]:
+                for i in range(max_new_tokens):
+                    tokens, token_logprobs = pick(logits, temperature, top_p, generator)
+                    yield [(int(t), lp) for t, lp in torch.stack((tokens.double(), token_logprobs.double()), dim=1).tolist()]
+                    if i + 1 < max_new_tokens:  # the last tokens are never fed back
+                        logits = step(tokens, len(prompt_ids) + i)
+
+            rows, logprobs, finish = self._decode(batch_steps(logits), n, max_new_tokens, should_stop, cancel, deadline, ignore_eos)
             if static:
                 self._batch[n] = (decoder, prompt_ids if self.reuse_prefix else [])  # the rows differ after the prompt
             elapsed = time.monotonic() - start
             generations = [
-                Generation(self.decode(row), row, f or "length", sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused, lp)
+                Generation(self.decode(row), row, f, sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused, lp)
                 for row, lp, f in zip(rows, logprobs, finish)
             ]
             return sorted(generations, key=lambda g: -g.mean_logprob if g.token_ids else math.inf)
+
+    def _decode(
+        self, steps: Iterator[list[tuple[int, float]]], n: int, max_new_tokens: int, should_stop: Callable[[str], bool] | None,
+        cancel: threading.Event | None, deadline: float | None, ignore_eos: bool,
+    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
+        """The stop checks of `generate` and `candidates`: each of `steps` is a (token, log-probability) per row.
+
+        A row ends on a stop token ("eot") or when `should_stop` says so after a token ("stop"); cancel and deadline
+        end all rows ("cancelled", "timeout"), checked before each step; the rest end at `max_new_tokens` ("length").
+        Returns each row's tokens, their log-probabilities and finish reason. A step is taken only while a row is open.
+        """
+        rows: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        for _ in range(max_new_tokens):
+            halted = "cancelled" if cancel is not None and cancel.is_set() else "timeout" if deadline is not None and time.monotonic() > deadline else None
+            if halted:
+                finish = [f or halted for f in finish]
+                break
+            for r, (token, logprob) in enumerate(next(steps)):
+                if finish[r]:
+                    continue
+                if token in self.stop_ids and not ignore_eos:
+                    finish[r] = "eot"
+                    continue
+                rows[r].append(token)
+                logprobs[r].append(logprob)
+                if should_stop is not None and should_stop(self.decode(rows[r])):
+                    finish[r] = "stop"
+            if all(finish):
+                break
+        return rows, logprobs, [f or "length" for f in finish]
 
     def _dynamic_steps(
         self, box: list, feed: list[int], temperature: float, top_p: float, generator: torch.Generator | None,
