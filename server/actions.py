@@ -29,7 +29,7 @@ from midline.model.syntax import byte_offset, char_offset, line_start, next_line
 from midline.model.fim import FimPrompt, shown_path
 
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
-from .config import Config
+from .config import Config, CurrentConfig, Settings
 from .documents import Document
 from .symbols import definitions_of, enclosing_scopes
 from .sandbox import sandbox_state
@@ -463,9 +463,11 @@ def merge_tests(existing: str, generated: str) -> str:
 class Actions:
     """Computes picked actions with the model, and caches what the model and the sandbox said."""
 
-    def __init__(self, assistant: Assistant, config: Config, root: str | None = None, folders: Sequence[str] = ()) -> None:
+    config = CurrentConfig()  # the current settings, read from `settings` each time
+
+    def __init__(self, assistant: Assistant, config: Config | Settings, root: str | None = None, folders: Sequence[str] = ()) -> None:
         self.assistant = assistant
-        self.config = config
+        self.settings = Settings.of(config)
         self.root = Path(root) if root else None
         self.folders = [Path(folder) for folder in folders]  # the workspace folders (the root counts as one)
         self._verified: OrderedDict[str, Verified] = OrderedDict()

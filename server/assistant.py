@@ -25,7 +25,7 @@ from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
 from midline.model.remote import RemoteError
 
-from .config import Config
+from .config import Config, CurrentConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,17 @@ class AssistantStats:
 class Assistant:
     """Runs tasks on the completion model or the instruction model, one at a time on the model thread."""
 
+    config = CurrentConfig()  # the current settings, read from `settings` each time
+
     def __init__(
         self,
         engine: Callable[[], Awaitable[Backend | None]],
-        config: Config,
+        config: Config | Settings,
         executor: Executor,
         report: Callable[[str], None] = log.error,
     ) -> None:
         self._engine = engine
-        self.config = config
+        self.settings = Settings.of(config)
         self.executor = executor
         self.report = report
         self.stats = AssistantStats()

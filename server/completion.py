@@ -22,7 +22,7 @@ from midline.model import languages
 from midline.model.backend import Backend, EncodedPrompt, Generation
 from midline.model.fim import FimPrompt, Snippet, shown_path
 
-from .config import Config
+from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole, build_context
 from .documents import Document
 from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess
@@ -81,17 +81,19 @@ class Stats:
 class Completer:
     """Answers completion requests for open documents with one model (local or remote: a `Backend`)."""
 
+    config = CurrentConfig()  # the current settings, read from `settings` each time
+
     def __init__(
         self,
         engine: Backend,
-        config: Config,
+        config: Config | Settings,
         executor: Executor,
         *,
         symbols: SymbolIndex | None = None,
         root: str | None = None,
     ) -> None:
         self.engine = engine
-        self.config = config
+        self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
         self.symbols = symbols
         self.root = Path(root) if root else None

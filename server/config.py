@@ -160,6 +160,30 @@ class Config:
         return _unstructure(self)
 
 
+class Settings:
+    """The one holder of a server's current Config: every component reads `current` through it, so a
+    settings change is one assignment and no component can keep a stale copy."""
+
+    def __init__(self, current: Config | None = None) -> None:
+        self.current = current if current is not None else Config()
+
+    @classmethod
+    def of(cls, config: Config | Settings) -> Settings:
+        """`config` if it is a holder already, else a new holder of its own for it."""
+        return config if isinstance(config, Settings) else cls(config)
+
+
+class CurrentConfig:
+    """A component's `config` attribute: the current Config of its holder, `self.settings`; assigning
+    one replaces it in the holder, for every component sharing it."""
+
+    def __get__(self, owner: Any, kind: type | None = None) -> Config:
+        return self if owner is None else owner.settings.current  # type: ignore[return-value]
+
+    def __set__(self, owner: Any, config: Config) -> None:
+        owner.settings.current = config
+
+
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)

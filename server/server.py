@@ -32,7 +32,7 @@ from . import actions, lsp
 from .actions import Actions, Explanation, Nothing, Replace, TestFile
 from .assistant import Assistant
 from .completion import Completer
-from .config import Config, ConfigError
+from .config import Config, ConfigError, CurrentConfig, Settings
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .postprocess import Suggestion
@@ -52,21 +52,22 @@ class MidlineServer(LanguageServer):
     """The server's state: open documents, settings, the model and its completer."""
 
     protocol: ServerProtocol
+    config = CurrentConfig()  # the current settings: `settings.current`, which every component reads
 
     def __init__(self) -> None:
         super().__init__("midline", VERSION, protocol_cls=ServerProtocol, converter_factory=strict_converter)
         quiet_payload_logs()
         self.failed_notifications: set[str] = set()  # methods whose internal error was shown, so each is shown once
         self.documents = DocumentStore()
-        self.config = Config()
+        self.settings = Settings()  # the one holder: assigning `config` (its `current`) changes it everywhere
         self.symbols = SymbolIndex()
         self.model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midline-model")
         self.completer: Completer | None = None
         self.engine_ready: asyncio.Future[Completer | None] | None = None
         self.root: str | None = None
         self.client_has_inline_completion = False
-        self.assistant = Assistant(self.engine, self.config, self.model_executor, report=self.report)
-        self.actions = Actions(self.assistant, self.config)
+        self.assistant = Assistant(self.engine, self.settings, self.model_executor, report=self.report)
+        self.actions = Actions(self.assistant, self.settings)
         busy = lambda: self.completer is not None and self.completer.generating  # noqa: E731
         self.explainer = Explainer(self.assistant, busy, lambda: self.config.hover.idle_ms, self.actions.shown)
         self.backend_error: str | None = None  # the last remote backend failure shown, so it is shown once
@@ -90,7 +91,7 @@ class MidlineServer(LanguageServer):
                 self.report(f"midline: cannot load {where}: {_load_failure(exc)}")
                 return None
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
-            self.completer = Completer(engine, config, self.model_executor, symbols=self.symbols, root=self.root)
+            self.completer = Completer(engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root)
             return self.completer
 
         self.completer = None
@@ -125,11 +126,9 @@ class MidlineServer(LanguageServer):
         reload = (new.model, new.device, new.fim_format, new.trust_remote_code, new.backend) != (
             self.config.model, self.config.device, self.config.fim_format, self.config.trust_remote_code, self.config.backend
         )
-        self.config = self.assistant.config = self.actions.config = new
+        self.config = new  # one assignment: every component reads the holder
         if reload and self.engine_ready is not None:
             self.load_engine()
-        elif self.completer is not None:
-            self.completer.config = new
 
     def report(self, message: str) -> None:
         log.error(message)
