@@ -1,8 +1,15 @@
-"""The model side of midline: FIM prompt formats, loading a local model, and the decode loop.
+"""The model side of midline: languages and their syntax, prompt formats, and the models that generate.
 
+- `languages`: the one table of language facts (ids, extensions, grammars, node types, test-file naming).
+- `syntax`: tree-sitter parsers and helpers, and string index <-> UTF-8 byte offsets, shared by all.
 - `fim`: midline's FIM special tokens and every supported family's prompt layout.
+- `tasks`: the instruction tasks (explain, fix, tests, code from a comment) in the shapes a model is asked.
+- `backend`: the `Backend` protocol the server is written against, with its prompts and generations.
 - `loader`: `load_model` reads a local Hugging Face model directory (safetensors only, never the hub).
-- `engine`: `Engine` encodes FIM prompts and generates completions with a plain KV-cached decode loop.
+- `engine`: `Engine`, the local `Backend`: a KV-cached decode loop with prefix reuse (`static_decode`: the
+  static cache and CUDA graphs); `remote`: `RemoteEngine`, the `Backend` over a serving engine's HTTP API.
+- `instruct`: an optional chat model for code actions.
+- `default/`: the model midline ships and serves when no other is configured (`DEFAULT_MODEL_DIR`).
 """
 
 from pathlib import Path

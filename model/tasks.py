@@ -19,9 +19,9 @@ For each task, `<task>_prompt(...)` builds the prompt, `<task>_target(...)` the 
 example teaches (without end of text: `FimFormat.encode_example` adds it), `<task>_example(...)` both
 from real code (None when the code has no such example), and `parse_<task>(...)` turns what the model
 generated into the result. `should_stop(task, language)` ends a generation once its answer is written or
-it has fallen into a loop (the parsers cut a loop down to its first copy). An instruction (chat) model is asked with `<task>_messages(...)` (chat
-messages for `tokenizer.apply_chat_template`) and answers in markdown; `parse_code_block` takes the code
-out of it.
+it has fallen into a loop (the parsers cut a loop down to its first copy). An instruction (chat) model is
+asked with `<task>_messages(...)` (chat messages for `tokenizer.apply_chat_template`) and answers in
+markdown; `parse_code_block` takes the code out of it.
 
 Code passed in is dedented (a method as if it were top level); the caller re-indents results.
 """

@@ -4,6 +4,9 @@
 Types are strict (`"false"` is not false, `12.9` is not an integer): a wrong value is a ConfigError that
 names the setting (`midline.enable.python`) and what it must be, and the server keeps its previous settings.
 
+A server's components share one `Settings` holder and read its `current` Config (through `CurrentConfig`),
+so a change is one assignment.
+
 The README's configuration table documents exactly these fields.
 """
 

@@ -1,4 +1,5 @@
-"""midline's language server: a flat list of LSP features, each a few lines over the helper modules.
+"""midline's language server: a flat list of LSP features, each a few lines over the helper modules
+(conversions to LSP's types in `lsp.py`, JSON-RPC checks in `protocol.py`).
 
 Model work runs on one worker thread, off the event loop, so the server answers every request (and
 `$/cancelRequest`) while it generates. A missing or broken model never stops the server: it says what

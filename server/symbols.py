@@ -3,8 +3,7 @@
 The language table (model/languages.py) names per language the node types that are imports,
 definitions, classes whose members are definitions too, wrappers around a definition (decorators,
 `export`, `template <...>`) and blocks whose children still count as top level (`#ifdef`, `namespace`,
-Python `try:`). `SymbolIndex` keeps the
-definitions of workspace files by name, for cross-file context.
+Python `try:`). `SymbolIndex` keeps the definitions of workspace files by name, for cross-file context.
 """
 
 from __future__ import annotations
