@@ -52,7 +52,6 @@ from midline.model.backend import Generation
 from midline.model.fim import FimFormat, FimPrompt, Mode
 
 Kind = Literal["openai", "llamacpp", "ollama"]
-KINDS: tuple[str, ...] = ("openai", "llamacpp", "ollama")
 
 # Without a local tokenizer, one token per 3 characters: midline's own 4k-vocabulary tokenizer gets 2.8-3.2 on
 # midline's Python sources, and the large-vocabulary tokenizers of served code models get more characters a
@@ -130,7 +129,7 @@ class RemoteEngine:
         timeout_s: float = 10.0,
     ):
         if kind not in PROTOCOLS:
-            raise RemoteError(f"unknown backend kind {kind!r}: use {', '.join(KINDS)} (or local)")
+            raise RemoteError(f"unknown backend kind {kind!r}: use {', '.join(PROTOCOLS)} (or local)")
         protocol = self.protocol = PROTOCOLS[kind]()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -24,6 +24,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from midline.model import DEFAULT_MODEL_DIR
+from midline.model.backend import Backend
 from midline.model.engine import Engine
 from midline.model.fim import FimFormatError
 from midline.model.loader import ModelLoadError
@@ -82,7 +83,7 @@ class MidlineServer(LanguageServer):
         config = self.config
         where = _backend_name(config)
 
-        def load() -> Engine | RemoteEngine:
+        def load() -> Backend:
             return open_engine(config)
 
         async def run() -> Completer | None:
@@ -103,7 +104,7 @@ class MidlineServer(LanguageServer):
             self.load_engine()
         return await asyncio.shield(self.engine_ready)
 
-    async def engine(self) -> Engine | None:
+    async def engine(self) -> Backend | None:
         completer = await self.get_completer()
         return completer.engine if completer is not None else None
 
@@ -177,7 +178,7 @@ class MidlineServer(LanguageServer):
         return (doc, offset, suggestion) if suggestion is not None else None
 
 
-def open_engine(config: Config) -> Engine | RemoteEngine:
+def open_engine(config: Config) -> Backend:
     """The configured backend: the local model, or (`backend.kind` openai, llamacpp, ollama) a serving engine."""
     backend = config.backend
     if backend.kind == "local":
