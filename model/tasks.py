@@ -61,16 +61,19 @@ def should_stop(task: str, language: str = "python") -> Callable[[str], bool]:
     """When a generation for `task` ("explain", "fix", "tests", "fromComment") is done: explain once the
     closing quotes (other languages: a line that is no comment) are written, fix at a marker line of the
     prompt's, any task once it loops."""
-    end: Callable[[str], bool] = lambda text: False
     if task == "explain" and language == "python":
-        end = lambda text: QUOTES in text
+        end = re.compile(re.escape(QUOTES))
     elif task == "explain":
-        comment_end = re.compile(rf"\n\s*(?!{re.escape(resolve(language).line_comment)})\S")
-        end = lambda text: comment_end.search(text) is not None
+        end = re.compile(rf"\n\s*(?!{re.escape(resolve(language).line_comment)})\S")
     elif task == "fix":
-        marker = re.compile(rf"{re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)}")
-        end = lambda text: marker.search(text) is not None
-    return lambda text: end(text) or loop_start(text) is not None
+        end = re.compile(rf"{re.escape(FIX_BUGGY)}|{re.escape(FIX_PROBLEMS)}|{re.escape(FIX_MARKER)}")
+    else:
+        end = None
+
+    def done(text: str) -> bool:
+        return (end is not None and end.search(text) is not None) or loop_start(text) is not None
+
+    return done
 
 
 def loop_start(text: str) -> int | None:

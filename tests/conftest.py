@@ -22,6 +22,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(out, corpus_files=stdlib_corpus(limit=40), vocab_size=1024, hidden_size=64, layers=2, heads=4)
 
 
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a chat model: a chat template, and no end-of-turn token at all, so that its
+    answers always run to the token limit (a generation long enough to cancel)."""
+    path = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("eos_token", None)
+    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((path / name).read_text())
+        config["eos_token_id"] = None
+        (path / name).write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir: Path):
     """The tiny model loaded once, on cpu."""

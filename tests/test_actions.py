@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import shutil
 import threading
 import time
 import uuid
@@ -521,26 +519,6 @@ async def serve(settings: dict, root: Path, capabilities: types.ClientCapabiliti
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.shutdown_session(), timeout=10)
         await client.stop()
-
-
-CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model as a chat model: a chat template, and no end-of-turn token at all, so that its
-    answers always run to the token limit (a generation long enough to cancel)."""
-    path = tmp_path_factory.mktemp("chat") / "model"
-    shutil.copytree(tiny_model_dir, path)
-    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
-    tokenizer_config.pop("eos_token", None)
-    tokenizer_config["chat_template"] = CHAT_TEMPLATE
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    for name in ("config.json", "generation_config.json"):
-        config = json.loads((path / name).read_text())
-        config["eos_token_id"] = None
-        (path / name).write_text(json.dumps(config))
-    return path
 
 
 def test_instruct_model_uses_its_chat_template_and_stops_when_cancelled(tiny_chat_model_dir, tiny_model_dir):

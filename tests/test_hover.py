@@ -20,7 +20,7 @@ from midline.server.hover import Explainer, hover_target, render
 from midline.server.symbols import SymbolIndex
 
 from .lsp_client import open_document, status
-from .test_actions import FakeEngine, client_capabilities, code_actions, ready_status, serve, tiny_chat_model_dir  # noqa: F401
+from .test_actions import FakeEngine, client_capabilities, code_actions, ready_status, serve
 
 CODE = '''import functools
 

@@ -197,7 +197,9 @@ def test_line_start_needs_the_line_break(tasks):
 
 def test_summary_figures(tasks):
     eol, nothing = find(tasks, "end_of_line_next", "collect.py"), find(tasks, "end_of_line_nothing", "collect.py")
-    outcome = lambda s: ev.Outcome(s, 10.0, 3, "stop")
+    def outcome(suggestion):
+        return ev.Outcome(suggestion, 10.0, 3, "stop")
+
     rows = [P._row(eol, outcome(Suggestion("return out"))), P._row(eol, outcome(Suggestion("\n    return out"))),
             P._row(nothing, outcome(None)), P._row(nothing, outcome(Suggestion(" + 1")))]
     m = P.summarize_positions(rows)
