@@ -39,7 +39,7 @@ def byte_offset(text: str, index: int) -> int:
 
 def char_offset(data: bytes, byte: int) -> int:
     """The string index of byte offset `byte` (a character boundary) of `data`."""
-    return len(data[:byte].decode("utf-8", "surrogatepass"))
+    return byte if data.isascii() else len(data[:byte].decode("utf-8", "surrogatepass"))
 
 
 def is_word(char: str) -> bool:

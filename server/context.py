@@ -124,11 +124,12 @@ def text_window(doc: Document, offset: int, byte_offset: int) -> tuple[int, int]
     text = doc.text
     if len(text) <= _WHOLE_TEXT:
         return 0, len(text)
-    row, line_start = doc.line_at(offset)
-    first = last = row
-    if doc.tree is not None and (rows := _top_level_rows(doc.tree.root_node, byte_offset, _TEXT_WINDOW)) is not None:
-        first, last = min(first, rows[0]), max(last, rows[1])
-    start, end = doc.line_start(first), doc.line_start(last + 1)
+    row, _ = doc.line_at(offset)
+    first = last = byte_offset  # whole lines as the tree counts them (a lone "\r" ends no line there)
+    if doc.tree is not None and (span := _top_level_span(doc.tree.root_node, byte_offset, _TEXT_WINDOW)) is not None:
+        first, last = min(first, span[0]), max(last, span[1])
+    source = doc.source
+    start, end = syntax.char_offset(source, syntax.line_start(source, first)), syntax.char_offset(source, syntax.next_line(source, last))
     if offset - start > _TEXT_WINDOW:
         cut_row, _ = doc.line_at(offset - _TEXT_WINDOW)
         start = doc.line_start(cut_row + 1) if cut_row < row else offset - _LINE_WINDOW
@@ -138,8 +139,8 @@ def text_window(doc: Document, offset: int, byte_offset: int) -> tuple[int, int]
     return start, end
 
 
-def _top_level_rows(root: tree_sitter.Node, byte_offset: int, limit: int) -> tuple[int, int] | None:
-    """First and last rows of the root's children around `byte_offset`: the one holding it (or the two
+def _top_level_span(root: tree_sitter.Node, byte_offset: int, limit: int) -> tuple[int, int] | None:
+    """Start and end bytes of the root's children around `byte_offset`: the one holding it (or the two
     beside it), then neighbours on both sides while all of them span at most `limit` bytes. None if empty."""
     cursor = root.walk()  # (Node.first_child_for_byte gives a null node, which crashes, past the last child)
     after = cursor.node if cursor.goto_first_child_for_byte(byte_offset) is not None else None  # ends after it
@@ -157,7 +158,7 @@ def _top_level_rows(root: tree_sitter.Node, byte_offset: int, limit: int) -> tup
             lo, grew = node, True
         if (node := hi.next_sibling) is not None and node.end_byte - lo.start_byte <= limit:
             hi, grew = node, True
-    return lo.start_point.row, hi.end_point.row
+    return lo.start_byte, hi.end_byte
 
 
 # -- hole -----------------------------------------------------------------------------------------

@@ -279,3 +279,11 @@ def test_text_window_at_the_edges_of_a_large_document(where: str) -> None:
     start = offset - ctx.offset
     assert len(ctx.text) <= 33_000 and text[start : start + len(ctx.text)] == ctx.text
     assert (start == 0) if where == "start" else (start + len(ctx.text) == len(text))
+
+
+def test_the_window_of_a_large_document_is_whole_definitions_despite_lone_carriage_returns() -> None:
+    text = "# old mac line\r" * 3_000 + functions(3_000)  # LSP counts a line at each "\r"; tree-sitter does not
+    offset = at(text, "v3 = step3(x1500)", 5)
+    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=chars, budget=400)
+    start = offset - ctx.offset
+    assert text[start : start + len(ctx.text)] == ctx.text and ctx.text.startswith("def f")
