@@ -124,9 +124,8 @@ def completion_work(name: str, completer, doc, offset: int, runs: int = 3) -> No
 
     stages: dict[str, list[float]] = {"context": [], "prompt tokens": [], "post-processing": []}
     for _ in range(runs):
-        for cached in (post._baseline_spans, getattr(post, "_line_balance", None), post._suffix_closer):
-            if hasattr(cached, "cache_clear"):
-                cached.cache_clear()
+        for cached in (post._baseline_spans, post._line_balance, post._suffix_closer):
+            cached.cache_clear()
         started = time.perf_counter()
         ctx = completer.context(doc, offset)
         built = time.perf_counter()

@@ -74,3 +74,8 @@ class Backend(Protocol):
     def token_ends(self, token_ids: list[int]) -> list[int]:
         """Where each token's text ends in the decoded text of `token_ids`."""
         ...
+
+
+def decoded_ends(decode: Callable[[list[int]], str], token_ids: list[int]) -> list[int]:
+    """Where each token's text ends in `decode(token_ids)` (a token that ends mid-character ends where it began)."""
+    return [len(decode(token_ids[: i + 1])) for i in range(len(token_ids))]

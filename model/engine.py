@@ -32,7 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import fim
-from midline.model.backend import Generation
+from midline.model.backend import Generation, decoded_ends
 from midline.model.fim import FimFormat, FimFormatError, FimPrompt, Mode
 from midline.model.loader import ModelLoadError, load_model
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
@@ -436,7 +436,7 @@ class Engine:
 
     def token_ends(self, token_ids: list[int]) -> list[int]:
         """Where each token's text ends in `decode(token_ids)` (a token that ends mid-character ends where it began)."""
-        return [len(self.decode(token_ids[: i + 1])) for i in range(len(token_ids))]
+        return decoded_ends(self.decode, token_ids)
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

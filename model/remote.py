@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from midline.model import fim
-from midline.model.backend import Generation
+from midline.model.backend import Generation, decoded_ends
 from midline.model.fim import FimFormat, FimPrompt, Mode
 
 Kind = Literal["openai", "llamacpp", "ollama"]
@@ -265,7 +265,7 @@ class RemoteEngine:
 
     def token_ends(self, token_ids: list[int]) -> list[int]:
         """Where each token's text ends in `decode(token_ids)` (as `Engine.token_ends`; needs a local tokenizer)."""
-        return [len(self.decode(token_ids[: i + 1])) for i in range(len(token_ids))]
+        return decoded_ends(self.decode, token_ids)
 
     def _parse(self, event: Any) -> tuple[str, str | None, int | None]:
         """One streamed (or whole) answer: (new text, finish reason if it ends here, prompt tokens if reported)."""

@@ -16,7 +16,7 @@ import traceback
 import typing
 import uuid
 from concurrent.futures import Future
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import attrs
@@ -125,7 +125,7 @@ class MidlineProtocol(LanguageServerProtocol):
         if self.initialize_received and method == types.INITIALIZE:
             raise RejectedMessage(INVALID_REQUEST, "The server is already initialized; send initialize only once per session.", msg_id)
         kind = self.get_message_type(method)
-        if kind is not None and "id" not in attrs.fields_dict(kind):
+        if kind is not None and not _is_request(kind):
             raise RejectedMessage(INVALID_REQUEST, f"{method} is a notification; send it without an id.", msg_id)
         if kind is None:  # a method without an LSP type: its handler (if any) gets the params as they are
             self._handle_unknown_request(message)
@@ -144,7 +144,7 @@ class MidlineProtocol(LanguageServerProtocol):
             log.warning("ignored %s: the server is not initialized yet", method)
             return
         kind = self.get_message_type(method)
-        if kind is not None and "id" in attrs.fields_dict(kind):
+        if kind is not None and _is_request(kind):
             log.warning("ignored %s: it is a request, and came without an id", method)
             return
         try:
@@ -328,6 +328,12 @@ def _shown(path: str) -> str:
 def _camel(name: str) -> str:
     head, *rest = name.rstrip("_").split("_")
     return head + "".join(part.title() for part in rest)
+
+
+@cache
+def _is_request(kind: type) -> bool:
+    """Whether an lsprotocol message type is a request (it has an id), looked up once per type."""
+    return "id" in attrs.fields_dict(kind)
 
 
 def _json_kind(value: Any) -> str:
