@@ -175,9 +175,8 @@ def comment_at(doc: Document, offset: int) -> Comment | None:
     after_indent = len(after) - len(after.lstrip())
     if after.strip() and after_indent >= len(indent):
         return None  # code follows at once: the comment describes it
-    starts = doc.line_starts()
-    start = starts[top]
-    insert = next_line(text, starts[bottom])
+    start = doc.line_start(top)
+    insert = next_line(text, doc.line_start(bottom))
     comment = "\n".join(line.strip() for line in lines[top : bottom + 1])
     return Comment(comment, start, insert, insert, indent)
 

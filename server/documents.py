@@ -170,7 +170,6 @@ class Document:
         """Replace the whole text (the tree will be parsed afresh)."""
         self._text = text
         self._source: bytes | None = None
-        self._starts: list[int] | None = None
         self._lines = _LineIndex(_line_lengths(text))
         self._tree, self._unchanged = None, None
 
@@ -207,12 +206,6 @@ class Document:
         return start, old_end, new_end, _point(self._parsed, start), _point(self._parsed, old_end), _point(self.source, new_end)
 
     # -- positions ------------------------------------------------------------------------------
-
-    def line_starts(self) -> list[int]:
-        """String index where each line starts (a pass over the document: once per version, on demand)."""
-        if self._starts is None:
-            self._starts = [0] + [m.end() for m in _LINE_BREAK.finditer(self._text)]
-        return self._starts
 
     def line_count(self) -> int:
         return len(self._lines)
@@ -296,7 +289,7 @@ class Document:
         self._lines.replace(first, last, lengths)
         head, tail = self._unchanged or (len(old), len(old))
         self._unchanged = (min(head, start), min(tail, len(old) - end))
-        self._text, self._source, self._starts = text, None, None
+        self._text, self._source = text, None
 
 
 class SyncProtocol(LanguageServerProtocol):

@@ -81,15 +81,14 @@ def _defining(doc: Document, leaf) -> object | None:
 
 def _defined_here(doc: Document, name: str):
     """A function or class called `name` in this file (its wrapper, if decorated)."""
-    starts = doc.line_starts()
     for d in definitions(doc.tree, doc.source, doc.language):
         if d.name != name or d.kind not in ("function", "method", "class"):
             continue
-        for row in range(d.line, min(d.line + 32, len(starts))):  # from its decorators down to its name
+        for row in range(d.line, min(d.line + 32, doc.line_count())):  # from its decorators down to its name
             line = doc._line(row)
             if not line.strip():
                 continue
-            probe = byte_offset(doc.text, starts[row] + len(line) - len(line.lstrip())) + 1
+            probe = byte_offset(doc.text, doc.line_start(row) + len(line) - len(line.lstrip())) + 1
             scopes = enclosing_scopes(doc.tree, probe, doc.language)
             if scopes and node_name(scopes[-1], doc.language, fields_only=True) == name:
                 return scopes[-1]
