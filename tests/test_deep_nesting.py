@@ -135,11 +135,9 @@ def test_training_holes_walk_deep_trees(language: str) -> None:
         assert prefix + middle + suffix == text
 
 
-def test_index_workspace_goes_on_past_deep_and_failing_files(tmp_path: Path, monkeypatch, caplog) -> None:
-    (tmp_path / "a_deep.py").write_text(nested_containers("python"))
-    (tmp_path / "b_deep.cpp").write_text(nested_containers("cpp"))
-    (tmp_path / "c_broken.py").write_text("def secret_code():\n    pass\n")
-    (tmp_path / "d_later.py").write_text("def later_helper(x):\n    return x\n")
+@pytest.fixture
+def secret_code_fails(monkeypatch) -> None:
+    """symbols.definitions raises on any source that mentions secret_code (a file that fails to index)."""
     real = symbols.definitions
 
     def failing(tree, source, language):
@@ -148,6 +146,13 @@ def test_index_workspace_goes_on_past_deep_and_failing_files(tmp_path: Path, mon
         return real(tree, source, language)
 
     monkeypatch.setattr(symbols, "definitions", failing)
+
+
+def test_index_workspace_goes_on_past_deep_and_failing_files(tmp_path: Path, secret_code_fails, caplog) -> None:
+    (tmp_path / "a_deep.py").write_text(nested_containers("python"))
+    (tmp_path / "b_deep.cpp").write_text(nested_containers("cpp"))
+    (tmp_path / "c_broken.py").write_text("def secret_code():\n    pass\n")
+    (tmp_path / "d_later.py").write_text("def later_helper(x):\n    return x\n")
     index = SymbolIndex()
     with caplog.at_level(logging.WARNING, logger="midline.server.symbols"):
         assert index.index_workspace(str(tmp_path)) == 4
@@ -159,19 +164,11 @@ def test_index_workspace_goes_on_past_deep_and_failing_files(tmp_path: Path, mon
     assert "secret_code" not in warnings[0]  # no user code in the log
 
 
-def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(monkeypatch, caplog) -> None:
+def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(secret_code_fails, monkeypatch, caplog) -> None:
     """A refresh over open documents skips one that fails; completion context then has no cross-file snippets."""
     good = Document("file:///w/good.py", "python", 1, "def helper(x):\n    return x\n")
     bad = Document("file:///w/bad.py", "python", 1, "def secret_code():\n    pass\n")
     here = Document("file:///w/here.py", "python", 1, "y = helper(1)\nz = \n")
-    real = symbols.definitions
-
-    def failing(tree, source, language):
-        if b"secret_code" in source:
-            raise ValueError("boom")
-        return real(tree, source, language)
-
-    monkeypatch.setattr(symbols, "definitions", failing)
     index = SymbolIndex()
     with caplog.at_level(logging.WARNING):
         index.refresh([good, bad, here], exclude=here.uri)

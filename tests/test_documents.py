@@ -118,19 +118,25 @@ def test_random_edit_sequences(data: st.DataObject, initial: str, encoding: str,
         assert_synced(doc)
 
 
-def test_reparse_reuses_the_old_tree() -> None:
-    doc = Document("file:///w/a.py", "python", 1, "def a():\n    return 1\n\ndef b():\n    return 2\n")
-    calls = []
-    real = doc.parser
+def spy_on_parses(doc: Document) -> list:
+    """Swap the document's parser for one that records each parse's old tree; the list it fills."""
+    calls, real = [], doc.parser
 
     class Spy:
         def parse(self, source, old_tree=None):
             calls.append(old_tree)
             return real.parse(source, old_tree)
 
+    doc.parser = Spy()
+    return calls
+
+
+def test_reparse_reuses_the_old_tree() -> None:
+    doc = Document("file:///w/a.py", "python", 1, "def a():\n    return 1\n\ndef b():\n    return 2\n")
+    real = doc.parser
     old_tree = doc.tree
     unchanged = [child.id for child in old_tree.root_node.children[0].children]  # the body of `a`
-    doc.parser = Spy()
+    calls = spy_on_parses(doc)
     doc.apply_change(edit(doc.text, doc.text.index("2"), doc.text.index("2") + 1, "3", "utf-16"), UTF16)
     assert calls == []  # a change parses nothing: the tree's first use does
     doc.tree
@@ -270,16 +276,10 @@ def test_keystrokes_parse_nothing_and_the_next_use_reparses_once(monkeypatch: py
     index rewritten only where the edit is; the tree's next use re-parses once, incrementally."""
     lines = [f"def f{i}(x):\n    return x + {i}\n" for i in range(5000)]
     doc = Document("file:///w/a.py", "python", 1, "".join(lines))
-    calls, split, encoded = [], [], []
+    split, encoded = [], []
     real = doc.parser
-
-    class Spy:
-        def parse(self, source, old_tree=None):
-            calls.append(old_tree)
-            return real.parse(source, old_tree)
-
     old_tree = doc.tree
-    doc.parser = Spy()
+    calls = spy_on_parses(doc)
     line_lengths, encode = documents._line_lengths, documents.utf8
     monkeypatch.setattr(documents, "_line_lengths", lambda text: split.append(len(text)) or line_lengths(text))
     monkeypatch.setattr(documents, "utf8", lambda text: encoded.append(len(text)) or encode(text))
