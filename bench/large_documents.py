@@ -127,9 +127,9 @@ def completion_work(name: str, completer, doc, offset: int, runs: int = 3) -> No
         for cached in (post._baseline_spans, post._line_balance, post._suffix_closer):
             cached.cache_clear()
         started = time.perf_counter()
-        ctx = completer.context(doc, offset)
+        ctx = completer.prompts.context(doc, offset)
         built = time.perf_counter()
-        completer.engine.encode(completer.prompt(ctx))
+        completer.engine.encode(completer.prompts.fim_prompt(ctx))
         encoded = time.perf_counter()
         for answer in ANSWERS:
             post.postprocess(answer, ctx, completer.config.max_lines)

@@ -1,7 +1,8 @@
 """The path of one keystroke: document -> context -> prompt -> model -> post-processing -> suggestion.
 
 `Completer.complete` is shared by the LSP handlers and `midline complete`; it answers a `Completion`: the
-suggestion, and the generation and trace of the model call, if there was one. Around the model call it
+suggestion, and the generation and trace of the model call, if there was one. Its prompt, sized to the model's
+context, comes from `prompt.PromptBuilder` (`Completer.prompts`). Around the model call it
 adds what makes completion feel instant: an optional debounce for automatic triggers, typing-through (the user
 types what is shown: answer with the rest, no model call), a cache keyed by the prompt, and
 cancellation (a cancelled or superseded request stops its generation).
@@ -16,21 +17,17 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 
-from midline.model import languages
 from midline.model.backend import Backend, EncodedPrompt, Generation
-from midline.model.fim import FimPrompt, Snippet, shown_path
 
 from .config import Config, CurrentConfig, Settings
-from .context import CompletionContext, Hole, build_context
+from .context import CompletionContext, Hole
 from .documents import Document
 from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess
+from .prompt import PromptBuilder
 from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
-
-_LAYOUT_TOKENS = 64  # FIM and file-separator tokens, paths and the repository name
 
 
 @dataclass
@@ -95,8 +92,7 @@ class Completer:
         self.engine = engine
         self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
-        self.symbols = symbols
-        self.root = Path(root) if root else None
+        self.prompts = PromptBuilder(engine, self.settings, root=root, symbols=symbols)
         self.stats = Stats()
         self.trace = Trace()
         self._cache: OrderedDict[tuple, Suggestion | None] = OrderedDict()
@@ -119,12 +115,12 @@ class Completer:
             if self._latest.get(doc.uri) != request:  # superseded while waiting
                 return Completion(None)
 
-        ctx = self.context(doc, offset)
-        if ctx.hole is Hole.NONE:
+        built = self.prompts.build(doc, offset)
+        if built is None:  # no hole at the cursor
             return Completion(None)
+        ctx, prompt = built.context, built.encoded
         generation: Generation | None = None
         trace: Trace | None = None
-        prompt = self.engine.encode(self.prompt(ctx), self._mode())
         key = (tuple(prompt), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
         if key in self._cache:
             self.stats.cache_hits += 1
@@ -144,33 +140,6 @@ class Completer:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
         return self.config.enabled_for(doc.language_id, self.engine.languages)
 
-    def context(self, doc: Document, offset: int) -> CompletionContext:
-        ctx_config = self.config.context
-        # The prompt and the answer must fit the model's context, or the engine cuts the prompt's head. In a
-        # short context, snippets get at most a quarter of the room and the windows the rest.
-        room = self.engine.max_context - self.config.max_new_tokens - _LAYOUT_TOKENS
-        snippet_budget = min(ctx_config.snippet_budget, room // 4)
-        return build_context(
-            doc,
-            offset,
-            count_tokens=self.engine.count_tokens,
-            budget=max(16, min(ctx_config.budget, room - snippet_budget)),
-            prefix_share=ctx_config.prefix_share,
-            symbols=self.symbols if ctx_config.cross_file else None,
-            max_snippets=ctx_config.max_snippets,
-            snippet_budget=snippet_budget,
-        )
-
-    def prompt(self, ctx: CompletionContext) -> FimPrompt:
-        return FimPrompt(
-            prefix=ctx.prefix,
-            suffix=ctx.suffix,
-            path=shown_path(ctx.path, self.root),
-            snippets=[Snippet(shown_path(s.path, self.root), s.text) for s in ctx.snippets],
-            repo=self.root.name if self.root else "",
-            comment=languages.resolve(ctx.language).line_comment,
-        )
-
     @property
     def generating(self) -> bool:
         """Whether a generation is running now."""
@@ -184,9 +153,6 @@ class Completer:
             flag.set()
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _mode(self):
-        return None if self.config.fim_mode == "auto" else self.config.fim_mode
 
     def _type_through(self, doc: Document, offset: int) -> Suggestion | None:
         """The rest of the shown suggestion if the user has typed its first characters."""

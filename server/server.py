@@ -343,7 +343,7 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     """The picked action, computed now: an edit, or the explanation as a command."""
     doc, data = _action_data(ls, action.data)
     completer = await ls.get_completer()
-    window = (lambda d, offset: completer.prompt(completer.context(d, offset))) if completer is not None else None
+    window = completer.prompts.window if completer is not None else None
     async with lsp.progress(ls, action.title.removeprefix("midline: ")) as progress:
         outcome = await ls.actions.resolve(doc, data, progress, window, read=ls.read_text)
     capabilities = ls.client_capabilities

@@ -88,23 +88,23 @@ def test_typing_through_only_while_the_typed_text_matches(completer, tmp_path):
 def test_prompt_fits_the_model_context(completer, tmp_path):
     long_file = "".join(f"value_{i} = {i} * {i}\n" for i in range(3000)) + "total = "
     completer.config = Config.from_json({"debounceMs": 0, "maxNewTokens": 16, "context": {"budget": 100_000}})
-    ctx = completer.context(doc(tmp_path, long_file), len(long_file))
-    ids = completer.engine.encode(completer.prompt(ctx))
+    ctx = completer.prompts.context(doc(tmp_path, long_file), len(long_file))
+    ids = completer.engine.encode(completer.prompts.fim_prompt(ctx))
     assert len(ids) + completer.config.max_new_tokens <= completer.engine.max_context
 
 
 def test_prompt_paths_are_relative_to_the_workspace(completer, tmp_path):
-    ctx = completer.context(doc(tmp_path, name="pkg/home.py"), CURSOR)
-    prompt = completer.prompt(ctx)
+    ctx = completer.prompts.context(doc(tmp_path, name="pkg/home.py"), CURSOR)
+    prompt = completer.prompts.fim_prompt(ctx)
     assert prompt.path == "pkg/home.py" and prompt.repo == tmp_path.name
 
 
 def test_fim_mode_setting_picks_the_layout(completer, tmp_path):
-    ctx = completer.context(doc(tmp_path), CURSOR)
+    ctx = completer.prompts.context(doc(tmp_path), CURSOR)
     completer.config = Config(fim_mode="psm")
-    psm = completer.engine.encode(completer.prompt(ctx), completer._mode())
+    psm = completer.engine.encode(completer.prompts.fim_prompt(ctx), completer.prompts.mode)
     completer.config = Config()
-    spm = completer.engine.encode(completer.prompt(ctx), completer._mode())
+    spm = completer.engine.encode(completer.prompts.fim_prompt(ctx), completer.prompts.mode)
     fmt = completer.engine.fim
     prefix_id, suffix_id = (completer.engine.tokenizer.convert_tokens_to_ids(t) for t in (fmt.prefix, fmt.suffix))
     assert psm.index(prefix_id) < psm.index(suffix_id)

@@ -1,0 +1,178 @@
+"""The prompt of one completion: the context sized to the model's room, laid out as a FimPrompt, encoded.
+
+The model's context holds the prompt and the answer, so a prompt gets `max_context - max_new_tokens` tokens
+(`room`), or the engine cuts its head. Of that room the layout takes its part first: FIM tokens, the
+repository name and the file path, measured in the backend's own token counts and kept per path (`Layout`);
+snippets get at most `context.snippetBudget` (a quarter of the room in a short context), their path headers
+included; the windows before and after the cursor get the rest, up to `context.budget` (`Budgets`).
+`context.build_context` fills those budgets. The prompt built from it is counted once more, whole: a prompt
+that still does not fit (snippets from files with longer paths, tokens that merge differently across lines)
+is built again with windows smaller by what was over.
+
+Paths are shown to the model relative to the workspace root (`model.fim.shown_path`), as training shows them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from midline.model import languages
+from midline.model.backend import Backend, EncodedPrompt
+from midline.model.fim import FimPrompt, Mode, Snippet, shown_path
+
+from .config import Config, CurrentConfig, Settings
+from .context import CompletionContext, Hole, build_context
+from .documents import Document
+from .symbols import SymbolIndex
+
+MIN_WINDOWS = 16  # tokens the windows keep however small the room
+_REFITS = 2  # builds after the first when a prompt does not fit
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Tokens a file's prompts spend besides their windows and snippet texts."""
+
+    frame: int  # FIM tokens (and BOS), the repository name and the file's path
+    per_snippet: int  # one snippet's header (separator and path; measured with the file's own path)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """How a request's room is split: tokens for the windows, and for the snippets' texts."""
+
+    windows: int
+    snippets: int
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request's prompt: its context, the FIM prompt laid out from it, that encoded for the backend, and
+    its length in tokens (exact for a local model, the backend's estimate for a remote one)."""
+
+    context: CompletionContext
+    fim: FimPrompt
+    encoded: EncodedPrompt
+    tokens: int
+
+
+class PromptBuilder:
+    """Builds one backend's completion prompts for the documents of a workspace."""
+
+    config = CurrentConfig()  # the current settings, read from `settings` each time
+
+    def __init__(
+        self,
+        engine: Backend,
+        config: Config | Settings,
+        *,
+        root: str | Path | None = None,
+        symbols: SymbolIndex | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = Settings.of(config)
+        self.root = Path(root) if root else None
+        self.symbols = symbols
+        self._layout = functools.lru_cache(maxsize=256)(self._measure_layout)
+
+    @property
+    def mode(self) -> Mode | None:
+        """The FIM layout the settings ask for; None: the format's own."""
+        return None if self.config.fim_mode == "auto" else self.config.fim_mode
+
+    @property
+    def room(self) -> int:
+        """Prompt tokens that leave room for the longest answer in the model's context."""
+        return self.engine.max_context - self.config.max_new_tokens
+
+    def build(self, doc: Document, offset: int) -> Prompt | None:
+        """The prompt for a completion at `offset` in `doc`, fitted to the room; None where there is no hole."""
+        return self._fitted(doc, offset, need_hole=True)
+
+    def window(self, doc: Document, offset: int) -> FimPrompt:
+        """The completion prompt at any `offset` (code from a comment: the same windows and extra context)."""
+        prompt = self._fitted(doc, offset, need_hole=False)
+        assert prompt is not None
+        return prompt.fim
+
+    def context(self, doc: Document, offset: int, windows: int | None = None) -> CompletionContext:
+        """The context at `offset` in `doc` within this request's budgets (`windows`: a smaller window budget)."""
+        ctx_config = self.config.context
+        budgets = self.budgets(doc.path)
+        return build_context(
+            doc,
+            offset,
+            count_tokens=self.engine.count_tokens,
+            budget=budgets.windows if windows is None else min(windows, budgets.windows),
+            prefix_share=ctx_config.prefix_share,
+            symbols=self.symbols if ctx_config.cross_file else None,
+            max_snippets=ctx_config.max_snippets,
+            snippet_budget=budgets.snippets,
+        )
+
+    def budgets(self, path: str) -> Budgets:
+        """The split of the room for a file at `path`: snippets at most a quarter of it, windows the rest."""
+        ctx_config = self.config.context
+        room = self.room - self.layout(path).frame
+        snippets = min(ctx_config.snippet_budget, room // 4)
+        headers = ctx_config.max_snippets * self.layout(path).per_snippet
+        return Budgets(max(MIN_WINDOWS, min(ctx_config.budget, room - snippets)), max(0, snippets - headers))
+
+    def layout(self, path: str) -> Layout:
+        """What the layout costs in prompts for the file at `path` in the current FIM layout (cached)."""
+        return self._layout(self.shown(path), self.mode)
+
+    def fim_prompt(self, ctx: CompletionContext) -> FimPrompt:
+        """`ctx` as the model sees it: paths relative to the workspace, its repository, its language's comments."""
+        return FimPrompt(
+            prefix=ctx.prefix,
+            suffix=ctx.suffix,
+            path=self.shown(ctx.path),
+            snippets=[Snippet(self.shown(s.path), s.text) for s in ctx.snippets],
+            repo=self.repo,
+            comment=languages.resolve(ctx.language).line_comment,
+        )
+
+    def shown(self, path: str | Path) -> str:
+        """A path as the model sees it: relative to the workspace root when inside it."""
+        return shown_path(path, self.root)
+
+    @property
+    def repo(self) -> str:
+        """The repository name prompts show: the workspace folder's."""
+        return self.root.name if self.root else ""
+
+    def count(self, prompt: FimPrompt, mode: Mode | None = None) -> int:
+        """Tokens of `prompt` in the backend's FIM format: one per special token (and BOS), the backend's count
+        for each text part (what a local model's `encode` gives, token for token)."""
+        fmt = self.engine.fim
+        if fmt is None:
+            return 0
+        parts = fmt.segments(prompt, mode)
+        return int(fmt.bos) + sum(1 if special else self.engine.count_tokens(text) for text, special in parts)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _fitted(self, doc: Document, offset: int, *, need_hole: bool) -> Prompt | None:
+        ctx = self.context(doc, offset)
+        if need_hole and ctx.hole is Hole.NONE:
+            return None
+        room, windows = self.room, None
+        for attempt in range(_REFITS + 1):
+            fim = self.fim_prompt(ctx)
+            encoded = self.engine.encode(fim, self.mode)
+            tokens = len(encoded) if isinstance(encoded, list) else self.count(fim, self.mode)
+            budget = self.budgets(doc.path).windows if windows is None else windows
+            if tokens <= room or attempt == _REFITS or budget <= MIN_WINDOWS:
+                break
+            windows = max(MIN_WINDOWS, budget - (tokens - room))
+            ctx = self.context(doc, offset, windows)
+        return Prompt(ctx, fim, encoded, tokens)
+
+    def _measure_layout(self, path: str, mode: Mode | None) -> Layout:
+        frame = FimPrompt("", "", path=path, repo=self.repo)
+        bare = self.count(frame, mode)
+        with_snippet = self.count(FimPrompt("", "", path=path, snippets=[Snippet(path, "")], repo=self.repo), mode)
+        return Layout(bare, with_snippet - bare)
