@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ def _kinds(**types: str) -> Mapping[str, str]:
 
 
 _JS_BLOCKS = _types("statement_block class_body switch_body")
-_JS_QUOTES = {"quotes": ('"', "'", "`"), "multiline_quotes": frozenset("`")}
-_JS_SYMBOLS = {
+_JS_QUOTES: dict[str, Any] = {"quotes": ('"', "'", "`"), "multiline_quotes": frozenset("`")}
+_JS_SYMBOLS: dict[str, Any] = {
     "imports": _types("import_statement"),
     "definitions": _kinds(
         function="function_declaration generator_function_declaration"
@@ -84,7 +84,7 @@ _JS_SYMBOLS = {
     "containers": _types("class_declaration"),
     "wrappers": _types("export_statement"),
 }
-_JS = {
+_JS: dict[str, Any] = {
     **_JS_QUOTES,
     **_JS_SYMBOLS,
     "definition_modifiers": ("export", "default", "async"),
@@ -92,7 +92,7 @@ _JS = {
     "calls": _types("call_expression new_expression"),
     "test_file": "{stem}.test{suffix}",
 }
-_TS = {
+_TS: dict[str, Any] = {
     **_JS,
     "blocks": _JS_BLOCKS | {"interface_body", "enum_body"},
     "definitions": MappingProxyType(
@@ -113,7 +113,7 @@ _TS = {
     "definition_modifiers": ("export", "default", "async", "abstract"),
     "definition_keywords": ("function", "class", "interface", "enum"),
 }
-_C = {
+_C: dict[str, Any] = {
     "quotes": ('"', "'"),
     "definition_starts": ("#include",),
     "definition_modifiers": ("static",),

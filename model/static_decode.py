@@ -22,6 +22,8 @@ computation is transformers' own; only attention and the KV cache are ours:
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -72,10 +74,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 def layer_forward(
-    layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+    layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
     v_cache: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, kv_len: int, head_dim: int,
 ) -> torch.Tensor:
-    """One decoder layer on x `[B, T, hidden]` at `positions`, writing its keys and values into the cache."""
+    """One decoder layer on x `[B, T, hidden]` at `positions`, writing its keys and values into the cache.
+
+    `layer` is a Llama-style transformers decoder layer (`self_attn` with q/k/v/o projections, `mlp`, two norms).
+    """
     attn = layer.self_attn
     B, T, _ = x.shape
     h = layer.input_layernorm(x)
@@ -113,7 +118,7 @@ class StaticDecoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # T -> graph, tokens in, logits out
         self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # first position of a captured step
         self.pad_prefill = False  # feed short prompt tails as one padded CHUNK-token step (turned on by `capture`)
-        self.compiled_forward = None  # `forward` compiled for steps of up to CHUNK tokens (set by `compile_steps`)
+        self.compiled_forward: Callable[..., torch.Tensor] | None = None  # `forward` compiled for steps of up to CHUNK tokens (set by `compile_steps`)
 
     def forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, masked: bool = True, last_only: bool = False,
