@@ -9,7 +9,6 @@ Python `try:`). `SymbolIndex` keeps the definitions of workspace files by name, 
 from __future__ import annotations
 
 import logging
-import os
 import textwrap
 import threading
 from dataclasses import dataclass, replace
@@ -17,9 +16,10 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import tree_sitter
 
-from midline.model import languages, syntax
+from midline.model import syntax
 from midline.model.languages import LANGUAGES, LanguageSpec
 from midline.model.syntax import definition_body, docstring, function_value, header_colon, line_start, unwrap
+from midline.server.files import MAX_FILE_BYTES, MAX_FILES, OpenVersions, is_under, path_key, source_files
 
 if TYPE_CHECKING:
     from midline.server.documents import Document
@@ -343,17 +343,11 @@ def _leaves(cursor: tree_sitter.TreeCursor, lo: int, hi: int) -> Iterator[Node]:
 
 # -- workspace index ------------------------------------------------------------------------------
 
-SKIP_DIRS = frozenset({"node_modules", ".venv", "venv", "__pycache__", "build", "dist", ".git", "target"})
-
-
-def _key(path: str) -> str:
-    return os.path.normpath(path) if os.path.isabs(path) else path
-
 
 class SymbolIndex:
     """Definitions of workspace files by name, for cross-file context.
 
-    Open documents (`index_file`) take precedence over their disk copies (`index_workspace`) until
+    Open documents (`index_file`) take precedence over their disk copies (`index_disk`, `index_workspace`) until
     `release`d. Thread-safe: the workspace can be indexed in a background thread.
     """
 
@@ -362,7 +356,7 @@ class SymbolIndex:
         self._files: dict[str, list[Definition]] = {}
         self._names: dict[str, dict[str, list[Definition]]] = {}  # name -> path -> definitions
         self._live: set[str] = set()  # paths indexed from open documents
-        self._versions: dict[str, tuple[int, str]] = {}  # open document URI -> (version, path) indexed
+        self._open = OpenVersions()
         self._lock = threading.Lock()
 
     def index_file(self, path: str, text: str, language: str, tree: tree_sitter.Tree | None = None) -> None:
@@ -370,56 +364,50 @@ class SymbolIndex:
         fails to index counts as defining nothing (logged)."""
         self._store(path, _safe_definitions(path, text.encode("utf-8", "surrogatepass"), language, tree), live=True)
 
+    def index_disk(self, path: str, source: bytes, language: str) -> None:
+        """(Re)index a file read from disk, unless it is open (parsed with this thread's parser)."""
+        with self._lock:
+            if path_key(path) in self._live:
+                return
+        tree = syntax.thread_parser(language).parse(source) if language in LANGUAGES else None
+        self._store(path, _safe_definitions(path, source, language, tree), live=False)
+
     def refresh(self, documents: Iterable[Document], exclude: str | None = None) -> None:
         """Index open documents changed since the last refresh (all but the URI `exclude`); release closed ones."""
-        open_uris = set()
-        for doc in documents:
-            open_uris.add(doc.uri)
-            if doc.uri != exclude and self._versions.get(doc.uri) != (doc.version, doc.path):
-                self.index_file(doc.path, doc.text, doc.language, doc.tree)
-                self._versions[doc.uri] = (doc.version, doc.path)
-        for uri in [uri for uri in self._versions if uri not in open_uris]:
-            self.release(self._versions.pop(uri)[1])
+        changed, closed = self._open.sync(documents, exclude)
+        for doc in changed:
+            self.index_file(doc.path, doc.text, doc.language, doc.tree)
+        for path in closed:
+            self.release(path)
 
     def release(self, path: str) -> None:
         """The document was closed: its disk copy may be indexed again."""
         with self._lock:
-            self._live.discard(_key(path))
+            self._live.discard(path_key(path))
 
     def forget(self, path: str) -> None:
         """Drop a file (deleted)."""
         self._store(path, [], live=False, force=True)
 
-    def index_workspace(self, root: str, max_files: int = 2000, max_bytes: int = 1_000_000) -> int:
-        """Index source files under `root` (skipping hidden and build/dependency folders); returns how many."""
-        parsers: dict[str, tree_sitter.Parser | None] = {}
+    def forget_under(self, root: str) -> int:
+        """Drop the disk files under the folder `root` (removed from the workspace); returns how many."""
+        with self._lock:
+            keys = [key for key in self._files if key not in self._live and is_under(key, root)]
+        for key in keys:
+            self.forget(key)
+        return len(keys)
+
+    def index_workspace(self, root: str, max_files: int = MAX_FILES, max_bytes: int = MAX_FILE_BYTES) -> int:
+        """Index source files under `root` (`files.source_files`: no hidden or build/dependency folders); returns
+        how many."""
         count = 0
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-            for filename in sorted(filenames):
-                language = languages.resolve(None, filename)
-                if language.grammar is None:
-                    continue
-                if count >= max_files:
-                    return count
-                path = os.path.join(dirpath, filename)
-                try:
-                    if os.path.getsize(path) > max_bytes:
-                        continue
-                    with open(path, "rb") as f:
-                        source = f.read()
-                except OSError:
-                    continue
-                if language.name not in parsers:
-                    parsers[language.name] = syntax.new_parser(language.name)
-                parser = parsers[language.name]
-                tree = parser.parse(source) if parser else None
-                self._store(path, _safe_definitions(path, source, language.name, tree), live=False)
-                count += 1
+        for file in source_files(root, max_files=max_files, max_bytes=max_bytes):
+            self.index_disk(file.path, file.source, file.language)
+            count += 1
         return count
 
     def _store(self, path: str, defs: list[Definition], *, live: bool, force: bool = False) -> None:
-        key = _key(path)
+        key = path_key(path)
         defs = [replace(d, path=path) for d in defs]
         with self._lock:
             if not live and not force and key in self._live:
@@ -444,7 +432,7 @@ class SymbolIndex:
 
         Names defined in more than `max_per_name` files are skipped as ambiguous.
         """
-        exclude = _key(exclude_path) if exclude_path else None
+        exclude = path_key(exclude_path) if exclude_path else None
         out: list[Definition] = []
         with self._lock:
             for name in dict.fromkeys(names):
@@ -458,7 +446,7 @@ class SymbolIndex:
 
     def definitions_in(self, path: str) -> list[Definition]:
         with self._lock:
-            return list(self._files.get(_key(path), ()))
+            return list(self._files.get(path_key(path), ()))
 
     def __len__(self) -> int:
         return len(self._files)
