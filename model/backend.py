@@ -24,6 +24,11 @@ EncodedPrompt: TypeAlias = "list[int] | RemotePrompt"
 Floor: TypeAlias = "float | dict[str, float] | None"
 
 
+class ModelLoadError(RuntimeError):
+    """The model can't be loaded; the message says what is wrong and how to fix it. (Defined here, without
+    torch, so that the server can catch it before the loader's modules are imported.)"""
+
+
 @dataclass
 class Generation:
     """One completion and how it ended."""

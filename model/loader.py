@@ -14,6 +14,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from midline.model import DEFAULT_MODEL_DIR
+from midline.model.backend import ModelLoadError as ModelLoadError  # raised here; importable from here too
 
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -22,10 +23,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }
-
-
-class ModelLoadError(RuntimeError):
-    """The model can't be loaded; the message says what is wrong and how to fix it."""
 
 
 def load_model(

@@ -17,15 +17,16 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-from midline.model.backend import Backend
+from midline.model.backend import Backend, ModelLoadError
 from midline.model.fim import FimPrompt
-from midline.model.instruct import InstructModel
-from midline.model.loader import ModelLoadError
 from midline.model.remote import RemoteError
 
 from .config import Config, CurrentConfig, Settings
+
+if TYPE_CHECKING:  # torch: imported when an instruction model is loaded, not with the server
+    from midline.model.instruct import InstructModel
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class Assistant:
         config = self.config
 
         def load() -> InstructModel:
+            from midline.model.instruct import InstructModel
+
             return InstructModel.load(path, device=config.device, trust_remote_code=config.trust_remote_code)
 
         try:

@@ -43,9 +43,6 @@ INTERNAL_ERROR = -32603
 SERVER_NOT_INITIALIZED = -32002
 REQUEST_CANCELLED = -32800
 
-# pygls logs whole messages (document text, completions, initialization options) at INFO.
-_PAYLOAD_LOGS = {"Sending data: %s", "Language server initialized %s", "Client response for %s received: %s"}
-
 
 def strict_converter() -> cattrs.Converter:
     """pygls's converter, but a string where a number belongs (or 1.5 for a line) is an error, not converted."""
@@ -361,16 +358,13 @@ def _untyped(message: dict[str, Any]) -> Any:
     return JsonRPCNotification(method=message["method"], jsonrpc="2.0", params=params)
 
 
-class _PayloadFilter(logging.Filter):
-    """Drops pygls's whole-message INFO lines unless the log is at DEBUG: they carry the user's code."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in _PAYLOAD_LOGS or logging.getLogger("pygls").isEnabledFor(logging.DEBUG)
-
-
-def quiet_payload_logs() -> None:
-    for name in ("pygls.protocol.json_rpc", "pygls.protocol.language_server"):
-        logging.getLogger(name).addFilter(_PayloadFilter())
+def quiet_pygls_logs() -> None:
+    """Below DEBUG, pygls logs only its warnings and errors. At INFO it logs whole messages (every reply, with
+    the suggestion's text; the initialize params; the client's responses) and a line per feature it registers;
+    an editor keeps each line (Neovim as an error), so the user's code would end up in the editor's logs."""
+    pygls = logging.getLogger("pygls")
+    if not pygls.isEnabledFor(logging.DEBUG):
+        pygls.setLevel(logging.WARNING)
 
 
 def parse_failure(error: BaseException, source: Any) -> bool:

@@ -2,8 +2,11 @@
 (conversions to LSP's types in `lsp.py`, JSON-RPC checks in `protocol.py`).
 
 Model work runs on one worker thread, off the event loop, so the server answers every request (and
-`$/cancelRequest`) while it generates. A missing or broken model never stops the server: it says what
-is wrong once, with `window/showMessage`, and answers completions with nothing.
+`$/cancelRequest`) while it generates. The model loads there too, after `initialize` is answered: this module
+imports neither torch nor transformers (the engine's modules are imported by the load), and until the model is
+ready, completions, hover explanations and actions get empty answers at once while `midline.status` says
+`loading`. A missing or broken model never stops the server: it says what is wrong once, with
+`window/showMessage`, `midline.status` says `failed` and why, and completions are answered with nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lsprotocol import types
@@ -24,10 +26,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
 from midline.model import DEFAULT_MODEL_DIR
-from midline.model.backend import Backend
-from midline.model.engine import Engine
+from midline.model.backend import Backend, ModelLoadError
 from midline.model.fim import FimFormatError
-from midline.model.loader import ModelLoadError
 from midline.model.remote import RemoteEngine, RemoteError, api_key_from
 
 from . import actions, lsp
@@ -37,8 +37,9 @@ from .completion import Completer
 from .config import Config, ConfigError, CurrentConfig, Settings
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
+from .model_thread import ModelThread
 from .postprocess import Suggestion
-from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_payload_logs, strict_converter
+from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_pygls_logs, strict_converter
 from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
@@ -57,29 +58,41 @@ class MidlineServer(LanguageServer):
     config = CurrentConfig()  # the current settings: `settings.current`, which every component reads
 
     def __init__(self) -> None:
+        quiet_pygls_logs()  # before pygls registers its features, a log line each
         super().__init__("midline", VERSION, protocol_cls=ServerProtocol, converter_factory=strict_converter)
-        quiet_payload_logs()
         self.failed_notifications: set[str] = set()  # methods whose internal error was shown, so each is shown once
         self.documents = DocumentStore()
         self.settings = Settings()  # the one holder: assigning `config` (its `current`) changes it everywhere
         self.symbols = SymbolIndex()
-        self.model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midline-model")
+        self.model_executor = ModelThread("midline-model")  # a daemon: exit never waits for a load in progress
         self.completer: Completer | None = None
         self.engine_ready: asyncio.Future[Completer | None] | None = None
         self.root: str | None = None
         self.client_has_inline_completion = False
         self.assistant = Assistant(self.engine, self.settings, self.model_executor, report=self.report)
         self.actions = Actions(self.assistant, self.settings)
-        busy = lambda: self.completer is not None and self.completer.generating  # noqa: E731
-        self.explainer = Explainer(self.assistant, busy, lambda: self.config.hover.idle_ms, self.actions.shown)
+        idle_ms = lambda: self.config.hover.idle_ms  # noqa: E731
+        self.explainer = Explainer(self.assistant, self.model_busy, idle_ms, self.actions.shown)
         self.backend_error: str | None = None  # the last remote backend failure shown, so it is shown once
+        self.load_error: str | None = None  # why the last load failed
 
     @property
     def codec(self):
         return self.workspace.position_codec
 
+    @property
+    def model_state(self) -> str:
+        """`loading` (also before `initialized` starts the load), `ready`, or `failed` (`load_error` says why)."""
+        if self.completer is not None:
+            return "ready"
+        return "failed" if self.engine_ready is not None and self.engine_ready.done() else "loading"
+
+    def model_busy(self) -> bool:
+        """Whether background work should wait: the model is loading, or generating a completion."""
+        return self.model_state == "loading" or (self.completer is not None and self.completer.generating)
+
     def load_engine(self) -> None:
-        """(Re)load the model in the background; requests wait for it, then use it or answer nothing."""
+        """(Re)load the model in the background; until it is ready, requests are answered without it."""
         config = self.config
         where = _backend_name(config)
 
@@ -90,23 +103,32 @@ class MidlineServer(LanguageServer):
             try:
                 engine = await asyncio.get_running_loop().run_in_executor(self.model_executor, load)
             except (ModelLoadError, FimFormatError, RemoteError, OSError, ValueError) as exc:
-                self.report(f"midline: cannot load {where}: {_load_failure(exc)}")
+                self.load_error = f"cannot load {where}: {_load_failure(exc)}"
+                self.report(f"midline: {self.load_error}")
                 return None
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
             self.completer = Completer(engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root)
             return self.completer
 
-        self.completer = None
+        self.completer, self.load_error = None, None
         self.engine_ready = asyncio.ensure_future(run())
 
     async def get_completer(self) -> Completer | None:
+        """The completer once the model is ready, else None at once (starting the load if none has started)."""
         if self.engine_ready is None:
             self.load_engine()
-        return await asyncio.shield(self.engine_ready)
+        return self.completer
 
     async def engine(self) -> Backend | None:
+        """The model once it is ready, else None at once."""
         completer = await self.get_completer()
         return completer.engine if completer is not None else None
+
+    def unavailable(self) -> str | None:
+        """Why there is no model to ask now (it is loading, or failed to load); None when it is ready."""
+        if self.model_state == "loading":
+            return "the model is still loading; ask again in a moment"
+        return f"no model: {self.load_error}" if self.model_state == "failed" else None
 
     def read_text(self, path: Path) -> str | None:
         """A file's text: the open document's if it is open, else the disk's; None if neither."""
@@ -182,6 +204,8 @@ def open_engine(config: Config) -> Backend:
     """The configured backend: the local model, or (`backend.kind` openai, llamacpp, ollama) a serving engine."""
     backend = config.backend
     if backend.kind == "local":
+        from midline.model.engine import Engine  # torch and transformers: imported here, off the startup path
+
         engine = Engine.load(
             config.model or DEFAULT_MODEL_DIR, device=config.device, fim_format=config.fim_format, trust_remote_code=config.trust_remote_code
         )
@@ -343,6 +367,10 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     """The picked action, computed now: an edit, or the explanation as a command."""
     doc, data = _action_data(ls, action.data)
     completer = await ls.get_completer()
+    if completer is None and not ls.config.actions.model and (why := ls.unavailable()):  # an answer now, not a wait
+        message = f"midline: {action.title.removeprefix('midline: ')}: {why}."
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=message))
+        return action
     window = completer.prompts.window if completer is not None else None
     async with lsp.progress(ls, action.title.removeprefix("midline: ")) as progress:
         outcome = await ls.actions.resolve(doc, data, progress, window, read=ls.read_text)
@@ -441,16 +469,19 @@ def hover(ls: MidlineServer, params: types.HoverParams) -> types.Hover | None:
 
 @server.command("midline.status")
 def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
-    """Model, device and latency for a status bar; counters for tests and benchmarks; the sandbox for
-    generated tests ("bubblewrap 0.8.0, seccomp", or "off: " and why they are offered unverified)."""
+    """The model's state (`loading`, `ready`, or `failed` with its `error`), model, device and latency for a
+    status bar; counters for tests and benchmarks; the sandbox for generated tests ("bubblewrap 0.8.0, seccomp",
+    or "off: " and why they are offered unverified)."""
     from .sandbox import sandbox_state
 
     completer = ls.completer
     sandbox = sandbox_state().description
     if completer is None:
-        return {"ready": False, "model": _model_label(ls.config), "sandbox": sandbox}
+        failed = {"error": ls.load_error} if ls.model_state == "failed" else {}
+        return {"ready": False, "state": ls.model_state, **failed, "model": _model_label(ls.config), "sandbox": sandbox}
     return {
         "ready": True,
+        "state": "ready",
         "model": _model_label(ls.config),
         "sandbox": sandbox,
         "device": str(completer.engine.device),

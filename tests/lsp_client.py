@@ -1,10 +1,15 @@
-"""Start the real `midline serve` process over stdio and drive it with pytest-lsp's client."""
+"""Start the real `midline serve` process over stdio and drive it with pytest-lsp's client.
+
+The server answers `initialize` before its model is loaded; `running_server` waits until `midline.status` says
+the model is ready (or failed to load) unless asked not to, so that a test's first request reaches the model.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, make_test_lsp_client
 
 SERVER = [sys.executable, "-m", "midline.server", "--log-level", "WARNING"]
+LOAD_TIMEOUT_S = 120.0  # torch's import and the model's load, on a busy machine
 
 
 def capabilities(*, inline: bool = True, encodings: list[str] | None = None) -> types.ClientCapabilities:
@@ -32,11 +38,18 @@ def capabilities(*, inline: bool = True, encodings: list[str] | None = None) -> 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: dict[str, Any], root: Path, *, inline: bool = True, encodings: list[str] | None = None
+    settings: dict[str, Any],
+    root: Path,
+    *,
+    inline: bool = True,
+    encodings: list[str] | None = None,
+    loaded: bool = True,
+    command: list[str] = SERVER,
 ) -> AsyncIterator[tuple[LanguageClient, types.InitializeResult]]:
-    """A server process, initialized with `settings` as initializationOptions; shut down on exit."""
+    """A server process (`command`), initialized with `settings` as initializationOptions, its model loaded
+    (or failed) unless `loaded` is false; shut down on exit."""
     client = make_test_lsp_client()
-    await client.start_io(*SERVER)
+    await client.start_io(*command)
     try:
         result = await client.initialize_session(
             types.InitializeParams(
@@ -45,6 +58,8 @@ async def running_server(
                 initialization_options={"midline": settings},
             )
         )
+        if loaded:
+            await wait_until_loaded(client)
         yield client, result
     finally:  # shut down even when the test failed, or stopping waits for the server forever
         with contextlib.suppress(Exception):
@@ -71,3 +86,12 @@ async def inline(client: LanguageClient, uri: str, line: int, character: int, *,
 
 async def status(client: LanguageClient) -> dict[str, Any]:
     return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="midline.status"))
+
+
+async def wait_until_loaded(client: LanguageClient, timeout_s: float = LOAD_TIMEOUT_S) -> dict[str, Any]:
+    """`midline.status` once the model is no longer loading (ready, or failed to load)."""
+    deadline = time.monotonic() + timeout_s
+    while (now := await status(client))["state"] == "loading":
+        assert time.monotonic() < deadline, f"the model was still loading after {timeout_s:.0f} s"
+        await asyncio.sleep(0.05)
+    return now

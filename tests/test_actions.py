@@ -31,7 +31,7 @@ from midline.server.documents import Document
 from midline.model.syntax import new_parser
 from midline.server.verify import verify_tests
 
-from .lsp_client import SERVER, open_document, status
+from .lsp_client import SERVER, open_document, status, wait_until_loaded
 from .marks import needs_sandbox
 
 CODE = '''import math
@@ -514,6 +514,7 @@ async def serve(settings: dict, root: Path, capabilities: types.ClientCapabiliti
         await client.initialize_session(
             types.InitializeParams(capabilities=capabilities, root_uri=root.as_uri(), initialization_options={"midline": settings})
         )
+        await wait_until_loaded(client)
         yield client
     finally:
         with contextlib.suppress(Exception):

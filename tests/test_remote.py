@@ -443,6 +443,10 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
         client.workspace_did_change_configuration(
             types.DidChangeConfigurationParams(settings={"midline": {"backend": {**backend, "url": dead}, "cacheSize": 0}})
         )
+        for _ in range(500):  # the backend reloads in the background: until then, answers are empty without it
+            if dead in (await status(client)).get("device", ""):
+                break
+            await asyncio.sleep(0.02)
         client.messages.clear()
         for _ in range(2):
             assert not (await inline(client, uri, E2E_LINE, column)).items

@@ -2,7 +2,8 @@
 --   nvim --headless --clean -u tests/nvim/init.lua -S tests/nvim/complete.lua
 -- Environment: MIDLINE_CMD and MIDLINE_INIT_OPTIONS (JSON) override the README's `cmd` and
 -- `init_options`; MIDLINE_FILE is opened, the cursor goes to the end of line MIDLINE_LINE (1-based) in
--- insert mode, `vim.lsp.completion.get()` asks the server, and the popup menu's item is selected
+-- insert mode once `midline.status` says the model is ready (the server answers initialize before it
+-- loads the model), `vim.lsp.completion.get()` asks the server, and the popup menu's item is selected
 -- (<C-n>) and accepted (<C-y>) as a user would. Then the buffer, the accepted LSP item and a log of
 -- the steps are written as JSON to MIDLINE_OUT and Neovim quits, which stops the server.
 local start = vim.uv.hrtime()
@@ -56,6 +57,25 @@ local function when(condition, what, and_then)
   poll()
 end
 
+-- The model's state from `midline.status`, asked without blocking: nil until it is `ready` (or `failed`).
+local function model_state(client, buf)
+  local state, asking = nil, false
+  return function()
+    if not asking then
+      asking = true
+      client:request("workspace/executeCommand", { command = "midline.status", arguments = {} }, function(err, result)
+        asking = false
+        if err then
+          state = "error: " .. tostring(err.message)
+        elseif result and result.state ~= "loading" then
+          state = result.state .. (result.error and (": " .. result.error) or "")
+        end
+      end, buf)
+    end
+    return state
+  end
+end
+
 local function main()
   local line = tonumber(need("MIDLINE_LINE"))
   vim.o.completeopt = "menuone,noselect" -- show the menu even for one item, select nothing yet
@@ -83,19 +103,24 @@ local function main()
     return client and client.initialized and client
   end, "client attached and initialized", function(client)
     log("cmd " .. vim.json.encode(client.config.cmd))
-    vim.api.nvim_win_set_cursor(0, { line, 0 })
-    -- `A` appends at the end of the line; then completion is requested, as a keymap would.
-    vim.api.nvim_feedkeys(vim.keycode("A<Cmd>lua vim.lsp.completion.get()<CR>"), "n", false)
-    when(function()
-      return vim.fn.pumvisible() == 1
-    end, "popup menu", function()
-      local items = vim.fn.complete_info({ "items" }).items
-      log(("%d item(s), words %s"):format(#items, vim.json.encode(vim.tbl_map(function(i) return i.word end, items))))
-      vim.api.nvim_feedkeys(vim.keycode("<C-n><C-y><Esc>"), "n", false)
+    when(model_state(client, buf), "model loaded", function(state)
+      if state ~= "ready" then
+        return finish({ error = "the model did not load: " .. state })
+      end
+      vim.api.nvim_win_set_cursor(0, { line, 0 })
+      -- `A` appends at the end of the line; then completion is requested, as a keymap would.
+      vim.api.nvim_feedkeys(vim.keycode("A<Cmd>lua vim.lsp.completion.get()<CR>"), "n", false)
       when(function()
-        return accepted ~= nil and vim.api.nvim_get_mode().mode == "n"
-      end, "item accepted, back in normal mode", function()
-        finish({ item = accepted, server_pids = vim.api.nvim_get_proc_children(vim.fn.getpid()) })
+        return vim.fn.pumvisible() == 1
+      end, "popup menu", function()
+        local items = vim.fn.complete_info({ "items" }).items
+        log(("%d item(s), words %s"):format(#items, vim.json.encode(vim.tbl_map(function(i) return i.word end, items))))
+        vim.api.nvim_feedkeys(vim.keycode("<C-n><C-y><Esc>"), "n", false)
+        when(function()
+          return accepted ~= nil and vim.api.nvim_get_mode().mode == "n"
+        end, "item accepted, back in normal mode", function()
+          finish({ item = accepted, server_pids = vim.api.nvim_get_proc_children(vim.fn.getpid()) })
+        end)
       end)
     end)
   end)

@@ -264,7 +264,7 @@ class Midline {
   private async poll(): Promise<void> {
     await this.refreshStatus();
     if (this.client !== undefined && this.state === "running") {
-      this.schedulePoll(this.lastStatus?.ready ? POLL_READY_MS : POLL_LOADING_MS);
+      this.schedulePoll(this.lastStatus?.ready || this.lastStatus?.state === "failed" ? POLL_READY_MS : POLL_LOADING_MS);
     }
   }
 

@@ -6,6 +6,9 @@
 /** What `midline.status` returns (server/server.py `status`); every field may be missing. */
 export interface ServerStatus {
   ready?: boolean;
+  /** `loading` (the server answers before its model is loaded), `ready`, or `failed` (`error` says why). */
+  state?: "loading" | "ready" | "failed";
+  error?: string;
   model?: string;
   device?: string;
   fimFormat?: string;
@@ -63,6 +66,10 @@ export function formatStatus(state: ClientState, status: ServerStatus | undefine
     return { text: "$(loading~spin) midline", tooltip: "**midline**: starting the server…", severity: "none" };
   }
   const model = modelName(status.model);
+  if (status.state === "failed") {
+    const why = escapeMarkdown(status.error ?? "See the midline output channel.");
+    return { text: `$(error) midline: ${model}`, tooltip: `**midline**: no model.\n\n${why}`, severity: "error" };
+  }
   if (!status.ready) {
     const text = paused ? `$(debug-pause) midline: ${model}` : `$(loading~spin) midline: ${model}`;
     return { text, tooltip: `**midline**: loading ${escapeMarkdown(status.model ?? model)}…\n\n${click}`, severity: "none" };

@@ -66,6 +66,14 @@ describe("status bar", () => {
     assert.match(failed.tooltip, /the \\`midline\\` command is not on PATH/);
   });
 
+  test("a model that failed to load is an error, with the server's reason", () => {
+    const view = formatStatus("running", { ready: false, state: "failed", model: "/m/tiny", error: "cannot load the model at /m/tiny" }, false);
+    assert.equal(view.text, "$(error) midline: tiny");
+    assert.equal(view.severity, "error");
+    assert.match(view.tooltip, /cannot load the model at \/m\/tiny/);
+    assert.equal(formatStatus("running", { ready: false, state: "loading", model: "/m/tiny" }, false).text, "$(loading~spin) midline: tiny");
+  });
+
   test("markdown in paths is escaped", () => {
     assert.equal(escapeMarkdown("/a_b/*c*"), "/a\\_b/\\*c\\*");
   });
