@@ -1,9 +1,10 @@
 """Tree-sitter and offset helpers shared by the server, the tasks and training: one copy of each.
 
 Parsers per language (grammars from model/languages.py), error counting (MISSING nodes included), the
-definition inside a wrapper, a definition's name, body, header colon and docstring, and the offsets
-between string indexes and the UTF-8 byte offsets tree-sitter counts. All text is encoded with `utf8`
-(lone surrogates, which LSP's JSON can carry, pass through).
+longest head of code that parses, the definition inside a wrapper, a definition's name, body, header colon
+and docstring, a Python string's content and a Python definition in parts (header, docstring, body), and
+the offsets between string indexes and the UTF-8 byte offsets tree-sitter counts. All text is encoded
+with `utf8` (lone surrogates, which LSP's JSON can carry, pass through).
 
 Lines: `line_start` is the index of a line's first character, `line_end` the index of the "\\n" that
 ends it (its content end), `next_line` the index after that "\\n"; each works on str and bytes alike.
@@ -12,7 +13,9 @@ ends it (its content end), `next_line` the index after that "\\n"; each works on
 from __future__ import annotations
 
 import functools
+import textwrap
 import threading
+from dataclasses import dataclass
 from typing import AnyStr
 
 import tree_sitter
@@ -139,6 +142,25 @@ def parses(language: str, code: str) -> bool | None:
     return not parse(language, code).root_node.has_error
 
 
+def parsing_head(language: str, code: str) -> str:
+    """The longest head of `code` made of whole top-level statements that parses without errors (a
+    language with a grammar); "" if there is none."""
+    if parses(language, code):
+        return code
+    tree = parse(language, code)
+    data = utf8(code)
+    ends = [next_line(code, char_offset(data, n.end_byte)) for n in tree.root_node.children if not n.has_error and n.type != "ERROR"]
+    for end in sorted(set(ends), reverse=True):
+        if parses(language, code[:end]):
+            return code[:end]
+    lines = code.split("\n")
+    for n in range(len(lines) - 1, 0, -1):  # no clean statement boundary: drop lines from the end
+        head = "\n".join(lines[:n]) + "\n"
+        if parses(language, head):
+            return head
+    return ""
+
+
 # -- definitions ------------------------------------------------------------------------------------
 
 
@@ -211,3 +233,66 @@ def docstring(body: Node | None) -> Node | None:
     """The docstring statement opening a block or module (see `is_string_statement`), else None."""
     first = body.named_children[0] if body is not None and body.named_child_count else None
     return first if first is not None and is_string_statement(first) else None
+
+
+def string_content(string: Node) -> str | None:
+    """The text between a Python string literal's quotes; None for f-strings, byte strings and concatenations."""
+    start = next((c for c in string.children if c.type == "string_start"), None)
+    end = next((c for c in reversed(string.children) if c.type == "string_end"), None)
+    if start is None or end is None or any(c.type == "interpolation" for c in string.children):
+        return None
+    opener = start.text.decode()
+    if "b" in opener.lower() or "f" in opener.lower():
+        return None
+    return string.text.decode("utf-8", "replace")[len(opener): len(string.text.decode("utf-8", "replace")) - len(end.text.decode())]
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A Python function or class in parts (see `definition_parts`)."""
+
+    header: str  # decorators + `def f(x):` / `class C(B):`
+    indent: str  # the body's indentation
+    docstring: str | None  # text between the quotes of its docstring, as written
+    body: str  # the body after the docstring, each line ending with a newline ("" if none)
+
+
+def definition_parts(code: str) -> Definition | None:
+    """A Python function or class (dedented first) split into header, body indentation, docstring and
+    body; a one-line body (`def f(x): return x`) moves to its own line, indented by four spaces. None if
+    `code` is not one definition (comments aside) without syntax errors."""
+    code = textwrap.dedent(code)
+    data = utf8(code)
+    roots = [n for n in parse("python", code).root_node.named_children if n.type != "comment"]
+    if len(roots) != 1:
+        return None
+    outer = roots[0]
+    node = unwrap(outer, "python")
+    body = node.child_by_field_name("body")
+    if node.type not in ("function_definition", "class_definition") or body is None or outer.has_error:
+        return None
+    colon = header_colon(node)
+    if colon is None:
+        return None
+    header = data[outer.start_byte:colon.end_byte].decode("utf-8", "surrogatepass")
+    header_end_line = code.count("\n", 0, char_offset(data, colon.end_byte))
+    statements = body.named_children
+    first = docstring(body)
+    text = None
+    if first is not None:
+        text = string_content(first.named_children[0])
+        rest_start = next_line(code, char_offset(data, first.end_byte)) if len(statements) == 1 or statements[1].start_point.row > first.end_point.row else char_offset(data, statements[1].start_byte)
+    else:
+        rest_start = None
+    if body.start_point.row == header_end_line:  # `def f(x): return x`: the body moves to its own line
+        indent = "    "
+        start = rest_start if rest_start is not None else char_offset(data, body.start_byte)
+        rest = code[start:].strip()
+        body_text = "".join(indent + line + "\n" for line in rest.split("\n")) if rest else ""
+    else:
+        body_line = line_start(code, char_offset(data, body.start_byte))
+        indent = code[body_line:char_offset(data, body.start_byte)]
+        indent = indent if not indent.strip() else "    "
+        start = rest_start if rest_start is not None else body_line
+        body_text = code[start:]
+    return Definition(header, indent, text, body_text.rstrip() + "\n" if body_text.strip() else "")

@@ -35,7 +35,7 @@ from .symbols import definitions_of, enclosing_scopes
 from .sandbox import sandbox_state
 from .verify import Verified, verify_tests
 
-EXPLAIN, FIX, TESTS, FROM_COMMENT = "explain", "fix", "tests", "fromComment"
+EXPLAIN, FIX, TESTS, FROM_COMMENT = tasks.EXPLAIN.name, tasks.FIX.name, tasks.TESTS.name, tasks.FROM_COMMENT.name
 KINDS = {
     EXPLAIN: "refactor.midline.explain",
     FIX: "quickfix.midline.fix",
@@ -313,11 +313,11 @@ def explain_ask(code: str, language: str, path: str = "") -> Ask:
     return Ask(
         EXPLAIN,
         content_hash(EXPLAIN, language, code),
-        tasks.explain_prompt(code, language, path=path),
-        parse=lambda text: tasks.parse_explanation(text, language),
-        messages=tasks.explain_messages(code, language),
-        parse_chat=str.strip,
-        stop=tasks.should_stop(EXPLAIN, language),
+        tasks.EXPLAIN.prompt(code, language, path=path),
+        parse=lambda text: tasks.EXPLAIN.parse(text, language),
+        messages=tasks.EXPLAIN.messages(code, language),
+        parse_chat=tasks.EXPLAIN.parse_chat,
+        stop=tasks.EXPLAIN.should_stop(language),
     )
 
 
@@ -326,24 +326,24 @@ def fix_ask(code: str, diagnostics: list[str], language: str, path: str = "") ->
     return Ask(
         FIX,
         content_hash(FIX, language, code, *diagnostics),
-        tasks.fix_prompt(code, diagnostics, language, path=path),
-        parse=lambda text: tasks.parse_fix(text, language),
-        messages=tasks.fix_messages(code, diagnostics, language),
-        parse_chat=tasks.parse_code_block,
-        stop=tasks.should_stop(FIX, language),
+        tasks.FIX.prompt(code, diagnostics, language, path=path),
+        parse=lambda text: tasks.FIX.parse(text, language),
+        messages=tasks.FIX.messages(code, diagnostics, language),
+        parse_chat=tasks.FIX.parse_chat,
+        stop=tasks.FIX.should_stop(language),
     )
 
 
 def tests_ask(module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str) -> Ask:
-    prompt = tasks.tests_prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
+    prompt = tasks.TESTS.prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
     return Ask(
         TESTS,
         content_hash(TESTS, language, module_path, module_source, module, test_path, *names),
         prompt,
-        parse=lambda text: tasks.parse_tests(prompt, text, language),
-        messages=tasks.tests_messages(module_path, module_source, names, language),
-        parse_chat=tasks.parse_code_block,
-        stop=tasks.should_stop(TESTS, language),
+        parse=lambda text: tasks.TESTS.parse(prompt, text, language),
+        messages=tasks.TESTS.messages(module_path, module_source, names, language),
+        parse_chat=tasks.TESTS.parse_chat,
+        stop=tasks.TESTS.should_stop(language),
     )
 
 
@@ -352,11 +352,11 @@ def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
     return Ask(
         FROM_COMMENT,
         content_hash(FROM_COMMENT, language, prompt.prefix, prompt.suffix),
-        tasks.from_comment_prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
-        parse=lambda text: tasks.parse_from_comment(text, language),
-        messages=tasks.from_comment_messages(comment, context, language),
-        parse_chat=tasks.parse_code_block,
-        stop=tasks.should_stop(FROM_COMMENT, language),
+        tasks.FROM_COMMENT.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
+        parse=lambda text: tasks.FROM_COMMENT.parse(text, language),
+        messages=tasks.FROM_COMMENT.messages(comment, context, language),
+        parse_chat=tasks.FROM_COMMENT.parse_chat,
+        stop=tasks.FROM_COMMENT.should_stop(language),
     )
 
 

@@ -28,7 +28,7 @@ from midline.model.remote import RemoteError
 from midline.server.assistant import Assistant, Cancelled, Failed
 from midline.server.config import Config
 from midline.server.documents import Document
-from midline.model.syntax import new_parser
+from midline.model.syntax import new_parser, parses
 from midline.server.verify import verify_tests
 
 from .lsp_client import SERVER, open_document, status, wait_until_loaded
@@ -156,7 +156,7 @@ def test_appending_tests_drops_imports_the_file_has():
     existing = "import pytest\n\nfrom calc import add\n\n\ndef test_old():\n    assert add(1, 1) == 2\n"
     added = actions.merge_tests(existing, "import pytest\n\nfrom calc import add\n\n\ndef test_new():\n    assert add(2, 2) == 4\n")
     assert added == "\n\ndef test_new():\n    assert add(2, 2) == 4\n"
-    assert tasks.parses(existing + added)
+    assert parses("python", existing + added)
 
 
 # -- resolving with canned model answers ------------------------------------------------------------
@@ -312,7 +312,7 @@ def test_generated_tests_are_appended_to_an_existing_file_and_other_languages_ar
     outcome, _ = resolve({"tests": "add():\n    assert add(2, 2) == 4\n"}, d, offer_of(d, "tests", 1), tmp_path)
     assert outcome.existing == existing and outcome.path == tmp_path / "test_calc.py"
     assert "from calc import add" not in outcome.text and "def test_add" in outcome.text
-    assert tasks.parses(existing + outcome.text)
+    assert parses("python", existing + outcome.text)
     go = doc("package calc\n\nfunc Add(a, b int) int {\n\treturn a + b\n}\n", "calc.go", tmp_path, "go")
     offer = offer_of(go, "tests", go.text.index("Add"))
     assert offer.title.endswith("(unverified)")
@@ -524,7 +524,7 @@ async def serve(settings: dict, root: Path, capabilities: types.ClientCapabiliti
 
 def test_instruct_model_uses_its_chat_template_and_stops_when_cancelled(tiny_chat_model_dir, tiny_model_dir):
     model = InstructModel.load(tiny_chat_model_dir, device="cpu")
-    messages = tasks.explain_messages("def f(): pass")
+    messages = tasks.EXPLAIN.messages("def f(): pass")
     assert model.tokenizer.decode(model.prompt_ids(messages)).startswith("<|system|>\n" + tasks.SYSTEM + "\n<|user|>\nExplain")
     assert model.generate(messages, max_new_tokens=3).finish_reason == "length"
     cancel = threading.Event()

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from midline.model import tasks
 from midline.model.fim import MIDLINE
+from midline.model.syntax import parses
 from midline.model.engine import Engine
 from midline.training import evaluate_tasks as E
 from midline.training import sft, sft_mine
@@ -159,7 +160,7 @@ def test_miners_find_docstrings_tests_and_bugs(mined):
     fixes = [r for r in records if r["kind"] == "fix"]
     assert fixes and meta["splits"]["train"]["fix"] == len(fixes)
     for r in fixes:
-        assert r["buggy"] != r["fixed"] and tasks.parses(r["buggy"]) and sft_mine.compiles(r["buggy"])
+        assert r["buggy"] != r["fixed"] and parses("python", r["buggy"]) and sft_mine.compiles(r["buggy"])
         assert r["fixed"].split("\n")[0] in OPS + TEST_OPS and r["mutation"] in sft_mine.MUTATIONS
     assert {r["repo"] for r in sft_mine.read_records(mined, "valid")} == {"strs"}  # held out by package
 
@@ -200,11 +201,11 @@ def test_prompt_tokens_equal_the_servers_and_the_loss_is_on_the_answer_only(mine
         record = next(r for r in records if r["kind"] == kind)
         ids, n = sft.encode_record(record, tokenizer, 4096)
         if kind == "explain":
-            served = tasks.explain_prompt(record["code"], path=record["path"])
+            served = tasks.EXPLAIN.prompt(record["code"], path=record["path"])
         elif kind == "fix":
-            served = tasks.fix_prompt(record["buggy"], path=record["path"])
+            served = tasks.FIX.prompt(record["buggy"], path=record["path"])
         else:
-            served = tasks.tests_prompt(record["path"], record["module"], ["clamp", "mean"], module="calc.ops", test_path=record["test_path"])
+            served = tasks.TESTS.prompt(record["path"], record["module"], ["clamp", "mean"], module="calc.ops", test_path=record["test_path"])
         assert ids[:n] == tiny_engine.encode(served)  # the server's own encoding (the format's default layout)
         middle = sft.task_example(record)[1]
         assert tokenizer.decode(ids[n:-1]) == middle and ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -302,3 +303,9 @@ def test_eval_tasks_runs_end_to_end(planted, tiny_model_dir, tmp_path, capsys):
     assert m["tests"]["n"] == 1 and 0 <= m["tests"]["pass_rate"] <= 1 and 0 <= m["tests"]["kill_rate"] <= m["tests"]["pass_rate"]
     assert (tmp_path / "tasks.tasks.jsonl").exists()
     assert "explain  n=2" in capsys.readouterr().out
+
+
+def test_the_mined_and_evaluated_kinds_come_from_the_task_records():
+    assert sft_mine.KINDS == ("explain", "tests", "fix")  # the order mined records are sorted in (outputs unchanged)
+    assert E.KINDS == ("explain", "fix", "tests")  # the order of eval-tasks' --max-new-tokens
+    assert all(tasks.TASKS[kind].record_example is not None for kind in E.KINDS)

@@ -9,6 +9,7 @@ from midline.model.fim import shown_path
 from midline.model.syntax import (
     byte_offset,
     char_offset,
+    definition_parts,
     docstring,
     error_count,
     header_colon,
@@ -18,6 +19,8 @@ from midline.model.syntax import (
     node_name,
     parse,
     parses,
+    parsing_head,
+    string_content,
     unwrap,
     utf8,
 )
@@ -156,6 +159,31 @@ def test_docstring_is_a_block_opening_with_one_string() -> None:
     assert docstring(body("def f():\n    return 1\n    'late'\n")) is None
     assert docstring(parse("python", '"""Module."""\nx = 1\n').root_node) is not None
     assert docstring(None) is None
+
+
+def test_string_content_is_between_the_quotes_of_a_plain_string() -> None:
+    def string(code: str):
+        return _first("python", code).named_children[0]
+
+    assert string_content(string('"""Does f.\n"""\n')) == "Does f.\n"
+    assert string_content(string("r'raw'\n")) == "raw"
+    assert string_content(string('f"x{y}"\n')) is None and string_content(string('b"x"\n')) is None
+
+
+def test_definition_parts_split_header_docstring_and_body() -> None:
+    parts = definition_parts('    @cache\n    def f(x):\n        """Doc."""\n        return x\n')  # dedented first
+    assert (parts.header, parts.indent, parts.docstring, parts.body) == ("@cache\ndef f(x):", "    ", "Doc.", "    return x\n")
+    one_line = definition_parts("def f(x): return x")  # the body moves to its own line
+    assert (one_line.header, one_line.indent, one_line.docstring, one_line.body) == ("def f(x):", "    ", None, "    return x\n")
+    assert definition_parts('class C:\n    """Only a docstring."""\n').body == ""
+    assert definition_parts("x = 1\n") is None and definition_parts("def f(:\n    pass\n") is None
+    assert definition_parts("def f():\n    pass\n\n\ndef g():\n    pass\n") is None  # two definitions
+
+
+def test_parsing_head_is_the_longest_head_of_whole_statements_that_parses() -> None:
+    assert parsing_head("python", "x = 1\n") == "x = 1\n"
+    assert parsing_head("python", "x = 1\n\n\ndef f(:\n    pass\n") == "x = 1\n"
+    assert parsing_head("python", "def f(:\n") == ""
 
 
 def test_shown_path_is_relative_to_the_root_when_inside_it() -> None:

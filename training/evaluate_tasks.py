@@ -5,16 +5,16 @@ chosen reproducibly from a seed (files in a seeded order, at most one task per f
 saved as JSON lines, so every model is measured on the same:
 
 - explain: a function or class with a docstring (`sft_mine.explain_records`). The model fills the docstring
-  slot of `tasks.explain_prompt`; `tasks.parse_explanation` reads the answer, which is compared with the
+  slot of `tasks.EXPLAIN.prompt`; `tasks.EXPLAIN.parse` reads the answer, which is compared with the
   real docstring (both `inspect.cleandoc`-ed): ROUGE-L F1 over lower-cased word tokens, character edit
   similarity (1 - Levenshtein / longer length), exact match.
-- fix: a synthetic bug in a function (`sft_mine.mutate`). The model writes after `tasks.fix_prompt`'s marker;
-  `tasks.parse_fix` reads the answer. fix rate: the answer equals the original function (trailing
+- fix: a synthetic bug in a function (`sft_mine.mutate`). The model writes after `tasks.FIX.prompt`'s marker;
+  `tasks.FIX.parse` reads the answer. fix rate: the answer equals the original function (trailing
   whitespace aside); same tree: the answer's syntax tree equals the original's (formatting and comments
   aside); parses; unchanged: the answer is the buggy code again.
 - tests: a public top-level function of a held-out module that imports on its own (no relative imports;
   checked in the sandbox), and a mutant of it. The model writes the test module after
-  `tasks.tests_prompt`'s header; `tasks.parse_tests` reads it; the server's `verify_tests` runs it in the
+  `tasks.TESTS.prompt`'s header; `tasks.TESTS.parse` reads it; the server's `verify_tests` runs it in the
   sandbox (`server/sandbox.py`) against the module and keeps the passing tests, which then run
   against the mutant. pass rate: at least one test passes on the correct code (the server has something
   to offer); kill rate: the kept tests pass on the correct code and fail on the mutant (they test it).
@@ -36,7 +36,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from midline.model import tasks
-from midline.model.syntax import line_start, node_name, parse, unwrap, utf8
+from midline.model.syntax import line_start, node_name, parse, parses, unwrap, utf8
 from midline.training import sft_mine
 from midline.training.evaluate import add_task_arguments, write_report
 from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
@@ -44,7 +44,7 @@ from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
 from midline.training import stage
 from midline.training.stage import save_jsonl, sha256_file
 
-KINDS = ("explain", "fix", "tests")
+KINDS = tuple(task.name for task in (tasks.EXPLAIN, tasks.FIX, tasks.TESTS))  # the kinds evaluated, in --max-new-tokens order
 MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
 _IMPORT_CHECK = """\
@@ -64,7 +64,8 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandb
     docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000), key=lambda d: (d["repo"], d["path"]))
     config = sft_mine.MineConfig(seed=seed)
     out: list[dict] = []
-    for kind, count in (("explain", per_kind), ("fix", per_kind), ("tests", tests)):
+    for kind in KINDS:
+        count = tests if kind == tasks.TESTS.name else per_kind
         rng = random.Random(f"{seed}:{kind}")
         order = list(range(len(docs)))
         rng.shuffle(order)
@@ -131,13 +132,8 @@ def _imports(task: dict, timeout_s: float) -> bool:
 
 
 def prompt_of(task: dict):
-    """The prompt the server sends for a task."""
-    kind = task["kind"]
-    if kind == "explain":
-        return tasks.explain_prompt(task["code"], path=task["path"])
-    if kind == "fix":
-        return tasks.fix_prompt(task["buggy"], path=task["path"])
-    return tasks.tests_prompt(task["path"], task["module"], [task["name"]])
+    """The prompt the server sends for a task (its kind's `record_prompt`)."""
+    return tasks.TASKS[task["kind"]].record_prompt(task)
 
 
 def save_tasks(items: list[dict], path: Path) -> str:
@@ -154,15 +150,15 @@ def load_tasks(path: Path) -> list[dict]:
 
 
 def score_explain(task: dict, output: str) -> dict:
-    got = tasks.parse_explanation(output)
-    want = inspect.cleandoc(tasks.explain_example(task["code"], path=task["path"])[1]).strip()
+    got = tasks.EXPLAIN.parse(output)
+    want = inspect.cleandoc(tasks.EXPLAIN.record_example(task)[1]).strip()
     return {"result": got, "rouge_l": rouge_l(got, want), "edit_similarity": edit_similarity(got, want), "exact": got == want, "empty": not got}
 
 
 def score_fix(task: dict, output: str) -> dict:
-    got = tasks.parse_fix(output)
+    got = tasks.FIX.parse(output)
     fixed, buggy = normalize(task["fixed"]), normalize(task["buggy"])
-    return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]), "parses": bool(got) and tasks.parses(got),
+    return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]), "parses": bool(got) and bool(parses("python", got)),
             "unchanged": normalize(got) == buggy, "edit_similarity": edit_similarity(normalize(got), fixed), "empty": not got}
 
 
@@ -170,7 +166,7 @@ def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
     """Run the generated tests as the server does (`verify_tests` keeps the passing ones), then the kept ones on the mutant."""
     from midline.server.verify import verify_tests
 
-    source = tasks.parse_tests(prompt_of(task), output)
+    source = tasks.TESTS.parse(prompt_of(task), output)
     test_file = f"test_{tasks.module_name(task['path'])}.py"
     written = [t.name for t in tasks.test_functions(source)]
     row = {"result": source, "tests": len(written), "passed": 0, "passes": False, "kills": False, "note": ""}
@@ -207,7 +203,7 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
     rows = []
     for task in stage.progress(items, progress, "eval-tasks"):
         ids = engine.encode(prompt_of(task))
-        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=tasks.should_stop(task["kind"]))
+        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=tasks.TASKS[task["kind"]].should_stop())
         row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"), "tokens": len(generation.token_ids),
                "finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens}
         if task["kind"] == "explain":
@@ -217,7 +213,7 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
         elif run_tests:
             row.update(score_tests(task, generation.text, timeout_s=sandbox_timeout_s), mutation=task["mutation"])
         else:
-            row.update(result=tasks.parse_tests(prompt_of(task), generation.text))
+            row.update(result=tasks.TESTS.parse(prompt_of(task), generation.text))
         rows.append(row)
     report = {
         "model": str(Path(model_dir).resolve()), "device": str(engine.device), "fim_format": engine.fim.name,
@@ -300,7 +296,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("eval-tasks needs --corpus DIR, or an existing --tasks FILE")
     if not items:
         parser.error("no tasks: the held-out split has no functions to ask about")
-    limits = dict(zip(("explain", "fix", "tests"), args.max_new_tokens))
+    limits = dict(zip(KINDS, args.max_new_tokens))
     report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run, progress=sys.stderr.isatty())
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
                            sha256=sha256_file(tasks_file) if tasks_file else None)

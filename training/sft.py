@@ -48,24 +48,12 @@ from midline.training.stage import SPLITS, command, corpus_fingerprint, read_jso
 
 
 def task_example(record: dict) -> tuple[FimPrompt, str] | None:
-    """(prompt, middle) of a record, built by `midline.model.tasks` exactly as the server builds the prompt."""
-    kind = record["kind"]
-    if kind == "explain":
-        return tasks.explain_example(record["code"], path=record["path"])
-    if kind == "tests":
-        example = tasks.tests_example(record["path"], record["module"], record["test"], test_path=record["test_path"])
-        module = record.get("import_name") or tasks.module_name(record["path"])
-        if example is None or module == tasks.module_name(record["path"]):
-            return example
-        # a package module: the header imports its dotted name, as the server's prompt does (tests_example
-        # takes no `module`; these are its names, read the same way)
-        prelude = record["test"][: re.search(r"^def test_", record["test"], re.MULTILINE).start()]
-        names = [n.strip() for m in re.finditer(rf"^from\s+(?:[\w.]+\.)?{re.escape(tasks.module_name(record['path']))}\s+import\s+\(?([^)\n]+)\)?",
-                                                prelude, re.MULTILINE) for n in m.group(1).split(",") if n.strip() and n.strip() != "*"]
-        return tasks.tests_prompt(record["path"], record["module"], list(dict.fromkeys(names)), module=module, test_path=record["test_path"]), example[1]
-    if kind == "fix":
-        return tasks.fix_example(record["buggy"], record["fixed"], path=record["path"])
-    raise ValueError(f"unknown record kind {kind!r}")
+    """(prompt, middle) of a record, built by its task's record (`midline.model.tasks`) exactly as the server
+    builds the prompt."""
+    task = tasks.TASKS.get(record["kind"])
+    if task is None or task.record_example is None:
+        raise ValueError(f"unknown record kind {record['kind']!r}")
+    return task.record_example(record)
 
 
 def encode_record(record: dict, tokenizer, room: int, fmt: FimFormat = MIDLINE, mode: str | None = None) -> tuple[list[int], int] | None:
@@ -93,7 +81,7 @@ def shrink_tests(record: dict, tries: int = 6) -> Iterator[dict]:
     module = tasks.module_name(record["path"])
     for _ in range(tries):
         test = record["test"] if keep == len(names) else tasks.keep_tests(record["test"], names[:keep])
-        used = set(re.findall(r"\w+", tasks.tests_target(test) or ""))
+        used = set(re.findall(r"\w+", tasks.TESTS.target(test) or ""))
         yield {**record, "test": _imports_used(test, module, used), "module": prune_module(record["module"], used)}
         if keep <= 1:
             return

@@ -4,18 +4,18 @@
 
 Mining (`mine`), per corpus split (so the held-out examples come from the held-out packages):
 - explain: functions and classes with a docstring (tree-sitter; up to `explain_per_file` a file). The
-  prompt is the definition with an empty docstring slot (`tasks.explain_prompt`); the answer is the
+  prompt is the definition with an empty docstring slot (`tasks.EXPLAIN.prompt`); the answer is the
   docstring as written.
 - tests:   a module and its test file in the same package (`test_<module>.py` / `<module>_test.py`,
-  beside it or in a tests/ dir, the nearest one), in the shape `tasks.tests_example` takes (the test
+  beside it or in a tests/ dir, the nearest one), in the shape `tasks.TESTS.example` takes (the test
   file's header is fixed; the answer is the file from its first `def test_` on).
 - fix:     a synthetic bug in a function (`mutate`: a comparison or arithmetic operator swapped, `and`/`or`
   swapped, an integer constant, range bound or slice index off by one, two call arguments swapped, or a
   variable read replaced by another variable of the function bound before it; up to `fix_per_file` a
   file); the mutant compiles and differs from the original in one token. The prompt is the buggy
-  function (`tasks.fix_prompt`); the answer the original.
-Each record is JSON ({"kind", "repo", "path", ...}); `sft.task_example(record)` turns it into the
-(FimPrompt, middle) pair of `midline.model.tasks`, so an example is laid out exactly as the server asks.
+  function (`tasks.FIX.prompt`); the answer the original.
+Each record is JSON ({"kind", "repo", "path", ...}: the inputs of the task named `kind`, see `tasks.Task`);
+`sft.task_example(record)` turns it into its task's (FimPrompt, middle) pair, laid out exactly as the server asks.
 A finished output with the same settings and corpus is kept.
 """
 
@@ -42,7 +42,7 @@ from midline.model import tasks
 from midline.model.syntax import is_string_statement, line_start, node_name, parse, unwrap
 from midline.training.stage import SPLITS, command, corpus_fingerprint, read_json, write_json, write_jsonl
 
-KINDS = ("explain", "tests", "fix")
+KINDS = tuple(name for name, task in tasks.TASKS.items() if task.record_example is not None)  # the mined tasks, in record order
 MUTATIONS = ("comparison", "arithmetic", "boolean", "off_by_one", "swapped_args", "wrong_variable")
 
 
@@ -113,7 +113,7 @@ def explain_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: Mi
         code = definition_code(data, node)
         if code is None or len(code) > c.max_code_chars:
             continue
-        example = tasks.explain_example(code, path=doc["path"])
+        example = tasks.EXPLAIN.example(code, path=doc["path"])
         if example is None:
             continue
         docstring = example[1]
@@ -333,7 +333,7 @@ def tests_records(docs: list[dict], c: MineConfig) -> list[dict]:
         if len(module["text"]) > c.max_module_chars or len(test["text"]) > c.max_test_chars:
             continue
         source = normalize_test_prelude(test["text"])
-        if tasks.tests_example(module["path"], module["text"], source, test_path=test["path"]) is None:
+        if tasks.TESTS.example(module["path"], module["text"], source, test_path=test["path"]) is None:
             continue
         out.append({"kind": "tests", "repo": module["repo"], "path": module["path"], "module": module["text"],
                     "import_name": imported_as(source, tasks.module_name(module["path"])), "test_path": test["path"], "test": source})
@@ -348,7 +348,7 @@ def imported_as(test_source: str, stem: str) -> str:
 
 
 def normalize_test_prelude(source: str) -> str:
-    """A test file with what precedes its first test in the shape `tasks.tests_example` reads (the fixed
+    """A test file with what precedes its first test in the shape `tasks.TESTS.example` reads (the fixed
     header of a tests prompt stands for it): no module docstring, and each import on one line."""
     data = source.encode("utf-8", "surrogatepass")
     edits = []
