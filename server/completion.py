@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
+from . import security
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
@@ -48,6 +49,7 @@ class Trace:
     raw: str = ""  # the model's text before post-processing
     finish_reason: str = ""
     shown: str | None = None  # what post-processing kept
+    hidden: str = ""  # why what post-processing kept is not shown: a security finding
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Stats:
     timeouts: int = 0
     low_confidence: int = 0  # suggestions hidden for a mean log-probability under the floor
     tails_cut: int = 0  # suggestions whose unsure last lines were cut
+    insecure: int = 0  # suggestions hidden for a high-severity security finding (security.py)
     last_latency_ms: float = 0.0
 
 
@@ -181,6 +184,8 @@ class Completer:
         floor = _floor(config.min_mean_logprob, self.engine, "min_mean_logprob", ctx.position)
         line_floor = _floor(config.min_line_logprob, self.engine, "min_line_logprob", ctx.position)
 
+        hidden: list[str] = []  # why run() hid the post-processed suggestion
+
         def run() -> tuple[Generation, Suggestion | None]:
             generation = self.engine.generate(
                 prompt,
@@ -202,7 +207,12 @@ class Completer:
             if line_floor is not None and ctx.hole is Hole.MULTI_LINE and generation.token_logprobs:
                 text = cut_unsure_lines(text, self.engine.token_ends(generation.token_ids), generation.token_logprobs, line_floor)
                 self.stats.tails_cut += text != generation.text
-            return generation, postprocess(text, ctx, max_lines)
+            suggestion = postprocess(text, ctx, max_lines)
+            if suggestion is not None and config.security.completions and (finding := _insecure(suggestion, ctx)):
+                self.stats.insecure += 1
+                hidden.append(f"insecure: {finding}")
+                return generation, None
+            return generation, suggestion
 
         self.stats.model_calls += 1
         try:
@@ -219,7 +229,8 @@ class Completer:
             len(generation.token_ids), generation.elapsed_s * 1000, generation.finish_reason, generation.prompt_tokens,
         )
         self.trace = Trace(
-            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, suggestion.text if suggestion else None
+            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, suggestion.text if suggestion else None,
+            *hidden,
         )
         if generation.finish_reason == "cancelled":
             self.stats.cancelled += 1
@@ -245,3 +256,9 @@ def _floor(configured: float | None, engine: Backend, name: str, position: str) 
         return configured
     floor = getattr(engine, name)
     return floor.get(position) if isinstance(floor, dict) else floor
+
+
+def _insecure(suggestion: Suggestion, ctx: CompletionContext) -> security.Finding | None:
+    """The security finding that hides `suggestion`, scanned as the lines it makes in the document; or None."""
+    before = ctx.prefix[: len(ctx.prefix) - len(ctx.indent)]  # the document's own text (the suggestion has the indent)
+    return security.hides(suggestion.text, ctx.language, context=before, after=ctx.line_suffix[suggestion.replace :])

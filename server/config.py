@@ -82,6 +82,24 @@ class HoverConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """The security scan (bandit, `security.py`) of Python the model writes: a completion with a high finding is
+    hidden, an action result gets a warning."""
+
+    scan: Literal["off", "completions", "actions", "all"] = "all"  # what is scanned
+
+    @property
+    def completions(self) -> bool:
+        """Whether completions are scanned."""
+        return self.scan in ("completions", "all")
+
+    @property
+    def actions(self) -> bool:
+        """Whether action results (fix, tests, code from a comment) are scanned."""
+        return self.scan in ("actions", "all")
+
+
+@dataclass
 class BackendConfig:
     """Where completions come from: the local model, or a serving engine over HTTP (midline.model.remote)."""
 
@@ -128,6 +146,7 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     hover: HoverConfig = field(default_factory=HoverConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
         _check("maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 2048, "in 1..2048")

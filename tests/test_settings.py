@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from lsprotocol import types
 from midline.server import server as handlers
 from midline.server.config import Config, Settings
 from midline.server.server import MidlineServer
+
+from .test_readme import settings as dotted
+
+MANIFEST = Path(__file__).resolve().parents[1] / "vscode-client/package.json"
 
 
 async def _change(server: MidlineServer, settings: dict[str, Any]) -> None:
@@ -67,3 +72,13 @@ def test_a_component_given_a_config_has_a_holder_of_its_own():
     acts = Actions(None, Config(debounce_ms=3))  # type: ignore[arg-type]
     acts.config = Config(debounce_ms=4)  # assigning replaces the holder's current settings
     assert acts.settings.current.debounce_ms == 4 and holder.current.debounce_ms == 5
+
+
+def test_every_setting_is_a_vs_code_setting_with_its_default():
+    """The extension contributes every server setting as `midline.<key>`, with the server's default, and only
+    its own four besides."""
+    properties = json.loads(MANIFEST.read_text(encoding="utf-8"))["contributes"]["configuration"]["properties"]
+    contributed = {key.removeprefix("midline."): spec.get("default") for key, spec in properties.items()}
+    server = dotted(Config().to_json())
+    assert {key: contributed.get(key, "(missing)") for key in server} == server
+    assert set(contributed) - set(server) == {"pythonPath", "serverCommand", "logLevel", "trace.server"}
