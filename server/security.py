@@ -107,10 +107,11 @@ def hides(suggestion: str, language: str, *, context: str = "", after: str = "")
     return next((f for f in scan(suggestion, language, context=context, after=after) if f.blocks), None)
 
 
-def warning_for(code: str, language: str) -> str | None:
-    """A diagnostic-style warning for an action result (whole code: a fix, a test module, code from a
-    comment) that has blocking findings, one line each; None where it has none."""
-    found = [finding for finding in scan(code, language) if finding.blocks]
+def warning_for(code: str, language: str, *, context: str = "") -> str | None:
+    """A diagnostic-style warning for an action result (whole lines: a fix, a test module, code from a comment)
+    that has blocking findings, one line each; None where it has none. `context` is the document before the
+    code, up to a line break: its imports name what the code calls (`yaml` imported at the top of the file)."""
+    found = [finding for finding in scan(code, language, context=context) if finding.blocks]
     if not found:
         return None
     return "\n".join(["midline: security warning (bandit):", *(f"  {finding}" for finding in found)])

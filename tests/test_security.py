@@ -113,6 +113,11 @@ def test_an_action_result_gets_a_diagnostic_style_warning():
     assert [line.split(":")[0].strip() for line in lines] == ["line 5", "line 9"]
     assert "B602" in lines[0] and "high severity" in lines[0] and "B307" in lines[1]
     assert security.warning_for("import subprocess\n\n\ndef run():\n    return subprocess.run(['ls'])\n", "python") is None
+    # A fixed function below the file's imports: `yaml` is the module imported above it.
+    fixed = "def load(s):\n    return yaml.load(s)\n"
+    assert security.warning_for(fixed, "python") is None
+    warning = security.warning_for(fixed, "python", context="import yaml\n\n\n")
+    assert warning is not None and "line 2: B506" in warning
 
 
 def test_the_setting_is_strict():
