@@ -1,10 +1,14 @@
 """Code actions — explain, fix, generate tests, code from a comment — offered at once, computed when picked.
 
-`offers` (pure, no model) says which actions fit the selection, or else the tree-sitter node at the
+`ACTIONS` is the table of them: one `ActionSpec` each, naming its task (`model/tasks.py`), its LSP code
+action kind, what it is about (the target code or a comment, `targets.py`), when it is offered and how
+its title reads, and the coroutine that resolves it. Adding an action is one entry and its resolver.
+
+`offers` (pure, no model) lists the actions that fit the selection, or else the tree-sitter node at the
 cursor (the innermost function or class, else the statement) or the comment at the cursor; the server
 lists them with `data` and no edit. When the user picks one, `codeAction/resolve` calls
-`Actions.resolve`, which asks the model (`assistant.py`, prompts from `model/tasks.py`) and returns an
-`Outcome`: an explanation, an edit of the document, a test file — or a message saying why there is none.
+`Actions.resolve`, which runs its resolver: it asks the model (`assistant.py`) and returns an `Outcome`:
+an explanation, an edit of the document, a test file — or a message saying why there is none.
 
 Gates: a fix is offered only if it parses (tree-sitter) and differs from the original; code from a
 comment only if the document still parses with it; Python tests only if they pass against the current
@@ -20,191 +24,72 @@ import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-import tree_sitter
+from typing import Awaitable, Callable, Sequence
 
 from midline.model import languages, tasks
-from midline.model.syntax import byte_offset, char_offset, line_start, next_line, node_name, parses, unwrap, utf8
 from midline.model.fim import FimPrompt, shown_path
+from midline.model.syntax import parses, utf8
+from midline.model.tasks import Task
 
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config, CurrentConfig, Settings
 from .documents import Document
-from .symbols import definitions_of, enclosing_scopes
 from .sandbox import sandbox_state
+from .symbols import definitions_of
+from .targets import Comment, Target, comment_at, target_at
 from .verify import Verified, verify_tests
 
-EXPLAIN, FIX, TESTS, FROM_COMMENT = tasks.EXPLAIN.name, tasks.FIX.name, tasks.TESTS.name, tasks.FROM_COMMENT.name
-KINDS = {
-    EXPLAIN: "refactor.midline.explain",
-    FIX: "quickfix.midline.fix",
-    TESTS: "refactor.midline.tests",
-    FROM_COMMENT: "refactor.midline.fromComment",
+COMMENT, TARGET = "comment", "target"  # what an action is about: a comment (`comment_at`) or code (`target_at`)
+FIELDS: dict[str, dict[str, type]] = {  # the fields of an action's `data` that name what it is about, by `about`
+    COMMENT: {"at": int},
+    TARGET: {"kind": str, "start": int, "end": int},
 }
-_CLASS_TYPES = ("class", "struct", "enum", "interface", "trait", "impl", "record", "union", "type")
 
 
-# -- what the action is about ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """Code an action works on: whole lines of the document."""
-
-    kind: str  # "function" | "class" | "statement" | "selection"
-    name: str  # the function's or class's name, else ""
-    start: int  # string index of its first line's start
-    end: int  # string index after its last line (after the newline, if any)
-    code: str  # the document's text from `start` to `end`
-
-    @property
-    def indent(self) -> str:
-        first = self.code.split("\n", 1)[0]
-        return first[: len(first) - len(first.lstrip())]
-
-    @property
-    def hash(self) -> str:
-        return content_hash(self.code)
+# -- the table ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Comment:
-    """A comment (or docstring) that describes code not yet written; the code goes at `insert`."""
+class Place:
+    """Where actions are asked for: the document, what an action there is about (`subject`), the
+    request's diagnostics as (0-based document line, message)."""
 
-    text: str
-    start: int  # string index of its first line
-    insert: int  # where the code goes: after the comment's last line
-    replace_end: int  # end of what the code replaces (== insert, or the `pass` under a docstring)
-    indent: str  # the code's indentation
+    doc: Document
+    subject: Target | Comment
+    diagnostics: Sequence[tuple[int, str]] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What resolving a picked action works with besides the document and the action's `data`."""
+
+    progress: Progress
+    window: Callable[[Document, int], FimPrompt] | None  # the completion prompt at an offset
+    read: Callable[[Path], str | None]  # a file's text (open documents first)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One code action: the task it asks, its LSP code action kind, what it is about, when it is
+    offered and its title there, more `data` for resolving, and the coroutine that resolves it."""
+
+    task: Task
+    kind: str  # the LSP code action kind (vscode-client/src/codeActions.ts asks for it)
+    about: str  # COMMENT or TARGET
+    title: Callable[[Place], str]
+    resolve: Callable[[Actions, Document, dict, Request], Awaitable[Outcome]]
+    offered: Callable[[Place], bool] = lambda place: True
+    data: Callable[[Place], dict] = lambda place: {}  # more `data` for resolving
 
     @property
-    def hash(self) -> str:
-        return content_hash(self.text, str(self.insert))
+    def name(self) -> str:
+        """The action's name in LSP data: its task's."""
+        return self.task.name
 
-
-def _definition_kind(node: tree_sitter.Node, language: str) -> str:
-    return "class" if any(word in unwrap(node, language, fields_only=True).type for word in _CLASS_TYPES) else "function"
-
-
-def _lines_of(doc: Document, node: tree_sitter.Node) -> tuple[int, int]:
-    """The node's whole lines, as string indexes (start of its first line, after its last line)."""
-    start, end = char_offset(doc.source, node.start_byte), char_offset(doc.source, node.end_byte)
-    first = line_start(doc.text, start)
-    if doc.text[first:start].strip():  # code before the node on its first line: start at the node
-        first = start
-    return first, next_line(doc.text, max(end - 1, start))
-
-
-def target_at(doc: Document, start: int, end: int) -> Target | None:
-    """The selection (`start` < `end`, widened to whole lines), else the innermost function or class
-    around the cursor, else the top-level statement at it. None on blank lines and comments."""
-    text = doc.text
-    start, end = min(start, end), max(start, end)
-    if start < end:
-        first = line_start(text, start)
-        last = end if end > first and text[end - 1] == "\n" else next_line(text, end)
-        code = text[first:last]
-        if not code.strip():
-            return None
-        node = _single_definition(doc, first, last)
-        if node is not None:
-            return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, code)
-        return Target("selection", "", first, last, code)
-    if doc.tree is None:
-        return None
-    byte = byte_offset(text, start)
-    line = text[line_start(text, start) : next_line(text, start)]
-    probe = byte_offset(text, line_start(text, start) + len(line) - len(line.lstrip())) + 1 if line.strip() else byte
-    scopes = enclosing_scopes(doc.tree, min(max(byte, probe), len(doc.source)), doc.language)
-    if scopes:
-        node = scopes[-1]
-        first, last = _lines_of(doc, node)
-        return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, text[first:last])
-    if not line.strip():
-        return None
-    for node in doc.tree.root_node.named_children:
-        if node.start_byte <= max(byte, probe - 1) < node.end_byte or node.start_byte <= byte <= node.end_byte:
-            if "comment" in node.type:
-                return None
-            first, last = _lines_of(doc, node)
-            return Target("statement", "", first, last, text[first:last])
-    return None
-
-
-def _single_definition(doc: Document, first: int, last: int) -> tree_sitter.Node | None:
-    """The function or class that the lines `first`..`last` hold exactly (blank lines aside), if one does."""
-    if doc.tree is None or not doc.text[first:last].strip():
-        return None
-    lead = len(doc.text[first:last]) - len(doc.text[first:last].lstrip())
-    scopes = enclosing_scopes(doc.tree, byte_offset(doc.text, first + lead) + 1, doc.language)
-    if not scopes:
-        return None
-    start, end = _lines_of(doc, scopes[-1])
-    return scopes[-1] if start == first and doc.text[end:last].strip() == "" else None
-
-
-def comment_at(doc: Document, offset: int) -> Comment | None:
-    """The comment block (line comments with one indentation) or docstring at the cursor, if the code
-    it describes is not written yet: nothing follows it on the next line at its indentation or deeper
-    (a docstring: its function has no body but `pass` or `...`)."""
-    text = doc.text
-    if doc.language == "python" and doc.tree is not None:
-        found = _docstring_at(doc, offset)
-        if found is not None:
-            return found
-    marker = languages.resolve(doc.language).line_comment
-    lines = text.split("\n")
-    row = text.count("\n", 0, offset)
-
-    def is_comment(i: int, indent: str | None = None) -> bool:
-        if not 0 <= i < len(lines):
-            return False
-        stripped = lines[i].lstrip()
-        return stripped.startswith(marker) and (indent is None or lines[i][: len(lines[i]) - len(stripped)] == indent)
-
-    if not is_comment(row):
-        return None
-    indent = lines[row][: len(lines[row]) - len(lines[row].lstrip())]
-    top, bottom = row, row
-    while is_comment(top - 1, indent):
-        top -= 1
-    while is_comment(bottom + 1, indent):
-        bottom += 1
-    after = lines[bottom + 1] if bottom + 1 < len(lines) else ""
-    after_indent = len(after) - len(after.lstrip())
-    if after.strip() and after_indent >= len(indent):
-        return None  # code follows at once: the comment describes it
-    start = doc.line_start(top)
-    insert = next_line(text, doc.line_start(bottom))
-    comment = "\n".join(line.strip() for line in lines[top : bottom + 1])
-    return Comment(comment, start, insert, insert, indent)
-
-
-def _docstring_at(doc: Document, offset: int) -> Comment | None:
-    byte = byte_offset(doc.text, offset)
-    node = doc.tree.root_node.descendant_for_byte_range(byte, byte)
-    while node is not None and node.type not in ("string", "module"):
-        node = node.parent
-    if node is None or node.type != "string" or node.parent is None or node.parent.type != "expression_statement":
-        return None
-    statement = node.parent
-    block = statement.parent
-    if block is None or block.type != "block" or block.named_children[0] != statement:
-        return None
-    rest = block.named_children[1:]
-    placeholder = all(
-        s.type == "pass_statement" or (s.type == "expression_statement" and s.named_child_count == 1 and s.named_children[0].type == "ellipsis")
-        for s in rest
-    )
-    if not placeholder or block.parent is None or block.parent.type != "function_definition":
-        return None
-    text = doc.text
-    start, insert = _lines_of(doc, statement)
-    replace_end = _lines_of(doc, rest[-1])[1] if rest else insert
-    line = text[start:insert]
-    indent = line[: len(line) - len(line.lstrip())]
-    return Comment(node.text.decode("utf-8", "replace"), start, insert, replace_end, indent)
+    @property
+    def fields(self) -> dict[str, type]:
+        """The fields of its `data` that resolving reads (besides `uri`)."""
+        return FIELDS[self.about]
 
 
 # -- offers ---------------------------------------------------------------------------------------
@@ -221,31 +106,54 @@ class Offer:
 
 
 def offers(doc: Document, start: int, end: int, diagnostics: list[tuple[int, str]] = (), only: list[str] | None = None) -> list[Offer]:
-    """The actions that fit the selection or the cursor (no model call). `diagnostics` are the
-    request context's, as (0-based document line, message); `only` filters by code action kind."""
-    out: list[Offer] = []
-    base = {"uri": doc.uri, "version": doc.version}
+    """The actions that fit the selection or the cursor (no model call), in `ACTIONS` order. `diagnostics`
+    are the request context's, as (0-based document line, message); `only` filters by code action kind."""
     comment = comment_at(doc, start) if start == end or doc.text[start:end].strip() == "" else None
-    if comment is not None:
-        data = {**base, "action": FROM_COMMENT, "at": start, "start": comment.start, "insert": comment.insert, "hash": comment.hash}
-        out.append(Offer(FROM_COMMENT, "midline: Write the code this comment describes", KINDS[FROM_COMMENT], data))
     target = target_at(doc, start, end) if comment is None else None
-    if target is not None:
-        what = f"`{target.name}`" if target.name else {"statement": "this statement", "selection": "the selection"}.get(target.kind, "this code")
-        data = {**base, "start": target.start, "end": target.end, "hash": target.hash, "name": target.name, "kind": target.kind}
-        out.append(Offer(EXPLAIN, f"midline: Explain {what}", KINDS[EXPLAIN], {**data, "action": EXPLAIN}))
-        if doc.tree is not None:  # a fix must parse: only for languages with a grammar
-            first_row = doc.text.count("\n", 0, target.start)
-            last_row = first_row + target.code.rstrip("\n").count("\n")
-            inside = [tasks.diagnostic_line(line - first_row + 1, message) for line, message in diagnostics if first_row <= line <= last_row]
-            title = f"midline: Fix {what}" + (f" ({_short(diagnostics[0][1])})" if inside else "")
-            out.append(Offer(FIX, title, KINDS[FIX], {**data, "action": FIX, "diagnostics": inside}))
-        if target.kind in ("function", "class") and target.name:
-            unverified = "" if doc.language == "python" and sandbox_state().available else " (unverified)"
-            out.append(Offer(TESTS, f"midline: Generate tests for {what}{unverified}", KINDS[TESTS], {**data, "action": TESTS}))
+    out: list[Offer] = []
+    for spec in ACTIONS:
+        subject = comment if spec.about == COMMENT else target
+        if subject is None:
+            continue
+        place = Place(doc, subject, diagnostics)
+        if spec.offered(place):
+            data = {"uri": doc.uri, "version": doc.version, **_named(subject, start), "action": spec.name, **spec.data(place)}
+            out.append(Offer(spec.name, spec.title(place), spec.kind, data))
     if only:
         out = [o for o in out if any(o.kind == k or o.kind.startswith(k + ".") for k in only)]
     return out
+
+
+def _named(subject: Target | Comment, at: int) -> dict:
+    """What an action's `data` names its subject by (`FIELDS`; a comment by the cursor at `at`), with its content hash."""
+    if isinstance(subject, Comment):
+        return {"at": at, "start": subject.start, "insert": subject.insert, "hash": subject.hash}
+    return {"start": subject.start, "end": subject.end, "hash": subject.hash, "name": subject.name, "kind": subject.kind}
+
+
+def _what(target: Target) -> str:
+    """How a title names the target: `name`, else this statement, the selection, this code."""
+    if target.name:
+        return f"`{target.name}`"
+    return {"statement": "this statement", "selection": "the selection"}.get(target.kind, "this code")
+
+
+def _diagnostics_inside(place: Place) -> list[str]:
+    """The request's diagnostics on the target's lines, as a fix prompt lists them (lines counted within the code)."""
+    target = place.subject
+    first_row = place.doc.text.count("\n", 0, target.start)
+    last_row = first_row + target.code.rstrip("\n").count("\n")
+    return [tasks.diagnostic_line(line - first_row + 1, message) for line, message in place.diagnostics if first_row <= line <= last_row]
+
+
+def _fix_title(place: Place) -> str:
+    inside = _diagnostics_inside(place)
+    return f"midline: Fix {_what(place.subject)}" + (f" ({_short(place.diagnostics[0][1])})" if inside else "")
+
+
+def _tests_title(place: Place) -> str:
+    verified = place.doc.language == "python" and sandbox_state().available
+    return f"midline: Generate tests for {_what(place.subject)}{'' if verified else ' (unverified)'}"
 
 
 def _short(message: str, limit: int = 60) -> str:
@@ -307,57 +215,37 @@ def _as_task_code(code: str) -> str:
     return textwrap.dedent(code).strip("\n").rstrip() + "\n"
 
 
+def _ask(task: Task, language: str, inputs: Sequence[str], prompt: FimPrompt, parse: Callable[[str], str], messages: list[dict[str, str]]) -> Ask:
+    """An Ask of `task` in both shapes, cached by the task, the language and its `inputs`."""
+    return Ask(task.name, content_hash(task.name, language, *inputs), prompt, parse=parse, messages=messages,
+               parse_chat=task.parse_chat, stop=task.should_stop(language))
+
+
 def explain_ask(code: str, language: str, path: str = "") -> Ask:
     """Explain a function or class (also hover's explanation: the two share the cache)."""
-    code = _as_task_code(code)
-    return Ask(
-        EXPLAIN,
-        content_hash(EXPLAIN, language, code),
-        tasks.EXPLAIN.prompt(code, language, path=path),
-        parse=lambda text: tasks.EXPLAIN.parse(text, language),
-        messages=tasks.EXPLAIN.messages(code, language),
-        parse_chat=tasks.EXPLAIN.parse_chat,
-        stop=tasks.EXPLAIN.should_stop(language),
-    )
+    code, task = _as_task_code(code), tasks.EXPLAIN
+    return _ask(task, language, [code], task.prompt(code, language, path=path), lambda text: task.parse(text, language),
+                task.messages(code, language))
 
 
 def fix_ask(code: str, diagnostics: list[str], language: str, path: str = "") -> Ask:
-    code = _as_task_code(code)
-    return Ask(
-        FIX,
-        content_hash(FIX, language, code, *diagnostics),
-        tasks.FIX.prompt(code, diagnostics, language, path=path),
-        parse=lambda text: tasks.FIX.parse(text, language),
-        messages=tasks.FIX.messages(code, diagnostics, language),
-        parse_chat=tasks.FIX.parse_chat,
-        stop=tasks.FIX.should_stop(language),
-    )
+    code, task = _as_task_code(code), tasks.FIX
+    return _ask(task, language, [code, *diagnostics], task.prompt(code, diagnostics, language, path=path),
+                lambda text: task.parse(text, language), task.messages(code, diagnostics, language))
 
 
 def tests_ask(module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str) -> Ask:
-    prompt = tasks.TESTS.prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
-    return Ask(
-        TESTS,
-        content_hash(TESTS, language, module_path, module_source, module, test_path, *names),
-        prompt,
-        parse=lambda text: tasks.TESTS.parse(prompt, text, language),
-        messages=tasks.TESTS.messages(module_path, module_source, names, language),
-        parse_chat=tasks.TESTS.parse_chat,
-        stop=tasks.TESTS.should_stop(language),
-    )
+    task = tasks.TESTS
+    prompt = task.prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
+    return _ask(task, language, [module_path, module_source, module, test_path, *names], prompt,
+                lambda text: task.parse(prompt, text, language), task.messages(module_path, module_source, names, language))
 
 
 def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
-    context = prompt.prefix[-4000:]
-    return Ask(
-        FROM_COMMENT,
-        content_hash(FROM_COMMENT, language, prompt.prefix, prompt.suffix),
-        tasks.FROM_COMMENT.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
-        parse=lambda text: tasks.FROM_COMMENT.parse(text, language),
-        messages=tasks.FROM_COMMENT.messages(comment, context, language),
-        parse_chat=tasks.FROM_COMMENT.parse_chat,
-        stop=tasks.FROM_COMMENT.should_stop(language),
-    )
+    task = tasks.FROM_COMMENT
+    return _ask(task, language, [prompt.prefix, prompt.suffix],
+                task.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
+                lambda text: task.parse(text, language), task.messages(comment, prompt.prefix[-4000:], language))
 
 
 # -- gates ----------------------------------------------------------------------------------------
@@ -484,28 +372,21 @@ class Actions:
         `window` gives the completion prompt at an offset (for code from a comment: the completer's
         token-budgeted windows and extra context); `read` gives a file's text (open documents first).
         """
-        progress = progress or Progress()
-        action = data.get("action")
+        spec = BY_NAME.get(data.get("action"))
         try:
-            if data.get("version") != doc.version and not self._unchanged(doc, data):
+            if data.get("version") != doc.version and not self._unchanged(doc, data, spec):
                 return Nothing("The code changed since the action was offered; ask for the action again.")
-            if action == FROM_COMMENT:
-                return await self._from_comment(doc, data, progress, window)
-            target = Target(data["kind"], data.get("name", ""), data["start"], data["end"], doc.text[data["start"] : data["end"]])
-            if action == EXPLAIN:
-                return await self._explain(doc, target, progress)
-            if action == FIX:
-                return await self._fix(doc, target, list(data.get("diagnostics", [])), progress)
-            if action == TESTS:
-                return await self._tests(doc, target, progress, read)
+            if spec is not None:
+                return await spec.resolve(self, doc, data, Request(progress or Progress(), window, read))
         except Cancelled:
             return Nothing("cancelled")
         except Failed as exc:  # the model failed: its message, the only one shown
             return Nothing(str(exc), error=True)
-        return Nothing(f"midline offers no action {action!r}; ask for code actions again.")
+        return Nothing(f"midline offers no action {data.get('action')!r}; ask for code actions again.")
 
-    def _unchanged(self, doc: Document, data: dict) -> bool:
-        if data.get("action") == FROM_COMMENT:
+    def _unchanged(self, doc: Document, data: dict, spec: ActionSpec | None) -> bool:
+        """Whether what the action is about is as it was offered (the document changed elsewhere)."""
+        if spec is not None and spec.about == COMMENT:
             comment = comment_at(doc, data.get("at", 0)) if 0 <= data.get("at", 0) <= len(doc.text) else None
             return comment is not None and comment.hash == data.get("hash") and comment.insert == data.get("insert")
         start, end = data.get("start", 0), data.get("end", 0)
@@ -515,7 +396,8 @@ class Actions:
         """A path as the model sees it: relative to the workspace root when inside it (as completion shows it)."""
         return shown_path(path, self.root)
 
-    async def _explain(self, doc: Document, target: Target, progress: Progress) -> Outcome:
+    async def _explain(self, doc: Document, data: dict, request: Request) -> Outcome:
+        target, progress = _target(doc, data), request.progress
         progress.report("explaining")
         explanation = await self.assistant.run(explain_ask(target.code, doc.language, self.shown(doc.path)), progress.cancel)
         if not explanation:
@@ -523,7 +405,8 @@ class Actions:
         title = f"`{target.name}`" if target.name else "the code"
         return Explanation(f"### {title}\n\n{explanation}\n")
 
-    async def _fix(self, doc: Document, target: Target, diagnostics: list[str], progress: Progress) -> Outcome:
+    async def _fix(self, doc: Document, data: dict, request: Request) -> Outcome:
+        target, diagnostics, progress = _target(doc, data), list(data.get("diagnostics", [])), request.progress
         progress.report("writing a fix")
         candidate = await self.assistant.run(fix_ask(target.code, diagnostics, doc.language, self.shown(doc.path)), progress.cancel)
         fixed = fix_gate(doc.text, target, candidate or "", doc.language)
@@ -531,7 +414,8 @@ class Actions:
             return Nothing("The model's fix did not parse or changed nothing, so it is not offered; try again, or fix the code by hand.")
         return Replace(target.start, target.end, fixed)
 
-    async def _from_comment(self, doc: Document, data: dict, progress: Progress, window) -> Outcome:
+    async def _from_comment(self, doc: Document, data: dict, request: Request) -> Outcome:
+        progress, window = request.progress, request.window
         comment = comment_at(doc, data["at"])
         if comment is None or comment.hash != data.get("hash"):
             return Nothing("There is no comment describing code to write here; write one, then ask again.")
@@ -559,7 +443,8 @@ class Actions:
     def workspace_folders(self) -> list[Path]:
         return list(dict.fromkeys([*self.folders, *([self.root] if self.root else [])]))
 
-    async def _tests(self, doc: Document, target: Target, progress: Progress, read) -> Outcome:
+    async def _tests(self, doc: Document, data: dict, request: Request) -> Outcome:
+        target, progress, read = _target(doc, data), request.progress, request.read
         if not doc.uri.startswith("file:"):
             return Nothing("Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests; save it there first.")
         place = place_tests(doc.path, self.workspace_folders(), doc.language)
@@ -613,3 +498,38 @@ class Actions:
         return verified
 
 
+def _target(doc: Document, data: dict) -> Target:
+    """The target an action's `data` names, as the document has it now."""
+    return Target(data["kind"], data.get("name", ""), data["start"], data["end"], doc.text[data["start"] : data["end"]])
+
+
+# -- the actions ----------------------------------------------------------------------------------
+
+ACTIONS: tuple[ActionSpec, ...] = (
+    ActionSpec(
+        tasks.FROM_COMMENT, "refactor.midline.fromComment", COMMENT,
+        title=lambda place: "midline: Write the code this comment describes",
+        resolve=Actions._from_comment,
+    ),
+    ActionSpec(
+        tasks.EXPLAIN, "refactor.midline.explain", TARGET,
+        title=lambda place: f"midline: Explain {_what(place.subject)}",
+        resolve=Actions._explain,
+    ),
+    ActionSpec(
+        tasks.FIX, "quickfix.midline.fix", TARGET,
+        title=_fix_title,
+        resolve=Actions._fix,
+        offered=lambda place: place.doc.tree is not None,  # a fix must parse: only for languages with a grammar
+        data=lambda place: {"diagnostics": _diagnostics_inside(place)},
+    ),
+    ActionSpec(
+        tasks.TESTS, "refactor.midline.tests", TARGET,
+        title=_tests_title,
+        resolve=Actions._tests,
+        offered=lambda place: place.subject.kind in ("function", "class") and bool(place.subject.name),
+    ),
+)
+BY_NAME = {spec.name: spec for spec in ACTIONS}
+KINDS = {spec.name: spec.kind for spec in ACTIONS}  # the code action kinds, by action (server.py advertises them)
+EXPLAIN, FIX, TESTS, FROM_COMMENT = tasks.EXPLAIN.name, tasks.FIX.name, tasks.TESTS.name, tasks.FROM_COMMENT.name  # server.py's names

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import threading
 import time
 import uuid
@@ -22,8 +23,9 @@ from midline.model import tasks
 from midline.model.engine import Generation
 from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
-from midline.server import actions
-from midline.server.actions import Actions, Explanation, Nothing, Replace, Target, TestFile
+from midline.server import actions, targets
+from midline.server.actions import Actions, Explanation, Nothing, Replace, TestFile
+from midline.server.targets import Target
 from midline.model.remote import RemoteError
 from midline.server.assistant import Assistant, Cancelled, Failed
 from midline.server.config import Config
@@ -76,23 +78,23 @@ def at(text: str, needle: str, delta: int = 0) -> int:
 
 def test_target_is_the_innermost_definition_else_the_statement():
     d = doc()
-    target = actions.target_at(d, at(CODE, "return math.pi"), at(CODE, "return math.pi"))
+    target = targets.target_at(d, at(CODE, "return math.pi"), at(CODE, "return math.pi"))
     assert (target.kind, target.name) == ("function", "area")
     assert target.code == 'def area(radius):\n    """Area of a circle."""\n    return math.pi * radius ** 2\n'
-    method = actions.target_at(d, at(CODE, "self.radius += by"), at(CODE, "self.radius += by"))
+    method = targets.target_at(d, at(CODE, "self.radius += by"), at(CODE, "self.radius += by"))
     assert (method.kind, method.name, method.indent) == ("function", "grow", "    ")
-    assert actions.target_at(d, at(CODE, "class Circle"), at(CODE, "class Circle")).kind == "class"
-    statement = actions.target_at(d, at(CODE, "print(area"), at(CODE, "print(area"))
+    assert targets.target_at(d, at(CODE, "class Circle"), at(CODE, "class Circle")).kind == "class"
+    statement = targets.target_at(d, at(CODE, "print(area"), at(CODE, "print(area"))
     assert (statement.kind, statement.code) == ("statement", "print(area(2.0))\n")
-    assert actions.target_at(d, at(CODE, "\n\n\ndef area") + 1, at(CODE, "\n\n\ndef area") + 1) is None  # blank line
+    assert targets.target_at(d, at(CODE, "\n\n\ndef area") + 1, at(CODE, "\n\n\ndef area") + 1) is None  # blank line
 
 
 def test_selection_is_widened_to_whole_lines():
     d = doc()
     start, end = at(CODE, "pi * radius ** 2"), at(CODE, "radius ** 2") + 3
-    target = actions.target_at(d, start, end)
+    target = targets.target_at(d, start, end)
     assert (target.kind, target.code) == ("selection", "    return math.pi * radius ** 2\n")
-    whole = actions.target_at(d, at(CODE, "def perimeter"), at(CODE, "class Circle"))
+    whole = targets.target_at(d, at(CODE, "def perimeter"), at(CODE, "class Circle"))
     assert (whole.kind, whole.name) == ("function", "perimeter")
 
 
@@ -119,19 +121,19 @@ def test_fix_offer_carries_the_diagnostics_inside_the_node():
 
 def test_code_from_a_comment_is_offered_only_for_unwritten_code():
     d = doc()
-    comment = actions.comment_at(d, at(CODE, "# Write a function") + 3)
+    comment = targets.comment_at(d, at(CODE, "# Write a function") + 3)
     assert comment is not None and comment.insert == len(CODE) and comment.indent == ""
     assert [o.action for o in actions.offers(d, comment.start, comment.start)] == ["fromComment"]
     described = "# the area of a circle\ndef area(r):\n    return r\n"
-    assert actions.comment_at(doc(described), 3) is None
+    assert targets.comment_at(doc(described), 3) is None
     stub = 'def evens(numbers):\n    """Only the even numbers."""\n    pass\n'
-    docstring = actions.comment_at(doc(stub), stub.index("Only"))
+    docstring = targets.comment_at(doc(stub), stub.index("Only"))
     assert docstring is not None and docstring.indent == "    " and stub[docstring.insert : docstring.replace_end] == "    pass\n"
 
 
 def test_fix_gate_rejects_unparsable_and_unchanged_fixes():
     d = doc()
-    target = actions.target_at(d, at(CODE, "self.radius += by"), at(CODE, "self.radius += by"))
+    target = targets.target_at(d, at(CODE, "self.radius += by"), at(CODE, "self.radius += by"))
     assert actions.fix_gate(CODE, target, "def grow(self, by:\n    self.radius += by\n", "python") is None
     assert actions.fix_gate(CODE, target, "def grow(self, by):\n    self.radius += by\n", "python") is None  # the same
     assert actions.fix_gate(CODE, target, "", "python") is None
@@ -236,6 +238,41 @@ def test_stale_offer_is_refused():
     d.version = 2
     outcome, assistant = resolve({"explain": "x"}, d, offer)
     assert isinstance(outcome, Nothing) and "changed" in outcome.message and not assistant.asks
+
+
+# -- the table of actions ---------------------------------------------------------------------------
+
+CLIENT = Path(__file__).resolve().parents[1] / "vscode-client/src/codeActions.ts"
+GO_CALC = "package calc\n\nfunc Add(a, b int) int {\n\treturn a + b\n}\n"
+# Per action: a document, where it is offered there, and a model's answer that resolves it to an outcome.
+PICKED = {
+    "explain": (lambda root: doc(), "def area", "Computes the area.\n", Explanation),
+    "fix": (lambda root: doc(), "def perimeter", "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n", Replace),
+    "tests": (lambda root: doc(GO_CALC, "calc.go", root, "go"), "Add", "func TestAdd(t *testing.T) {}\n", TestFile),
+    "fromComment": (lambda root: doc(), "# Write a function", EVENS, Replace),
+}
+
+
+@pytest.mark.parametrize("spec", actions.ACTIONS, ids=[spec.name for spec in actions.ACTIONS])
+def test_every_action_is_offered_with_its_kind_and_resolves_by_asking_its_task(spec, tmp_path):
+    assert tasks.TASKS[spec.name] is spec.task and actions.BY_NAME[spec.name] is spec
+    make, needle, answer, outcome_type = PICKED[spec.name]
+    d = make(tmp_path)
+    offer = offer_of(d, spec.name, d.text.index(needle))
+    assert offer.kind == spec.kind and offer.data["action"] == spec.name
+    assert all(isinstance(offer.data[key], kind) for key, kind in spec.fields.items())  # what resolving reads
+    outcome, assistant = resolve({spec.name: answer}, d, offer, tmp_path)
+    assert isinstance(outcome, outcome_type), outcome
+    assert [ask.task for ask in assistant.asks] == [spec.task.name]
+
+
+def test_the_action_table_is_what_the_server_checks_and_the_vs_code_client_asks_for():
+    from midline.server import server
+
+    assert server._DATA_FIELDS == {spec.name: spec.fields for spec in actions.ACTIONS}  # resolve's check of `data`
+    client_kinds = re.findall(r'\bkind: "([^"]+)"', CLIENT.read_text(encoding="utf-8"))
+    assert sorted(client_kinds) == sorted(spec.kind for spec in actions.ACTIONS)
+    assert len(set(actions.KINDS.values())) == len(actions.KINDS) == len(actions.ACTIONS)  # one name and one kind each
 
 
 GENERATED_TESTS = '''add():

@@ -17,7 +17,7 @@ from lsprotocol import types
 
 from midline.model import syntax as languages
 from midline.server import symbols
-from midline.server.actions import target_at
+from midline.server.targets import target_at
 from midline.server.context import Hole, build_context, classify_hole
 from midline.server.documents import Document
 from midline.server.hover import hover_target

@@ -9,7 +9,7 @@ export interface ActionSpec {
   name: ActionName;
   command: string;
   label: string;
-  /** The server's code action kind (server/actions.py KINDS); VS Code is asked for this kind only. */
+  /** The server's code action kind (server/actions.py ACTIONS); VS Code is asked for this kind only. */
   kind: string;
   /** Matches a code action's kind (any dot-separated segment) or its title. */
   pattern: RegExp;
