@@ -40,13 +40,12 @@ from typing import Any, Callable, Sequence
 
 from midline.model.fim import FimPrompt, Snippet
 from midline.model.languages import resolve
-from midline.model.syntax import char_offset, definition_parts, line_start, next_line, node_name, parse, parsing_head, unwrap, utf8
+from midline.model.syntax import definition_parts, parsing_head
 
 QUOTES = '"""'
 FIX_BUGGY = "Buggy version:"
 FIX_PROBLEMS = "Problems:"
 FIX_MARKER = "Fixed version:"  # the line after which the model writes the corrected code
-UNVERIFIED = "unverified"  # marks generated tests that were not run (languages other than Python)
 SYSTEM = "You are an expert programmer. Answer concisely."
 
 Message = dict[str, str]
@@ -282,57 +281,6 @@ def _tests_messages(module_path: str, module_source: str, names: Sequence[str] =
     else:
         ask = f"Write unit tests for {what} with the usual test framework for {language}."
     return _chat(f"`{module_path}`:\n\n```{language}\n{_ended(module_source)}```\n\n{ask} Reply with one ```{language} block.")
-
-
-@dataclass(frozen=True)
-class TestFunction:
-    """A test in a test module: `name` (`test_x`, or `TestCls.test_x` for a method) and its source span."""
-
-    __test__ = False  # not a pytest class
-
-    name: str
-    start: int  # string index of its first line (decorators included)
-    end: int  # string index after its last line
-
-
-def test_functions(source: str) -> list[TestFunction]:
-    """Top-level `test_*` functions and `test_*` methods of top-level `Test*` classes, in order."""
-    out: list[TestFunction] = []
-    data = utf8(source)
-    root = parse("python", source).root_node
-    for node in root.named_children:
-        inner = unwrap(node, "python")
-        name = node_name(inner, "python")
-        if inner.type == "function_definition" and name.startswith("test"):
-            out.append(TestFunction(name, char_offset(data, node.start_byte), next_line(source, char_offset(data, node.end_byte))))
-        elif inner.type == "class_definition" and name.startswith("Test") and (body := inner.child_by_field_name("body")):
-            for member in body.named_children:
-                method = unwrap(member, "python")
-                if method.type == "function_definition" and node_name(method, "python").startswith("test"):
-                    start = char_offset(data, member.start_byte)
-                    start = line_start(source, start)
-                    out.append(TestFunction(f"{name}.{node_name(method, 'python')}", start, next_line(source, char_offset(data, member.end_byte))))
-    return out
-
-
-def keep_tests(source: str, keep: Sequence[str]) -> str:
-    """`source` without the tests (see `test_functions`) not named in `keep`; a `Test*` class left
-    without tests goes too."""
-    tests = test_functions(source)
-    drop = [t for t in tests if t.name not in keep]
-    classes_kept = {t.name.split(".")[0] for t in tests if t.name in keep and "." in t.name}
-    out = source
-    for test in sorted(drop, key=lambda t: t.start, reverse=True):
-        out = out[: test.start] + out[test.end:]
-    root = parse("python", out).root_node
-    data = utf8(out)
-    for node in reversed(root.named_children):
-        inner = unwrap(node, "python")
-        name = node_name(inner, "python")
-        if inner.type == "class_definition" and name.startswith("Test") and name not in classes_kept:
-            if any(t.name.startswith(name + ".") for t in tests):
-                out = out[: char_offset(data, node.start_byte)] + out[next_line(out, char_offset(data, node.end_byte)):]
-    return re.sub(r"\n{4,}", "\n\n\n", out).rstrip() + "\n"
 
 
 # -- fix ------------------------------------------------------------------------------------------

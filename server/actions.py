@@ -37,7 +37,7 @@ from .documents import Document
 from .sandbox import sandbox_state
 from .symbols import definitions_of
 from .targets import Comment, Target, comment_at, target_at
-from .verify import Verified, verify_tests
+from .verify import UNVERIFIED, Verified, verify_tests
 
 COMMENT, TARGET = "comment", "target"  # what an action is about: a comment (`comment_at`) or code (`target_at`)
 FIELDS: dict[str, dict[str, type]] = {  # the fields of an action's `data` that name what it is about, by `about`
@@ -466,7 +466,7 @@ class Actions:
             source = verified.source
         else:
             c = languages.resolve(doc.language).line_comment
-            source = f"{c} midline: generated tests, {tasks.UNVERIFIED} (not run)\n{source}"
+            source = f"{c} midline: generated tests, {UNVERIFIED} (not run)\n{source}"
         existing = read(test_path)
         text = merge_tests(existing, source) if existing is not None else source
         return TestFile(test_path, text, existing, verified)

@@ -7,18 +7,25 @@ pytest there with a small plugin that prints each test's outcome as it finishes 
 at `per_test_s`. A run killed as a whole (a hang in native code, the memory limit) is retried without
 the test that was running, so one bad test costs only itself. Where the sandbox is not available,
 nothing is run: the tests come back marked unverified, with the reason.
+
+The pytest-module surgery is here too: `test_functions` names the tests of a module as pytest does
+(`test_x`, `TestCls.test_x`), `keep_tests` cuts a module down to some of them (the passing ones; SFT's
+shrinking of a tests example).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
-from midline.model import tasks
+from midline.model.syntax import char_offset, line_start, next_line, node_name, parse, unwrap, utf8
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
+
+UNVERIFIED = "unverified"  # marks generated tests that were not run (where there is no sandbox, other languages)
 
 RUNNER = """\
 import json, os, signal, sys
@@ -74,7 +81,7 @@ class Verified:
 def not_run(test_source: str, reason: str) -> Verified:
     """The tests as written, marked unverified: the sandbox could not run them (`reason`)."""
     note = f"not run: {reason}"
-    header = f"# midline: generated tests, {tasks.UNVERIFIED} ({note})\n"
+    header = f"# midline: generated tests, {UNVERIFIED} ({note})\n"
     return Verified(header + test_source, note=note, ran=False)
 
 
@@ -97,9 +104,9 @@ def verify_tests(
     test, its packages' `__init__.py`) in the sandbox; `paths` go on `sys.path` after the work dir (the
     workspace, for the module's own imports; visible read-only). Returns the source with only the passing
     tests, or all of them marked unverified (`ran` False) where the sandbox is not available."""
-    tests = [t.name for t in tasks.test_functions(test_source)]
+    tests = [t.name for t in test_functions(test_source)]
     if not tests:
-        return Verified(tasks.keep_tests(test_source, []), note="the model wrote no complete tests")
+        return Verified(keep_tests(test_source, []), note="the model wrote no complete tests")
     if not pytest_available():
         return Verified(test_source, note="pytest is not installed in midline's Python environment, so the tests were not run")
     state = sandbox_state()
@@ -125,7 +132,7 @@ def verify_tests(
                 continue
             node_id, outcome = json.loads(line[len(mark):])
             if outcome == "collect-failed":
-                return Verified(tasks.keep_tests(test_source, []), failed=tests, runs=runs, note="the generated test module does not import")
+                return Verified(keep_tests(test_source, []), failed=tests, runs=runs, note="the generated test module does not import")
             name = node_id.split("::", 1)[-1].split("[", 1)[0].replace("::", ".")
             seen[name] = seen.get(name, True) and outcome == "passed"
         outcomes.update(seen)
@@ -133,9 +140,63 @@ def verify_tests(
         if not seen and result.returncode in (2, 3, 4):  # pytest itself failed (interrupted, internal or usage error)
             outcomes.update({name: False for name in pending})
             tail = (result.stdout + result.stderr).strip().split("\n")[-1:]
-            return Verified(tasks.keep_tests(test_source, []), failed=tests, runs=runs, note=f"pytest could not run: {tail[0] if tail else '?'}")
+            return Verified(keep_tests(test_source, []), failed=tests, runs=runs, note=f"pytest could not run: {tail[0] if tail else '?'}")
         if pending:  # the run ended (killed, or the test exited the interpreter) during pending[0]
             outcomes[pending[0]] = False
         remaining = pending[1:]
     passed = [name for name in tests if outcomes.get(name)]
-    return Verified(tasks.keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=runs)
+    return Verified(keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=runs)
+
+
+# -- the tests of a test module -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestFunction:
+    """A test in a test module: `name` (`test_x`, or `TestCls.test_x` for a method) and its source span."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    start: int  # string index of its first line (decorators included)
+    end: int  # string index after its last line
+
+
+def test_functions(source: str) -> list[TestFunction]:
+    """Top-level `test_*` functions and `test_*` methods of top-level `Test*` classes, in order."""
+    out: list[TestFunction] = []
+    data = utf8(source)
+    root = parse("python", source).root_node
+    for node in root.named_children:
+        inner = unwrap(node, "python")
+        name = node_name(inner, "python")
+        if inner.type == "function_definition" and name.startswith("test"):
+            out.append(TestFunction(name, char_offset(data, node.start_byte), next_line(source, char_offset(data, node.end_byte))))
+        elif inner.type == "class_definition" and name.startswith("Test") and (body := inner.child_by_field_name("body")):
+            for member in body.named_children:
+                method = unwrap(member, "python")
+                if method.type == "function_definition" and node_name(method, "python").startswith("test"):
+                    start = char_offset(data, member.start_byte)
+                    start = line_start(source, start)
+                    out.append(TestFunction(f"{name}.{node_name(method, 'python')}", start, next_line(source, char_offset(data, member.end_byte))))
+    return out
+
+
+def keep_tests(source: str, keep: Sequence[str]) -> str:
+    """`source` without the tests (see `test_functions`) not named in `keep`; a `Test*` class left
+    without tests goes too."""
+    tests = test_functions(source)
+    drop = [t for t in tests if t.name not in keep]
+    classes_kept = {t.name.split(".")[0] for t in tests if t.name in keep and "." in t.name}
+    out = source
+    for test in sorted(drop, key=lambda t: t.start, reverse=True):
+        out = out[: test.start] + out[test.end:]
+    root = parse("python", out).root_node
+    data = utf8(out)
+    for node in reversed(root.named_children):
+        inner = unwrap(node, "python")
+        name = node_name(inner, "python")
+        if inner.type == "class_definition" and name.startswith("Test") and name not in classes_kept:
+            if any(t.name.startswith(name + ".") for t in tests):
+                out = out[: char_offset(data, node.start_byte)] + out[next_line(out, char_offset(data, node.end_byte)):]
+    return re.sub(r"\n{4,}", "\n\n\n", out).rstrip() + "\n"

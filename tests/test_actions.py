@@ -23,7 +23,7 @@ from midline.model import tasks
 from midline.model.engine import Generation
 from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
-from midline.server import actions, targets
+from midline.server import actions, targets, verify
 from midline.server.actions import Actions, Explanation, Nothing, Replace, TestFile
 from midline.server.targets import Target
 from midline.model.remote import RemoteError
@@ -275,6 +275,21 @@ def test_the_action_table_is_what_the_server_checks_and_the_vs_code_client_asks_
     assert len(set(actions.KINDS.values())) == len(actions.KINDS) == len(actions.ACTIONS)  # one name and one kind each
 
 
+# -- generated tests (verify.py) -------------------------------------------------------------------
+
+
+def test_test_functions_and_keep_tests_are_pytest_module_surgery():
+    source = (
+        "import pytest\n\n\ndef test_a():\n    pass\n\n\n@pytest.mark.slow\ndef test_b():\n    pass\n\n\n"
+        "def helper():\n    pass\n\n\nclass TestC:\n    def test_d(self):\n        pass\n\n    def test_e(self):\n        pass\n"
+    )
+    assert [t.name for t in verify.test_functions(source)] == ["test_a", "test_b", "TestC.test_d", "TestC.test_e"]
+    kept = verify.keep_tests(source, ["test_b", "TestC.test_e"])
+    assert "def test_a" not in kept and "@pytest.mark.slow\ndef test_b" in kept and "def helper" in kept
+    assert "class TestC" in kept and "test_d" not in kept and "test_e" in kept and parses("python", kept)
+    assert "class TestC" not in verify.keep_tests(source, ["test_a"])
+
+
 GENERATED_TESTS = '''add():
     assert add(1, 2) == 3
 
@@ -324,7 +339,7 @@ def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_p
     assert isinstance(outcome, TestFile) and outcome.path == tmp_path / "tests" / "test_calc.py" and outcome.existing is None
     assert outcome.verified.passed == ["test_add", "test_negative"]
     assert set(outcome.verified.failed) == {"test_wrong", "test_infinite_loop", "test_fork_bomb", "test_huge_allocation", "test_write_outside"}
-    assert [t.name for t in tasks.test_functions(outcome.text)] == ["test_add", "test_negative"]
+    assert [t.name for t in verify.test_functions(outcome.text)] == ["test_add", "test_negative"]
     assert not outside.exists()
 
 
@@ -683,7 +698,7 @@ async def test_e2e_code_from_a_comment_and_generated_tests(lsp):
     if resolved.edit is not None:  # only tests that passed in the sandbox, in tests/test_circle.py
         create, change = resolved.edit.document_changes
         assert create.uri == (root / "tests" / "test_circle.py").as_uri()
-        assert tasks.test_functions(change.edits[0].new_text)
+        assert verify.test_functions(change.edits[0].new_text)
     else:
         assert "tests" in client.messages[-1].message
 

@@ -101,18 +101,6 @@ def test_parse_tests_keeps_whole_statements_that_parse():
     assert parses("python", out)
 
 
-def test_test_functions_and_keep_tests():
-    source = (
-        "import pytest\n\n\ndef test_a():\n    pass\n\n\n@pytest.mark.slow\ndef test_b():\n    pass\n\n\n"
-        "def helper():\n    pass\n\n\nclass TestC:\n    def test_d(self):\n        pass\n\n    def test_e(self):\n        pass\n"
-    )
-    assert [t.name for t in tasks.test_functions(source)] == ["test_a", "test_b", "TestC.test_d", "TestC.test_e"]
-    kept = tasks.keep_tests(source, ["test_b", "TestC.test_e"])
-    assert "def test_a" not in kept and "@pytest.mark.slow\ndef test_b" in kept and "def helper" in kept
-    assert "class TestC" in kept and "test_d" not in kept and "test_e" in kept and parses("python", kept)
-    assert "class TestC" not in tasks.keep_tests(source, ["test_a"])
-
-
 def test_fix_prompt_layout_and_parsing():
     prompt = tasks.FIX.prompt("def inc(x):\n    return x - 1\n", [tasks.diagnostic_line(2, "wrong\n  sign")])
     assert prompt.prefix == (

@@ -41,6 +41,7 @@ from midline.training import sft_mine
 from midline.training.evaluate import add_task_arguments, write_report
 from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
+from midline.server.verify import test_functions, verify_tests
 from midline.training import stage
 from midline.training.stage import save_jsonl, sha256_file
 
@@ -164,11 +165,9 @@ def score_fix(task: dict, output: str) -> dict:
 
 def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
     """Run the generated tests as the server does (`verify_tests` keeps the passing ones), then the kept ones on the mutant."""
-    from midline.server.verify import verify_tests
-
     source = tasks.TESTS.parse(prompt_of(task), output)
     test_file = f"test_{tasks.module_name(task['path'])}.py"
-    written = [t.name for t in tasks.test_functions(source)]
+    written = [t.name for t in test_functions(source)]
     row = {"result": source, "tests": len(written), "passed": 0, "passes": False, "kills": False, "note": ""}
     if not written:
         row["note"] = "no complete test"

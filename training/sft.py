@@ -41,6 +41,7 @@ import numpy as np
 from midline.model import DEFAULT_MODEL_DIR, tasks
 from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimFormat, FimPrompt, encode_text
 from midline.model.syntax import is_string_statement, node_name, parse, unwrap
+from midline.server.verify import keep_tests, test_functions
 from midline.training.sft_mine import KINDS, MineConfig, mine, mine_config, mine_flags, read_records, sample
 from midline.training.stage import SPLITS, command, corpus_fingerprint, read_json, sha256_file, write_json, write_npy
 
@@ -76,11 +77,11 @@ def shrink_tests(record: dict, tries: int = 6) -> Iterator[dict]:
     use (and the test file's imports from it to those names), then the first half of the tests, and so
     on down to one test."""
     yield record
-    names = [t.name for t in tasks.test_functions(record["test"])]
+    names = [t.name for t in test_functions(record["test"])]
     keep = len(names)
     module = tasks.module_name(record["path"])
     for _ in range(tries):
-        test = record["test"] if keep == len(names) else tasks.keep_tests(record["test"], names[:keep])
+        test = record["test"] if keep == len(names) else keep_tests(record["test"], names[:keep])
         used = set(re.findall(r"\w+", tasks.TESTS.target(test) or ""))
         yield {**record, "test": _imports_used(test, module, used), "module": prune_module(record["module"], used)}
         if keep <= 1:
