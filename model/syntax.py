@@ -1,7 +1,7 @@
 """Tree-sitter and offset helpers shared by the server, the tasks and training: one copy of each.
 
-Parsers per language (grammars from model/languages.py), error counting (MISSING nodes included), the
-longest head of code that parses, the definition inside a wrapper, a definition's name, body, header colon
+Parsers per language (grammars from model/languages.py), error counting (MISSING nodes included), a node's
+text, the longest head of code that parses, the definition inside a wrapper, a definition's name, body, header colon
 and docstring, a Python string's content and a Python definition in parts (header, docstring, body), and
 the offsets between string indexes and the UTF-8 byte offsets tree-sitter counts. All text is encoded
 with `utf8` (lone surrogates, which LSP's JSON can carry, pass through).
@@ -43,6 +43,12 @@ def byte_offset(text: str, index: int) -> int:
 def char_offset(data: bytes, byte: int) -> int:
     """The string index of byte offset `byte` (a character boundary) of `data`."""
     return byte if data.isascii() else len(data[:byte].decode("utf-8", "surrogatepass"))
+
+
+def node_text(node: Node) -> str:
+    """A node's source text, undecodable bytes replaced ("" for a tree parsed without its source bytes)."""
+    text = node.text
+    return text.decode("utf-8", "replace") if text is not None else ""
 
 
 def is_word(char: str) -> bool:
@@ -193,7 +199,7 @@ def unwrap(node: Node, language: str, *, fields_only: bool = False) -> Node:
 def node_name(node: Node, language: str, *, fields_only: bool = False) -> str:
     """The `name` field of the unwrapped definition (see `unwrap`), else ""."""
     name = unwrap(node, language, fields_only=fields_only).child_by_field_name("name")
-    return name.text.decode("utf-8", "replace") if name is not None else ""
+    return node_text(name) if name is not None else ""
 
 
 def function_value(node: Node) -> tuple[Node, Node] | None:
@@ -241,10 +247,11 @@ def string_content(string: Node) -> str | None:
     end = next((c for c in reversed(string.children) if c.type == "string_end"), None)
     if start is None or end is None or any(c.type == "interpolation" for c in string.children):
         return None
-    opener = start.text.decode()
+    opener = node_text(start)
     if "b" in opener.lower() or "f" in opener.lower():
         return None
-    return string.text.decode("utf-8", "replace")[len(opener): len(string.text.decode("utf-8", "replace")) - len(end.text.decode())]
+    text = node_text(string)
+    return text[len(opener) : len(text) - len(node_text(end))]
 
 
 @dataclass(frozen=True)
