@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from midline.training import corpus, data, evaluate, evaluate_tasks, export, positions, sft, sft_mine, tiny_model, tokenizer, train
+from midline.training import (corpus, data, evaluate, evaluate_tasks, export, positions, sft, sft_mine, tiny_model,
+                              tokenizer, train)
 
 # The stages, in pipeline order (the order of `midline-train --help`).
 STAGES = (
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="midline-train", description="Train midline's FIM code model, stage by stage.")
+    parser = argparse.ArgumentParser(prog="midline-train",
+                                     description="Train midline's FIM code model, stage by stage.")
     stages = parser.add_subparsers(title="stages", metavar="STAGE", required=True)
     for stage in STAGES:
         stage.add_parser(stages)

@@ -63,7 +63,8 @@ MAX_MEAN_LINE_LENGTH = 100  # mean line length, characters
 MIN_ALNUM_FRACTION = 0.25  # share of alphanumeric characters
 GENERATED_HEAD = 5  # look for "generated" markers in the first lines ...
 GENERATED_HEAD_CHARS = 1000  # ... and at most this many characters
-GENERATED = re.compile(r"auto[- ]?generated|automatically generated|generated (?:automatically|by)|do not (?:edit|modify)|@generated", re.I)
+GENERATED = re.compile(r"auto[- ]?generated|automatically generated|generated (?:automatically|by)"
+                       r"|do not (?:edit|modify)|@generated", re.I)
 DATA_LINE_FRACTION = 0.5  # a file with this share of code lines holding only literals is data
 LONG_LINE = 300  # a file with LONG_LINE_SHARE of its characters in lines longer than LONG_LINE is minified
 LONG_LINE_SHARE = 0.5
@@ -111,9 +112,11 @@ def build_corpus(
 
     manifest_file = out_dir / "manifest.json"
     old = read_json(manifest_file, tolerant=True)
-    if not force and old and old.get("complete") and all((out_dir / f"{s}.jsonl").is_file() for s in ("train", "valid")):
+    if not force and old and old.get("complete") and all((out_dir / f"{s}.jsonl").is_file()
+                                                         for s in ("train", "valid")):
         if (old.get("sources"), old.get("params")) != (sources, params):
-            raise ValueError(f"{manifest_file} was built from other sources or settings; pass --force (force=True) to rebuild")
+            raise ValueError(f"{manifest_file} was built from other sources or settings; "
+                             "pass --force (force=True) to rebuild")
         print(f"corpus: {out_dir} is complete; skipping it", file=sys.stderr)
         return old
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,8 @@ def build_corpus(
         if not dropped:
             repo_bytes[m["repo"]] += m["bytes"]
     valid_repos = choose_valid(repo_bytes, valid_fraction, seed)
-    split, redactions = _write_splits(out_dir, work, len(batches), meta, drop, valid_repos, eval_sets, decontam_ngram, counts)
+    split, redactions = _write_splits(out_dir, work, len(batches), meta, drop, valid_repos, eval_sets, decontam_ngram,
+                                      counts)
 
     counts["kept"] = split["train"]["files"] + split["valid"]["files"]
     manifest = {
@@ -345,9 +349,11 @@ def alnum_count(text: str) -> int:
 
 
 _LITERAL = (r"""(?:[rRbBuU]{0,2}(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""  # a one-line string
-            r"|(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?[jJlL]?(?![\w.]))")  # a number
+            r"|(?:0[xXoObB][0-9a-fA-F_]+|\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)"  # a number
+            r"(?:[eE][-+]?\d+)?[jJlL]?(?![\w.]))")
 _PUNCTUATION = r"[ \t\r\f,:;()\[\]{}+\-]*"
-_DATA_LINE = re.compile(r"^(?:" + _PUNCTUATION + _LITERAL + ")+" + _PUNCTUATION + r"(?:#.*)?$", re.M)  # literals, punctuation
+# literals and punctuation
+_DATA_LINE = re.compile(r"^(?:" + _PUNCTUATION + _LITERAL + ")+" + _PUNCTUATION + r"(?:#.*)?$", re.M)
 _BLOB_LINE = re.compile(r"^[ \t]*([A-Za-z0-9+/=]{40,})[ \t\r]*$", re.M)  # base64 or hex, if it has digits and letters
 _CODE_LINE = re.compile(r"^[ \t]*[^\s#]", re.M)  # not blank, not a comment
 
@@ -359,7 +365,8 @@ def is_minified_or_data(text: str, lengths: list[int]) -> bool:
     if sum(n for n in lengths if n > LONG_LINE) >= LONG_LINE_SHARE * max(1, sum(lengths)):
         return True
     code = len(_CODE_LINE.findall(text))
-    data = [line for line in _DATA_LINE.findall(text) if '"""' not in line and "'''" not in line]  # docstrings are prose
+    data = [line for line in _DATA_LINE.findall(text)
+            if '"""' not in line and "'''" not in line]  # docstrings are prose
     data += [b for b in _BLOB_LINE.findall(text) if re.search(r"\d", b) and re.search("[A-Za-z]", b)]
     return code > 0 and len(data) >= DATA_LINE_FRACTION * code
 
@@ -367,7 +374,8 @@ def is_minified_or_data(text: str, lengths: list[int]) -> bool:
 # -----------------------------------------------------------------------------
 # Secrets: replaced by placeholders (only the value, for assignments)
 
-PRIVATE_KEY = re.compile(r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----)([A-Za-z0-9+/=\s\\\"':,.-]*?)(-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)")
+PRIVATE_KEY = re.compile(r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----)([A-Za-z0-9+/=\s\\\"':,.-]*?)"
+                         r"(-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)")
 API_KEY = re.compile(
     r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"  # AWS access key id
     r"|\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}"  # GitHub
@@ -376,7 +384,9 @@ API_KEY = re.compile(
     r"|\bAIza[0-9A-Za-z_-]{35}"  # Google
     r"|\bhf_[A-Za-z0-9]{34,}"  # Hugging Face
 )
-API_KEY_HINTS = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "sk-", "k_live_", "AIza", "hf_")  # the regex runs only if one is in the text
+# the regex runs only if one is in the text
+API_KEY_HINTS = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "sk-", "k_live_", "AIza",
+                 "hf_")
 TOKEN = re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # JWT
                    r"|(?<=[Bb]earer )[A-Za-z0-9._~+/-]{20,}=*")  # a bearer token
 QUOTED_VALUE = re.compile(r"""[:=][ \t]*[rRbBuU]{0,2}(?P<q>['"])(?P<value>(?:(?!(?P=q))[^\\\n]|\\.)+)(?P=q)""")
@@ -386,7 +396,8 @@ SECRET_NAME = re.compile(  # what precedes a QUOTED_VALUE: `name =`, `name:`, `"
     re.I,
 )
 PLACEHOLDER = re.compile(r"[<{$%].*|[*xX.]+")  # values that are placeholders or templates already
-EMAIL_DOMAIN = re.compile(r"@(?P<domain>(?:[A-Za-z0-9-]+\.)+(?:[A-Za-z]{2}|com|org|net|edu|gov|mil|int|info|biz|io|dev|ai|app))\b(?!\()")
+EMAIL_DOMAIN = re.compile(r"@(?P<domain>(?:[A-Za-z0-9-]+\.)+"
+                          r"(?:[A-Za-z]{2}|com|org|net|edu|gov|mil|int|info|biz|io|dev|ai|app))\b(?!\()")
 EMAIL_USER = re.compile(r"[A-Za-z0-9._%+-]+\Z")  # what precedes an EMAIL_DOMAIN
 KEEP_EMAIL_DOMAIN = re.compile(r"(?:.+\.)?example\.(?:com|org|net)", re.I)
 
@@ -452,7 +463,8 @@ def _redact_emails(text: str, found: dict[str, int]) -> str:
 
 def _looks_random(value: str) -> bool:
     """Credential-like: 16+ characters from [A-Za-z0-9_-.+/=~], letters and digits both."""
-    return bool(re.fullmatch(r"[\w.+/=~-]{16,}", value, re.A)) and any(c.isalpha() for c in value) and any(c.isdigit() for c in value)
+    return (bool(re.fullmatch(r"[\w.+/=~-]{16,}", value, re.A))
+            and any(c.isalpha() for c in value) and any(c.isdigit() for c in value))
 
 
 # -----------------------------------------------------------------------------
@@ -599,7 +611,8 @@ def _write_splits(out_dir: Path, work: Path, n_batches: int, meta: list[dict], d
     return split, {k: redactions[k] for k in REDACTIONS}
 
 
-def _kept_lines(work: Path, n_batches: int, meta: list[dict], drop: list[str | None], want, split: str) -> Iterator[tuple[str, dict]]:
+def _kept_lines(work: Path, n_batches: int, meta: list[dict], drop: list[str | None], want,
+                split: str) -> Iterator[tuple[str, dict]]:
     """(line, meta) of the saved files not dropped by dedup and wanted, in order."""
     i = 0
     with tqdm(total=len(meta), desc=f"corpus: {split}", unit="file") as bar:
@@ -613,7 +626,8 @@ def _kept_lines(work: Path, n_batches: int, meta: list[dict], drop: list[str | N
     assert i == len(meta), "scan results changed while writing"
 
 
-_HEADER = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*[ \t]*[rRuU]?(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?''')")  # comments, docstring
+_HEADER = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\n)*"  # comment lines
+                     r"[ \t]*[rRuU]?(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?''')")  # a docstring
 _COMMENT_LINE = re.compile(r"\n[ \t]*(?:#|//|/\*|\*)[^\n]*")  # from its newline: faster than ^ with re.M
 
 
@@ -706,12 +720,15 @@ def _load_scan(work: Path, n: int) -> tuple[list[dict], np.ndarray, Counter]:
 def add_parser(stages: argparse._SubParsersAction) -> None:
     """Register the `corpus` subcommand."""
     p = stages.add_parser("corpus", help="collect, filter, dedup, redact and split source files into train/valid JSONL")
-    p.add_argument("--sources", nargs="+", metavar="DIR|GLOB", help="default: the stdlib and site-packages of this Python")
+    p.add_argument("--sources", nargs="+", metavar="DIR|GLOB",
+                   help="default: the stdlib and site-packages of this Python")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--valid-fraction", type=float, default=0.05, help="share of bytes, whole repos (default: %(default)s)")
+    p.add_argument("--valid-fraction", type=float, default=0.05,
+                   help="share of bytes, whole repos (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-bytes", type=int, default=1_000_000, help="largest file kept (default: %(default)s)")
-    p.add_argument("--eval-set", nargs="+", type=Path, default=[], metavar="FILE", help="decontaminate against these (JSONL with \"text\", or text)")
+    p.add_argument("--eval-set", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="decontaminate against these (JSONL with \"text\", or text)")
     p.add_argument("--force", action="store_true", help="rebuild even if complete")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(run=run)

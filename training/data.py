@@ -6,8 +6,9 @@ The recipe (the knobs are `DataConfig`):
   `spm_rate`, else PSM), otherwise plain left-to-right text. A FIM middle is a line span (an editor's
   hole: the rest of a line, or whole lines) with probability `line_span_rate`, else the span between
   two uniform character positions; with probability `end_rate` it then runs on to the chunk's end (an
-  empty suffix: typing at the end of a file, which uniform spans almost never leave). Every example ends with EOT and lies whole inside one row, so a
-  middle always ends in EOT. That is the `holes="chars"` recipe (the default, the shipped model's).
+  empty suffix: typing at the end of a file, which uniform spans almost never leave). Every example ends with EOT and
+  lies whole inside one row, so a middle always ends in EOT. That is the `holes="chars"` recipe (the default, the
+  shipped model's).
 - `holes="ast"`: holes where an editor asks, chosen with the file's tree-sitter tree (AST-FIM, Gong et al.
   2025, "Structure-Aware Fill-in-the-Middle Pretraining for Code"). The shares of FIM middles (`AST_HOLES`):
     lines      0.22  whole line(s): the prefix ends with "\n" + indentation, the suffix starts with "\n"
@@ -86,7 +87,8 @@ class DataConfig:
 # -- examples -------------------------------------------------------------------------------------
 
 
-def fim_split(text: str, rng: random.Random, line_span_rate: float = 0.0, end_rate: float = 0.0) -> tuple[str, str, str]:
+def fim_split(text: str, rng: random.Random, line_span_rate: float = 0.0,
+              end_rate: float = 0.0) -> tuple[str, str, str]:
     """(prefix, middle, suffix); they join back to `text`. With probability `line_span_rate` a line span
     (`line_span`), else two uniform character positions (the FIM paper's split); then, with probability
     `end_rate`, the middle runs on to the end of `text` (an empty suffix)."""
@@ -122,7 +124,8 @@ def line_span(text: str, rng: random.Random, max_lines: int = 8) -> tuple[int, i
 # -- syntax-aware holes (holes="ast") -------------------------------------------------------------
 
 HOLES = ("chars", "ast")
-AST_HOLES = {"lines": 0.22, "line_rest": 0.14, "node": 0.24, "new_line": 0.12, "empty": 0.08, "end": 0.10, "chars": 0.10}
+AST_HOLES = {"lines": 0.22, "line_rest": 0.14, "node": 0.24, "new_line": 0.12, "empty": 0.08, "end": 0.10,
+             "chars": 0.10}
 AST_NODES = {"expression": 0.35, "statement": 0.2, "statements": 0.2, "block": 0.25}  # the kinds of "node" holes
 MORE_LINES = 0.35  # chance that a multi-line hole takes one more line (again and again, up to MAX_LINES)
 MAX_LINES = 8
@@ -358,7 +361,8 @@ class _Chunk:
         return None
 
 
-def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None, offset: int = 0) -> tuple[str, str, str, str]:
+def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None,
+              offset: int = 0) -> tuple[str, str, str, str]:
     """(prefix, middle, suffix, kind): a hole in `text` (a chunk of a document, `offset` characters into it)
     of a kind drawn from AST_HOLES; `syntax` is the document's (None: line-based holes). The kind is the
     hole's own: a node's kind from AST_NODES, "lines" where the drawn kind did not fit."""
@@ -380,14 +384,16 @@ def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None, offse
     return text[:i], text[i:j], text[j:], kind
 
 
-def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "") -> list[int]:
+def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "",
+                repo: str = "") -> list[int]:
     """One example's ids, ending with EOT: FIM (PSM or SPM) or plain left-to-right, with or without path/repo."""
     syntax = Syntax.of(text, path) if config.holes == "ast" else None
     return _example(text, rng, tokenizer, config, path, repo, syntax=syntax)[0]
 
 
 def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True, *,
-             syntax: Syntax | None = None, offset: int = 0, holes: Counter | None = None) -> tuple[list[int], str, bool]:
+             syntax: Syntax | None = None, offset: int = 0,
+             holes: Counter | None = None) -> tuple[list[int], str, bool]:
     """(ids, kind: "psm" | "spm" | "plain", has file context). With the ast recipe, `text` lies `offset`
     characters into a document whose syntax is `syntax`, and `holes` counts the FIM hole's kind."""
     if rng.random() >= config.context_rate:
@@ -493,7 +499,8 @@ def pack(lengths: list[int], room: int) -> list[list[int]]:
 # -- the stage ------------------------------------------------------------------------------------
 
 
-def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: DataConfig, *, force: bool = False, command: list[str] | None = None) -> dict:
+def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: DataConfig, *, force: bool = False,
+               command: list[str] | None = None) -> dict:
     """Tokenize, FIM and pack `corpus_dir`'s train/valid jsonl into `out_dir`; returns meta.json's content
     (`command`, the command line, is recorded in it)."""
     corpus_dir, tokenizer_dir, out_dir = Path(corpus_dir), Path(tokenizer_dir), Path(out_dir)
@@ -502,10 +509,11 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
             raise FileNotFoundError(f"{corpus_dir / f'{split}.jsonl'} is missing: build the corpus stage first")
     _check_holes(config)
     tokenizer = load_tokenizer(tokenizer_dir)
-    params = {**asdict(config), "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"), "corpus": corpus_fingerprint(corpus_dir)}
+    params = {**asdict(config), "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
+              "corpus": corpus_fingerprint(corpus_dir)}
     if config.holes == "ast":  # the mixture is code, not a knob: a changed one must not resume old shards
-        params.update(ast_holes=AST_HOLES, ast_nodes=AST_NODES, more_lines=MORE_LINES, max_lines=MAX_LINES, max_node_lines=MAX_NODE_LINES,
-                      tries=TRIES, empty_at_line_end=EMPTY_AT_LINE_END)
+        params.update(ast_holes=AST_HOLES, ast_nodes=AST_NODES, more_lines=MORE_LINES, max_lines=MAX_LINES,
+                      max_node_lines=MAX_NODE_LINES, tries=TRIES, empty_at_line_end=EMPTY_AT_LINE_END)
     meta_path = out_dir / "meta.json"
     if force and out_dir.exists():
         _clean(out_dir)
@@ -525,7 +533,8 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
         _init_worker(str(tokenizer_dir), config)
     pad, dtype = tokenizer.convert_tokens_to_ids(FIM_PAD), _dtype(len(tokenizer))
     try:
-        splits = {split: _build_split(corpus_dir / f"{split}.jsonl", split, out_dir, config, params, pool, pad, dtype) for split in SPLITS}
+        splits = {split: _build_split(corpus_dir / f"{split}.jsonl", split, out_dir, config, params, pool, pad, dtype)
+                  for split in SPLITS}
     finally:
         if pool is not None:
             pool.close()
@@ -538,9 +547,11 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     vocab = len(tokenizer)
     meta = {
         "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
-        "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name,
-        "fim_rate": config.fim_rate, "spm_rate": config.spm_rate, "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "holes": config.holes, "context_rate": config.context_rate, "seed": config.seed,
-        "splits": splits, "params": params, "command": command, "complete": True,
+        "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()),
+        "format": MIDLINE.name, "fim_rate": config.fim_rate, "spm_rate": config.spm_rate,
+        "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "holes": config.holes,
+        "context_rate": config.context_rate, "seed": config.seed, "splits": splits, "params": params,
+        "command": command, "complete": True,
     }
     write_json(meta_path, meta, indent=1)
     return meta
@@ -552,7 +563,8 @@ def load_tokenizer(tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
 
 
-def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, params: dict, pool, pad: int, dtype: np.dtype) -> dict:
+def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, params: dict, pool, pad: int,
+                 dtype: np.dtype) -> dict:
     """Write `split`'s shards (skipping finished ones) and return the split's totals."""
     from tqdm import tqdm
 
@@ -592,7 +604,8 @@ def _build_split(path: Path, split: str, out_dir: Path, config: DataConfig, para
     bar.close()
     tokens, rows = totals["tokens"], totals["rows"]
     holes = {k.removeprefix("hole_"): totals[k] for k in sorted(totals) if k.startswith("hole_")}
-    return {"shards": shards, **{k: totals[k] for k in ("rows", "tokens", "examples", "documents", "chars", "psm", "spm", "plain", "context")},
+    counts = ("rows", "tokens", "examples", "documents", "chars", "psm", "spm", "plain", "context")
+    return {"shards": shards, **{k: totals[k] for k in counts},
             "fill": round(tokens / (rows * room), 4) if rows else 0.0, **({"holes": holes} if holes else {})}
 
 
@@ -643,7 +656,8 @@ def _encode_task(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarr
         if not doc["text"]:
             continue
         rng = random.Random(f"{config.seed}/{split}/{number}")
-        for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""), repo=shown_repo(doc.get("repo", "")), stats=stats):
+        for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""),
+                                                        repo=shown_repo(doc.get("repo", "")), stats=stats):
             ids += example
             lengths.append(len(example))
             stats[kind] += 1
@@ -677,8 +691,10 @@ def packed_rows(tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room
     return out
 
 
-def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, dtype: np.dtype) -> int:
-    """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the row count."""
+def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int,
+                 dtype: np.dtype) -> int:
+    """Pack the examples (taken in `order`) into rows padded with `pad`, written atomically to `path`; returns the
+    row count."""
     out = packed_rows(tokens, lengths, order, room, pad, dtype)
     write_npy(path, out, fsync=True)
     return len(out)
@@ -695,7 +711,8 @@ def _check_holes(config: DataConfig) -> None:
 
 def _check_params(found: dict | None, wanted: dict, where: Path) -> None:
     if found != wanted:
-        raise ValueError(f"{where} was built with other settings, tokenizer or corpus; pass --force (force=True) to rebuild")
+        raise ValueError(f"{where} was built with other settings, tokenizer or corpus; "
+                         "pass --force (force=True) to rebuild")
 
 
 def _clean(out_dir: Path) -> None:
@@ -721,7 +738,8 @@ class PackedDataset:
         meta = read_meta(data_dir)
         self.meta, self.split, self.seed = meta, split, seed
         self.seq_len, self.pad_id, self.eot_id = meta["seq_len"], meta["pad_id"], meta["eot_id"]
-        self.shards = [np.load(data_dir / name, mmap_mode="r", allow_pickle=False) for name in meta["splits"][split]["shards"]]
+        self.shards = [np.load(data_dir / name, mmap_mode="r", allow_pickle=False)
+                       for name in meta["splits"][split]["shards"]]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         self._order: tuple[int, np.ndarray] | None = None
 
@@ -797,16 +815,20 @@ def add_parser(stages) -> None:
     """The `data` subcommand."""
     d = DataConfig()
     p = stages.add_parser("data", help="tokenize, FIM and pack the corpus into training rows")
-    p.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="the corpus stage's output (train.jsonl, valid.jsonl)")
+    p.add_argument("--corpus", type=Path, required=True, metavar="DIR",
+                   help="the corpus stage's output (train.jsonl, valid.jsonl)")
     p.add_argument("--tokenizer", type=Path, required=True, metavar="DIR")
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--fim-rate", type=float, default=d.fim_rate)
     p.add_argument("--spm-rate", type=float, default=d.spm_rate)
-    p.add_argument("--line-span-rate", type=float, default=d.line_span_rate, help="share of FIM middles cut at line ends")
-    p.add_argument("--end-rate", type=float, default=d.end_rate, help="share of FIM middles that run to the chunk's end (empty suffix)")
+    p.add_argument("--line-span-rate", type=float, default=d.line_span_rate,
+                   help="share of FIM middles cut at line ends")
+    p.add_argument("--end-rate", type=float, default=d.end_rate,
+                   help="share of FIM middles that run to the chunk's end (empty suffix)")
     p.add_argument("--holes", choices=HOLES, default=d.holes,
-                   help="FIM hole recipe: chars (uniform spans, --line-span-rate, --end-rate) or ast (editor-like holes chosen with tree-sitter)")
+                   help="FIM hole recipe: chars (uniform spans, --line-span-rate, --end-rate) "
+                        "or ast (editor-like holes chosen with tree-sitter)")
     p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
@@ -816,14 +838,17 @@ def add_parser(stages) -> None:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate, line_span_rate=args.line_span_rate, end_rate=args.end_rate,
-                        holes=args.holes, context_rate=args.context_rate,
-                        seed=args.seed, shard_rows=args.shard_rows, workers=args.workers)
+    config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate,
+                        line_span_rate=args.line_span_rate, end_rate=args.end_rate, holes=args.holes,
+                        context_rate=args.context_rate, seed=args.seed, shard_rows=args.shard_rows,
+                        workers=args.workers)
     start = time.monotonic()
     meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=command())
     for split, s in meta["splits"].items():
-        print(f"{split}: {s['documents']} documents -> {s['examples']} examples ({s['psm']} PSM, {s['spm']} SPM, {s['plain']} plain), "
-              f"{s['rows']} rows x {meta['seq_len'] + 1}, {s['tokens']} tokens ({s['fill']:.1%} full), {len(s['shards'])} shards")
+        print(f"{split}: {s['documents']} documents -> {s['examples']} examples "
+              f"({s['psm']} PSM, {s['spm']} SPM, {s['plain']} plain), "
+              f"{s['rows']} rows x {meta['seq_len'] + 1}, {s['tokens']} tokens ({s['fill']:.1%} full), "
+              f"{len(s['shards'])} shards")
         if s.get("holes"):
             total = sum(s["holes"].values())
             print(f"  {split} holes: " + ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in s["holes"].items()))

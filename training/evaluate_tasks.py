@@ -45,7 +45,7 @@ from midline.server.verify import test_functions, verify_tests
 from midline.training import stage
 from midline.training.stage import save_jsonl, sha256_file
 
-KINDS = tuple(task.name for task in (tasks.EXPLAIN, tasks.FIX, tasks.TESTS))  # the kinds evaluated, in --max-new-tokens order
+KINDS = tuple(task.name for task in (tasks.EXPLAIN, tasks.FIX, tasks.TESTS))  # evaluated, in --max-new-tokens order
 MAX_MODULE_CHARS = 6000  # tests tasks: modules small enough that the prompt fits a 1k-token context
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.", re.MULTILINE)
 _IMPORT_CHECK = """\
@@ -59,10 +59,12 @@ assert callable(getattr(module, {name!r}))
 # -- tasks ----------------------------------------------------------------------------------------
 
 
-def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandbox_timeout_s: float = 20.0) -> list[dict]:
+def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
+                sandbox_timeout_s: float = 20.0) -> list[dict]:
     """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl."""
     docs = [json.loads(line) for line in open(Path(corpus_dir) / "valid.jsonl", encoding="utf-8") if line.strip()]
-    docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000), key=lambda d: (d["repo"], d["path"]))
+    docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000),
+                  key=lambda d: (d["repo"], d["path"]))
     config = sft_mine.MineConfig(seed=seed)
     out: list[dict] = []
     for kind in KINDS:
@@ -85,7 +87,8 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int, sandb
                 found.append(task)
                 continue
             tree = parse("python", doc["text"])
-            records = sft_mine.explain_records(doc, tree, rng, config) if kind == "explain" else sft_mine.fix_records(doc, tree, rng, config)
+            mined = sft_mine.explain_records if kind == "explain" else sft_mine.fix_records
+            records = mined(doc, tree, rng, config)
             if records:
                 found.append(rng.choice(records))
         out += found
@@ -96,15 +99,16 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
     """A tests task for a module: a public top-level function of it with a mutant; None if none fits."""
     path = PurePosixPath(doc["path"])
     text = doc["text"]
-    if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft_mine.tested_module(doc["path"]) or not path.stem.isidentifier()
-            or _RELATIVE_IMPORT.search(text) or "__main__" in path.stem):
+    if (len(text) > MAX_MODULE_CHARS or path.stem == "__init__" or sft_mine.tested_module(doc["path"])
+            or not path.stem.isidentifier() or _RELATIVE_IMPORT.search(text) or "__main__" in path.stem):
         return None
     tree = parse("python", text)
     if tree.root_node.has_error:
         return None
     data = utf8(text)
     functions = [n for n in tree.root_node.named_children
-                 if unwrap(n, "python").type == "function_definition" and not node_name(n, "python").startswith("_") and n.end_point.row - n.start_point.row >= 2]
+                 if unwrap(n, "python").type == "function_definition" and not node_name(n, "python").startswith("_")
+                 and n.end_point.row - n.start_point.row >= 2]
     rng.shuffle(functions)
     for node in functions:
         code = sft_mine.definition_code(data, node)
@@ -112,11 +116,12 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
         if found is None:
             continue
         start = line_start(data, node.start_byte)
-        mutant = (data[:start] + found[1].rstrip("\n").encode() + data[node.end_byte :]).decode("utf-8", "surrogatepass")
+        mutated = data[:start] + found[1].rstrip("\n").encode() + data[node.end_byte :]
+        mutant = mutated.decode("utf-8", "surrogatepass")
         if not sft_mine.compiles(mutant):
             continue
-        return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "mutation": found[0],
-                "module": text, "mutant": mutant}
+        return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"),
+                "mutation": found[0], "module": text, "mutant": mutant}
     return None
 
 
@@ -153,18 +158,21 @@ def load_tasks(path: Path) -> list[dict]:
 def score_explain(task: dict, output: str) -> dict:
     got = tasks.EXPLAIN.parse(output)
     want = inspect.cleandoc(tasks.EXPLAIN.record_example(task)[1]).strip()
-    return {"result": got, "rouge_l": rouge_l(got, want), "edit_similarity": edit_similarity(got, want), "exact": got == want, "empty": not got}
+    return {"result": got, "rouge_l": rouge_l(got, want), "edit_similarity": edit_similarity(got, want),
+            "exact": got == want, "empty": not got}
 
 
 def score_fix(task: dict, output: str) -> dict:
     got = tasks.FIX.parse(output)
     fixed, buggy = normalize(task["fixed"]), normalize(task["buggy"])
-    return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]), "parses": bool(got) and bool(parses("python", got)),
-            "unchanged": normalize(got) == buggy, "edit_similarity": edit_similarity(normalize(got), fixed), "empty": not got}
+    return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]),
+            "parses": bool(got) and bool(parses("python", got)), "unchanged": normalize(got) == buggy,
+            "edit_similarity": edit_similarity(normalize(got), fixed), "empty": not got}
 
 
 def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
-    """Run the generated tests as the server does (`verify_tests` keeps the passing ones), then the kept ones on the mutant."""
+    """Run the generated tests as the server does (`verify_tests` keeps the passing ones), then the kept ones on the
+    mutant."""
     source = tasks.TESTS.parse(prompt_of(task), output)
     test_file = f"test_{tasks.module_name(task['path'])}.py"
     written = [t.name for t in test_functions(source)]
@@ -177,7 +185,8 @@ def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
         raise SandboxUnavailable(on_code.note)
     row.update(passed=len(on_code.passed), passes=bool(on_code.passed), note=on_code.note)
     if on_code.passed:
-        on_mutant = verify_tests(on_code.source, test_file=test_file, files=_files(task, task["mutant"]), timeout_s=timeout_s)
+        on_mutant = verify_tests(on_code.source, test_file=test_file, files=_files(task, task["mutant"]),
+                                 timeout_s=timeout_s)
         row["kills"] = bool(on_mutant.failed) or not on_mutant.passed
     return row
 
@@ -202,9 +211,11 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
     rows = []
     for task in stage.progress(items, progress, "eval-tasks"):
         ids = engine.encode(prompt_of(task))
-        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits), should_stop=tasks.TASKS[task["kind"]].should_stop())
-        row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"), "tokens": len(generation.token_ids),
-               "finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens}
+        generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits),
+                                     should_stop=tasks.TASKS[task["kind"]].should_stop())
+        row = {"kind": task["kind"], "repo": task["repo"], "path": task["path"], "name": task.get("name"),
+               "tokens": len(generation.token_ids), "finish_reason": generation.finish_reason,
+               "prompt_tokens": generation.prompt_tokens}
         if task["kind"] == "explain":
             row.update(score_explain(task, generation.text))
         elif task["kind"] == "fix":
@@ -216,7 +227,8 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
         rows.append(row)
     report = {
         "model": str(Path(model_dir).resolve()), "device": str(engine.device), "fim_format": engine.fim.name,
-        "settings": {"max_new_tokens": limits, "run_tests": run_tests, "sandbox_timeout_s": sandbox_timeout_s, "decoding": "greedy"},
+        "settings": {"max_new_tokens": limits, "run_tests": run_tests, "sandbox_timeout_s": sandbox_timeout_s,
+                     "decoding": "greedy"},
         "tasks": {"count": len(items), "by_kind": {k: sum(t["kind"] == k for t in items) for k in KINDS}},
         "metrics": summarize(rows, run_tests),
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -233,16 +245,19 @@ def summarize(rows: list[dict], run_tests: bool = True) -> dict:
     fix = [r for r in rows if r["kind"] == "fix"]
     tests_ = [r for r in rows if r["kind"] == "tests"]
     out = {
-        "explain": {"n": len(explain), "rouge_l": mean(explain, "rouge_l"), "edit_similarity": mean(explain, "edit_similarity"),
-                    "exact": mean(explain, "exact"), "empty": mean(explain, "empty"), "tokens_mean": mean(explain, "tokens")},
-        "fix": {"n": len(fix), "fix_rate": mean(fix, "fixed"), "same_tree": mean(fix, "same_tree"), "parses": mean(fix, "parses"),
-                "unchanged": mean(fix, "unchanged"), "edit_similarity": mean(fix, "edit_similarity"), "tokens_mean": mean(fix, "tokens"),
-                "by_mutation": {m: {"n": len(g), "fix_rate": mean(g, "fixed")} for m in sft_mine.MUTATIONS if (g := [r for r in fix if r["mutation"] == m])}},
+        "explain": {"n": len(explain), "rouge_l": mean(explain, "rouge_l"),
+                    "edit_similarity": mean(explain, "edit_similarity"), "exact": mean(explain, "exact"),
+                    "empty": mean(explain, "empty"), "tokens_mean": mean(explain, "tokens")},
+        "fix": {"n": len(fix), "fix_rate": mean(fix, "fixed"), "same_tree": mean(fix, "same_tree"),
+                "parses": mean(fix, "parses"), "unchanged": mean(fix, "unchanged"),
+                "edit_similarity": mean(fix, "edit_similarity"), "tokens_mean": mean(fix, "tokens"),
+                "by_mutation": {m: {"n": len(g), "fix_rate": mean(g, "fixed")} for m in sft_mine.MUTATIONS
+                                if (g := [r for r in fix if r["mutation"] == m])}},
         "tests": {"n": len(tests_), "tokens_mean": mean(tests_, "tokens")},
     }
     if run_tests and tests_:
-        out["tests"].update(pass_rate=mean(tests_, "passes"), kill_rate=mean(tests_, "kills"), tests_mean=mean(tests_, "tests"),
-                            passed_mean=mean(tests_, "passed"))
+        out["tests"].update(pass_rate=mean(tests_, "passes"), kill_rate=mean(tests_, "kills"),
+                            tests_mean=mean(tests_, "tests"), passed_mean=mean(tests_, "passed"))
     return out
 
 
@@ -253,13 +268,17 @@ def format_report(report: dict) -> str:
     lines = []
     e, x, t = m["explain"], m["fix"], m["tests"]
     if e["n"]:
-        lines.append(f"explain  n={e['n']:<4} ROUGE-L {f(e['rouge_l'])}  edit similarity {f(e['edit_similarity'])}  exact {f(e['exact'])}  empty {f(e['empty'])}")
+        lines.append(f"explain  n={e['n']:<4} ROUGE-L {f(e['rouge_l'])}  edit similarity {f(e['edit_similarity'])}  "
+                     f"exact {f(e['exact'])}  empty {f(e['empty'])}")
     if x["n"]:
-        lines.append(f"fix      n={x['n']:<4} fix rate {f(x['fix_rate'])}  same tree {f(x['same_tree'])}  parses {f(x['parses'])}  unchanged {f(x['unchanged'])}")
-        lines.append("         by mutation: " + ", ".join(f"{k} {f(v['fix_rate'])} ({v['n']})" for k, v in x["by_mutation"].items()))
+        lines.append(f"fix      n={x['n']:<4} fix rate {f(x['fix_rate'])}  same tree {f(x['same_tree'])}  "
+                     f"parses {f(x['parses'])}  unchanged {f(x['unchanged'])}")
+        by_mutation = ", ".join(f"{k} {f(v['fix_rate'])} ({v['n']})" for k, v in x["by_mutation"].items())
+        lines.append("         by mutation: " + by_mutation)
     if t["n"]:
         if "pass_rate" in t:
-            lines.append(f"tests    n={t['n']:<4} pass on the code {f(t['pass_rate'])}  pass and kill the mutant {f(t['kill_rate'])}  "
+            lines.append(f"tests    n={t['n']:<4} pass on the code {f(t['pass_rate'])}  "
+                         f"pass and kill the mutant {f(t['kill_rate'])}  "
                          f"tests written {f(t['tests_mean'])}, passing {f(t['passed_mean'])} per task")
         else:
             lines.append(f"tests    n={t['n']:<4} (not run)")
@@ -283,7 +302,8 @@ def add_parser(stages) -> None:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.no_run and not (state := sandbox_state()).available:
-        parser.error(f"the tests tasks run generated tests in the sandbox, which is off here: {state.detail}; or pass --no-run")
+        parser.error(f"the tests tasks run generated tests in the sandbox, which is off here: {state.detail}; "
+                     "or pass --no-run")
     if args.tasks and args.tasks.exists():
         items, tasks_file = load_tasks(args.tasks), args.tasks
     elif args.corpus:
@@ -296,7 +316,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not items:
         parser.error("no tasks: the held-out split has no functions to ask about")
     limits = dict(zip(KINDS, args.max_new_tokens))
-    report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run, progress=sys.stderr.isatty())
+    report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run,
+                            progress=sys.stderr.isatty())
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
                            sha256=sha256_file(tasks_file) if tasks_file else None)
     write_report(report, args.out, format_report(report))

@@ -40,7 +40,8 @@ MB = 10**6
 # Files an export writes or replaces; anything else in the output directory is kept.
 MODEL_FILES = (
     "config.json", "generation_config.json", "README.md", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+    "tokenizer.model", "chat_template.jinja",
 )
 MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
@@ -79,7 +80,8 @@ def export(
         card.files = _weight_files(staging)
         (staging / "README.md").write_text(model_card(card), encoding="utf-8")
         if card.languages:  # the server completes these languages by default (engine.model_settings)
-            (staging / "midline.json").write_text(json.dumps({"languages": card.languages}, indent=2) + "\n", encoding="utf-8")
+            (staging / "midline.json").write_text(json.dumps({"languages": card.languages}, indent=2) + "\n",
+                                                  encoding="utf-8")
         _check_files(staging, max_total_mb, allow_large)
         _verify(staging, model)
         _install(staging, out_dir)
@@ -94,7 +96,8 @@ def export(
 def _load(model_dir: Path, dtype: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     check_model_dir(model_dir)  # safetensors only, with clear errors
     torch_dtype = resolve_dtype(dtype, torch.device("cpu"))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, use_safetensors=True,
+                                                 dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     fim.detect(tokenizer.get_vocab())  # FimFormatError if the tokenizer lacks FIM tokens
     return model.eval(), tokenizer
@@ -137,7 +140,8 @@ def _set_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenize
     eos = vocab.get(fim.EOT, tokenizer.eos_token_id)
     pad = vocab.get(fim.FIM_PAD, tokenizer.pad_token_id)
     model.config.eos_token_id, model.config.pad_token_id = eos, pad
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad, do_sample=False)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=pad,
+                                               do_sample=False)
 
 
 def _weight_files(folder: Path) -> list[tuple[str, int]]:
@@ -148,12 +152,14 @@ def _check_files(folder: Path, max_total_mb: float, allow_large: bool) -> None:
     """What was written: every file under 16 MiB, weights within the total."""
     if allow_large:
         return
-    too_big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in folder.iterdir() if p.stat().st_size > MAX_FILE_BYTES]
+    too_big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in folder.iterdir()
+               if p.stat().st_size > MAX_FILE_BYTES]
     if too_big:
         raise ExportError(f"files over 16 MiB: {', '.join(too_big)}; lower --max-shard-mb")
     total = sum(size for _, size in _weight_files(folder))
     if total > max_total_mb * MB:
-        raise ExportError(f"the weight files total {total / MB:.1f} MB, over the {max_total_mb:g} MB limit; pass --allow-large to export anyway")
+        raise ExportError(f"the weight files total {total / MB:.1f} MB, over the {max_total_mb:g} MB limit; "
+                          "pass --allow-large to export anyway")
 
 
 def _verify(folder: Path, model: PreTrainedModel) -> None:
@@ -274,7 +280,8 @@ def _tokenizer_facts(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     kind = type(backend.model).__name__ if backend is not None else type(tokenizer).__name__
     if backend is not None and type(backend.pre_tokenizer).__name__ == "ByteLevel":
         kind = f"byte-level {kind}"
-    return {"kind": kind, "vocab_size": len(tokenizer), "special": {t: vocab[t] for t in fim.SPECIAL_TOKENS if t in vocab}}
+    return {"kind": kind, "vocab_size": len(tokenizer),
+            "special": {t: vocab[t] for t in fim.SPECIAL_TOKENS if t in vocab}}
 
 
 def _last_loss(path: Path) -> dict | None:
@@ -352,7 +359,8 @@ def _card_data(card: CardInputs) -> str:
 def _card_tokenizer(card: CardInputs) -> str:
     t = card.tokenizer
     special = {f"`{token}`": i for token, i in t["special"].items()}
-    return f"## Tokenizer\n\n{t['kind']}, vocabulary {t['vocab_size']:,} tokens. Special tokens:\n\n" + _table(special, header=("token", "id"))
+    return (f"## Tokenizer\n\n{t['kind']}, vocabulary {t['vocab_size']:,} tokens. Special tokens:\n\n"
+            + _table(special, header=("token", "id")))
 
 
 def _card_architecture(card: CardInputs) -> str:
@@ -406,8 +414,8 @@ def _card_evaluation(card: CardInputs) -> str:
     rows = []
     for kind, m in (report.get("metrics") or {}).items():
         if m.get("n"):
-            rows.append([kind, m["n"], _pct(m.get("exact_match")), _pct(m.get("edit_similarity")), _pct(m.get("empty_rate")),
-                         _num(m.get("latency_ms_mean")), _num(m.get("tokens_mean"))])
+            rows.append([kind, m["n"], _pct(m.get("exact_match")), _pct(m.get("edit_similarity")),
+                         _pct(m.get("empty_rate")), _num(m.get("latency_ms_mean")), _num(m.get("tokens_mean"))])
     parts = [
         "## Evaluation",
         "Infilling on held-out files through midline's own completion path (prompt building, greedy decoding, "
@@ -417,13 +425,15 @@ def _card_evaluation(card: CardInputs) -> str:
     functional = report.get("functional")
     if functional and functional.get("tasks"):
         parts.append(
-            f"Functional: pass@1 {_pct(functional.get('pass_at_1'))} on {functional.get('counted')} functions whose doctests "
-            f"the original code passes and the code with the hole fails ({functional.get('original_passed')}/{functional.get('tasks')} originals pass)."
+            f"Functional: pass@1 {_pct(functional.get('pass_at_1'))} on {functional.get('counted')} functions "
+            "whose doctests the original code passes and the code with the hole fails "
+            f"({functional.get('original_passed')}/{functional.get('tasks')} originals pass)."
         )
     loss = report.get("loss")
     if loss and loss.get("tokens"):
         parts.append(
-            f"Validation loss: {_num(loss.get('nats_per_token'), 4)} nats/token, {_num(loss.get('bits_per_byte'), 4)} bits/byte "
+            f"Validation loss: {_num(loss.get('nats_per_token'), 4)} nats/token, "
+            f"{_num(loss.get('bits_per_byte'), 4)} bits/byte "
             f"({loss.get('docs')} held-out documents, {loss.get('tokens'):,} tokens)."
         )
     settings = report.get("settings") or {}
@@ -504,16 +514,21 @@ def _duration(seconds: float) -> str:
 
 def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `export` subcommand."""
-    p = stages.add_parser("export", help="write a trained run as midline's default model (bf16, sharded, with a model card)")
-    p.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="training run dir (with model/ and checkpoint/state.json)")
+    p = stages.add_parser("export",
+                          help="write a trained run as midline's default model (bf16, sharded, with a model card)")
+    p.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR",
+                   help="training run dir (with model/ and checkpoint/state.json)")
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="default: %(default)s")
     p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir, for the data section (manifest.json)")
     p.add_argument("--data", type=Path, metavar="DIR", help="data dir, for the example settings (meta.json)")
-    p.add_argument("--eval", type=Path, metavar="FILE", help="evaluation report (JSON from `midline-train evaluate --out`)")
-    p.add_argument("--command", action="append", metavar="STR", help="a command that made the model, for the card (repeatable)")
+    p.add_argument("--eval", type=Path, metavar="FILE",
+                   help="evaluation report (JSON from `midline-train evaluate --out`)")
+    p.add_argument("--command", action="append", metavar="STR",
+                   help="a command that made the model, for the card (repeatable)")
     p.add_argument("--hardware", metavar="STR", help="training hardware, if the run did not record it")
     p.add_argument("--max-shard-mb", type=float, default=15.0, help="weight file size in MB (default: %(default)s)")
-    p.add_argument("--allow-large", action="store_true", help=f"allow weights over {MAX_TOTAL_MB:g} MB and files over 16 MiB")
+    p.add_argument("--allow-large", action="store_true",
+                   help=f"allow weights over {MAX_TOTAL_MB:g} MB and files over 16 MiB")
     p.set_defaults(run=run)  # (so --run is stored as run_dir)
     return p
 

@@ -1,4 +1,5 @@
-"""Scores of a model's text against the expected text: normalizing, edit distance and similarity, ROUGE-L, same syntax tree."""
+"""Scores of a model's text against the expected text: normalizing, edit distance and similarity, ROUGE-L, same
+syntax tree."""
 
 from __future__ import annotations
 

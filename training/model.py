@@ -11,10 +11,12 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 
 def build_model(*, vocab_size: int, hidden_size: int, layers: int, heads: int, kv_heads: int, intermediate_size: int,
-                max_positions: int, rope_theta: float, tie_embeddings: bool, bos_id: int, eos_id: int, pad_id: int) -> LlamaForCausalLM:
+                max_positions: int, rope_theta: float, tie_embeddings: bool, bos_id: int, eos_id: int,
+                pad_id: int) -> LlamaForCausalLM:
     """A randomly initialized Llama (seed torch first for reproducible weights)."""
     if hidden_size % heads or heads % kv_heads:
-        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of heads ({heads}), and heads of kv_heads ({kv_heads})")
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of heads ({heads}), "
+                         f"and heads of kv_heads ({kv_heads})")
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -22,7 +24,8 @@ def build_model(*, vocab_size: int, hidden_size: int, layers: int, heads: int, k
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
     )
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False)
+    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+                                               do_sample=False)
     return model
 
 
@@ -56,8 +59,8 @@ def param_groups(model: torch.nn.Module, *, lr: float, weight_decay: float, muon
               {"params": no_decay, "weight_decay": 0.0, "base_lr": lr}]
     if muon_lr is not None:
         # decoupled decay at the same rate per step as AdamW's (lr * weight_decay)
-        groups = [{"params": hidden, "weight_decay": weight_decay * lr / muon_lr, "base_lr": muon_lr, "use_muon": True}] + [
-            {**g, "use_muon": False} for g in groups]
+        muon = {"params": hidden, "weight_decay": weight_decay * lr / muon_lr, "base_lr": muon_lr, "use_muon": True}
+        groups = [muon] + [{**g, "use_muon": False} for g in groups]
     return [{**g, "lr": g["base_lr"]} for g in groups]
 
 
@@ -79,7 +82,8 @@ class Muon(torch.optim.Optimizer):
     """Muon (github.com/KellerJordan/Muon): Nesterov momentum whose update for a 2-D hidden matrix is
     orthogonalized by Newton-Schulz; groups with use_muon=False (embeddings, head, norms) get AdamW."""
 
-    def __init__(self, groups: list[dict], momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
+    def __init__(self, groups: list[dict], momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8):
         super().__init__(groups, {"momentum": momentum, "betas": betas, "eps": eps, "weight_decay": 0.0})
 
     @torch.no_grad()
@@ -104,7 +108,8 @@ class Muon(torch.optim.Optimizer):
                     (b1, b2), t = group["betas"], state["step"]
                     state["exp_avg"].lerp_(p.grad, 1 - b1)
                     state["exp_avg_sq"].lerp_(p.grad.square(), 1 - b2)
-                    update = (state["exp_avg"] / (1 - b1**t)) / ((state["exp_avg_sq"] / (1 - b2**t)).sqrt() + group["eps"])
+                    update = state["exp_avg"] / (1 - b1**t)
+                    update = update / ((state["exp_avg_sq"] / (1 - b2**t)).sqrt() + group["eps"])
                 p.mul_(1 - lr * wd).add_(update, alpha=-lr)
 
 

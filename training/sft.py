@@ -57,7 +57,8 @@ def task_example(record: dict) -> tuple[FimPrompt, str] | None:
     return task.record_example(record)
 
 
-def encode_record(record: dict, tokenizer, room: int, fmt: FimFormat = MIDLINE, mode: str | None = None) -> tuple[list[int], int] | None:
+def encode_record(record: dict, tokenizer, room: int, fmt: FimFormat = MIDLINE,
+                  mode: str | None = None) -> tuple[list[int], int] | None:
     """(ids, prompt length) of a record's example — `fmt.encode_example`: the served prompt, the middle,
     end of text — in at most `room` tokens; None if it does not fit. A tests record too long is shrunk
     first (`shrink_tests`)."""
@@ -97,7 +98,8 @@ def _imports_used(test: str, module: str, used: set[str]) -> str:
         kept = [n for n in names if set(n.split()) & used]
         return f"{match.group(1)}{', '.join(kept)}" if kept else ""
 
-    return re.sub(rf"^(from\s+(?:[\w.]+\.)?{re.escape(module)}\s+import\s+)\(?([^)\n]+)\)?[ \t]*$", keep, test, flags=re.MULTILINE)
+    return re.sub(rf"^(from\s+(?:[\w.]+\.)?{re.escape(module)}\s+import\s+)\(?([^)\n]+)\)?[ \t]*$", keep, test,
+                  flags=re.MULTILINE)
 
 
 def prune_module(source: str, names: set[str]) -> str:
@@ -107,7 +109,8 @@ def prune_module(source: str, names: set[str]) -> str:
     out, at = [], 0
     for i, node in enumerate(parse("python", source).root_node.named_children):
         docstring = i == 0 and is_string_statement(node)
-        if docstring or (unwrap(node, "python").type in ("function_definition", "class_definition") and node_name(node, "python") not in names):
+        if docstring or (unwrap(node, "python").type in ("function_definition", "class_definition")
+                         and node_name(node, "python") not in names):
             out.append(data[at:node.start_byte])
             at = node.end_byte
             if data[at:at + 1] == b"\n":
@@ -124,7 +127,7 @@ class SftConfig:
     seq_len: int = 0  # tokens per row; 0: the model's context length
     fim_share: float = 0.3  # share of the tokens from plain FIM examples of the corpus (full loss), to keep completion
     max_per_kind: int = 0  # at most this many examples of each kind per split (a seeded sample; 0: all)
-    tests_repeat: int = 2  # training copies of each tests example (a few hundred in a corpus, against tens of thousands of the others)
+    tests_repeat: int = 2  # copies of each tests example (a few hundred in a corpus, tens of thousands of others)
     valid_examples: int = 3000  # held-out examples for the validation loss (a seeded sample; 0: all)
     mode: str = ""  # FIM layout of the examples; "": the format's default, as the server sends them
     seed: int = 0
@@ -155,8 +158,9 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
     mined_meta = read_json(mined_dir / "meta.json")
     if not (mined_meta or {}).get("complete"):
         raise FileNotFoundError(f"{mined_dir} holds no finished mining: run `midline-train sft-mine` first")
-    params = {**asdict(config), "seq_len": seq_len, "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
-              "mined": mined_meta["params"], "corpus": corpus_fingerprint(corpus_dir) if corpus_dir and config.fim_share else None}
+    params = {**asdict(config), "seq_len": seq_len, "workers": None,
+              "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"), "mined": mined_meta["params"],
+              "corpus": corpus_fingerprint(corpus_dir) if corpus_dir and config.fim_share else None}
     meta_path = out_dir / "meta.json"
     old = read_json(meta_path)
     if old and old.get("complete") and old.get("params") == params and not force:
@@ -172,7 +176,8 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
     pool = None
     if workers > 0:
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir), seq_len + 1, mode, data_config))
+        pool = ctx.Pool(workers, initializer=_init_worker,
+                        initargs=(str(tokenizer_dir), seq_len + 1, mode, data_config))
     else:
         _init_worker(str(tokenizer_dir), seq_len + 1, mode, data_config)
     pad = tokenizer.convert_tokens_to_ids(FIM_PAD)
@@ -192,9 +197,10 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
             order = np.random.default_rng([config.seed, SPLITS.index(split)]).permutation(len(lengths))
             shards, rows = _write_rows(out_dir, split, ids, lengths, order, seq_len + 1, pad, config.shard_rows)
             loss_tokens = int((ids >= 0).sum())  # tokens the loss is taken on: all but the prompts
-            splits[split] = {"shards": shards, "rows": rows, "examples": len(lengths), "tokens": int(lengths.sum()), "sft_tokens": sft_tokens,
-                             "fim_tokens": int(fim[1].sum()), "loss_tokens": loss_tokens,
-                             "fill": round(int(lengths.sum()) / (rows * (seq_len + 1)), 4) if rows else 0.0, **dict(sorted(stats.items()))}
+            splits[split] = {"shards": shards, "rows": rows, "examples": len(lengths), "tokens": int(lengths.sum()),
+                             "sft_tokens": sft_tokens, "fim_tokens": int(fim[1].sum()), "loss_tokens": loss_tokens,
+                             "fill": round(int(lengths.sum()) / (rows * (seq_len + 1)), 4) if rows else 0.0,
+                             **dict(sorted(stats.items()))}
     finally:
         if pool is not None:
             pool.close()
@@ -205,9 +211,10 @@ def build_sft_data(mined_dir: Path, corpus_dir: Path | None, tokenizer_dir: Path
         if (tokenizer_dir / name).exists():
             shutil.copyfile(tokenizer_dir / name, out_dir / "tokenizer" / name)
     meta = {
-        "seq_len": seq_len, "dtype": "int32", "vocab_size": len(tokenizer), "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT),
-        "tokenizer": str(tokenizer_dir.resolve()), "format": MIDLINE.name, "sft": True, "masking": "prompt tokens stored as ~id (no loss)",
-        "splits": splits, "params": params, "command": command, "complete": True,
+        "seq_len": seq_len, "dtype": "int32", "vocab_size": len(tokenizer), "pad_id": pad,
+        "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()),
+        "format": MIDLINE.name, "sft": True, "masking": "prompt tokens stored as ~id (no loss)", "splits": splits,
+        "params": params, "command": command, "complete": True,
     }
     write_json(meta_path, meta, indent=1)
     return meta
@@ -267,7 +274,8 @@ def _encode_documents(docs: list[dict]) -> Encoded:
     parts, lengths, stats = [], [], Counter()
     for doc in docs:
         rng = random.Random(f"{config.seed}/fim/{doc['repo']}/{doc['path']}")
-        for ids, _, _ in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""), repo=shown_repo(doc.get("repo", ""))):
+        for ids, _, _ in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""),
+                                           repo=shown_repo(doc.get("repo", ""))):
             parts.append(np.asarray(ids, dtype=np.int32))
             lengths.append(len(ids))
             stats["fim"] += 1
@@ -313,7 +321,8 @@ def _empty() -> Encoded:
     return np.zeros(0, np.int32), np.zeros(0, np.int64), Counter()
 
 
-def _write_rows(out_dir: Path, split: str, ids: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int, shard_rows: int) -> tuple[list[str], int]:
+def _write_rows(out_dir: Path, split: str, ids: np.ndarray, lengths: np.ndarray, order: np.ndarray, room: int, pad: int,
+                shard_rows: int) -> tuple[list[str], int]:
     """Pack the examples (in `order`) whole into rows of `room` tokens padded with `pad`; write them in
     shards of `shard_rows` rows. Returns (shard file names, rows)."""
     from midline.training.data import packed_rows
@@ -331,14 +340,16 @@ def _write_rows(out_dir: Path, split: str, ids: np.ndarray, lengths: np.ndarray,
 
 # The fine-tune's defaults (any TrainConfig field can be set): a short cosine run at a tenth of the
 # pre-training learning rate, validated and checkpointed often.
-SFT_TRAIN = dict(lr=3e-4, min_lr=3e-5, warmup_steps=20, schedule="cosine", weight_decay=0.0, batch_size=32, grad_accum=2,
-                 eval_every=100, eval_batches=10, log_every=10, checkpoint_minutes=2.0)
-SHAPE_FIELDS = {"hidden_size", "layers", "heads", "kv_heads", "intermediate_size", "max_positions", "rope_theta", "tie_embeddings", "init"}
+SFT_TRAIN = dict(lr=3e-4, min_lr=3e-5, warmup_steps=20, schedule="cosine", weight_decay=0.0, batch_size=32,
+                 grad_accum=2, eval_every=100, eval_batches=10, log_every=10, checkpoint_minutes=2.0)
+SHAPE_FIELDS = {"hidden_size", "layers", "heads", "kv_heads", "intermediate_size", "max_positions", "rope_theta",
+                "tie_embeddings", "init"}
 
 
-def finetune(model_dir: Path, out_dir: Path, *, corpus_dir: Path | None, mined_dir: Path | None = None, export_dir: Path | None = None,
-             mine_config: MineConfig = MineConfig(), sft_config: SftConfig = SftConfig(), train_overrides: dict | None = None,
-             epochs: float = 1.0, fresh: bool = False, command: list[str] | None = None, on_step=None) -> dict:
+def finetune(model_dir: Path, out_dir: Path, *, corpus_dir: Path | None, mined_dir: Path | None = None,
+             export_dir: Path | None = None, mine_config: MineConfig = MineConfig(),
+             sft_config: SftConfig = SftConfig(), train_overrides: dict | None = None, epochs: float = 1.0,
+             fresh: bool = False, command: list[str] | None = None, on_step=None) -> dict:
     """The `sft` stage: mine `corpus_dir` into <out>/mined (unless `mined_dir`), build <out>/data, fine-tune
     `model_dir` into <out>/run (resuming its checkpoint unless `fresh`), and export to `export_dir`
     (default <out>/export). Returns a summary."""
@@ -359,10 +370,12 @@ def finetune(model_dir: Path, out_dir: Path, *, corpus_dir: Path | None, mined_d
     config = replace(config, init=str(model_dir), warmup_steps=min(config.warmup_steps, max(1, config.max_steps // 10)))
     summary = train.train(config, data_dir, run_dir, fresh=fresh, command=command, on_step=on_step)
     export_dir = Path(export_dir) if export_dir else out_dir / "export"
-    export.export(run_dir, export_dir, corpus_dir=corpus_dir, data_dir=data_dir, command=[shlex_join(command)] if command else None)
+    export.export(run_dir, export_dir, corpus_dir=corpus_dir, data_dir=data_dir,
+                  command=[shlex_join(command)] if command else None)
     if (settings := model_dir / "midline.json").is_file():  # the base model's confidence floors, until recalibrated
         shutil.copyfile(settings, export_dir / "midline.json")
-    return {**summary, "data": {split: {k: v for k, v in s.items() if k != "shards"} for split, s in meta["splits"].items()},
+    return {**summary,
+            "data": {split: {k: v for k, v in s.items() if k != "shards"} for split, s in meta["splits"].items()},
             "export": str(export_dir)}
 
 
@@ -378,18 +391,30 @@ def shlex_join(argv: list[str]) -> str:
 def add_parser(stages) -> None:
     """The `sft` subcommand."""
     s = SftConfig()
-    p = stages.add_parser("sft", help="fine-tune a model on the mined tasks (+ a share of FIM), loss on the answers only; then export")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="the model to fine-tune (default: %(default)s)")
-    p.add_argument("--corpus", type=Path, metavar="DIR", help="the corpus: mined unless --mined, and the FIM share's source")
-    p.add_argument("--mined", type=Path, metavar="DIR", help="`sft-mine` output (default: mine --corpus into OUT/mined)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="work dir: mined/, data/, run/ (checkpoint/, model/, loss.csv)")
-    p.add_argument("--export", type=Path, metavar="DIR", help="where the fine-tuned model is exported (default: OUT/export)")
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the SFT rows, unless --max-steps or --tokens (default: %(default)s)")
-    p.add_argument("--fim-share", type=float, default=s.fim_share, help="share of tokens from plain FIM examples (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, default=s.seq_len, help="tokens per row (default: the model's context length)")
-    p.add_argument("--max-per-kind", type=int, default=s.max_per_kind, help="examples of each kind at most (default: all)")
-    p.add_argument("--valid-examples", type=int, default=s.valid_examples, help="held-out examples for the validation loss (default: %(default)s)")
-    p.add_argument("--tests-repeat", type=int, default=s.tests_repeat, help="copies of each tests example (default: %(default)s)")
+    p = stages.add_parser("sft", help="fine-tune a model on the mined tasks (+ a share of FIM), loss on the answers "
+                                      "only; then export")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR",
+                   help="the model to fine-tune (default: %(default)s)")
+    p.add_argument("--corpus", type=Path, metavar="DIR",
+                   help="the corpus: mined unless --mined, and the FIM share's source")
+    p.add_argument("--mined", type=Path, metavar="DIR",
+                   help="`sft-mine` output (default: mine --corpus into OUT/mined)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="work dir: mined/, data/, run/ (checkpoint/, model/, loss.csv)")
+    p.add_argument("--export", type=Path, metavar="DIR",
+                   help="where the fine-tuned model is exported (default: OUT/export)")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the SFT rows, unless --max-steps or --tokens (default: %(default)s)")
+    p.add_argument("--fim-share", type=float, default=s.fim_share,
+                   help="share of tokens from plain FIM examples (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=s.seq_len,
+                   help="tokens per row (default: the model's context length)")
+    p.add_argument("--max-per-kind", type=int, default=s.max_per_kind,
+                   help="examples of each kind at most (default: all)")
+    p.add_argument("--valid-examples", type=int, default=s.valid_examples,
+                   help="held-out examples for the validation loss (default: %(default)s)")
+    p.add_argument("--tests-repeat", type=int, default=s.tests_repeat,
+                   help="copies of each tests example (default: %(default)s)")
     p.add_argument("--fresh", action="store_true", help="start the fine-tune over even if OUT/run has a checkpoint")
     mine_flags(p, MineConfig())
     from midline.training.train import CHOICES, TrainConfig, _int
@@ -403,17 +428,21 @@ def add_parser(stages) -> None:
         if bool in (kind, *typing.get_args(kind)):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         else:
-            p.add_argument(flag, type=_int if kind is int else kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name), help=f"default: {default!r}")
+            p.add_argument(flag, type=_int if kind is int else kind, default=argparse.SUPPRESS,
+                           choices=CHOICES.get(f.name), help=f"default: {default!r}")
     p.set_defaults(run=run)
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from midline.training.train import TrainConfig
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name) and f.name not in SHAPE_FIELDS}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if hasattr(args, f.name) and f.name not in SHAPE_FIELDS}
     overrides["seed"] = args.seed
-    sft_config = SftConfig(seq_len=args.seq_len, fim_share=args.fim_share, max_per_kind=args.max_per_kind, tests_repeat=args.tests_repeat,
-                           valid_examples=args.valid_examples, seed=args.seed, workers=args.workers)
-    summary = finetune(args.model, args.out, corpus_dir=args.corpus, mined_dir=args.mined, export_dir=args.export, mine_config=mine_config(args),
-                       sft_config=sft_config, train_overrides=overrides, epochs=args.epochs, fresh=args.fresh, command=command())
+    sft_config = SftConfig(seq_len=args.seq_len, fim_share=args.fim_share, max_per_kind=args.max_per_kind,
+                           tests_repeat=args.tests_repeat, valid_examples=args.valid_examples, seed=args.seed,
+                           workers=args.workers)
+    summary = finetune(args.model, args.out, corpus_dir=args.corpus, mined_dir=args.mined, export_dir=args.export,
+                       mine_config=mine_config(args), sft_config=sft_config, train_overrides=overrides,
+                       epochs=args.epochs, fresh=args.fresh, command=command())
     print(json.dumps(summary, indent=1))
     return 0

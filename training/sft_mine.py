@@ -42,7 +42,8 @@ from midline.model import tasks
 from midline.model.syntax import is_string_statement, line_start, node_name, parse, unwrap
 from midline.training.stage import SPLITS, command, corpus_fingerprint, read_json, write_json, write_jsonl
 
-KINDS = tuple(name for name, task in tasks.TASKS.items() if task.record_example is not None)  # the mined tasks, in record order
+# the mined tasks, in record order
+KINDS = tuple(name for name, task in tasks.TASKS.items() if task.record_example is not None)
 MUTATIONS = ("comparison", "arithmetic", "boolean", "off_by_one", "swapped_args", "wrong_variable")
 
 
@@ -73,16 +74,17 @@ def definitions(tree: tree_sitter.Tree) -> Iterator[tree_sitter.Node]:
     stack = [tree.root_node]
     while stack:
         node = stack.pop()
-        if node.type == "decorated_definition" or (node.type in ("function_definition", "class_definition") and node.parent.type != "decorated_definition"):
+        if node.type == "decorated_definition" or (node.type in ("function_definition", "class_definition")
+                                                   and node.parent.type != "decorated_definition"):
             yield node
         stack.extend(reversed([c for c in node.named_children if c.type in _HOLDS_DEFINITIONS]))
 
 
 # statements that can hold a def or class (expressions can't: the walk skips them)
 _HOLDS_DEFINITIONS = {
-    "block", "decorated_definition", "function_definition", "class_definition", "if_statement", "elif_clause", "else_clause",
-    "try_statement", "except_clause", "except_group_clause", "finally_clause", "with_statement", "for_statement", "while_statement",
-    "match_statement", "case_clause",
+    "block", "decorated_definition", "function_definition", "class_definition", "if_statement", "elif_clause",
+    "else_clause", "try_statement", "except_clause", "except_group_clause", "finally_clause", "with_statement",
+    "for_statement", "while_statement", "match_statement", "case_clause",
 }
 
 
@@ -119,20 +121,25 @@ def explain_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: Mi
         docstring = example[1]
         if not (c.min_docstring_chars <= len("".join(docstring.split())) and len(docstring) <= c.max_docstring_chars):
             continue
-        out.append({"kind": "explain", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "code": code})
+        out.append({"kind": "explain", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"),
+                    "code": code})
     return sample(out, c.explain_per_file, rng)
 
 
 # -- fix: synthetic bugs --------------------------------------------------------------------------
 
-_COMPARISON = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "is": "is not", "is not": "is", "in": "not in", "not in": "in"}
-_ARITHMETIC = {"+": "-", "-": "+", "*": "/", "/": "*", "//": "/", "%": "//", "+=": "-=", "-=": "+=", "*=": "/=", "/=": "*=",
-               "<<": ">>", ">>": "<<", "&": "|", "|": "&"}
+_COMPARISON = {"<": "<=", "<=": "<", ">": ">=", ">=": ">", "==": "!=", "!=": "==", "is": "is not", "is not": "is",
+               "in": "not in", "not in": "in"}
+_ARITHMETIC = {"+": "-", "-": "+", "*": "/", "/": "*", "//": "/", "%": "//", "+=": "-=", "-=": "+=", "*=": "/=",
+               "/=": "*=", "<<": ">>", ">>": "<<", "&": "|", "|": "&"}
 _BOOLEAN = {"and": "or", "or": "and"}
 # callees whose arguments commute, or whose order is immaterial to a test: swapping them is no bug
-_SYMMETRIC_CALLS = {"max", "min", "print", "set", "frozenset", "hash", "id", "any", "all", "sorted", "isinstance", "issubclass"}
-_OFF_BY_ONE_PARENTS = {"slice", "subscript", "comparison_operator", "binary_operator", "argument_list", "unary_operator"}
-_PARAMETER_TYPES = {"identifier", "default_parameter", "typed_parameter", "typed_default_parameter", "list_splat_pattern", "dictionary_splat_pattern"}
+_SYMMETRIC_CALLS = {"max", "min", "print", "set", "frozenset", "hash", "id", "any", "all", "sorted", "isinstance",
+                    "issubclass"}
+_OFF_BY_ONE_PARENTS = {"slice", "subscript", "comparison_operator", "binary_operator", "argument_list",
+                       "unary_operator"}
+_PARAMETER_TYPES = {"identifier", "default_parameter", "typed_parameter", "typed_default_parameter",
+                    "list_splat_pattern", "dictionary_splat_pattern"}
 
 Site = tuple[int, int, bytes]  # (start byte, end byte, replacement)
 
@@ -156,7 +163,8 @@ def mutation_sites(code: str) -> dict[str, list[Site]]:
             op = node.text.decode()
             if parent.type == "comparison_operator" and op in _COMPARISON:
                 sites["comparison"].append((node.start_byte, node.end_byte, _COMPARISON[op].encode()))
-            elif parent.type in ("binary_operator", "augmented_assignment") and op in _ARITHMETIC and not _is_string_concat(parent):
+            elif (parent.type in ("binary_operator", "augmented_assignment") and op in _ARITHMETIC
+                  and not _is_string_concat(parent)):
                 sites["arithmetic"].append((node.start_byte, node.end_byte, _ARITHMETIC[op].encode()))
             elif parent.type == "boolean_operator" and op in _BOOLEAN:
                 sites["boolean"].append((node.start_byte, node.end_byte, _BOOLEAN[op].encode()))
@@ -164,12 +172,14 @@ def mutation_sites(code: str) -> dict[str, list[Site]]:
             if parent.type == "argument_list" and _callee(parent.parent) != "range":
                 continue
             value = int(node.text)
-            sites["off_by_one"] += [(node.start_byte, node.end_byte, str(v).encode()) for v in (value - 1, value + 1) if v >= 0]
+            sites["off_by_one"] += [(node.start_byte, node.end_byte, str(v).encode()) for v in (value - 1, value + 1)
+                                    if v >= 0]
         elif kind == "argument_list" and _callee(parent) not in _SYMMETRIC_CALLS:
             args = [a for a in node.named_children if a.type != "comment"]
             for a, b in zip(args, args[1:]):
                 if _positional(a) and _positional(b) and a.text != b.text:
-                    sites["swapped_args"].append((a.start_byte, b.end_byte, b.text + data[a.end_byte:b.start_byte] + a.text))
+                    sites["swapped_args"].append((a.start_byte, b.end_byte,
+                                                  b.text + data[a.end_byte:b.start_byte] + a.text))
         elif kind == "identifier" and node.text.decode() in names and _is_read(node):
             name = node.text.decode()
             others = [n for n, first in names.items() if n != name and first < node.start_byte]
@@ -225,7 +235,8 @@ def _local_names(function: tree_sitter.Node) -> dict[str, int]:
         elif node.type == "as_pattern_target":
             target, bound = node, node.end_byte
         if target is not None:
-            for ident in [target] if target.type == "identifier" else [c for c in target.named_children if c.type == "identifier"]:
+            for ident in [target] if target.type == "identifier" else [c for c in target.named_children
+                                                                       if c.type == "identifier"]:
                 names[ident.text.decode()] = min(bound, names.get(ident.text.decode(), bound))
     for skip in ("self", "cls"):
         names.pop(skip, None)
@@ -239,11 +250,13 @@ def _is_read(node: tree_sitter.Node) -> bool:
         return False
     if parent.type == "keyword_argument" and parent.child_by_field_name("name") == node:
         return False
-    if parent.type in ("assignment", "augmented_assignment", "for_statement", "for_in_clause") and parent.child_by_field_name("left") == node:
+    if (parent.type in ("assignment", "augmented_assignment", "for_statement", "for_in_clause")
+            and parent.child_by_field_name("left") == node):
         return False
-    return parent.type not in ("pattern_list", "tuple_pattern", "as_pattern_target", "parameters", "default_parameter", "typed_parameter",
-                               "typed_default_parameter", "global_statement", "nonlocal_statement", "dotted_name", "aliased_import",
-                               "function_definition", "class_definition", "lambda_parameters", "list_splat_pattern", "dictionary_splat_pattern")
+    return parent.type not in ("pattern_list", "tuple_pattern", "as_pattern_target", "parameters", "default_parameter",
+                               "typed_parameter", "typed_default_parameter", "global_statement", "nonlocal_statement",
+                               "dotted_name", "aliased_import", "function_definition", "class_definition",
+                               "lambda_parameters", "list_splat_pattern", "dictionary_splat_pattern")
 
 
 def _callee(call: tree_sitter.Node | None) -> str:
@@ -285,8 +298,8 @@ def fix_records(doc: dict, tree: tree_sitter.Tree, rng: random.Random, c: MineCo
             continue
         found = mutate(code, rng)
         if found is not None:
-            out.append({"kind": "fix", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"), "mutation": found[0],
-                        "buggy": found[1], "fixed": code})
+            out.append({"kind": "fix", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"),
+                        "mutation": found[0], "buggy": found[1], "fixed": code})
     return out
 
 
@@ -336,7 +349,8 @@ def tests_records(docs: list[dict], c: MineConfig) -> list[dict]:
         if tasks.TESTS.example(module["path"], module["text"], source, test_path=test["path"]) is None:
             continue
         out.append({"kind": "tests", "repo": module["repo"], "path": module["path"], "module": module["text"],
-                    "import_name": imported_as(source, tasks.module_name(module["path"])), "test_path": test["path"], "test": source})
+                    "import_name": imported_as(source, tasks.module_name(module["path"])), "test_path": test["path"],
+                    "test": source})
     return out
 
 
@@ -357,7 +371,8 @@ def normalize_test_prelude(source: str) -> str:
             break
         if is_string_statement(node) and not edits:
             edits.append((node.start_byte, node.end_byte, b""))  # the module docstring
-        elif node.type in ("import_statement", "import_from_statement", "future_import_statement") and b"\n" in node.text:
+        elif (node.type in ("import_statement", "import_from_statement", "future_import_statement")
+              and b"\n" in node.text):
             one_line = re.sub(rb",?\s*\)$", b"", re.sub(rb"\(\s*", b"", b" ".join(node.text.split())))
             edits.append((node.start_byte, node.end_byte, one_line))
     for start, end, new in reversed(edits):
@@ -386,7 +401,8 @@ def mine_documents(docs: list[dict], split: str, c: MineConfig) -> tuple[list[di
     return records, counts
 
 
-def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, force: bool = False, command: list[str] | None = None) -> dict:
+def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, force: bool = False,
+         command: list[str] | None = None) -> dict:
     """Mine `corpus_dir`'s train and valid splits into `out_dir`/{train,valid}.jsonl; returns meta.json.
     A finished output with the same settings and corpus is kept."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
@@ -395,7 +411,8 @@ def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, 
     old = read_json(meta_path)
     if old and old.get("complete") and not force:
         if old.get("params") != params:
-            raise ValueError(f"{meta_path} was mined with other settings or from another corpus; pass --force to mine again")
+            raise ValueError(f"{meta_path} was mined with other settings or from another corpus; "
+                             "pass --force to mine again")
         return old
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)
@@ -407,11 +424,13 @@ def mine(corpus_dir: Path, out_dir: Path, config: MineConfig = MineConfig(), *, 
         tests = tests_records(docs, config)
         counts["tests"] = len(tests)
         records += tests
-        records.sort(key=lambda r: (r["repo"], r["path"], KINDS.index(r["kind"]), r.get("name", ""), r.get("test_path", "")))
+        records.sort(key=lambda r: (r["repo"], r["path"], KINDS.index(r["kind"]), r.get("name", ""),
+                                    r.get("test_path", "")))
         write_jsonl(out_dir / f"{split}.jsonl", records)
         splits[split] = {"records": len(records), **{k: counts[k] for k in sorted(counts)},
                          "packages": len({r["repo"] for r in records})}
-    meta = {"splits": splits, "params": params, "command": command, "elapsed_s": round(time.monotonic() - start, 1), "complete": True}
+    meta = {"splits": splits, "params": params, "command": command, "elapsed_s": round(time.monotonic() - start, 1),
+            "complete": True}
     write_json(meta_path, meta, indent=1)
     return meta
 
@@ -450,7 +469,8 @@ def sample(items: list, count: int, rng: random.Random) -> list:
 
 def add_parser(stages) -> None:
     """The `sft-mine` subcommand."""
-    p = stages.add_parser("sft-mine", help="mine explain / tests / fix examples from a corpus (train and held-out splits)")
+    p = stages.add_parser("sft-mine",
+                          help="mine explain / tests / fix examples from a corpus (train and held-out splits)")
     p.add_argument("--corpus", type=Path, required=True, metavar="DIR", help="the corpus stage's output")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes train.jsonl, valid.jsonl, meta.json")
     mine_flags(p, MineConfig())
@@ -460,15 +480,18 @@ def add_parser(stages) -> None:
 
 def mine_flags(p: argparse.ArgumentParser, m: MineConfig) -> None:
     """The mining flags (sft-mine's and sft's)."""
-    p.add_argument("--explain-per-file", type=int, default=m.explain_per_file, help="docstrings per file at most (default: %(default)s)")
-    p.add_argument("--fix-per-file", type=int, default=m.fix_per_file, help="synthetic bugs per file at most (default: %(default)s)")
+    p.add_argument("--explain-per-file", type=int, default=m.explain_per_file,
+                   help="docstrings per file at most (default: %(default)s)")
+    p.add_argument("--fix-per-file", type=int, default=m.fix_per_file,
+                   help="synthetic bugs per file at most (default: %(default)s)")
     p.add_argument("--seed", type=int, default=m.seed)
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core; 0: none)")
 
 
 def mine_config(args: argparse.Namespace) -> MineConfig:
     """The MineConfig of the mining flags."""
-    return MineConfig(seed=args.seed, explain_per_file=args.explain_per_file, fix_per_file=args.fix_per_file, workers=args.workers)
+    return MineConfig(seed=args.seed, explain_per_file=args.explain_per_file, fix_per_file=args.fix_per_file,
+                      workers=args.workers)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

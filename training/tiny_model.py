@@ -83,7 +83,8 @@ def make_tiny_model(
     model.save_pretrained(out_dir)  # safetensors (the only format transformers 5 writes) + generation_config.json
 
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    (out_dir / "README.md").write_text(MODEL_CARD.format(params=params, vocab=len(tokenizer), files=len(files), seed=seed))
+    (out_dir / "README.md").write_text(MODEL_CARD.format(params=params, vocab=len(tokenizer), files=len(files),
+                                                         seed=seed))
     return out_dir
 
 
@@ -93,8 +94,10 @@ def make_tiny_model(
 def add_parser(stages) -> None:
     """The `tiny-model` subcommand."""
     p = stages.add_parser("tiny-model", help="make a tiny random-weight model (for tests and trying the server)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write it (the shipped model lives in %s)" % DEFAULT_MODEL_DIR)
-    p.add_argument("--files", nargs="+", metavar="GLOB", help="tokenizer corpus (default: ~300 files of Python's stdlib)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where to write it (the shipped model lives in %s)" % DEFAULT_MODEL_DIR)
+    p.add_argument("--files", nargs="+", metavar="GLOB",
+                   help="tokenizer corpus (default: ~300 files of Python's stdlib)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)

@@ -32,7 +32,8 @@ def train_tokenizer_on_texts(
 ) -> PreTrainedTokenizerFast:
     """Train on texts (e.g. a corpus split), save to `out_dir`, and return the tokenizer."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} "
+                         f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -83,9 +83,11 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {  # model shapes; parameters with a 16k vocab (32k) and tied embeddings
-    "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=192),  # 1.1M (2.2M): tests, smoke runs
+    # 1.1M (2.2M): tests, smoke runs
+    "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=192),
     "20m": dict(hidden_size=384, layers=8, heads=6, kv_heads=2, intermediate_size=1152),  # 20M (26M)
-    "28m": dict(hidden_size=448, layers=10, heads=7, kv_heads=1, intermediate_size=1216),  # 28M (36M): the default model, 57 MB in bf16
+    # 28M (36M): the default model, 57 MB in bf16
+    "28m": dict(hidden_size=448, layers=10, heads=7, kv_heads=1, intermediate_size=1216),
     "40m": dict(hidden_size=512, layers=10, heads=8, kv_heads=4, intermediate_size=1536),  # 40M (48M)
 }
 CHOICES = {"optimizer": ("adamw", "muon"), "schedule": ("wsd", "cosine"), "dtype": ("auto", "bf16", "fp32")}
@@ -113,13 +115,15 @@ def train(config: TrainConfig, data_dir: Path, out_dir: Path, *, tokenizer_dir: 
     `on_step(step)` runs after every step (tests use it to simulate a kill); `command` is recorded in state.json."""
     rank, world, local_rank = _init_distributed(config)
     try:
-        return _train(config, Path(data_dir), Path(out_dir), tokenizer_dir, fresh, on_step, command, rank, world, local_rank)
+        return _train(config, Path(data_dir), Path(out_dir), tokenizer_dir, fresh, on_step, command, rank, world,
+                      local_rank)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | None, fresh: bool, on_step, command, rank: int, world: int, local_rank: int) -> dict:
+def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | None, fresh: bool, on_step, command,
+           rank: int, world: int, local_rank: int) -> dict:
     device = _device(c.device, local_rank)
     bf16 = c.dtype == "bf16" or (c.dtype == "auto" and device.type == "cuda")
     if device.type == "cuda":
@@ -133,7 +137,8 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
     tokenizer = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else _tokenizer_dir(data_dir, train_data.meta))
     global_batch = c.batch_size * c.grad_accum * world
     tokens_per_step = global_batch * seq_len
-    c = replace(c, max_positions=c.max_positions or seq_len, max_steps=math.ceil(c.tokens / tokens_per_step) if c.tokens else c.max_steps)
+    c = replace(c, max_positions=c.max_positions or seq_len,
+                max_steps=math.ceil(c.tokens / tokens_per_step) if c.tokens else c.max_steps)
 
     random.seed(c.seed)
     np.random.seed(c.seed)
@@ -143,15 +148,18 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
         if raw.config.vocab_size != len(tokenizer):
             raise ValueError(f"{c.init} has a vocabulary of {raw.config.vocab_size}, the tokenizer {len(tokenizer)}")
         m = raw.config  # record the shape actually trained
-        c = replace(c, hidden_size=m.hidden_size, layers=m.num_hidden_layers, heads=m.num_attention_heads, kv_heads=m.num_key_value_heads,
-                    intermediate_size=m.intermediate_size, max_positions=m.max_position_embeddings, tie_embeddings=m.tie_word_embeddings,
+        c = replace(c, hidden_size=m.hidden_size, layers=m.num_hidden_layers, heads=m.num_attention_heads,
+                    kv_heads=m.num_key_value_heads, intermediate_size=m.intermediate_size,
+                    max_positions=m.max_position_embeddings, tie_embeddings=m.tie_word_embeddings,
                     rope_theta=m.rope_parameters["rope_theta"])
     else:
-        raw = build_model(vocab_size=len(tokenizer), hidden_size=c.hidden_size, layers=c.layers, heads=c.heads, kv_heads=c.kv_heads,
-                          intermediate_size=c.intermediate_size, max_positions=c.max_positions, rope_theta=c.rope_theta,
-                          tie_embeddings=c.tie_embeddings, bos_id=train_data.eot_id, eos_id=train_data.eot_id, pad_id=pad)
+        raw = build_model(vocab_size=len(tokenizer), hidden_size=c.hidden_size, layers=c.layers, heads=c.heads,
+                          kv_heads=c.kv_heads, intermediate_size=c.intermediate_size, max_positions=c.max_positions,
+                          rope_theta=c.rope_theta, tie_embeddings=c.tie_embeddings, bos_id=train_data.eot_id,
+                          eos_id=train_data.eot_id, pad_id=pad)
     raw.to(device)
-    optimizer = make_optimizer(raw, name=c.optimizer, lr=c.lr, muon_lr=c.muon_lr, weight_decay=c.weight_decay, betas=(c.beta1, c.beta2), device=device)
+    optimizer = make_optimizer(raw, name=c.optimizer, lr=c.lr, muon_lr=c.muon_lr, weight_decay=c.weight_decay,
+                               betas=(c.beta1, c.beta2), device=device)
 
     step, state = 0, {}
     checkpoint = None if fresh else find_checkpoint(out_dir)
@@ -159,8 +167,8 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
         state = load_checkpoint(checkpoint, raw, optimizer)
         step = state["step"]
         if state["global_batch"] != global_batch:
-            raise ValueError(f"{checkpoint} was trained with a global batch of {state['global_batch']} rows, not {global_batch}: "
-                             "keep batch_size * grad_accum * world, or start a new run (--fresh)")
+            raise ValueError(f"{checkpoint} was trained with a global batch of {state['global_batch']} rows, "
+                             f"not {global_batch}: keep batch_size * grad_accum * world, or start a new run (--fresh)")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
         if fresh:  # so that a fresh run killed before its first checkpoint doesn't resume the old run
@@ -168,14 +176,16 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
                 shutil.rmtree(out_dir / name, ignore_errors=True)
         _truncate_csv(out_dir / "loss.csv", step)
         print(f"{'resuming at step ' + str(step) if step else 'training'}: {count_params(raw) / 1e6:.1f}M parameters, "
-              f"{global_batch} x {seq_len} tokens per step, {c.max_steps} steps, on {world} x {device.type}{' bf16' if bf16 else ''}", flush=True)
+              f"{global_batch} x {seq_len} tokens per step, {c.max_steps} steps, "
+              f"on {world} x {device.type}{' bf16' if bf16 else ''}", flush=True)
 
     model = torch.compile(raw) if (c.compile if c.compile is not None else device.type == "cuda") else raw
     eval_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None, broadcast_buffers=False)
+        model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None,
+                                        broadcast_buffers=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     tokens_seen, elapsed_before, val_loss = state.get("tokens", 0), state.get("elapsed_s", 0.0), state.get("val_loss")
@@ -219,20 +229,24 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
                 val_loss = evaluate(eval_model, val_data, c, rank, world, device, autocast)
             elapsed = elapsed_before + time.monotonic() - start
             if master:
-                _append_csv(out_dir / "loss.csv", dict(step=step, tokens=tokens_seen, lr=f"{lr:.6g}", train_loss=f"{train_loss:.6f}",
-                                                       val_loss=f"{val_loss:.6f}" if evaluate_now else "", grad_norm=f"{float(grad_norm):.4f}",
-                                                       elapsed_s=f"{elapsed:.1f}", tokens_per_s=f"{tokens_per_s:.0f}"))
-                print(f"step {step}/{c.max_steps}: loss {train_loss:.4f}" + (f", val {val_loss:.4f}" if evaluate_now else "")
+                _append_csv(out_dir / "loss.csv", dict(
+                    step=step, tokens=tokens_seen, lr=f"{lr:.6g}", train_loss=f"{train_loss:.6f}",
+                    val_loss=f"{val_loss:.6f}" if evaluate_now else "", grad_norm=f"{float(grad_norm):.4f}",
+                    elapsed_s=f"{elapsed:.1f}", tokens_per_s=f"{tokens_per_s:.0f}"))
+                print(f"step {step}/{c.max_steps}: loss {train_loss:.4f}"
+                      + (f", val {val_loss:.4f}" if evaluate_now else "")
                       + f", lr {lr:.3g}, {tokens_per_s:,.0f} tok/s", flush=True)
                 if evaluate_now:
                     plot(out_dir / "loss.csv", out_dir / "loss.png")
-                due = step == c.max_steps or (c.checkpoint_every > 0 and step % c.checkpoint_every == 0) or time.monotonic() - last_checkpoint >= c.checkpoint_minutes * 60
+                due = (step == c.max_steps or (c.checkpoint_every > 0 and step % c.checkpoint_every == 0)
+                       or time.monotonic() - last_checkpoint >= c.checkpoint_minutes * 60)
                 if due:  # only right after a row, so no partial loss window needs saving
                     epoch, position = train_data.position(step, global_batch)
                     save_checkpoint(out_dir, raw, optimizer, tokenizer, dict(
-                        step=step, epoch=epoch, position=position, tokens=tokens_seen, elapsed_s=elapsed, global_batch=global_batch,
-                        world=world, device_name=device_name, train_loss=train_loss, val_loss=val_loss, data=str(data_dir),
-                        config=asdict(c), command=command or state.get("command")))
+                        step=step, epoch=epoch, position=position, tokens=tokens_seen, elapsed_s=elapsed,
+                        global_batch=global_batch, world=world, device_name=device_name, train_loss=train_loss,
+                        val_loss=val_loss, data=str(data_dir), config=asdict(c),
+                        command=command or state.get("command")))
                     last_checkpoint = time.monotonic()
             row_time, row_tokens = time.perf_counter(), tokens_seen
         if on_step is not None:
@@ -241,9 +255,9 @@ def _train(c: TrainConfig, data_dir: Path, out_dir: Path, tokenizer_dir: Path | 
     run_time = time.monotonic() - start
     if master and (out_dir / "loss.csv").exists():
         plot(out_dir / "loss.csv", out_dir / "loss.png")
-    return {"steps": step, "tokens": tokens_seen, "train_loss": train_loss, "val_loss": val_loss, "params": count_params(raw),
-            "elapsed_s": round(elapsed_before + run_time, 1), "tokens_per_s": round((tokens_seen - state.get("tokens", 0)) / max(run_time, 1e-9)),
-            "out": str(out_dir)}
+    return {"steps": step, "tokens": tokens_seen, "train_loss": train_loss, "val_loss": val_loss,
+            "params": count_params(raw), "elapsed_s": round(elapsed_before + run_time, 1),
+            "tokens_per_s": round((tokens_seen - state.get("tokens", 0)) / max(run_time, 1e-9)), "out": str(out_dir)}
 
 
 def loss_sum(model: torch.nn.Module, rows: torch.Tensor, pad: int) -> torch.Tensor:
@@ -262,7 +276,8 @@ def target_count(rows: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: PackedDataset, c: TrainConfig, rank: int, world: int, device: torch.device, autocast) -> float:
+def evaluate(model: torch.nn.Module, data: PackedDataset, c: TrainConfig, rank: int, world: int, device: torch.device,
+             autocast) -> float:
     """Mean loss per target token over a fixed set of validation rows (eval_batches global batches)."""
     per_step = c.batch_size * world
     n = min(len(data), c.eval_batches * per_step)
@@ -305,7 +320,9 @@ def _init_distributed(c: TrainConfig) -> tuple[int, int, int]:
         cuda = c.device != "cpu" and torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank)) if cuda else dist.init_process_group("gloo")
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
     return rank, world, local_rank
 
 
@@ -317,7 +334,8 @@ def _tokenizer_dir(data_dir: Path, meta: dict) -> Path:
 # -- checkpoints: safetensors for tensors, JSON for the rest ---------------------------------------
 
 
-def save_checkpoint(out_dir: Path, raw: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer, state: dict) -> None:
+def save_checkpoint(out_dir: Path, raw: torch.nn.Module, optimizer: torch.optim.Optimizer, tokenizer,
+                    state: dict) -> None:
     """Write <out>/checkpoint/ (model, optimizer, RNG, state.json) and <out>/model/, each swapped in whole."""
     tmp = out_dir / "checkpoint.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -433,7 +451,8 @@ def _truncate_csv(path: Path, step: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= step]
+        rows = [r for r in csv.DictReader(f)
+                if None not in r.values() and r["step"].isdigit() and int(r["step"]) <= step]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
@@ -464,7 +483,8 @@ def plot(csv_path: Path, png_path: Path) -> None:
     ax.plot([int(r["step"]) for r in rows], [float(r["train_loss"]) for r in rows], label="train", lw=1)
     val = [r for r in rows if r["val_loss"]]
     ax.plot([int(r["step"]) for r in val], [float(r["val_loss"]) for r in val], "o-", label="valid", ms=3)
-    ax.set(xlabel="step", ylabel="loss (nats / token)", title=f"{csv_path.parent.name}: {rows[-1]['tokens'] if rows else 0} tokens")
+    ax.set(xlabel="step", ylabel="loss (nats / token)",
+           title=f"{csv_path.parent.name}: {rows[-1]['tokens'] if rows else 0} tokens")
     ax.grid(alpha=0.3)
     lr = ax.twinx()
     lr.plot([int(r["step"]) for r in rows], [float(r["lr"]) for r in rows], color="gray", alpha=0.4, lw=1, label="lr")
@@ -482,7 +502,8 @@ def add_parser(stages) -> None:
     """The `train` subcommand: --data --out [--tokenizer] [--preset] [--fresh], and a flag per TrainConfig field."""
     p = stages.add_parser("train", help="train the FIM model on the data stage's rows (resumes from <out>/checkpoint)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="the data stage's output")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run dir: checkpoint/, model/, loss.csv, loss.png")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="run dir: checkpoint/, model/, loss.csv, loss.png")
     p.add_argument("--tokenizer", type=Path, metavar="DIR", help="default: the data dir's copy")
     p.add_argument("--preset", choices=PRESETS, help="model shape (default: 40m); explicit flags override it")
     p.add_argument("--fresh", action="store_true", help="start over even if <out>/checkpoint exists")
@@ -493,8 +514,9 @@ def add_parser(stages) -> None:
         if bool in (kind, *typing.get_args(kind)):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         else:
-            p.add_argument(flag, type=_int if kind is int else kind, default=argparse.SUPPRESS, choices=CHOICES.get(f.name),
-                           metavar="DIR" if f.name == "init" else None, help=f"default: {f.default!r}")
+            p.add_argument(flag, type=_int if kind is int else kind, default=argparse.SUPPRESS,
+                           choices=CHOICES.get(f.name), metavar="DIR" if f.name == "init" else None,
+                           help=f"default: {f.default!r}")
     p.set_defaults(run=run)
 
 
