@@ -1,10 +1,10 @@
 """Tree-sitter and offset helpers shared by the server, the tasks and training: one copy of each.
 
 Parsers per language (grammars from model/languages.py), error counting (MISSING nodes included), a node's
-text, the longest head of code that parses, the definition inside a wrapper, a definition's name, body, header colon
-and docstring, a Python string's content and a Python definition in parts (header, docstring, body), and
-the offsets between string indexes and the UTF-8 byte offsets tree-sitter counts. All text is encoded
-with `utf8` (lone surrogates, which LSP's JSON can carry, pass through).
+text, a tree cursor's node, the longest head of code that parses, the definition inside a wrapper, a
+definition's name, body, header colon and docstring, a Python string's content and a Python definition in
+parts (header, docstring, body), and the offsets between string indexes and the UTF-8 byte offsets tree-sitter
+counts. All text is encoded with `utf8` (lone surrogates, which LSP's JSON can carry, pass through).
 
 Lines: `line_start` is the index of a line's first character, `line_end` the index of the "\\n" that
 ends it (its content end), `next_line` the index after that "\\n"; each works on str and bytes alike.
@@ -49,6 +49,14 @@ def node_text(node: Node) -> str:
     """A node's source text, undecodable bytes replaced ("" for a tree parsed without its source bytes)."""
     text = node.text
     return text.decode("utf-8", "replace") if text is not None else ""
+
+
+def cursor_node(cursor: tree_sitter.TreeCursor) -> Node:
+    """The node a tree cursor is on (tree-sitter types it `Node | None`; a cursor from `walk()` is always on one)."""
+    node = cursor.node
+    if node is None:
+        raise ValueError("the tree cursor is on no node")
+    return node
 
 
 def is_word(char: str) -> bool:

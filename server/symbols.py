@@ -18,7 +18,16 @@ import tree_sitter
 
 from midline.model import syntax
 from midline.model.languages import LANGUAGES, LanguageSpec
-from midline.model.syntax import definition_body, docstring, function_value, header_colon, line_start, unwrap
+from midline.model.syntax import (
+    cursor_node,
+    definition_body,
+    docstring,
+    function_value,
+    header_colon,
+    line_start,
+    node_text,
+    unwrap,
+)
 from midline.server.files import MAX_FILE_BYTES, MAX_FILES, OpenVersions, is_under, path_key, source_files
 
 if TYPE_CHECKING:
@@ -69,8 +78,8 @@ def _declarator_name(node: Node) -> tuple[str | None, bool]:
         if d.type == "function_declarator":
             is_function = True
         if d.type in ("identifier", "field_identifier", "type_identifier", "destructor_name", "operator_name"):
-            return d.text.decode("utf-8", "replace"), is_function
-        inner = d.child_by_field_name("name") if d.type == "qualified_identifier" else d.child_by_field_name("declarator")
+            return node_text(d), is_function
+        inner = d.child_by_field_name("name" if d.type == "qualified_identifier" else "declarator")
         d = inner if inner is not None else (d.named_children[0] if d.named_children else None)
     return None, is_function
 
@@ -91,21 +100,21 @@ def _name(node: Node) -> str | None:
         if name is None and node.child_by_field_name("declarator") is not None:  # C, C++
             text, is_function = _declarator_name(node)
             return text if is_function or node.type == "type_definition" else None
-    return name.text.decode("utf-8", "replace") if name is not None else None
+    return node_text(name) if name is not None else None
 
 
 def _doc_comment(node: Node, source: bytes) -> str:
     """Comments right above a definition (brace languages), if short."""
-    first = last = None
+    comments: list[Node] = []  # nearest first
     prev, row = node.prev_named_sibling, node.start_point.row
     while prev is not None and "comment" in prev.type and prev.end_point.row >= row - 1:
         if source[line_start(source, prev.start_byte) : prev.start_byte].strip():
             break  # a trailing comment of the line above
-        first, last = prev, last or prev
+        comments.append(prev)
         row, prev = prev.start_point.row, prev.prev_named_sibling
-    if first is None:
+    if not comments:
         return ""
-    text = _text(source, first.start_byte, last.end_byte)
+    text = _text(source, comments[-1].start_byte, comments[0].end_byte)
     return text + "\n" if text.count("\n") < _DOC_LINES else ""
 
 
@@ -117,7 +126,7 @@ def _docstring(body: Node, source: bytes) -> str:
     string = first.named_children[0]
     lines = _text(source, string.start_byte, string.end_byte).split("\n")
     if len(lines) > _DOC_LINES:
-        end = string.children[-1].text.decode() if string.children else '"""'
+        end = node_text(string.children[-1]) if string.children else '"""'
         summary = lines[:_DOC_LINES - 1]
         if "" in summary[1:]:
             summary = summary[: summary.index("", 1)]
@@ -160,11 +169,12 @@ def signature(node: Node, source: bytes, language: str) -> str:
             return f"{header} ..."
         return header + "\n" + textwrap.indent(f"{doc}\n...", _INDENT)
     doc = _doc_comment(outer, source)
-    header = _header(outer, node, source, language) if kind in ("function", "method") or node.type in spec.containers else None
-    if header is None:
+    has_body = kind in ("function", "method") or node.type in spec.containers
+    head = _header(outer, node, source, language) if has_body else None
+    if head is None:
         return doc + _compact(_text(source, outer.start_byte, outer.end_byte))
-    body = definition_body(node)
-    return doc + header + (" { ... }" if body is not None and body.text.startswith(b"{") else " ...")
+    block = definition_body(node)
+    return doc + head + (" { ... }" if block is not None and source.startswith(b"{", block.start_byte) else " ...")
 
 
 def _scope_header(outer: Node, node: Node, source: bytes, language: str) -> str:
@@ -200,6 +210,9 @@ def definitions(tree: tree_sitter.Tree, source: bytes, language: str) -> list[De
     return _collect(tree.root_node, source, language, spec) if spec is not None else []
 
 
+_GO_KINDS = {"struct_type": "struct", "interface_type": "interface"}  # a Go type's kind by its type node
+
+
 def _collect(root: Node, source: bytes, language: str, spec: LanguageSpec) -> list[Definition]:
     """Definitions under `root`, each container's members right after it (depth first, with an explicit
     stack: containers may nest as deep as the file does)."""
@@ -218,13 +231,17 @@ def _collect(root: Node, source: bytes, language: str, spec: LanguageSpec) -> li
         if node.type == "type_declaration":  # Go: `type X struct {...}`, or a group of specs
             grouped = any(child.type == "(" for child in node.children)
             for type_spec in node.named_children:
-                name = type_spec.child_by_field_name("name")
-                if name is None or type_spec.type not in ("type_spec", "type_alias"):
+                type_name = type_spec.child_by_field_name("name")
+                if type_name is None or type_spec.type not in ("type_spec", "type_alias"):
                     continue
                 type_node = type_spec.child_by_field_name("type")
-                go_kind = {"struct_type": "struct", "interface_type": "interface"}.get(type_node.type if type_node else "", "type")
-                text = "type " + _text(source, type_spec.start_byte, type_spec.end_byte) if grouped else _text(source, node.start_byte, node.end_byte)
-                out.append(Definition(name.text.decode("utf-8", "replace"), go_kind, _doc_comment(node, source) + _compact(text), node.start_point.row, scope=scope))
+                go_kind = _GO_KINDS.get(type_node.type if type_node else "", "type")
+                if grouped:
+                    text = "type " + _text(source, type_spec.start_byte, type_spec.end_byte)
+                else:
+                    text = _text(source, node.start_byte, node.end_byte)
+                rendered = _doc_comment(node, source) + _compact(text)
+                out.append(Definition(node_text(type_name), go_kind, rendered, node.start_point.row, scope=scope))
             continue
         name = _name(node)
         if not name:
@@ -272,7 +289,8 @@ def render_scope(scopes: Sequence[Node], source: bytes, language: str) -> str:
     if len(scopes) < 2 or spec is None:
         return inner
     parent = scopes[-2]
-    return render([Definition("", "", inner, 0, scope=_scope_header(parent, unwrap(parent, language), source, language))])
+    scope = _scope_header(parent, unwrap(parent, language), source, language)
+    return render([Definition("", "", inner, 0, scope=scope)])
 
 
 def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) -> list[Node]:
@@ -287,7 +305,7 @@ def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) ->
     scopes: list[Node] = []
     cursor = tree.walk()
     while cursor.goto_first_child_for_byte(max(byte_offset - 1, 0)) is not None:  # first child ending at or after
-        child = cursor.node
+        child = cursor_node(cursor)
         if child.start_byte >= byte_offset:
             break
         if child.type in spec.definitions and (child.type == "type_declaration" or _name(child)):
@@ -299,7 +317,8 @@ def enclosing_scopes(tree: tree_sitter.Tree, byte_offset: int, language: str) ->
 def identifiers_near(
     tree: tree_sitter.Tree, source: bytes, byte_offset: int, *, above: int = 15, below: int = 5, max_bytes: int = 4096
 ) -> list[str]:
-    """Distinct identifier names used in the lines around the cursor (at most `max_bytes` either side), nearest first."""
+    """Distinct identifier names used in the lines around the cursor (at most `max_bytes` either side),
+    nearest first."""
     lo = byte_offset
     for _ in range(above + 1):  # back to the newline before the first line
         lo = source.rfind(b"\n", 0, lo)
@@ -326,14 +345,15 @@ def _leaves(cursor: tree_sitter.TreeCursor, lo: int, hi: int) -> Iterator[Node]:
     back on at the end). Iterative: trees may be as deep as the file's nesting."""
     depth = 0  # of the cursor below its starting node
     while True:
-        if cursor.node.child_count == 0:
-            yield cursor.node
+        node = cursor_node(cursor)
+        if node.child_count == 0:
+            yield node
         elif cursor.goto_first_child_for_byte(lo) is not None:
             depth += 1
-            if cursor.node.start_byte <= hi:
+            if cursor_node(cursor).start_byte <= hi:
                 continue  # descend into it
         while depth:  # done with the cursor's node: on to the next sibling in range, else up
-            if cursor.goto_next_sibling() and cursor.node.start_byte <= hi:
+            if cursor.goto_next_sibling() and cursor_node(cursor).start_byte <= hi:
                 break
             cursor.goto_parent()
             depth -= 1
