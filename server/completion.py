@@ -26,6 +26,7 @@ from .context import CompletionContext, Hole
 from .documents import Document
 from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess
 from .prompt import PromptBuilder
+from .retrieval import RetrievalIndex
 from .symbols import SymbolIndex
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,12 @@ class Completer:
         *,
         symbols: SymbolIndex | None = None,
         root: str | None = None,
+        retrieval: RetrievalIndex | None = None,
     ) -> None:
         self.engine = engine
         self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
-        self.prompts = PromptBuilder(engine, self.settings, root=root, symbols=symbols)
+        self.prompts = PromptBuilder(engine, self.settings, root=root, symbols=symbols, retrieval=retrieval)
         self.stats = Stats()
         self.trace = Trace()
         self._cache: OrderedDict[tuple, Suggestion | None] = OrderedDict()

@@ -39,6 +39,7 @@ class ContextConfig:
     snippet_budget: int = 512  # extra context: imports, enclosing signature, other files' definitions
     max_snippets: int = 6
     cross_file: bool = True  # look up definitions in other open documents and workspace files
+    retrieval: bool = False  # add chunks of other files similar to the lines around the cursor (retrieval.py)
 
     def __post_init__(self) -> None:
         _check("context.budget", self.budget, self.budget >= 16, "at least 16")

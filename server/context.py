@@ -2,7 +2,8 @@
 
 `build_context` turns a document and a cursor offset into a `CompletionContext`: token-budgeted prefix
 and suffix windows cut at line boundaries, the kind of hole at the cursor, and extra snippets (imports,
-enclosing signature, definitions from other files) ordered stable-first for prompt caching. In a large
+enclosing signature, definitions from other files, similar chunks of other files) ordered stable-first for
+prompt caching. In a large
 document, post-processing gets the top-level nodes around the cursor (`text_window`), not the whole text.
 """
 
@@ -21,6 +22,7 @@ from midline.model import languages, syntax
 from midline.model.syntax import error_spans, is_word, utf8
 from midline.model.fim import Snippet
 from midline.server.documents import Document
+from midline.server.retrieval import Chunk, RetrievalIndex
 from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
 
 log = logging.getLogger(__name__)
@@ -79,14 +81,15 @@ def build_context(
     symbols: SymbolIndex | None = None,
     max_snippets: int = 6,
     snippet_budget: int = 512,
+    retrieval: RetrievalIndex | None = None,
 ) -> CompletionContext:
     """The context for a completion at `offset` in `doc`.
 
     The windows hold about `budget` model tokens, `prefix_share` of them for the prefix (a side that
     reaches the end of the file gives what it does not use to the other). Snippets, at most
-    `max_snippets` of about `snippet_budget` tokens in all, come stable first: definitions from other
-    files of names used near the cursor, then this file's imports and the enclosing signature when the
-    prefix window cut them off.
+    `max_snippets` of about `snippet_budget` tokens in all, come stable first: chunks of other files
+    similar to the lines around the cursor (`retrieval`), definitions from other files of names used near
+    the cursor, then this file's imports and the enclosing signature when the prefix window cut them off.
     """
     text = doc.text
     byte_offset = doc.byte_offset(offset)
@@ -96,7 +99,9 @@ def build_context(
     snippets: list[Snippet] = []
     if doc.tree is not None and hole is not Hole.NONE:  # (no completion mid-word: spare the lookups)
         window_byte = byte_offset - len(utf8(prefix))
-        snippets = _snippets(doc, byte_offset, window_byte, prefix + suffix, count_tokens, symbols, max_snippets, snippet_budget)
+        snippets = _snippets(
+            doc, byte_offset, window_byte, (prefix, suffix), count_tokens, symbols, retrieval, max_snippets, snippet_budget
+        )
     indent = implied_indent(text, offset, doc.language) if hole is Hole.MULTI_LINE else ""
     if indent:  # prompt as if the editor had indented the empty line
         text, prefix, offset = text[:offset] + indent + text[offset:], prefix + indent, offset + len(indent)
@@ -437,19 +442,23 @@ def _snippets(
     doc: Document,
     byte_offset: int,
     window_byte: int,
-    window: str,
+    window: tuple[str, str],
     count_tokens: Callable[[str], int],
     index: SymbolIndex | None,
+    retrieval: RetrievalIndex | None,
     max_snippets: int,
     budget: int,
 ) -> list[Snippet]:
-    """Extra context, chosen most relevant first, returned stable first."""
+    """Extra context, chosen most relevant first (this file's enclosing signature and missing imports, definitions
+    of the names used near the cursor, then chunks similar to the lines around it with what budget is left),
+    returned stable first."""
     tree, source, language = doc.tree, doc.source, doc.language
     assert tree is not None
+    prefix, suffix = window
     local: list[Snippet] = []
     used = 0
     scopes = [s for s in enclosing_scopes(tree, byte_offset, language) if s.start_byte < window_byte]
-    missing = [line for line in imports(tree, source, language) if line not in window]
+    missing = [line for line in imports(tree, source, language) if line not in prefix + suffix]
     for text in (render_scope(scopes, source, language) if scopes else "", "\n".join(missing)):
         cost = count_tokens(text) if text else 0
         if text and used + cost <= budget and len(local) < max_snippets:
@@ -468,7 +477,38 @@ def _snippets(
                 used += cost
     picked.sort(key=lambda d: (d.path, d.line))
     other_files = [Snippet(path, render(list(defs))) for path, defs in itertools.groupby(picked, key=lambda d: d.path)]
-    return other_files + local[::-1]  # imports before the enclosing signature
+    similar: list[Snippet] = []
+    if retrieval is not None and len(local) + len(other_files) < max_snippets:
+        for chunk in _similar(doc, prefix, suffix, retrieval, max_snippets - len(local) - len(other_files)):
+            cost = count_tokens(chunk.text)
+            if used + cost <= budget:
+                similar.append(Snippet(chunk.path, chunk.text))
+                used += cost
+    return similar[::-1] + other_files + local[::-1]  # the most similar chunk last of them; imports before the signature
+
+
+QUERY_LINES = (12, 3)  # lines above the cursor (its own included) and below it that make the retrieval query
+_SEEN_SHARE = 0.5  # a chunk with this share of its lines in the windows already adds too little
+
+
+def _similar(doc: Document, prefix: str, suffix: str, retrieval: RetrievalIndex, limit: int) -> list[Chunk]:
+    """Chunks of other files most like the lines around the cursor, best first, but those mostly in the windows
+    already; none when retrieval fails (logged without the document's code)."""
+    above = prefix.split("\n")[-QUERY_LINES[0] :]
+    below = suffix.split("\n")[: QUERY_LINES[1] + 1]
+    query = "\n".join(above) + "\n".join(below)
+    try:
+        chunks = retrieval.search(query, exclude_path=doc.path, limit=2 * limit)
+    except Exception as exc:  # any failure degrades to no retrieved context
+        log.warning("retrieval failed for %s (%s); completing without it", doc.path, type(exc).__name__)
+        return []
+    seen = {line.strip() for line in (prefix + suffix).split("\n")}
+    fresh = []
+    for chunk in chunks:
+        lines = [line.strip() for line in chunk.text.split("\n") if line.strip()]
+        if sum(line in seen for line in lines) < _SEEN_SHARE * len(lines):
+            fresh.append(chunk)
+    return fresh[:limit]
 
 
 def _cross_file(doc: Document, byte_offset: int, index: SymbolIndex) -> list[Definition]:

@@ -25,6 +25,7 @@ from midline.model.fim import FimPrompt, Mode, Snippet, shown_path
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole, build_context
 from .documents import Document
+from .retrieval import RetrievalIndex
 from .symbols import SymbolIndex
 
 MIN_WINDOWS = 16  # tokens the windows keep however small the room
@@ -70,11 +71,13 @@ class PromptBuilder:
         *,
         root: str | Path | None = None,
         symbols: SymbolIndex | None = None,
+        retrieval: RetrievalIndex | None = None,
     ) -> None:
         self.engine = engine
         self.settings = Settings.of(config)
         self.root = Path(root) if root else None
         self.symbols = symbols
+        self.retrieval = retrieval
         self._layout = functools.lru_cache(maxsize=256)(self._measure_layout)
 
     @property
@@ -110,6 +113,7 @@ class PromptBuilder:
             symbols=self.symbols if ctx_config.cross_file else None,
             max_snippets=ctx_config.max_snippets,
             snippet_budget=budgets.snippets,
+            retrieval=self.retrieval if ctx_config.retrieval else None,
         )
 
     def budgets(self, path: str) -> Budgets:

@@ -40,7 +40,9 @@ from .hover import Explainer, hover_target, render
 from .model_thread import ModelThread
 from .postprocess import Suggestion
 from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_pygls_logs, strict_converter
+from .files import watch_glob
 from .symbols import SymbolIndex
+from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,13 @@ class MidlineServer(LanguageServer):
         self.documents = DocumentStore()
         self.settings = Settings()  # the one holder: assigning `config` (its `current`) changes it everywhere
         self.symbols = SymbolIndex()
+        self.indexes = Workspace(self.settings, symbols=self.symbols)  # the folders' definitions and retrieval chunks
         self.model_executor = ModelThread("midline-model")  # a daemon: exit never waits for a load in progress
         self.completer: Completer | None = None
         self.engine_ready: asyncio.Future[Completer | None] | None = None
         self.root: str | None = None
         self.client_has_inline_completion = False
+        self.client_watches_files = False  # can register a file watcher
         self.assistant = Assistant(self.engine, self.settings, self.model_executor, report=self.report)
         self.actions = Actions(self.assistant, self.settings)
         idle_ms = lambda: self.config.hover.idle_ms  # noqa: E731
@@ -107,7 +111,9 @@ class MidlineServer(LanguageServer):
                 self.report(f"midline: {self.load_error}")
                 return None
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
-            self.completer = Completer(engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root)
+            self.completer = Completer(
+                engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root, retrieval=self.indexes.retrieval
+            )
             return self.completer
 
         self.completer, self.load_error = None, None
@@ -188,7 +194,7 @@ class MidlineServer(LanguageServer):
         completer = await self.get_completer()
         if completer is None:
             return None
-        self.symbols.refresh(self.documents, exclude=uri)
+        self.indexes.refresh(self.documents, exclude=uri)
         try:
             suggestion = (await completer.complete(doc, offset, automatic=automatic)).suggestion
         except RemoteError as exc:  # the serving engine is down or failing: say so once, answer nothing
@@ -250,6 +256,7 @@ def initialize(ls: MidlineServer, params: types.InitializeParams) -> None:
     ls.actions.folders = [Path(path) for folder in folders if (path := to_fs_path(folder.uri))]
     inline = params.capabilities.text_document and params.capabilities.text_document.inline_completion
     ls.client_has_inline_completion = inline is not None
+    ls.client_watches_files = get_capability(params.capabilities, "workspace.did_change_watched_files.dynamic_registration", False)
     options = params.initialization_options
     if isinstance(options, dict) and isinstance(options.get("midline"), dict):
         options = options["midline"]
@@ -259,8 +266,21 @@ def initialize(ls: MidlineServer, params: types.InitializeParams) -> None:
 @server.feature(types.INITIALIZED)
 def initialized(ls: MidlineServer, params: types.InitializedParams) -> None:
     ls.load_engine()
-    if ls.root and ls.config.context.cross_file:
-        ls.thread_pool.submit(ls.symbols.index_workspace, ls.root)
+    ls.indexes.set_folders(_folder_paths(ls))
+    _watch_files(ls)
+
+
+def _folder_paths(ls: MidlineServer) -> list[str]:
+    """The workspace folders (pygls keeps the list), or the root alone for a client that names no folders."""
+    return [str(path) for path in ls.actions.folders] or ([ls.root] if ls.root else [])
+
+
+def _watch_files(ls: MidlineServer) -> None:
+    """Ask the client to report source files created, changed and deleted on disk, if it can register a watcher."""
+    if ls.client_watches_files:
+        options = types.DidChangeWatchedFilesRegistrationOptions(watchers=[types.FileSystemWatcher(glob_pattern=watch_glob())])
+        registration = types.Registration(id="midline-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options)
+        ls.client_register_capability(types.RegistrationParams(registrations=[registration]))
 
 
 @server.feature(types.SHUTDOWN)
@@ -270,12 +290,26 @@ def shutdown(ls: MidlineServer, params: None) -> None:
         if ls.completer is not None:
             ls.completer.forget(uri)
     ls.model_executor.shutdown(wait=False, cancel_futures=True)
+    ls.indexes.close()
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
 def did_change_workspace_folders(ls: MidlineServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
     """Follow added and removed folders (pygls has already updated its workspace's list)."""
     ls.actions.folders = [Path(path) for folder in ls.workspace.folders.values() if (path := to_fs_path(folder.uri))]
+    ls.indexes.set_folders(_folder_paths(ls))
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def did_change_watched_files(ls: MidlineServer, params: types.DidChangeWatchedFilesParams) -> None:
+    """Source files created, changed or deleted on disk (the watcher `initialized` registers): indexed again."""
+    for change in params.changes:
+        if (path := to_fs_path(change.uri)) is None:
+            continue
+        if change.type == types.FileChangeType.Deleted:
+            ls.indexes.deleted(path)
+        else:
+            ls.indexes.changed_on_disk(path)
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -300,6 +334,16 @@ def did_open(ls: MidlineServer, params: types.DidOpenTextDocumentParams) -> None
 @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: MidlineServer, params: types.DidChangeTextDocumentParams) -> None:
     ls.documents.change(params.text_document.uri, params.text_document.version, params.content_changes, ls.codec)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: MidlineServer, params: types.DidSaveTextDocumentParams) -> None:
+    """Index the saved file again: the open document's text (else the disk's)."""
+    uri = params.text_document.uri
+    if uri in ls.documents:
+        ls.indexes.saved(ls.documents.get(uri))
+    elif path := to_fs_path(uri):
+        ls.indexes.changed_on_disk(path)
 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -484,6 +528,7 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "state": "ready",
         "model": _model_label(ls.config),
         "sandbox": sandbox,
+        "index": ls.indexes.stats(),
         "device": str(completer.engine.device),
         "fimFormat": completer.engine.fim.name,
         "decodePath": getattr(completer.engine, "decode_path", "remote"),

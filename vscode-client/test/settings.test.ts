@@ -39,7 +39,7 @@ describe("serverSettings", () => {
     assert.equal(settings.model, null);
     assert.equal(settings.maxNewTokens, 64);
     assert.deepEqual(settings.enable, { "*": true, plaintext: false, markdown: false, scminput: false });
-    assert.deepEqual(settings.context, { budget: 1536, prefixShare: 0.75, snippetBudget: 512, maxSnippets: 6, crossFile: true });
+    assert.deepEqual(settings.context, { budget: 1536, prefixShare: 0.75, snippetBudget: 512, maxSnippets: 6, crossFile: true, retrieval: false });
     for (const key of CLIENT_KEYS) {
       assert.ok(!(key.split(".")[0] in settings), key);
     }
