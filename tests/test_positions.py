@@ -268,3 +268,35 @@ def test_cli_builds_tasks_and_reports(tiny_model_dir, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "end_of_line_nothing" in table and "typing replay: 1 functions" in table
     assert Path(report["model"]) == Path(tiny_model_dir).resolve()
+
+
+def test_workspaces_index_each_repository_at_the_tasks_paths():
+    """A task's Completer sees its repository's other files where the task's document is (/<repo>/<path>)."""
+    from midline.training.workspaces import Workspaces
+
+    records = [*RECORDS, {"repo": "acme/other", "path": "lib/mean_copy.py", "text": MEAN}]
+    workspaces = Workspaces(records)
+    symbols, retrieval = workspaces.indexes("acme/tools")
+    assert workspaces.indexes("acme/tools")[1] is retrieval and workspaces.files("acme/tools") == len(RECORDS)
+    assert [d.path for d in symbols.lookup(["mean"])] == ["/acme/tools/mean.py"]  # not the other repository's copy
+    query = "def average(values):\n    total = sum(values)\n    return total / len(values)\n"
+    assert [c.path for c in retrieval.search(query)] == ["/acme/tools/mean.py"]
+    assert retrieval.search(query, exclude_path="/acme/tools/mean.py") == []  # the task's own file: never
+
+
+def test_cli_compares_retrieval_side_by_side(tiny_model_dir, tmp_path, capsys):
+    corpus = tmp_path / "valid.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    out = tmp_path / "report.json"
+    args = ["positions", "--model", str(tiny_model_dir), "--device", "cpu", "--corpus", str(corpus), "--per-kind", "1",
+            "--functions", "0", "--max-new-tokens", "4", "--retrieval", "both", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["server_config"]["context"]["retrieval"] is True
+    assert report["without_retrieval"]["server_config"]["context"]["retrieval"] is False
+    assert set(report["without_retrieval"]["metrics"]) == set(report["metrics"])
+    assert len(report["without_retrieval"]["per_task"]) == len(report["per_task"]) == len(P.KINDS)
+    assert report["retrieval"]["tasks_in_repos_with_other_files"] == len(P.KINDS)
+    assert "without / with retrieval" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the other files come from the corpus: a tasks file alone is not enough
+        main(["positions", "--model", str(tiny_model_dir), "--tasks", str(out.with_suffix(".tasks.jsonl")), "--retrieval", "on"])

@@ -41,7 +41,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -62,6 +62,7 @@ from midline.server.sandbox import SandboxResult, run_python, sandbox_state
 from midline.training import stage
 from midline.training.metrics import edit_similarity, normalize
 from midline.training.stage import command_line, save_jsonl, sha256_file
+from midline.training.workspaces import Workspaces, task_root
 
 KINDS = ("single_line", "multi_line", "random_span", "doctest")
 MAX_FILE_CHARS = 100_000  # larger held-out files are skipped
@@ -425,25 +426,43 @@ def eval_config(max_new_tokens: int, timeout_ms: int) -> Config:
     return Config(max_new_tokens=max_new_tokens, debounce_ms=0, cache_size=0, temperature=0.0, timeout_ms=timeout_ms)
 
 
-def complete_tasks(engine: Backend, tasks: list[Task], config: Config, *, progress: bool = False) -> list[Outcome]:
-    """Each task through `Completer.complete`, one fresh Completer per task (no state carried over)."""
-    return asyncio.run(_complete_all(engine, tasks, config, progress))
+def complete_tasks(
+    engine: Backend, tasks: list[Task], config: Config, *, progress: bool = False, workspaces: Workspaces | None = None
+) -> list[Outcome]:
+    """Each task through `Completer.complete`, one fresh Completer per task (no state carried over); with
+    `workspaces`, the Completer has the indexes of the task's repository, as the server has the workspace's."""
+    return complete_side_by_side(engine, tasks, [config], progress=progress, workspaces=workspaces)[0]
 
 
-async def _complete_all(engine: Backend, tasks: list[Task], config: Config, progress: bool) -> list[Outcome]:
-    outcomes = []
+def complete_side_by_side(
+    engine: Backend, tasks: list[Task], configs: list[Config], *, progress: bool = False, workspaces: Workspaces | None = None
+) -> list[list[Outcome]]:
+    """`complete_tasks` under each of `configs`, task by task (each task under every config in turn, so that a
+    change in the machine's load weighs on all of them alike, the engine's KV cache cleared in between, so that
+    none reuses another's prompt); the outcomes per config."""
+    return asyncio.run(_complete_all(engine, tasks, configs, progress, workspaces))
+
+
+async def _complete_all(
+    engine: Backend, tasks: list[Task], configs: list[Config], progress: bool, workspaces: Workspaces | None
+) -> list[list[Outcome]]:
+    outcomes: list[list[Outcome]] = [[] for _ in configs]
     with ThreadPoolExecutor(max_workers=1) as executor:
-        await _warm_up(engine, config, executor)
+        await _warm_up(engine, configs[0], executor)
         for task in stage.progress(tasks, progress, "evaluate"):
-            root = PurePosixPath("/", task.repo or "workspace")
-            completer = Completer(engine, config, executor, root=str(root))
-            doc = Document((root / task.path).as_uri(), "python", 1, task.text_with_hole)
-            start = time.perf_counter()
-            completion = await completer.complete(doc, task.offset)
-            latency = (time.perf_counter() - start) * 1000
-            generation = completion.generation
-            tokens = len(generation.token_ids) if generation else 0
-            outcomes.append(Outcome(completion.suggestion, latency, tokens, generation.finish_reason if generation else "none",
+            root = task_root(task.repo)
+            symbols, retrieval = workspaces.indexes(task.repo) if workspaces is not None else (None, None)
+            for config, done in zip(configs, outcomes):
+                if len(configs) > 1 and (clear := getattr(engine, "clear_cache", None)) is not None:
+                    await asyncio.get_running_loop().run_in_executor(executor, clear)  # no reuse of the other's prompt
+                completer = Completer(engine, config, executor, root=str(root), symbols=symbols, retrieval=retrieval)
+                doc = Document((root / task.path).as_uri(), "python", 1, task.text_with_hole)
+                start = time.perf_counter()
+                completion = await completer.complete(doc, task.offset)
+                latency = (time.perf_counter() - start) * 1000
+                generation = completion.generation
+                tokens = len(generation.token_ids) if generation else 0
+                done.append(Outcome(completion.suggestion, latency, tokens, generation.finish_reason if generation else "none",
                                     generation.mean_logprob if generation else math.nan))
     return outcomes
 

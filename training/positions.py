@@ -52,6 +52,12 @@ counted as typed). At pause points (a line start after auto-indent; after a non-
 word character) the replay asks `complete(automatic=True)`; if the suggestion's first line is exactly the rest of
 the line to type (and not empty), it is accepted: its characters count as accepted and the cursor jumps past them.
 Figures: the share of accepted characters, suggestions shown and accepted, p50/p95 time to ghost text.
+
+Repository context (`--retrieval off|on|both`): each task's Completer gets the indexes of its repository's other
+held-out files (`workspaces.Workspaces`), as the server indexes the workspace: cross-file definitions, and retrieved
+chunks (`context.retrieval`) unless off. With both, each position task is completed without and with retrieval in
+turn (the engine's cache cleared in between), and the report has both sets of figures (`without_retrieval`) and the
+tasks retrieval changed (`retrieval`).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import tree_sitter
 from lsprotocol import types
@@ -87,7 +93,7 @@ from midline.training.evaluate import (
     Outcome,
     Source,
     Task,
-    complete_tasks,
+    complete_side_by_side,
     completed_text,
     docstring_of,
     eval_config,
@@ -103,6 +109,7 @@ from midline.training.evaluate import (
     write_report,
 )
 from midline.training.stage import sha256_file
+from midline.training.workspaces import Workspaces, task_root
 from pygls.workspace.position_codec import PositionCodec
 
 KINDS = (
@@ -490,17 +497,19 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
     }
 
 
-def replay(engine: Engine, tasks: list[Task], config: Config) -> list[dict]:
-    """Each replay task typed through its own `Completer` (`config` as the server's)."""
-    return asyncio.run(_replay_all(engine, tasks, config))
+def replay(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None = None) -> list[dict]:
+    """Each replay task typed through its own `Completer` (`config` as the server's; with `workspaces`, the indexes
+    of the task's repository)."""
+    return asyncio.run(_replay_all(engine, tasks, config, workspaces))
 
 
-async def _replay_all(engine: Engine, tasks: list[Task], config: Config) -> list[dict]:
+async def _replay_all(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None) -> list[dict]:
     rows = []
     with ThreadPoolExecutor(max_workers=1) as executor:
         for task in tasks:
-            root = PurePosixPath("/", task.repo or "workspace")
-            completer = Completer(engine, config, executor, root=str(root))
+            root = task_root(task.repo)
+            symbols, retrieval = workspaces.indexes(task.repo) if workspaces is not None else (None, None)
+            completer = Completer(engine, config, executor, root=str(root), symbols=symbols, retrieval=retrieval)
 
             async def suggest(doc: Document, offset: int) -> Suggestion | None:
                 return (await completer.complete(doc, offset, automatic=True)).suggestion
@@ -529,34 +538,66 @@ def summarize_replay(rows: list[dict]) -> dict:
 # -- the report -----------------------------------------------------------------------------------
 
 
+def with_retrieval(config: Config, on: bool) -> Config:
+    """`config` with `context.retrieval` on or off."""
+    return dataclasses.replace(config, context=dataclasses.replace(config.context, retrieval=on))
+
+
 def evaluate_positions(
     model_dir: Path, tasks: list[Task], *, device: str = "auto", max_new_tokens: int = 64, timeout_ms: int = 60_000, progress: bool = False,
-    floors: bool = True,
+    floors: bool = True, workspaces: Workspaces | None = None, retrieval: str | None = None,
 ) -> dict:
     """Complete the position tasks and type the replay tasks with one engine; returns the report (JSON-ready).
-    Without `floors`, every suggestion is shown whatever its confidence (to calibrate the model's floors)."""
+    Without `floors`, every suggestion is shown whatever its confidence (to calibrate the model's floors). With
+    `workspaces`, each task's Completer has its repository's indexes; `retrieval` "on" or "off" sets
+    `context.retrieval`, and "both" completes each position task without retrieval too: the report's `metrics`
+    are with it, `without_retrieval` holds the same figures without it."""
     started = time.monotonic()
     engine = Engine.load(model_dir, device=device)
     config = eval_config(max_new_tokens, timeout_ms)
     if not floors:
         config = dataclasses.replace(config, min_mean_logprob=-math.inf)
+    if retrieval is not None:
+        config = with_retrieval(config, retrieval != "off")
+    configs = [config, with_retrieval(config, False)] if retrieval == "both" else [config]
     positions = [t for t in tasks if t.kind != REPLAY]
-    rows = [_row(task, outcome) for task, outcome in zip(positions, complete_tasks(engine, positions, config, progress=progress))]
+    outcomes = complete_side_by_side(engine, positions, configs, progress=progress, workspaces=workspaces)
+    rows, *others = [[_row(task, outcome) for task, outcome in zip(positions, done)] for done in outcomes]
     replay_config = dataclasses.replace(config, cache_size=Config().cache_size)
-    typing = replay(engine, [t for t in tasks if t.kind == REPLAY], replay_config)
+    typing = replay(engine, [t for t in tasks if t.kind == REPLAY], replay_config, workspaces)
     kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
-    return {
+    report = {
         "model": str(Path(model_dir).resolve()),
         "device": str(engine.device),
         "fim_format": engine.fim.name,
         "settings": {"max_new_tokens": max_new_tokens, "timeout_ms": timeout_ms, "server_config": config.to_json(),
                      "replay_server_config": replay_config.to_json()},
         "tasks": {"count": len(tasks), "by_kind": {kind: sum(t.kind == kind for t in tasks) for kind in [*kinds, REPLAY]}},
-        "metrics": {"overall": summarize_positions(rows), **{k: summarize_positions([r for r in rows if r["kind"] == k]) for k in kinds}},
+        "metrics": _metrics(rows, kinds),
         "replay": summarize_replay(typing),
         "elapsed_s": time.monotonic() - started,
         "per_task": rows,
         "per_function": typing,
+    }
+    if others:
+        report["without_retrieval"] = {"server_config": configs[1].to_json(), "metrics": _metrics(others[0], kinds), "per_task": others[0]}
+        report["retrieval"] = _retrieval_summary(positions, rows, others[0], workspaces)
+    return report
+
+
+def _metrics(rows: list[dict], kinds: list[str]) -> dict:
+    return {"overall": summarize_positions(rows), **{k: summarize_positions([r for r in rows if r["kind"] == k]) for k in kinds}}
+
+
+def _retrieval_summary(tasks: list[Task], with_rows: list[dict], without_rows: list[dict], workspaces: Workspaces | None) -> dict:
+    """How retrieval changed the tasks: prompts it changed (a different suggestion or latency aside, a task whose
+    repository has other files), first lines it made right and made wrong."""
+    changed = [a["suggestion"] != b["suggestion"] for a, b in zip(with_rows, without_rows)]
+    return {
+        "tasks_in_repos_with_other_files": sum(workspaces.files(t.repo) > 1 for t in tasks) if workspaces else 0,
+        "suggestion_changed": sum(changed),
+        "first_line_fixed": sum(a["exact_first_line"] and not b["exact_first_line"] for a, b in zip(with_rows, without_rows)),
+        "first_line_broken": sum(b["exact_first_line"] and not a["exact_first_line"] for a, b in zip(with_rows, without_rows)),
     }
 
 
@@ -571,6 +612,8 @@ def format_positions(report: dict) -> str:
                 f"{kind:<20} {m['n']:>4} {m['exact_first_line']:>6.3f} {m['exact_match']:>6.3f} {m['edit_similarity']:>8.3f} "
                 f"{m['empty_rate']:>6.3f} {m['harmful_rate']:>7.3f} {invalid:>7} {glued:>5} {m['mid_word_starts']:>7} {m['latency_ms_mean']:>8.1f}"
             )
+    if "without_retrieval" in report:
+        lines += ["", _format_retrieval(report)]
     r = report["replay"]
     if r["functions"]:
         lines.append(
@@ -578,6 +621,22 @@ def format_positions(report: dict) -> str:
             f"({r['accepted_chars']} in {r['accepted']} suggestions); {r['requests']} requests, {r['shown']} shown, "
             f"{r['model_calls']} model calls; time to ghost text p50 {r['latency_ms_p50']:.0f} ms, p95 {r['latency_ms_p95']:.0f} ms"
         )
+    return "\n".join(lines)
+
+
+def _format_retrieval(report: dict) -> str:
+    """The position figures without and with retrieval, side by side."""
+    lines = [f"{'without / with retrieval':<20} {'n':>4} {'first':>13} {'exact':>13} {'empty':>13} {'harmful':>13} {'ms/task':>15}"]
+    for kind, on in report["metrics"].items():
+        off = report["without_retrieval"]["metrics"][kind]
+        if on.get("n"):
+            pairs = [f"{off[key]:>6.3f} {on[key]:>6.3f}" for key in ("exact_first_line", "exact_match", "empty_rate", "harmful_rate")]
+            lines.append(f"{kind:<20} {on['n']:>4} {' '.join(pairs)} {off['latency_ms_mean']:>7.1f} {on['latency_ms_mean']:>7.1f}")
+    r = report["retrieval"]
+    lines.append(
+        f"retrieval changed {r['suggestion_changed']} suggestions ({r['tasks_in_repos_with_other_files']} tasks in repositories with "
+        f"other files): {r['first_line_fixed']} first lines made right, {r['first_line_broken']} made wrong"
+    )
     return "\n".join(lines)
 
 
@@ -595,6 +654,9 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
     p.add_argument("--tasks-only", action="store_true", help="build and save the --tasks file, evaluate nothing")
     p.add_argument("--no-floors", action="store_true", help="show every suggestion, however unsure (to calibrate the model's confidence floors)")
+    p.add_argument("--retrieval", choices=("off", "on", "both"),
+                   help="give each task its repository's other files from --corpus, as the server's workspace (cross-file "
+                        "definitions; retrieved chunks unless off); both: each position task without and with retrieval, side by side")
     p.set_defaults(run=run)
     return p
 
@@ -614,9 +676,15 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.tasks_only:
         print(f"{len(tasks)} tasks in {tasks_file}")
         return 0
+    workspaces = None
+    if args.retrieval:
+        if not args.corpus:
+            parser.error("--retrieval needs --corpus: the tasks' repositories' other files come from its held-out split")
+        workspaces = Workspaces(read_records(args.corpus))
     try:
         report = evaluate_positions(args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens,
-                                    timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(), floors=not args.no_floors)
+                                    timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(), floors=not args.no_floors,
+                                    workspaces=workspaces, retrieval=args.retrieval)
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
