@@ -46,9 +46,13 @@ class Tokenizer(Protocol):
 
     bos_token_id: int | None
 
-    def encode(self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ..., verbose: bool = ...) -> list[int]: ...
+    def encode(
+        self, text: str, add_special_tokens: bool = ..., split_special_tokens: bool = ..., verbose: bool = ...
+    ) -> list[int]: ...
 
-    def convert_tokens_to_ids(self, token: str) -> int: ...
+    # Hugging Face's takes a token or a list of them (and returns an id or a list); test doubles give None
+    # for a token they lack.
+    def convert_tokens_to_ids(self, tokens: str) -> int | list[int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,9 @@ class FimFormat:
         """The prompt as text and special-token segments, ending just before the middle."""
         mode = mode or self.default_mode
         if mode not in self.modes:
-            raise FimFormatError(f"the {self.name} FIM format has no {mode.upper()} layout (it has: {', '.join(self.modes)})")
+            raise FimFormatError(
+                f"the {self.name} FIM format has no {mode.upper()} layout (it has: {', '.join(self.modes)})"
+            )
         out: list[Segment] = []
         prefix = prompt.prefix
         if self.file_sep:
@@ -126,12 +132,30 @@ class FimFormat:
         else:
             prefix = _as_comments(prompt) + prefix
         if self.spaced:
-            return out + [(self.prefix, True), (f" {prefix} ", False), (self.suffix, True), (f"{prompt.suffix} ", False), (self.middle, True)]
+            return out + [
+                (self.prefix, True),
+                (f" {prefix} ", False),
+                (self.suffix, True),
+                (f"{prompt.suffix} ", False),
+                (self.middle, True),
+            ]
         if mode == "psm":
-            return out + [(self.prefix, True), (prefix, False), (self.suffix, True), (prompt.suffix, False), (self.middle, True)]
+            return out + [
+                (self.prefix, True),
+                (prefix, False),
+                (self.suffix, True),
+                (prompt.suffix, False),
+                (self.middle, True),
+            ]
         if self.name == "codestral":  # [SUFFIX]suffix[PREFIX]prefix, no middle token
             return out + [(self.suffix, True), (prompt.suffix, False), (self.prefix, True), (prefix, False)]
-        return out + [(self.suffix, True), (prompt.suffix, False), (self.prefix, True), (prefix, False), (self.middle, True)]
+        return out + [
+            (self.suffix, True),
+            (prompt.suffix, False),
+            (self.prefix, True),
+            (prefix, False),
+            (self.middle, True),
+        ]
 
     def render(self, prompt: FimPrompt, mode: Mode | None = None) -> str:
         """The prompt as one string (for remote backends that take text)."""
@@ -147,7 +171,9 @@ class FimFormat:
                 ids += encode_text(tokenizer, text)
         return ids
 
-    def encode_example(self, prompt: FimPrompt, middle: str, tokenizer: Tokenizer, mode: Mode | None = None) -> list[int]:
+    def encode_example(
+        self, prompt: FimPrompt, middle: str, tokenizer: Tokenizer, mode: Mode | None = None
+    ) -> list[int]:
         """A training example: the served prompt, then the middle and end of text."""
         ids = self.encode(prompt, tokenizer, mode)
         if middle:
@@ -183,7 +209,8 @@ def _as_comments(prompt: FimPrompt) -> str:
 def _special_id(tokenizer: Tokenizer, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     unk = getattr(tokenizer, "unk_token_id", None)
-    if token_id is None or (unk is not None and token_id == unk and token != getattr(tokenizer, "unk_token", None)):
+    unknown = unk is not None and token_id == unk and token != getattr(tokenizer, "unk_token", None)
+    if not isinstance(token_id, int) or unknown:
         raise FimFormatError(f"the tokenizer has no token {token!r}")
     return token_id
 
@@ -204,13 +231,16 @@ STARCODER = FimFormat(
     "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", stops=("<fim_pad>",),
 )
 DEEPSEEK = FimFormat(
-    "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>", stops=("<|EOT|>",), bos=True,
+    "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>",
+    stops=("<|EOT|>",), bos=True,
 )
 CODELLAMA = FimFormat("codellama", "<PRE>", "<SUF>", "<MID>", "<EOT>", stops=("</s>",), bos=True, spaced=True)
 CODESTRAL = FimFormat("codestral", "[PREFIX]", "[SUFFIX]", "", "</s>", modes=("spm",), bos=True)
 
 # Detection order matters: more specific first (StarCoder2 before StarCoder; midline before all).
-FORMATS: dict[str, FimFormat] = {f.name: f for f in (MIDLINE, QWEN, STARCODER2, STARCODER, DEEPSEEK, CODELLAMA, CODESTRAL)}
+FORMATS: dict[str, FimFormat] = {
+    f.name: f for f in (MIDLINE, QWEN, STARCODER2, STARCODER, DEEPSEEK, CODELLAMA, CODESTRAL)
+}
 
 
 def detect(vocab: Iterable[str]) -> FimFormat:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 import transformers
@@ -40,9 +41,13 @@ def load_model(
     tokenizer = _load_tokenizer(path, trust_remote_code)
     model = _load_weights(path, dtype, trust_remote_code)
     try:
-        model = model.to(device)
+        # transformers declares `to` through functools.wraps(torch.nn.Module.to), which mypy reads as the unbound
+        # method (wanting the module as its first argument).
+        model = model.to(device)  # type: ignore[arg-type]
     except RuntimeError as e:  # typically out of memory
-        raise ModelLoadError(f"could not move the model to {device}: {e}. Use a smaller model, dtype bfloat16, or device cpu") from e
+        raise ModelLoadError(
+            f"could not move the model to {device}: {e}. Use a smaller model, dtype bfloat16, or device cpu"
+        ) from e
     return model.eval(), tokenizer, device
 
 
@@ -55,7 +60,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ModelLoadError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device} was asked for, but CUDA is not available (no GPU, or a CPU-only torch): use auto or cpu")
+        raise ModelLoadError(
+            f"device {device} was asked for, but CUDA is not available (no GPU, or a CPU-only torch): use auto or cpu"
+        )
     return device
 
 
@@ -79,8 +86,8 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
     if _is_default(path) and not config_file.is_file():
         raise ModelLoadError(
             f"no default model yet ({path} has no config.json; a checkout without its model files?). Reinstall "
-            "midline, run `midline-train tiny-model --out DIR` for a tiny test model, or set `midline.model` to a local "
-            "model directory"
+            "midline, run `midline-train tiny-model --out DIR` for a tiny test model, or set `midline.model` to a "
+            "local model directory"
         )
     if not path.exists():
         raise ModelLoadError(
@@ -88,7 +95,10 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
             "directory (config.json, *.safetensors, tokenizer.json)"
         )
     if not path.is_dir():
-        raise ModelLoadError(f"{path} is a file: point `midline.model` at the directory holding config.json, *.safetensors and tokenizer.json")
+        raise ModelLoadError(
+            f"{path} is a file: point `midline.model` at the directory holding config.json, *.safetensors and "
+            "tokenizer.json"
+        )
     if not config_file.is_file():
         raise ModelLoadError(
             f"no config.json in {path}: not a Hugging Face model directory. Point `midline.model` at the "
@@ -97,7 +107,9 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{config_file} is unreadable or not valid JSON ({e}): re-download or re-export the model") from e
+        raise ModelLoadError(
+            f"{config_file} is unreadable or not valid JSON ({e}): re-download or re-export the model"
+        ) from e
     if not any(path.glob("*.safetensors")):
         pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
         if pickled:
@@ -106,9 +118,14 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
                 "(loading a pickle can run arbitrary code); convert to safetensors (load the model once, somewhere "
                 "you trust, and `save_pretrained` it), or download the model's .safetensors files"
             )
-        raise ModelLoadError(f"no model weights (*.safetensors) in {path}: copy the model's .safetensors files next to config.json")
+        raise ModelLoadError(
+            f"no model weights (*.safetensors) in {path}: copy the model's .safetensors files next to config.json"
+        )
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"no tokenizer in {path} (no tokenizer.json): copy the tokenizer files from where the model came from into {path}")
+        raise ModelLoadError(
+            f"no tokenizer in {path} (no tokenizer.json): copy the tokenizer files from where the model came from "
+            f"into {path}"
+        )
     _check_architecture(config, path, trust_remote_code)
     return config
 
@@ -139,13 +156,16 @@ def _load_tokenizer(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerB
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ModelLoadError(f"could not load the tokenizer in {path}: {e}. Copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) into {path}") from e
+        raise ModelLoadError(
+            f"could not load the tokenizer in {path}: {e}. Copy the model's tokenizer files (tokenizer.json, "
+            f"tokenizer_config.json) into {path}"
+        ) from e
 
 
 def _load_weights(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel:
     transformers.utils.logging.disable_progress_bar()  # stderr is the editor's log: no progress bars there
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             path,
             local_files_only=True,
             use_safetensors=True,
@@ -153,6 +173,8 @@ def _load_weights(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> Pr
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
         )
+        # from_pretrained's return type leaves out output_loading_info's (model, info) pair.
+        model, info = cast("tuple[PreTrainedModel, dict[str, list[str]]]", loaded)
     except Exception as e:
         raise ModelLoadError(
             f"could not load the weights in {path}: {type(e).__name__}: {e}. The .safetensors files may be "

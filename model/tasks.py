@@ -98,7 +98,8 @@ def loop_start(text: str) -> int | None:
     for size in range(shortest, min(longest, len(text) // 3) + 1):
         unit = text[-size:]
         if text[-2 * size : -size] == unit == text[-3 * size : -2 * size] and (
-            any(c.isalpha() for c in unit) or len(text) >= _LOOP_PLAIN + size and text[-_LOOP_PLAIN:] == text[-_LOOP_PLAIN - size : -size]
+            any(c.isalpha() for c in unit)
+            or (len(text) >= _LOOP_PLAIN + size and text[-_LOOP_PLAIN:] == text[-_LOOP_PLAIN - size : -size])
         ):
             start = len(text) - 3 * size
             while start > 0 and text[start - 1] == text[start - 1 + size]:  # the loop may begin mid-unit
@@ -252,15 +253,17 @@ def _tests_example(
     header. None when the test file has no top-level `def test_`, or has anything but imports,
     decorators and comments before it (fixtures and helpers the fixed header would lose).
     """
-    middle = _tests_target(test_source)
-    if middle is None:
+    middle, first_test = _tests_target(test_source), _FIRST_TEST.search(test_source)
+    if middle is None or first_test is None:  # (both are None or neither)
         return None
-    prelude = test_source[: _FIRST_TEST.search(test_source).start()]
+    prelude = test_source[: first_test.start()]
     if not all(_IMPORT_LINE.match(line.strip()) for line in prelude.split("\n")):
         return None
     stem = module_name(module_path)
     names: list[str] = []
-    for match in re.finditer(rf"^from\s+(?:[\w.]+\.)?{re.escape(stem)}\s+import\s+\(?([^)\n]+)\)?", prelude, re.MULTILINE):
+    for match in re.finditer(
+        rf"^from\s+(?:[\w.]+\.)?{re.escape(stem)}\s+import\s+\(?([^)\n]+)\)?", prelude, re.MULTILINE
+    ):
         names += [n.strip() for n in match.group(1).split(",") if n.strip() and n.strip() != "*"]
     prompt = _tests_prompt(module_path, module_source, list(dict.fromkeys(names)), module=module, test_path=test_path)
     return prompt, middle
@@ -273,14 +276,21 @@ def _parse_tests(prompt: FimPrompt, output: str, language: str = "python") -> st
     return parsing_head("python", text) if language == "python" else _ended(text.rstrip())
 
 
-def _tests_messages(module_path: str, module_source: str, names: Sequence[str] = (), language: str = "python") -> list[Message]:
+def _tests_messages(
+    module_path: str, module_source: str, names: Sequence[str] = (), language: str = "python"
+) -> list[Message]:
     """Chat messages asking for a pytest module (other languages: the usual test framework)."""
     what = ", ".join(f"`{n}`" for n in names) or "the module"
     if language == "python":
-        ask = f"Write a pytest test module for {what}. Import from `{module_name(module_path)}`; plain `def test_...` functions."
+        ask = (
+            f"Write a pytest test module for {what}. Import from `{module_name(module_path)}`; "
+            "plain `def test_...` functions."
+        )
     else:
         ask = f"Write unit tests for {what} with the usual test framework for {language}."
-    return _chat(f"`{module_path}`:\n\n```{language}\n{_ended(module_source)}```\n\n{ask} Reply with one ```{language} block.")
+    return _chat(
+        f"`{module_path}`:\n\n```{language}\n{_ended(module_source)}```\n\n{ask} Reply with one ```{language} block."
+    )
 
 
 # -- fix ------------------------------------------------------------------------------------------
@@ -291,7 +301,9 @@ def diagnostic_line(line: int, message: str) -> str:
     return f"line {line}: {' '.join(message.split())}"
 
 
-def _fix_prompt(buggy_code: str, diagnostics: Sequence[str] = (), language: str = "python", *, path: str = "") -> FimPrompt:
+def _fix_prompt(
+    buggy_code: str, diagnostics: Sequence[str] = (), language: str = "python", *, path: str = ""
+) -> FimPrompt:
     """Ask for the corrected version of `buggy_code`:
 
         # Buggy version:
@@ -317,7 +329,9 @@ def _fix_target(fixed_code: str) -> str:
     return _ended(fixed_code)
 
 
-def _fix_example(buggy_code: str, fixed_code: str, diagnostics: Sequence[str] = (), language: str = "python", *, path: str = "") -> Example:
+def _fix_example(
+    buggy_code: str, fixed_code: str, diagnostics: Sequence[str] = (), language: str = "python", *, path: str = ""
+) -> Example:
     """(prompt, middle) for a bug and its fix."""
     return _fix_prompt(buggy_code, diagnostics, language, path=path), _fix_target(fixed_code)
 
@@ -353,7 +367,9 @@ def _fix_end(language: str) -> str:
 # -- code from a comment --------------------------------------------------------------------------
 
 
-def _from_comment_prompt(prefix: str, suffix: str, *, path: str = "", snippets: Sequence[Snippet] = (), language: str = "python") -> FimPrompt:
+def _from_comment_prompt(
+    prefix: str, suffix: str, *, path: str = "", snippets: Sequence[Snippet] = (), language: str = "python"
+) -> FimPrompt:
     """Ask for the code a comment describes: plain completion, `prefix` ending after the comment's line."""
     return FimPrompt(prefix=prefix, suffix=suffix, path=path, snippets=snippets, comment=resolve(language).line_comment)
 
@@ -427,10 +443,18 @@ TESTS = Task(
     parse_chat=parse_code_block,
     example=_tests_example,
     record_prompt=lambda record: _tests_prompt(
-        record["path"], record["module"], [record["name"]], module=record.get("import_name"), test_path=record.get("test_path")
+        record["path"],
+        record["module"],
+        [record["name"]],
+        module=record.get("import_name"),
+        test_path=record.get("test_path"),
     ),
     record_example=lambda record: _tests_example(
-        record["path"], record["module"], record["test"], test_path=record["test_path"], module=record.get("import_name")
+        record["path"],
+        record["module"],
+        record["test"],
+        test_path=record["test_path"],
+        module=record.get("import_name"),
     ),
 )
 
