@@ -19,11 +19,19 @@ from typing import Callable, Iterable, Iterator
 import tree_sitter
 
 from midline.model import languages, syntax
-from midline.model.syntax import error_spans, is_word, utf8
+from midline.model.syntax import cursor_node, error_spans, is_word, utf8
 from midline.model.fim import Snippet
 from midline.server.documents import Document
 from midline.server.retrieval import Chunk, RetrievalIndex
-from midline.server.symbols import Definition, SymbolIndex, enclosing_scopes, identifiers_near, imports, render, render_scope
+from midline.server.symbols import (
+    Definition,
+    SymbolIndex,
+    enclosing_scopes,
+    identifiers_near,
+    imports,
+    render,
+    render_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +108,15 @@ def build_context(
     if doc.tree is not None and hole is not Hole.NONE:  # (no completion mid-word: spare the lookups)
         window_byte = byte_offset - len(utf8(prefix))
         snippets = _snippets(
-            doc, byte_offset, window_byte, (prefix, suffix), count_tokens, symbols, retrieval, max_snippets, snippet_budget
+            doc,
+            byte_offset,
+            window_byte,
+            (prefix, suffix),
+            count_tokens,
+            symbols,
+            retrieval,
+            max_snippets,
+            snippet_budget,
         )
     indent = implied_indent(text, offset, doc.language) if hole is Hole.MULTI_LINE else ""
     if indent:  # prompt as if the editor had indented the empty line
@@ -108,7 +124,9 @@ def build_context(
     block = hole is not Hole.NONE and ends_block(text, offset, doc.language)
     start, end = text_window(doc, offset - len(indent), byte_offset)
     text = text[start : end + len(indent)]
-    return CompletionContext(doc.path, doc.language, text, offset - start, prefix, suffix, hole, snippets, block, indent)
+    return CompletionContext(
+        doc.path, doc.language, text, offset - start, prefix, suffix, hole, snippets, block, indent
+    )
 
 
 # -- the text post-processing sees ----------------------------------------------------------------
@@ -134,7 +152,10 @@ def text_window(doc: Document, offset: int, byte_offset: int) -> tuple[int, int]
     if doc.tree is not None and (span := _top_level_span(doc.tree.root_node, byte_offset, _TEXT_WINDOW)) is not None:
         first, last = min(first, span[0]), max(last, span[1])
     source = doc.source
-    start, end = syntax.char_offset(source, syntax.line_start(source, first)), syntax.char_offset(source, syntax.next_line(source, last))
+    start, end = (
+        syntax.char_offset(source, syntax.line_start(source, first)),
+        syntax.char_offset(source, syntax.next_line(source, last)),
+    )
     if offset - start > _TEXT_WINDOW:
         cut_row, _ = doc.line_at(offset - _TEXT_WINDOW)
         start = doc.line_start(cut_row + 1) if cut_row < row else offset - _LINE_WINDOW
@@ -148,12 +169,15 @@ def _top_level_span(root: tree_sitter.Node, byte_offset: int, limit: int) -> tup
     """Start and end bytes of the root's children around `byte_offset`: the one holding it (or the two
     beside it), then neighbours on both sides while all of them span at most `limit` bytes. None if empty."""
     cursor = root.walk()  # (Node.first_child_for_byte gives a null node, which crashes, past the last child)
-    after = cursor.node if cursor.goto_first_child_for_byte(byte_offset) is not None else None  # ends after it
+    after = cursor_node(cursor) if cursor.goto_first_child_for_byte(byte_offset) is not None else None  # ends after it
+    before: tree_sitter.Node | None
     if after is not None and after.start_byte <= byte_offset:
-        lo = hi = after
+        before = after  # it holds the offset
+    elif after is not None:
+        before = after.prev_sibling
     else:
-        before = after.prev_sibling if after is not None else root.child(root.child_count - 1) if root.child_count else None
-        lo, hi = before or after, after or before
+        before = root.child(root.child_count - 1) if root.child_count else None
+    lo, hi = before or after, after or before
     if lo is None or hi is None:
         return None
     grew = True
@@ -203,7 +227,8 @@ def classify_hole(
         tree = syntax.parse(spec.name, text)
     at = syntax.byte_offset(text, offset) if byte_offset is None else byte_offset
     start, end = at - len(utf8(text[line_start:offset])), at + len(utf8(text[offset:line_end]))
-    if "comment" in tree.root_node.descendant_for_byte_range(at - 1, at).type:  # a comment goes on too
+    typed_in = tree.root_node.descendant_for_byte_range(at - 1, at)
+    if typed_in is not None and "comment" in typed_in.type:  # a comment goes on too
         return Hole.SINGLE_LINE
     broken = any(first <= end and last >= start for first, last in error_spans(tree.root_node))
     return Hole.SINGLE_LINE if broken else Hole.MULTI_LINE
@@ -391,7 +416,9 @@ def _end_row(node: tree_sitter.Node) -> int:
     return row - 1 if column == 0 and row > node.start_point.row else row
 
 
-def _boundary_rows(tree: tree_sitter.Tree, byte_offset: int, first_row: int, last_row: int) -> tuple[set[int], set[int]]:
+def _boundary_rows(
+    tree: tree_sitter.Tree, byte_offset: int, first_row: int, last_row: int
+) -> tuple[set[int], set[int]]:
     """Rows a prefix window may start at, and rows a suffix window may end with, without cutting a
     syntax node beside the cursor in two: those of the cursor's ancestors and of their children
     (top-level statements, class members, statements of the enclosing function, ...). Only the children
@@ -426,8 +453,8 @@ def _named_children_on(node: tree_sitter.Node, first_row: int, last_row: int) ->
     cursor = node.walk()
     if cursor.goto_first_child_for_point((first_row, 0)) is None:
         return []
-    children = []
-    while (child := cursor.node).start_point.row <= last_row:
+    children: list[tree_sitter.Node] = []
+    while (child := cursor_node(cursor)).start_point.row <= last_row:
         if child.is_named:
             children.append(child)
         if not cursor.goto_next_sibling():
@@ -484,7 +511,8 @@ def _snippets(
             if used + cost <= budget:
                 similar.append(Snippet(chunk.path, chunk.text))
                 used += cost
-    return similar[::-1] + other_files + local[::-1]  # the most similar chunk last of them; imports before the signature
+    # the most similar chunk last of them; imports before the signature
+    return similar[::-1] + other_files + local[::-1]
 
 
 QUERY_LINES = (12, 3)  # lines above the cursor (its own included) and below it that make the retrieval query
