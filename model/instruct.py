@@ -36,9 +36,13 @@ class ChatReply:
 class InstructModel:
     """A loaded chat model and its tokenizer, decoded by midline's engine."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, path: str = "") -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, path: str = ""
+    ) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ModelLoadError(f"the model at {path or '?'} has no chat template: actions.model must be an instruction (chat) model")
+            raise ModelLoadError(
+                f"the model at {path or '?'} has no chat template: actions.model must be an instruction (chat) model"
+            )
         self.tokenizer = tokenizer
         self.path = path
         self.engine = Engine(model, tokenizer, device, None, stop_tokens=END_OF_TURN, static=False)

@@ -28,7 +28,8 @@ class LanguageSpec:
     line_comment: str  # used to render extra context and task prompts as comments
     indent_blocks: bool = False  # True: blocks end by dedent (Python); False: by closing brackets
     grammar: Callable[[], object] | None = None  # returns the grammar's language pointer; None: plain text
-    blocks: frozenset[str] = frozenset()  # node types of statement blocks: function bodies, loop/if bodies, class bodies
+    # node types of statement blocks: function bodies, loop/if bodies, class bodies
+    blocks: frozenset[str] = frozenset()
     # VS Code language ids served as this language (the client's list is checked against them by a test)
     vscode_ids: tuple[str, ...] = ()
     # lexical syntax for post-processing's bracket counting
@@ -239,7 +240,10 @@ LANGUAGES: dict[str, LanguageSpec] = {
             **_C,
             definition_keywords=("struct", "enum", "class"),
             definitions=MappingProxyType(
-                {**_C_DEFINITIONS, **_kinds(class_="class_specifier", function="field_declaration", type="alias_declaration")}
+                {
+                    **_C_DEFINITIONS,
+                    **_kinds(class_="class_specifier", function="field_declaration", type="alias_declaration"),
+                }
             ),
             containers=_types("class_specifier"),
             wrappers=_types("template_declaration"),

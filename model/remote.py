@@ -174,7 +174,10 @@ class RemoteEngine:
         """A backend from settings: `fim_format` by name, else detected from the local `tokenizer` directory."""
         tok = _load_tokenizer(Path(tokenizer).expanduser()) if tokenizer else None
         fmt = fim.get(fim_format) if fim_format else fim.detect(tok.get_vocab()) if tok is not None else None
-        return cls(kind, url, model=model, api_key=api_key, fim_format=fmt, tokenizer=tok, max_context=max_context, timeout_s=timeout_s)
+        return cls(
+            kind, url, model=model, api_key=api_key, fim_format=fmt, tokenizer=tok, max_context=max_context,
+            timeout_s=timeout_s,
+        )
 
     # -- the Backend protocol -------------------------------------------------------------------
 
@@ -250,10 +253,12 @@ class RemoteEngine:
         )
 
     def _prompt_tokens(self, prompt: RemotePrompt) -> int:
-        """The prompt's length where the server did not report it: counted here (special tokens as the server parses them)."""
+        """The prompt's length where the server did not report it: counted here (special tokens as the server
+        parses them)."""
         if self.tokenizer is not None and prompt.text:
             return len(self.tokenizer.encode(prompt.text, add_special_tokens=False))
-        return self.count_tokens(prompt.text or prompt.prefix + prompt.suffix + "".join(text for _, text in prompt.extra))
+        extra = "".join(text for _, text in prompt.extra)
+        return self.count_tokens(prompt.text or prompt.prefix + prompt.suffix + extra)
 
     def clear_cache(self) -> None:
         """Nothing to drop here: the serving engine keeps its own prompt cache."""
@@ -261,7 +266,8 @@ class RemoteEngine:
     def decode(self, token_ids: list[int]) -> str:
         if self.tokenizer is None:
             raise RemoteError("decoding token ids needs a local tokenizer: set `midline.backend.tokenizer`")
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).rstrip("\ufffd")
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text.rstrip("\ufffd")
 
     def token_ends(self, token_ids: list[int]) -> list[int]:
         """Where each token's text ends in `decode(token_ids)` (as `Engine.token_ends`; needs a local tokenizer)."""
@@ -276,14 +282,17 @@ class RemoteEngine:
         try:
             return self.protocol.parse(event)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise RemoteProtocolError(f"{self._where()} sent a malformed {self.kind} answer ({exc!r}): {_short(event)}") from None
+            raise RemoteProtocolError(
+                f"{self._where()} sent a malformed {self.kind} answer ({exc!r}): {_short(event)}"
+            ) from None
 
     def _where(self) -> str:
         return f"the {self.kind} backend at {self.url}"
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=ssl.create_default_context())
+            context = ssl.create_default_context()
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
     def _headers(self) -> dict[str, str]:
@@ -323,7 +332,10 @@ class _Protocol:
         if not prompt.text:
             raise ValueError("the prompt is empty")
 
-    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+    def payload(
+        self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> dict:
         raise NotImplementedError
 
     def parse(self, event: dict) -> tuple[str, str | None, int | None]:
@@ -337,7 +349,10 @@ class _OpenAICompletions(_Protocol):
     def endpoint(self, base: str) -> str:  # the URL may be the server's root or its OpenAI base URL (.../v1)
         return base + ("/completions" if base.endswith("/v1") else "/v1/completions")
 
-    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+    def payload(
+        self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> dict:
         payload: dict[str, Any] = {
             "prompt": prompt.text, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
             "stream": True, "stop": list(engine.fim.stop_tokens)[:MAX_STOP_SEQUENCES],
@@ -376,11 +391,15 @@ class _LlamaCppInfill(_Protocol):
     def check_prompt(self, prompt: RemotePrompt) -> None:
         """Any prompt: an empty file is a fine /infill request."""
 
-    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+    def payload(
+        self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> dict:
         payload: dict[str, Any] = {
             "input_prefix": prompt.prefix, "input_suffix": prompt.suffix,
             "input_extra": [{"filename": name, "text": text} for name, text in prompt.extra],
-            "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p, "stream": True, "cache_prompt": True,
+            "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "stream": True, "cache_prompt": True,
         }
         if seed is not None:
             payload["seed"] = seed
@@ -406,7 +425,10 @@ class _OllamaGenerate(_Protocol):
         if not model:
             raise RemoteError("the ollama backend needs `midline.backend.model` (the name `ollama list` shows)")
 
-    def payload(self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict:
+    def payload(
+        self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> dict:
         # options go in "options"; num_ctx, or Ollama cuts prompts at its default context
         options = {
             "num_predict": max_new_tokens, "temperature": temperature, "top_p": top_p,
@@ -424,7 +446,9 @@ class _OllamaGenerate(_Protocol):
 
 
 # The protocol of each `kind`.
-PROTOCOLS: dict[str, type[_Protocol]] = {"openai": _OpenAICompletions, "llamacpp": _LlamaCppInfill, "ollama": _OllamaGenerate}
+PROTOCOLS: dict[str, type[_Protocol]] = {
+    "openai": _OpenAICompletions, "llamacpp": _LlamaCppInfill, "ollama": _OllamaGenerate,
+}
 
 
 class _Request:
@@ -462,7 +486,8 @@ class _Request:
                 closable.close()
 
     def _stopped(self) -> bool:
-        return (self.cancel is not None and self.cancel.is_set()) or (self.deadline is not None and time.monotonic() >= self.deadline)
+        cancelled = self.cancel is not None and self.cancel.is_set()
+        return cancelled or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def _watch(self) -> None:
         while not self._done.wait(_POLL_S):
@@ -529,7 +554,10 @@ class _Request:
         if isinstance(exc, TimeoutError):
             return self._timeout()
         if isinstance(exc, ConnectionRefusedError):
-            return RemoteConnectionError(f"cannot connect to {where}: connection refused. Is the server running, and is `midline.backend.url` right?")
+            return RemoteConnectionError(
+                f"cannot connect to {where}: connection refused. Is the server running, and is `midline.backend.url` "
+                "right?"
+            )
         if isinstance(exc, socket.gaierror):
             return RemoteConnectionError(f"cannot connect to {where}: unknown host {engine._host!r} ({exc.strerror})")
         if isinstance(exc, ssl.SSLError):
@@ -544,7 +572,8 @@ class _Request:
         partial = self.body.received - self.mark if self.body is not None else 0
         if partial:
             return RemoteTimeoutError(
-                f"{where} sent only {partial} bytes in {seconds:g} s, not a whole answer: a stalled or trickling stream (`midline.backend.timeoutMs`)"
+                f"{where} sent only {partial} bytes in {seconds:g} s, not a whole answer: a stalled or trickling "
+                "stream (`midline.backend.timeoutMs`)"
             )
         return RemoteTimeoutError(f"{where} sent nothing for {seconds:g} s (`midline.backend.timeoutMs`)")
 
@@ -600,7 +629,8 @@ class _Body:
 
     def _too_long(self) -> RemoteProtocolError:
         return RemoteProtocolError(
-            f"{self.where} sent a stream line longer than {MAX_LINE_BYTES >> 20} MB, far more than one event of a completion: "
+            f"{self.where} sent a stream line longer than {MAX_LINE_BYTES >> 20} MB, far more than one event of a "
+            "completion: "
             "is `midline.backend.url` a completion server of `midline.backend.kind`?"
         )
 
@@ -667,8 +697,12 @@ def _http_error(engine: RemoteEngine, response: http.client.HTTPResponse) -> Rem
     if response.status in (401, 403):
         hint = " (check the API key: `midline.backend.apiKeyEnv`)"
     elif response.status == 404:
-        hint = f" (check `midline.backend.url` and `midline.backend.kind`: is {engine._path} this server's endpoint, and the model name right?)"
-    return RemoteHTTPError(f"{engine._where()} answered HTTP {response.status}: {server_message}{hint}", response.status, server_message)
+        hint = (
+            f" (check `midline.backend.url` and `midline.backend.kind`: is {engine._path} this server's endpoint, "
+            "and the model name right?)"
+        )
+    message = f"{engine._where()} answered HTTP {response.status}: {server_message}{hint}"
+    return RemoteHTTPError(message, response.status, server_message)
 
 
 def _error_message(body: Any) -> str:
@@ -701,7 +735,10 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def _short(value: Any, limit: int = 200) -> str:
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value if isinstance(value, str) else _dumps(value)
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+    else:
+        text = value if isinstance(value, str) else _dumps(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -716,7 +753,10 @@ def _load_tokenizer(path: Path) -> Any:
     if path.is_file():  # tokenizer.json itself: its directory holds the rest
         path = path.parent
     if not path.is_dir():
-        raise RemoteError(f"`midline.backend.tokenizer` is {path}, which does not exist: point it at a directory with the served model's tokenizer.json")
+        raise RemoteError(
+            f"`midline.backend.tokenizer` is {path}, which does not exist: point it at a directory with the served "
+            "model's tokenizer.json"
+        )
     from transformers import AutoTokenizer
 
     try:

@@ -163,7 +163,11 @@ def parsing_head(language: str, code: str) -> str:
         return code
     tree = parse(language, code)
     data = utf8(code)
-    ends = [next_line(code, char_offset(data, n.end_byte)) for n in tree.root_node.children if not n.has_error and n.type != "ERROR"]
+    ends = [
+        next_line(code, char_offset(data, n.end_byte))
+        for n in tree.root_node.children
+        if not n.has_error and n.type != "ERROR"
+    ]
     for end in sorted(set(ends), reverse=True):
         if parses(language, code[:end]):
             return code[:end]
@@ -240,7 +244,9 @@ def header_colon(node: Node) -> Node | None:
 
 def is_string_statement(node: Node) -> bool:
     """Whether `node` is an expression statement made of one string literal (a Python docstring's form)."""
-    return node.type == "expression_statement" and node.named_child_count == 1 and node.named_children[0].type == "string"
+    return (
+        node.type == "expression_statement" and node.named_child_count == 1 and node.named_children[0].type == "string"
+    )
 
 
 def docstring(body: Node | None) -> Node | None:
@@ -296,7 +302,11 @@ def definition_parts(code: str) -> Definition | None:
     text = None
     if first is not None:
         text = string_content(first.named_children[0])
-        rest_start = next_line(code, char_offset(data, first.end_byte)) if len(statements) == 1 or statements[1].start_point.row > first.end_point.row else char_offset(data, statements[1].start_byte)
+        rest_start = (
+            next_line(code, char_offset(data, first.end_byte))
+            if len(statements) == 1 or statements[1].start_point.row > first.end_point.row
+            else char_offset(data, statements[1].start_byte)
+        )
     else:
         rest_start = None
     if body.start_point.row == header_end_line:  # `def f(x): return x`: the body moves to its own line
