@@ -148,8 +148,13 @@ class Assistant:
             if instruct is not None:
                 reply = instruct.generate(ask.messages, max_new_tokens=max_new_tokens, cancel=cancel, deadline=deadline)
                 return reply.text, reply.finish_reason
+            assert engine is not None  # run returned before this without either model
             generation = engine.generate(
-                engine.encode(ask.prompt, mode), max_new_tokens=max_new_tokens, should_stop=ask.stop, cancel=cancel, deadline=deadline
+                engine.encode(ask.prompt, mode),
+                max_new_tokens=max_new_tokens,
+                should_stop=ask.stop,
+                cancel=cancel,
+                deadline=deadline,
             )
             return generation.text, generation.finish_reason
 

@@ -137,7 +137,9 @@ class _LineIndex:
         """Lines first..last-1 become lines of `lengths`."""
         b0 = bisect.bisect_right(self._first_line, first) - 1
         b1 = bisect.bisect_right(self._first_line, last - 1) - 1
-        merged = self._blocks[b0][: first - self._first_line[b0]] + lengths + self._blocks[b1][last - self._first_line[b1] :]
+        merged = (
+            self._blocks[b0][: first - self._first_line[b0]] + lengths + self._blocks[b1][last - self._first_line[b1] :]
+        )
         if len(merged) < self.BLOCK // 2 and b1 + 1 < len(self._blocks):  # no drift to many tiny blocks
             b1 += 1
             merged += self._blocks[b1]
@@ -192,18 +194,27 @@ class Document:
         if self._tree is None:
             self._tree = self.parser.parse(self.source)
         elif self._unchanged is not None:
-            self._tree.edit(*self._pending_edit())
+            self._tree.edit(*self._pending_edit(self._unchanged))
             self._tree = self.parser.parse(self.source, self._tree)
         self._parsed, self._unchanged = self.source, None
         return self._tree
 
-    def _pending_edit(self) -> tuple[int, int, int, tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """The edits since the last parse as one tree-sitter edit: the span between the unchanged ends."""
-        head, tail = self._unchanged
+    def _pending_edit(
+        self, unchanged: tuple[int, int]
+    ) -> tuple[int, int, int, tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The edits since the last parse as one tree-sitter edit: the span between the `unchanged` ends."""
+        head, tail = unchanged
         start = len(utf8(self._text[:head]))
         kept = len(utf8(self._text[len(self._text) - tail :]))
         old_end, new_end = len(self._parsed) - kept, len(self.source) - kept
-        return start, old_end, new_end, _point(self._parsed, start), _point(self._parsed, old_end), _point(self.source, new_end)
+        return (
+            start,
+            old_end,
+            new_end,
+            _point(self._parsed, start),
+            _point(self._parsed, old_end),
+            _point(self.source, new_end),
+        )
 
     # -- positions ------------------------------------------------------------------------------
 
@@ -253,9 +264,12 @@ class Document:
             length = units(self._text[start:end], encoding)
             if position.character > length:
                 raise ValueError(
-                    f"character {position.character} is past the end of line {position.line} ({length} {encoding} code units)"
+                    f"character {position.character} is past the end of line {position.line}"
+                    f" ({length} {encoding} code units)"
                 )
-        return start + _characters(self._text[start : min(end, start + position.character)], position.character, encoding)
+        return start + _characters(
+            self._text[start : min(end, start + position.character)], position.character, encoding
+        )
 
     def position_at(self, offset: int, codec: PositionCodec) -> types.Position:
         """Client position of a string index."""

@@ -18,8 +18,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+import tree_sitter
+
 from midline.model import tasks
-from midline.model.syntax import byte_offset, char_offset, header_colon, line_start, node_name, unwrap
+from midline.model.syntax import byte_offset, char_offset, header_colon, line_start, node_name, node_text, unwrap
 
 from .actions import explain_ask
 from .assistant import Ask, Assistant, Cancelled, Failed
@@ -45,20 +47,21 @@ class HoverTarget:
 def hover_target(doc: Document, offset: int, index: SymbolIndex | None = None) -> HoverTarget | None:
     """The definition of the function or class name at `offset`: the one it names, else one of that
     name in this file, else one in the workspace index (signature only). None elsewhere."""
-    if doc.tree is None:
+    tree = doc.tree
+    if tree is None:
         return None
     byte = byte_offset(doc.text, offset)
-    leaf = doc.tree.root_node.descendant_for_byte_range(byte, byte)
+    leaf = tree.root_node.descendant_for_byte_range(byte, byte)
     if leaf is not None and not leaf.type.endswith("identifier") and byte > 0:
-        leaf = doc.tree.root_node.descendant_for_byte_range(byte - 1, byte - 1)  # the cursor just after a name
+        leaf = tree.root_node.descendant_for_byte_range(byte - 1, byte - 1)  # the cursor just after a name
     if leaf is None or not leaf.type.endswith("identifier"):
         return None
-    name = leaf.text.decode("utf-8", "replace")
+    name = node_text(leaf)
     start = char_offset(doc.source, leaf.start_byte)
     end = start + len(name)
-    node = _defining(doc, leaf)
+    node = _defining(tree, leaf, doc.language)
     if node is None:
-        node = _defined_here(doc, name)
+        node = _defined_here(doc, tree, name)
     if node is not None:
         code = _source(doc, node)
         return HoverTarget(name, header(node, doc.source, doc.language), code, doc.language, doc.path, start, end)
@@ -69,19 +72,19 @@ def hover_target(doc: Document, offset: int, index: SymbolIndex | None = None) -
     return None
 
 
-def _defining(doc: Document, leaf) -> object | None:
+def _defining(tree: tree_sitter.Tree, leaf: tree_sitter.Node, language: str) -> tree_sitter.Node | None:
     """The definition (or its wrapper) whose name `leaf` is."""
-    scopes = enclosing_scopes(doc.tree, leaf.end_byte, doc.language)
+    scopes = enclosing_scopes(tree, leaf.end_byte, language)
     for node in reversed(scopes):
-        name = unwrap(node, doc.language, fields_only=True).child_by_field_name("name")
+        name = unwrap(node, language, fields_only=True).child_by_field_name("name")
         if name is not None and name.start_byte == leaf.start_byte:
             return node
     return None
 
 
-def _defined_here(doc: Document, name: str):
-    """A function or class called `name` in this file (its wrapper, if decorated)."""
-    for d in definitions(doc.tree, doc.source, doc.language):
+def _defined_here(doc: Document, tree: tree_sitter.Tree, name: str) -> tree_sitter.Node | None:
+    """A function or class called `name` in this file (`tree`, its parse; its wrapper, if decorated)."""
+    for d in definitions(tree, doc.source, doc.language):
         if d.name != name or d.kind not in ("function", "method", "class"):
             continue
         for row in range(d.line, min(d.line + 32, doc.line_count())):  # from its decorators down to its name
@@ -89,18 +92,18 @@ def _defined_here(doc: Document, name: str):
             if not line.strip():
                 continue
             probe = byte_offset(doc.text, doc.line_start(row) + len(line) - len(line.lstrip())) + 1
-            scopes = enclosing_scopes(doc.tree, probe, doc.language)
+            scopes = enclosing_scopes(tree, probe, doc.language)
             if scopes and node_name(scopes[-1], doc.language, fields_only=True) == name:
                 return scopes[-1]
     return None
 
 
-def _source(doc: Document, node) -> str:
+def _source(doc: Document, node: tree_sitter.Node) -> str:
     start = line_start(doc.source, node.start_byte)
     return doc.source[start : node.end_byte].decode("utf-8", "replace")
 
 
-def header(node, source: bytes, language: str) -> str:
+def header(node: tree_sitter.Node, source: bytes, language: str) -> str:
     """A definition's text up to its body: decorators and `def f(x):` / `class C(B):` / `fn f() -> T`."""
     inner = unwrap(node, language, fields_only=True)
     body = inner.child_by_field_name("body")
@@ -147,13 +150,13 @@ class Explainer:
         """The cached explanation of `target`, if any."""
         if target.code is None:
             return None
-        return self.assistant.cached(self._ask(target))
+        return self.assistant.cached(self._ask(target, target.code))
 
     def request(self, target: HoverTarget) -> None:
         """Explain `target` in the background (the newest request first)."""
         if target.code is None:
             return
-        ask = self._ask(target)
+        ask = self._ask(target, target.code)
         if self.assistant.cached(ask) is not None:
             return
         self._queue[ask.key] = ask
@@ -163,8 +166,8 @@ class Explainer:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._work())
 
-    def _ask(self, target: HoverTarget) -> Ask:
-        return explain_ask(target.code, target.language, self.shown(target.path))
+    def _ask(self, target: HoverTarget, code: str) -> Ask:
+        return explain_ask(code, target.language, self.shown(target.path))
 
     def interrupt(self) -> None:
         """A completion was asked for: stop the background explanation now, and wait for quiet."""

@@ -75,7 +75,7 @@ def windows(text: str) -> list[tuple[int, int, list[str]]]:
     """(first line, end line, identifier tokens) of each chunk of `text` worth indexing."""
     lines = text.split("\n")
     stride = CHUNK_LINES // 2
-    out = []
+    out: list[tuple[int, int, list[str]]] = []
     for start in range(0, max(len(lines) - CHUNK_LINES, 0) + stride, stride):
         end = min(start + CHUNK_LINES, len(lines))
         while start < end and not lines[start].strip():
@@ -180,7 +180,9 @@ class RetrievalIndex:
                 return
             self._drop(key)
             if not self._make_room(len(text), live):
-                log.debug("retrieval index full (%d files, %d characters): %s left out", len(self._files), self._bytes, path)
+                log.debug(
+                    "retrieval index full (%d files, %d characters): %s left out", len(self._files), self._bytes, path
+                )
                 return
             rows = [self._add_chunk(key, start, end, tokens) for start, end, tokens in chunks]
             self._files[key] = _File(path, text, rows, live)

@@ -181,7 +181,8 @@ def _as_block(lines: list[str]) -> tuple[list[str], list[int | None]]:
 
 def _line_by_line(lines: list[str]) -> tuple[list[str], list[int | None]]:
     """The lines of `lines` that parse alone (a block opener with a `pass`), dedented."""
-    body, origin = [], []
+    body: list[str] = []
+    origin: list[int | None] = []
     for number, line in enumerate(lines, 1):
         statement = line.strip()
         if statement.endswith(":"):

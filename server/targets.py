@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import tree_sitter
 
 from midline.model import languages
-from midline.model.syntax import byte_offset, char_offset, line_start, next_line, node_name, unwrap
+from midline.model.syntax import byte_offset, char_offset, line_start, next_line, node_name, node_text, unwrap
 
 from .assistant import content_hash
 from .documents import Document
 from .symbols import enclosing_scopes
 
-_CLASS_TYPES = ("class", "struct", "enum", "interface", "trait", "impl", "record", "union", "type")  # words of class-like node types
+# words of class-like node types
+_CLASS_TYPES = ("class", "struct", "enum", "interface", "trait", "impl", "record", "union", "type")
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,15 @@ class Comment:
 
 
 def _definition_kind(node: tree_sitter.Node, language: str) -> str:
-    """A definition's target kind: "class" if its node type is class-like (a struct, enum, trait...), else "function"."""
-    return "class" if any(word in unwrap(node, language, fields_only=True).type for word in _CLASS_TYPES) else "function"
+    """A definition's target kind: "class" if its node type is class-like (a struct, enum, trait...), else
+    "function"."""
+    node_type = unwrap(node, language, fields_only=True).type
+    return "class" if any(word in node_type for word in _CLASS_TYPES) else "function"
+
+
+def _definition_target(node: tree_sitter.Node, language: str, first: int, last: int, code: str) -> Target:
+    """The target a definition makes, its code spanning `first` to `last`."""
+    return Target(_definition_kind(node, language), node_name(node, language, fields_only=True), first, last, code)
 
 
 def _lines_of(doc: Document, node: tree_sitter.Node) -> tuple[int, int]:
@@ -85,7 +93,7 @@ def target_at(doc: Document, start: int, end: int) -> Target | None:
             return None
         node = _single_definition(doc, first, last)
         if node is not None:
-            return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, code)
+            return _definition_target(node, doc.language, first, last, code)
         return Target("selection", "", first, last, code)
     if doc.tree is None:
         return None
@@ -96,7 +104,7 @@ def target_at(doc: Document, start: int, end: int) -> Target | None:
     if scopes:
         node = scopes[-1]
         first, last = _lines_of(doc, node)
-        return Target(_definition_kind(node, doc.language), node_name(node, doc.language, fields_only=True), first, last, text[first:last])
+        return _definition_target(node, doc.language, first, last, text[first:last])
     if not line.strip():
         return None
     for node in doc.tree.root_node.named_children:
@@ -126,7 +134,7 @@ def comment_at(doc: Document, offset: int) -> Comment | None:
     (a docstring: its function has no body but `pass` or `...`)."""
     text = doc.text
     if doc.language == "python" and doc.tree is not None:
-        found = _docstring_at(doc, offset)
+        found = _docstring_at(doc, doc.tree, offset)
         if found is not None:
             return found
     marker = languages.resolve(doc.language).line_comment
@@ -157,10 +165,11 @@ def comment_at(doc: Document, offset: int) -> Comment | None:
     return Comment(comment, start, insert, insert, indent)
 
 
-def _docstring_at(doc: Document, offset: int) -> Comment | None:
-    """The docstring at `offset` of a Python function whose body is only a placeholder (`pass`, `...`)."""
+def _docstring_at(doc: Document, tree: tree_sitter.Tree, offset: int) -> Comment | None:
+    """The docstring at `offset` of a Python function whose body is only a placeholder (`pass`, `...`);
+    `tree` is the document's parse."""
     byte = byte_offset(doc.text, offset)
-    node = doc.tree.root_node.descendant_for_byte_range(byte, byte)
+    node = tree.root_node.descendant_for_byte_range(byte, byte)
     while node is not None and node.type not in ("string", "module"):
         node = node.parent
     if node is None or node.type != "string" or node.parent is None or node.parent.type != "expression_statement":
@@ -171,7 +180,8 @@ def _docstring_at(doc: Document, offset: int) -> Comment | None:
         return None
     rest = block.named_children[1:]
     placeholder = all(
-        s.type == "pass_statement" or (s.type == "expression_statement" and s.named_child_count == 1 and s.named_children[0].type == "ellipsis")
+        s.type == "pass_statement"
+        or (s.type == "expression_statement" and s.named_child_count == 1 and s.named_children[0].type == "ellipsis")
         for s in rest
     )
     if not placeholder or block.parent is None or block.parent.type != "function_definition":
@@ -181,4 +191,4 @@ def _docstring_at(doc: Document, offset: int) -> Comment | None:
     replace_end = _lines_of(doc, rest[-1])[1] if rest else insert
     line = text[start:insert]
     indent = line[: len(line) - len(line.lstrip())]
-    return Comment(node.text.decode("utf-8", "replace"), start, insert, replace_end, indent)
+    return Comment(node_text(node), start, insert, replace_end, indent)

@@ -62,7 +62,8 @@ class _Report:
             _say("", "collect-failed")
 
 
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:logging", "--rootdir", ".", *{node_ids!r}], plugins=[_Report()]))
+args = ["-q", "-p", "no:cacheprovider", "-p", "no:logging", "--rootdir", ".", *{node_ids!r}]
+sys.exit(pytest.main(args, plugins=[_Report()]))
 """
 
 
@@ -94,7 +95,7 @@ def verify_tests(
     *,
     test_file: str,
     files: dict[str, str],
-    paths: list[str] = (),
+    paths: Sequence[str] = (),
     timeout_s: float = 30.0,
     per_test_s: float = 5.0,
     memory_mb: int = 1024,
@@ -108,7 +109,9 @@ def verify_tests(
     if not tests:
         return Verified(keep_tests(test_source, []), note="the model wrote no complete tests")
     if not pytest_available():
-        return Verified(test_source, note="pytest is not installed in midline's Python environment, so the tests were not run")
+        return Verified(
+            test_source, note="pytest is not installed in midline's Python environment, so the tests were not run"
+        )
     state = sandbox_state()
     if not state.available:
         return not_run(test_source, state.detail)
@@ -122,8 +125,14 @@ def verify_tests(
         node_ids = [f"{test_file}::{name.replace('.', '::')}" for name in remaining]
         code = RUNNER.format(paths=list(paths), per_test=per_test_s, mark=mark, node_ids=node_ids)
         try:
-            result = run_python(code, files={**files, test_file: test_source}, read_only=list(paths), timeout_s=timeout_s,
-                                memory_mb=memory_mb, max_processes=64)
+            result = run_python(
+                code,
+                files={**files, test_file: test_source},
+                read_only=list(paths),
+                timeout_s=timeout_s,
+                memory_mb=memory_mb,
+                max_processes=64,
+            )
         except SandboxUnavailable as e:
             return not_run(test_source, str(e))
         seen: dict[str, bool] = {}
@@ -132,7 +141,12 @@ def verify_tests(
                 continue
             node_id, outcome = json.loads(line[len(mark):])
             if outcome == "collect-failed":
-                return Verified(keep_tests(test_source, []), failed=tests, runs=runs, note="the generated test module does not import")
+                return Verified(
+                    keep_tests(test_source, []),
+                    failed=tests,
+                    runs=runs,
+                    note="the generated test module does not import",
+                )
             name = node_id.split("::", 1)[-1].split("[", 1)[0].replace("::", ".")
             seen[name] = seen.get(name, True) and outcome == "passed"
         outcomes.update(seen)
@@ -140,12 +154,19 @@ def verify_tests(
         if not seen and result.returncode in (2, 3, 4):  # pytest itself failed (interrupted, internal or usage error)
             outcomes.update({name: False for name in pending})
             tail = (result.stdout + result.stderr).strip().split("\n")[-1:]
-            return Verified(keep_tests(test_source, []), failed=tests, runs=runs, note=f"pytest could not run: {tail[0] if tail else '?'}")
+            return Verified(
+                keep_tests(test_source, []),
+                failed=tests,
+                runs=runs,
+                note=f"pytest could not run: {tail[0] if tail else '?'}",
+            )
         if pending:  # the run ended (killed, or the test exited the interpreter) during pending[0]
             outcomes[pending[0]] = False
         remaining = pending[1:]
     passed = [name for name in tests if outcomes.get(name)]
-    return Verified(keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=runs)
+    return Verified(
+        keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=runs
+    )
 
 
 # -- the tests of a test module -------------------------------------------------------------------
@@ -171,14 +192,18 @@ def test_functions(source: str) -> list[TestFunction]:
         inner = unwrap(node, "python")
         name = node_name(inner, "python")
         if inner.type == "function_definition" and name.startswith("test"):
-            out.append(TestFunction(name, char_offset(data, node.start_byte), next_line(source, char_offset(data, node.end_byte))))
-        elif inner.type == "class_definition" and name.startswith("Test") and (body := inner.child_by_field_name("body")):
+            end = next_line(source, char_offset(data, node.end_byte))
+            out.append(TestFunction(name, char_offset(data, node.start_byte), end))
+        elif (
+            inner.type == "class_definition" and name.startswith("Test") and (body := inner.child_by_field_name("body"))
+        ):
             for member in body.named_children:
                 method = unwrap(member, "python")
                 if method.type == "function_definition" and node_name(method, "python").startswith("test"):
                     start = char_offset(data, member.start_byte)
                     start = line_start(source, start)
-                    out.append(TestFunction(f"{name}.{node_name(method, 'python')}", start, next_line(source, char_offset(data, member.end_byte))))
+                    end = next_line(source, char_offset(data, member.end_byte))
+                    out.append(TestFunction(f"{name}.{node_name(method, 'python')}", start, end))
     return out
 
 
