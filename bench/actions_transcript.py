@@ -88,7 +88,8 @@ async def list_actions(client, uri: str, line: int, character: int, diagnostics=
 def edits_of(edit: types.WorkspaceEdit) -> list[tuple[str, types.TextEdit]]:
     """(uri, edit) pairs, from either form of WorkspaceEdit."""
     if edit.document_changes:
-        return [(c.text_document.uri, e) for c in edit.document_changes if isinstance(c, types.TextDocumentEdit) for e in c.edits]
+        return [(c.text_document.uri, e) for c in edit.document_changes if isinstance(c, types.TextDocumentEdit)
+                for e in c.edits]
     return [(uri, e) for uri, edits in (edit.changes or {}).items() for e in edits]
 
 
@@ -114,7 +115,8 @@ async def resolve(client, action: types.CodeAction) -> types.CodeAction:
 
 
 async def hover(client, uri: str, line: int, character: int) -> None:
-    params = types.HoverParams(text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character))
+    params = types.HoverParams(text_document=types.TextDocumentIdentifier(uri=uri),
+                               position=types.Position(line, character))
     answer, seconds = await timed(client.text_document_hover_async(params))
     print(f"\n== hover at line {line + 1}:{character + 1} ({seconds:.2f}s)")
     show(answer.contents.value if answer else "(no hover)")
@@ -175,7 +177,8 @@ async def main() -> None:
             await hover(client, uri, name, 5)
 
             final = await status(client)
-            print(f"\nactions: {final['actions']['calls']} model calls, {final['actions']['timeouts']} timeouts; hover: {final['hover']}")
+            print(f"\nactions: {final['actions']['calls']} model calls, {final['actions']['timeouts']} timeouts; "
+                  f"hover: {final['hover']}")
     print(f"total: {time.monotonic() - began:.1f}s")
 
 

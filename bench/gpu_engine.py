@@ -99,7 +99,8 @@ def kv_bytes_per_position(model: torch.nn.Module) -> int:
 def code_prompt(tokenizer, n: int, vocab: int, skip: int = 0) -> list[int]:
     """`n` tokens of real code (this repository's Python files, as the default model's tokenizer reads them)."""
     if id(tokenizer) not in _CODE:
-        text = "\n".join(p.read_text(encoding="utf-8") for d in ("server", "model", "training") for p in sorted((ROOT / d).glob("*.py")))
+        text = "\n".join(p.read_text(encoding="utf-8") for d in ("server", "model", "training")
+                         for p in sorted((ROOT / d).glob("*.py")))
         _CODE[id(tokenizer)] = tokenizer.encode(text, add_special_tokens=False)
     return [i % vocab for i in _CODE[id(tokenizer)][skip : skip + n]]
 
@@ -138,12 +139,15 @@ def default_model(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path)
 
 def qwen_shaped(device: torch.device, dtype: torch.dtype, tiny: bool, layers: int | None = None):
     """Random weights with Qwen2.5-Coder-1.5B's shapes (tiny ones for a CPU check of the script)."""
-    shape = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936)
+    shape = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936)
     if tiny:
-        shape = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, vocab_size=4096)
+        shape = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=6,
+                     num_key_value_heads=2, vocab_size=4096)
     if layers:
         shape["num_hidden_layers"] = layers
-    config = Qwen2Config(**shape, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6)
+    config = Qwen2Config(**shape, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6,
+                         rms_norm_eps=1e-6)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2ForCausalLM(config)
@@ -155,15 +159,18 @@ def qwen_shaped(device: torch.device, dtype: torch.dtype, tiny: bool, layers: in
 # -- measurements -------------------------------------------------------------------------------------
 
 
-def bench_model(name: str, model, tokenizer, device: torch.device, args, bandwidth: float, rows: list[dict]) -> Engine | None:
-    say(f"\n== {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {next(model.parameters()).dtype}")
+def bench_model(name: str, model, tokenizer, device: torch.device, args, bandwidth: float,
+                rows: list[dict]) -> Engine | None:
+    params = sum(p.numel() for p in model.parameters())
+    say(f"\n== {name}: {params / 1e6:.1f}M parameters, {next(model.parameters()).dtype}")
     fmt = detect(tokenizer.get_vocab())
     engine = None
     try:
         engine = Engine(model, tokenizer, device, fmt)
         started = time.perf_counter()
         engine.warmup()
-        say(f"midline warm-up (compile + graph capture + checks): {time.perf_counter() - started:.1f} s; static path: {engine.static}")
+        say(f"midline warm-up (compile + graph capture + checks): {time.perf_counter() - started:.1f} s; "
+            f"static path: {engine.static}")
     except Exception:
         say(f"!! midline engine for {name} failed to warm up:\n{traceback.format_exc()}")
     vocab = model.config.vocab_size
@@ -173,7 +180,8 @@ def bench_model(name: str, model, tokenizer, device: torch.device, args, bandwid
     lengths = [n for n in args.prompts if n + max(args.lengths) <= max_context]
     if len(lengths) < len(args.prompts):  # a short-context model: its longest prompt instead of the ones it can't take
         longest = (max_context - max(args.lengths)) // 100 * 100
-        say(f"{name}: context {max_context}: prompts {[n for n in args.prompts if n not in lengths]} replaced by {longest}")
+        say(f"{name}: context {max_context}: prompts {[n for n in args.prompts if n not in lengths]} "
+            f"replaced by {longest}")
         lengths = sorted({*lengths, longest})
     for n_prompt in lengths:
         ids = code_prompt(tokenizer, n_prompt, vocab)
@@ -186,7 +194,8 @@ def bench_model(name: str, model, tokenizer, device: torch.device, args, bandwid
                     reps = args.hf_reps
                     hf_generate(model, ids, 2, device)  # warm
                     for n in (1, *args.lengths):
-                        row[n] = timed(lambda: hf_generate(model, ids, n, device), device, reps if n <= 16 else max(1, reps - 1)) * 1000
+                        row[n] = timed(lambda: hf_generate(model, ids, n, device), device,
+                                       reps if n <= 16 else max(1, reps - 1)) * 1000
                 else:
                     if engine is None:
                         raise RuntimeError("no engine (warm-up failed)")
@@ -249,15 +258,24 @@ def top_ops(prof, on_cuda: bool, n: int = 15, width: int = 70) -> list[str]:
     """The `n` ops with the most self device time (CPU: self CPU time) as a fixed-width table in a ``` block."""
     from torch.autograd import DeviceType
 
-    averages = [e for e in prof.key_averages() if not (e.device_type != DeviceType.CPU and getattr(e, "is_user_annotation", False))]
+    averages = [e for e in prof.key_averages()
+                if not (e.device_type != DeviceType.CPU and getattr(e, "is_user_annotation", False))]
     key = _self_device if on_cuda else (lambda e: _us(e, "self_cpu_time_total"))
-    on_device = [e for e in averages if e.device_type != DeviceType.CPU or getattr(e, "is_legacy", False)]  # as torch's table sums it
+    on_device = [e for e in averages
+                 if e.device_type != DeviceType.CPU or getattr(e, "is_legacy", False)]  # as torch's table sums it
     total = sum(key(e) for e in (on_device if on_cuda else averages)) or 1.0
-    columns = ["calls", "self dev ms", "dev %", "dev total ms", "self CPU ms", "CPU total ms"] if on_cuda else ["calls", "self CPU ms", "CPU %", "CPU total ms"]
+    if on_cuda:
+        columns = ["calls", "self dev ms", "dev %", "dev total ms", "self CPU ms", "CPU total ms"]
+    else:
+        columns = ["calls", "self CPU ms", "CPU %", "CPU total ms"]
     lines = ["```", f"{'op':<{width}} " + " ".join(f"{c:>12}" for c in columns)]
     for e in sorted(averages, key=key, reverse=True)[:n]:
         cpu = [_us(e, "self_cpu_time_total") / 1000, _us(e, "cpu_time_total") / 1000]
-        values = [_self_device(e) / 1000, 100 * key(e) / total, _us(e, "device_time_total", "cuda_time_total") / 1000, *cpu] if on_cuda else [cpu[0], 100 * key(e) / total, cpu[1]]
+        if on_cuda:
+            device_ms = _us(e, "device_time_total", "cuda_time_total") / 1000
+            values = [_self_device(e) / 1000, 100 * key(e) / total, device_ms, *cpu]
+        else:
+            values = [cpu[0], 100 * key(e) / total, cpu[1]]
         name = e.key if len(e.key) <= width else e.key[: width - 3] + "..."
         lines.append(f"{name:<{width}} {e.count:>12} " + " ".join(f"{v:>12.3f}" for v in values))
     lines.append("```")
@@ -276,17 +294,22 @@ def device_stats(prof, wall_ms: float, plain_ms: float, tokens: int) -> str:
     device = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
               and "annotation" not in (getattr(e, "activity_type", None) or "")]
     if not device:
-        return f"CPU-side launch calls per token: {launched}; no device events recorded: kernel count and GPU-busy time not measurable"
-    kernels = [e for e in device if (getattr(e, "activity_type", None) or "kernel") == "kernel" and not e.name.startswith(("Memcpy", "Memset"))]
+        return (f"CPU-side launch calls per token: {launched}; no device events recorded: kernel count and GPU-busy "
+                "time not measurable")
+    kernels = [e for e in device if (getattr(e, "activity_type", None) or "kernel") == "kernel"
+               and not e.name.startswith(("Memcpy", "Memset"))]
     busy, end = 0.0, float("-inf")
     for start, stop in sorted((e.time_range.start, e.time_range.end) for e in device):
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     busy /= 1000
     kernel_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1000
-    return (f"kernels: {len(kernels)} ({len(kernels) / tokens:.1f} per token, mean {1000 * kernel_ms / max(1, len(kernels)):.1f} us); "
-            f"CPU-side launch calls per token: {launched}; GPU busy {busy:.2f} ms = {100 * busy / wall_ms:.0f}% of the profiled wall, "
-            f"{100 * busy / plain_ms:.0f}% of the unprofiled wall (idle {wall_ms - busy:.2f} ms, {(wall_ms - busy) / tokens:.3f} ms per token)")
+    return (f"kernels: {len(kernels)} ({len(kernels) / tokens:.1f} per token, "
+            f"mean {1000 * kernel_ms / max(1, len(kernels)):.1f} us); "
+            f"CPU-side launch calls per token: {launched}; "
+            f"GPU busy {busy:.2f} ms = {100 * busy / wall_ms:.0f}% of the profiled wall, "
+            f"{100 * busy / plain_ms:.0f}% of the unprofiled wall "
+            f"(idle {wall_ms - busy:.2f} ms, {(wall_ms - busy) / tokens:.3f} ms per token)")
 
 
 def profile_engine(name: str, engine: Engine, ids: list[int], device: torch.device, n_new: int = 64) -> None:
@@ -307,7 +330,8 @@ def profile_engine(name: str, engine: Engine, ids: list[int], device: torch.devi
 
     on_cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    for label, setup, fn, tokens in (("cold prefill", None, prefill, 1), (f"decode, {n_new} tokens, prompt reused", prefill, decode, n_new)):
+    for label, setup, fn, tokens in (("cold prefill", None, prefill, 1),
+                                     (f"decode, {n_new} tokens, prompt reused", prefill, decode, n_new)):
         try:
             if setup:
                 setup()
@@ -341,23 +365,27 @@ def check_equality(name: str, engine: Engine, device: torch.device, n_new: int, 
     base = code_prompt(engine.tokenizer, 300, vocab, skip=5000)
     prompts = [("code A", base), ("A + 3 tokens (prefix reuse)", base + random_prompt(3, vocab, seed=12)),
                ("A edited mid-way", base[:150] + random_prompt(20, vocab, seed=13) + base[150:]),
-               ("code B", code_prompt(engine.tokenizer, 120, vocab, skip=9000)), ("random tokens", random_prompt(200, vocab, seed=14))]
+               ("code B", code_prompt(engine.tokenizer, 120, vocab, skip=9000)),
+               ("random tokens", random_prompt(200, vocab, seed=14))]
     engine.clear_cache()
     for label, ids in prompts:
         try:
-            ours = engine.generate(ids, max_new_tokens=n_new, ignore_eos=True)  # both exactly n_new tokens, end tokens included
+            # both exactly n_new tokens, end tokens included
+            ours = engine.generate(ids, max_new_tokens=n_new, ignore_eos=True)
             theirs = hf_generate(model, ids, n_new, device)
             if ours.token_ids == theirs:
                 verdict = f"PASS ({len(theirs)} tokens identical, {ours.reused_tokens} reused)"
             else:
-                at = next((i for i, (a, b) in enumerate(zip(ours.token_ids, theirs)) if a != b), min(len(ours.token_ids), len(theirs)))
+                at = next((i for i, (a, b) in enumerate(zip(ours.token_ids, theirs)) if a != b),
+                          min(len(ours.token_ids), len(theirs)))
                 with torch.inference_mode():
                     logits = model(torch.tensor([ids + theirs[:at]], device=device)).logits[0, -1].float()
                 top = logits.topk(2).values
                 gap = float((top[0] - top[1]) / logits.abs().max())
                 near_tie = next(model.parameters()).dtype != torch.float32 and gap < 0.02
-                verdict = (f"{'PASS (near tie)' if near_tie else 'FAIL'}: first difference at token {at} of {len(theirs)} "
-                           f"(ours {ours.token_ids[at:at + 1]}, transformers {theirs[at:at + 1]}; top-2 logit gap {gap:.2g} of max |logit|)")
+                verdict = (f"{'PASS (near tie)' if near_tie else 'FAIL'}: first difference at token {at} "
+                           f"of {len(theirs)} (ours {ours.token_ids[at:at + 1]}, transformers {theirs[at:at + 1]}; "
+                           f"top-2 logit gap {gap:.2g} of max |logit|)")
         except Exception:
             verdict = f"FAIL (error):\n{traceback.format_exc()}"
         checks.append(f"| {name} | {label} | {verdict} |")
@@ -369,16 +397,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="one prompt length per model, fewer repeats")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="the default model dir (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="the default model dir (default: %(default)s)")
     parser.add_argument("--skip", default="", help="comma-separated: default, qwen, equality")
-    parser.add_argument("--profile", action="store_true", help="torch.profiler over midline's prefill and decode per model")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler over midline's prefill and decode per model")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     tiny = device.type == "cpu"
     if tiny:
         torch.set_num_threads(CPU_THREADS)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    args.prompts = ([1500] if args.quick else [500, 1500, 4000]) if not tiny else ([200] if args.quick else [64, 200, 1000])
+    if tiny:
+        args.prompts = [200] if args.quick else [64, 200, 1000]
+    else:
+        args.prompts = [1500] if args.quick else [500, 1500, 4000]
     args.lengths = (16, 32, 64)
     args.reps, args.hf_reps = (3, 2) if args.quick else (5, 3)
     skip = set(filter(None, args.skip.split(",")))
@@ -386,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     bandwidth = copy_bandwidth(device)
-    report(f"Device: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}; "
+    report(f"Device: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}, "
+           f"Python {platform.python_version()}; "
            f"{dtype}; measured copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
     report(f"Command: python bench/gpu_engine.py {' '.join(argv if argv is not None else sys.argv[1:])}")
 
@@ -402,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_equality(f"default ({str(dtype).removeprefix('torch.')}), lookup", engine, device, 32, checks)
             del engine, model
             free(device)
-            if "equality" not in skip and dtype != torch.float32:  # float32: no bf16 rounding, so equality must be exact
+            if "equality" not in skip and dtype != torch.float32:  # float32 has no bf16 rounding: equality is exact
                 model, tokenizer = default_model(device, torch.float32, args.model)
                 engine = Engine(model, tokenizer, device, detect(tokenizer.get_vocab()))
                 engine.warmup()
@@ -417,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _, tokenizer = default_model(torch.device("cpu"), torch.float32, args.model)
             model = qwen_shaped(device, dtype, tiny)
-            engine = bench_model("Qwen2.5-Coder-1.5B shape" if not tiny else "Qwen2 tiny shape", model, tokenizer, device, args, bandwidth, rows)
+            engine = bench_model("Qwen2.5-Coder-1.5B shape" if not tiny else "Qwen2 tiny shape", model, tokenizer,
+                                 device, args, bandwidth, rows)
             if engine is not None and "equality" not in skip:
                 check_equality(f"1.5B shape ({str(dtype).removeprefix('torch.')})", engine, device, 32, checks)
                 engine.lookup = LOOKUP
@@ -437,18 +472,22 @@ def main(argv: list[str] | None = None) -> int:
             say(f"!! 1.5B-shape model failed:\n{traceback.format_exc()}")
 
     report()
-    report("| model | prompt | runner | first token ms | 16 tok ms | 32 tok ms | 64 tok ms | decode ms/tok | tok/s (64) | floor ms/tok | x floor | keystroke first token ms | keystroke 16 tok ms |")
+    report("| model | prompt | runner | first token ms | 16 tok ms | 32 tok ms | 64 tok ms | decode ms/tok "
+           "| tok/s (64) | floor ms/tok | x floor | keystroke first token ms | keystroke 16 tok ms |")
     report("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         def f(key, fmt="{:.1f}"):
             return fmt.format(r[key]) if key in r else ""
-        report(f"| {r['model']} | {r['prompt']} | {r['runner']} | {f(1)} | {f(16)} | {f(32)} | {f(64)} | {f('decode_ms', '{:.2f}')} | "
-               f"{f('tok_s', '{:.0f}')} | {f('floor_ms', '{:.2f}')} | {f('x_floor', '{:.2f}')} | {f('key1')} | {f('key16')} |")
+        report(f"| {r['model']} | {r['prompt']} | {r['runner']} | {f(1)} | {f(16)} | {f(32)} | {f(64)} "
+               f"| {f('decode_ms', '{:.2f}')} | {f('tok_s', '{:.0f}')} | {f('floor_ms', '{:.2f}')} "
+               f"| {f('x_floor', '{:.2f}')} | {f('key1')} | {f('key16')} |")
     speedups = []
     for r in rows:
-        base = next((b for b in rows if b["runner"] == "transformers eager" and b["model"] == r["model"] and b["prompt"] == r["prompt"]), None)
+        base = next((b for b in rows if b["runner"] == "transformers eager" and b["model"] == r["model"]
+                     and b["prompt"] == r["prompt"]), None)
         if r["runner"] != "transformers eager" and base:
-            speedups.append(f"- {r['model']}, {r['prompt']} tokens, {r['runner']}: first token {base[1] / r[1]:.1f}x, 64 tokens {base[64] / r[64]:.1f}x faster than transformers eager")
+            speedups.append(f"- {r['model']}, {r['prompt']} tokens, {r['runner']}: first token {base[1] / r[1]:.1f}x, "
+                            f"64 tokens {base[64] / r[64]:.1f}x faster than transformers eager")
     if speedups:
         report()
         report("\n".join(speedups))
@@ -460,15 +499,18 @@ def main(argv: list[str] | None = None) -> int:
             ("1.5B shape, 1500 tokens: decode <= 1.3 ms/token", "Qwen2.5-Coder-1.5B shape", 1500, "decode_ms", 1.3),
             ("1.5B shape, 1500 tokens: 64 tokens <= 110 ms", "Qwen2.5-Coder-1.5B shape", 1500, 64, 110.0),
             ("1.5B shape, 1500 tokens: keystroke first token <= 8 ms", "Qwen2.5-Coder-1.5B shape", 1500, "key1", 8.0),
-            ("default model, longest prompt measured (<= 1500 tokens): 32 tokens <= 10 ms", "default model", None, 32, 10.0),
+            ("default model, longest prompt measured (<= 1500 tokens): 32 tokens <= 10 ms",
+             "default model", None, 32, 10.0),
         ]
         for label, model_name, prompt, key, limit in targets:
-            mine = [r for r in rows if r["model"] == model_name and r["runner"] == "midline" and (prompt is None and r["prompt"] <= 1500 or r["prompt"] == prompt)]
+            mine = [r for r in rows if r["model"] == model_name and r["runner"] == "midline"
+                    and (prompt is None and r["prompt"] <= 1500 or r["prompt"] == prompt)]
             r = max(mine, key=lambda r: r["prompt"], default=None)
             if r is None or key not in r:
                 report(f"- {label}: not measured")
             else:
-                report(f"- {label}: {r[key]:.2f} at {r['prompt']} tokens -> {'met' if r[key] <= limit else f'MISSED by {r[key] - limit:.2f} ({r[key] / limit:.2f}x)'}")
+                verdict = "met" if r[key] <= limit else f"MISSED by {r[key] - limit:.2f} ({r[key] / limit:.2f}x)"
+                report(f"- {label}: {r[key]:.2f} at {r['prompt']} tokens -> {verdict}")
     if checks:
         report()
         report("| greedy equality | prompt | result |")

@@ -43,7 +43,8 @@ TYPED = "total = count + 1"
 def big_file(size: int) -> tuple[str, int]:
     """The repository's Python files, repeated to `size` characters; and a cursor: the end of a statement line
     near the middle, opened by a typed newline and indentation."""
-    sources = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "server").glob("*.py")) + sorted((ROOT / "model").glob("*.py"))]
+    sources = [p.read_text(encoding="utf-8")
+               for p in sorted((ROOT / "server").glob("*.py")) + sorted((ROOT / "model").glob("*.py"))]
     chunks, length = [], 0
     while length < size:
         for source in sources:
@@ -75,7 +76,8 @@ def insertion(text: str, offset: int, new: str) -> tuple[str, types.TextDocument
     benchmark's texts break lines at "\\n" only)."""
     line_start = text.rfind("\n", 0, offset) + 1
     at = types.Position(text.count("\n", 0, offset), len(text[line_start:offset].encode("utf-16-le")) // 2)
-    return text[:offset] + new + text[offset:], types.TextDocumentContentChangePartial(range=types.Range(at, at), text=new)
+    change = types.TextDocumentContentChangePartial(range=types.Range(at, at), text=new)
+    return text[:offset] + new + text[offset:], change
 
 
 def ms(values: list[float]) -> str:
@@ -105,8 +107,8 @@ def in_process(name: str, text: str, cursor: int, keystrokes: int, completer) ->
     doc.tree  # noqa: B018 (the re-parse a request pays for, when keystrokes do not parse)
     tree_ms = (time.perf_counter() - started) * 1000
     print(
-        f"{name}: open {opened:.0f} ms, first parse {parsed:.0f} ms (+{tree_mb:.0f} MB resident); keystroke {ms(times)}; "
-        f"tree after them {tree_ms:.1f} ms"
+        f"{name}: open {opened:.0f} ms, first parse {parsed:.0f} ms (+{tree_mb:.0f} MB resident); "
+        f"keystroke {ms(times)}; tree after them {tree_ms:.1f} ms"
     )
     if completer is not None:
         offset = cursor + keystrokes  # (mid-word, where the server would not complete: where typing began)
@@ -169,7 +171,8 @@ async def over_stdio(name: str, text: str, cursor: int, keystrokes: int) -> None
                 started = time.perf_counter()
                 client.text_document_did_change(
                     types.DidChangeTextDocumentParams(
-                        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2), content_changes=[edit]
+                        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
+                        content_changes=[edit]
                     )
                 )
                 await status(client)
@@ -177,7 +180,8 @@ async def over_stdio(name: str, text: str, cursor: int, keystrokes: int) -> None
             after = rss_mb(pid)
     extra = [t - statistics.median(alone) for t in typed]
     print(
-        f"{name} over stdio: keystroke (didChange + status, less status alone {statistics.median(alone):.2f} ms) {ms(extra)}; "
+        f"{name} over stdio: keystroke (didChange + status, less status alone {statistics.median(alone):.2f} ms) "
+        f"{ms(extra)}; "
         f"server memory {before:.0f} MB, +{opened - before:.0f} MB open, +{after - opened:.0f} MB after typing"
     )
 
@@ -196,7 +200,8 @@ def load_completer(model: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keystrokes", type=int, default=20)
-    parser.add_argument("--model", type=Path, default=ROOT / "model" / "default", help="its tokenizer and FIM format, for the completion's non-model work")
+    parser.add_argument("--model", type=Path, default=ROOT / "model" / "default",
+                        help="its tokenizer and FIM format, for the completion's non-model work")
     parser.add_argument("--skip-server", action="store_true", help="in process only")
     parser.add_argument("--skip-completion", action="store_true")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Confidence floors by cursor position, calibrated on a `midline-train positions --no-floors` report.
+r"""Confidence floors by cursor position, calibrated on a `midline-train positions --no-floors` report.
 
 The server hides a suggestion whose generated tokens' mean log-probability is under the model's floor for the
 cursor's position (`CompletionContext.position`: "mid_line", "line_end", "new_line"). This reads a report made
@@ -12,7 +12,8 @@ while the model writes on past what is shown (the next function, cut by post-pro
 short right answers there (README's quickstart: ` total` after `return` scored -0.83). The last line is the
 `min_mean_logprob` object for the model's midline.json.
 
-    midline-train positions --model model/default --tasks WORK/positions.tasks.jsonl --no-floors --out WORK/no-floors.json
+    midline-train positions --model model/default --tasks WORK/positions.tasks.jsonl --no-floors \
+        --out WORK/no-floors.json
     python bench/position_floors.py WORK/no-floors.json
 """
 
@@ -42,7 +43,8 @@ def split(rows: list[dict], floor: float | None) -> tuple[int, int, int, int]:
 
 
 def choose(rows: list[dict], keep_loss: float, max_floor: float) -> float | None:
-    """The highest floor up to `max_floor` that hides at most `keep_loss` of the right suggestions (None: none needed)."""
+    """The highest floor up to `max_floor` that hides at most `keep_loss` of the right suggestions (None: none
+    needed)."""
     right = split(rows, None)[0]
     fitting = [floor for floor in FLOORS if floor <= max_floor and split(rows, floor)[2] <= keep_loss * right]
     best = max(fitting, default=None)
@@ -52,10 +54,13 @@ def choose(rows: list[dict], keep_loss: float, max_floor: float) -> float | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a `midline-train positions --no-floors --out` report")
-    parser.add_argument("--keep-loss", type=float, default=0.1, help="share of right suggestions a floor may hide (default: %(default)s)")
+    parser.add_argument("--keep-loss", type=float, default=0.1,
+                        help="share of right suggestions a floor may hide (default: %(default)s)")
     parser.add_argument("--max-floor", type=float, default=-0.6, help="the highest floor chosen (default: %(default)s)")
-    parser.add_argument("--calibrate", nargs="+", default=["new_line"], help="positions to calibrate (default: %(default)s)")
-    parser.add_argument("--default", type=float, default=-1.0, help="the floor of the other positions (default: %(default)s)")
+    parser.add_argument("--calibrate", nargs="+", default=["new_line"],
+                        help="positions to calibrate (default: %(default)s)")
+    parser.add_argument("--default", type=float, default=-1.0,
+                        help="the floor of the other positions (default: %(default)s)")
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text())
     shown = [r for r in report["per_task"] if not r["empty"]]

@@ -76,8 +76,8 @@ def main() -> None:
         start = [context[context.rfind("\n") + 1 :] + code + after.split("\n", 1)[0] for context, code, after in cases]
         blocks = sum(security._parses("\n".join(security._as_block(lines.split("\n"))[0])) for lines in start)
         print(
-            f"| {size} | {statistics.median(times):.2f} | {p95(times):.2f} | {max(times):.2f} | {statistics.median(cpu):.2f} "
-            f"| {p95(cpu):.2f} | {blocks}/{len(cases)} | {len(hidden)} |"
+            f"| {size} | {statistics.median(times):.2f} | {p95(times):.2f} | {max(times):.2f} "
+            f"| {statistics.median(cpu):.2f} | {p95(cpu):.2f} | {blocks}/{len(cases)} | {len(hidden)} |"
         )
         for finding in hidden:
             print(f"    hidden: {finding} -- {finding.source.strip()[:80]}")

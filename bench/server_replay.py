@@ -76,14 +76,16 @@ async def type_region(client, doc: Document, offset: int, typed: str, cps: float
         doc.version += 1
         offset += 1
         client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version), content_changes=[change],
+            text_document=types.VersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version),
+            content_changes=[change],
         ))
         params = types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=doc.uri), position=doc.position_at(offset, codec),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
         )
         request_id = f"keystroke-{i}"
-        future = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, request_id))
+        future = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params,
+                                                                          request_id))
         future.add_done_callback(record(time.perf_counter()))
         previous = (request_id, future)
     if previous is not None:
@@ -96,10 +98,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", help="model directory (default: the shipped model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py", help="Python file to type (default: %(default)s)")
-    parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
-    parser.add_argument("--cps", type=float, default=5.0, help="typing speed, characters a second (default: %(default)s, about 60 words a minute)")
-    parser.add_argument("--settings", type=json.loads, default={}, help='server settings over the defaults, as JSON, e.g. \'{"debounceMs": 0}\'')
+    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py",
+                        help="Python file to type (default: %(default)s)")
+    parser.add_argument("--chars", type=int, default=300,
+                        help="at most this many characters, whole lines where possible (default: %(default)s)")
+    parser.add_argument("--cps", type=float, default=5.0,
+                        help="typing speed, characters a second (default: %(default)s, about 60 words a minute)")
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help='server settings over the defaults, as JSON, e.g. \'{"debounceMs": 0}\'')
     args = parser.parse_args()
 
     source = args.file.read_text(encoding="utf-8")
@@ -121,14 +127,16 @@ async def main() -> None:
     shown = [a.ms for a in answers if a.outcome == "shown"]
     answered = [a.ms for a in answers if a.outcome != "cancelled"]
     count = {o: sum(a.outcome == o for a in answers) for o in ("shown", "empty", "cancelled")}
-    print(f"typed {len(typed)} characters of {args.file.name} at {args.cps:g} a second ({wall:.0f} s) into `midline serve` "
-          f"({after['model']}, {after['device']}, {after['decodePath']}, settings {json.dumps(args.settings)}); "
+    print(f"typed {len(typed)} characters of {args.file.name} at {args.cps:g} a second ({wall:.0f} s) "
+          f"into `midline serve` ({after['model']}, {after['device']}, {after['decodePath']}, "
+          f"settings {json.dumps(args.settings)}); "
           f"{platform.machine()}, Python {platform.python_version()}\n")
-    print("| keystrokes | shown | empty | cancelled by the next keystroke | ms to ghost text p50 | p95 | ms to any answer p50 | p95 |")
+    print("| keystrokes | shown | empty | cancelled by the next keystroke | ms to ghost text p50 | p95 "
+          "| ms to any answer p50 | p95 |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     p = lambda values, q: f"{percentile(values, q):.0f}" if values else "-"  # noqa: E731
-    print(f"| {len(answers)} | {count['shown']} | {count['empty']} | {count['cancelled']} | {p(shown, 50)} | {p(shown, 95)} | "
-          f"{p(answered, 50)} | {p(answered, 95)} |\n")
+    print(f"| {len(answers)} | {count['shown']} | {count['empty']} | {count['cancelled']} "
+          f"| {p(shown, 50)} | {p(shown, 95)} | {p(answered, 50)} | {p(answered, 95)} |\n")
     for error in sorted({a.outcome for a in answers if a.outcome.startswith("error")}):
         print(f"{sum(a.outcome == error for a in answers)} requests failed: {error}")
     print("| server: " + " | ".join(COUNTERS) + " |")
