@@ -12,17 +12,20 @@ import pytest
 
 from midline.training.tiny_model import make_tiny_model, stdlib_corpus
 
-BROKEN_KINDS = ("missing", "file", "no_config", "bad_config", "bin_only", "no_weights", "no_tokenizer", "remote_code", "corrupt_weights", "wrong_weights")
+BROKEN_KINDS = ("missing", "file", "no_config", "bad_config", "bin_only", "no_weights", "no_tokenizer", "remote_code",
+                "corrupt_weights", "wrong_weights")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny midline-format model dir (vocab 1024, hidden 64, 2 layers), built once per session in ~1 s."""
     out = tmp_path_factory.mktemp("tiny-model")
-    return make_tiny_model(out, corpus_files=stdlib_corpus(limit=40), vocab_size=1024, hidden_size=64, layers=2, heads=4)
+    return make_tiny_model(out, corpus_files=stdlib_corpus(limit=40), vocab_size=1024, hidden_size=64, layers=2,
+                           heads=4)
 
 
-CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +85,8 @@ def broken_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Callable[[str], Pa
         elif kind == "no_tokenizer":
             (path / "tokenizer.json").unlink()
         elif kind == "remote_code":
-            _edit_config(path, model_type="exotic", auto_map={"AutoModelForCausalLM": "modeling_exotic.ExoticForCausalLM"})
+            _edit_config(path, model_type="exotic",
+                         auto_map={"AutoModelForCausalLM": "modeling_exotic.ExoticForCausalLM"})
         elif kind == "corrupt_weights":
             weights.write_bytes(weights.read_bytes()[:1000])
         elif kind == "wrong_weights":  # valid safetensors for a deeper model than the file holds
@@ -126,4 +130,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         seconds = item.stash.get(_SETUP_S, 0.0) + report.duration
         if seconds > limit:
             report.outcome = "failed"
-            report.longrepr = f"{item.nodeid} took {seconds:.1f} s (setup and call), over {limit:g} s: mark it slow (or e2e), or make it quicker"
+            report.longrepr = (f"{item.nodeid} took {seconds:.1f} s (setup and call), over {limit:g} s: "
+                               "mark it slow (or e2e), or make it quicker")

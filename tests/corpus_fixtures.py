@@ -16,8 +16,10 @@ def write_corpus(out: Path, n_train: int = 14, n_valid: int = 3) -> Path:
     docs = [{"repo": "python/cpython", "path": f.relative_to(root).as_posix(), "text": f.read_text()} for f in files]
     docs[1:1] = [
         {"repo": "acme/empty", "path": "empty.py", "text": ""},
-        {"repo": "acme/web", "path": "static/app.min.js", "text": "var a=" + ",".join(f"x{i}" for i in range(600)) + ";\n"},
-        {"repo": "acme/odd", "path": "odd.py", "text": 's = "<|endoftext|> <|midline:fim_pad|>"  # ünïcödé 🙂\n\tx = 1\r\n'},
+        {"repo": "acme/web", "path": "static/app.min.js",
+         "text": "var a=" + ",".join(f"x{i}" for i in range(600)) + ";\n"},
+        {"repo": "acme/odd", "path": "odd.py",
+         "text": 's = "<|endoftext|> <|midline:fim_pad|>"  # ünïcödé 🙂\n\tx = 1\r\n'},
     ]
     out.mkdir(parents=True, exist_ok=True)
     for split, part in (("train", docs[: n_train + 3]), ("valid", docs[n_train + 3 :])):

@@ -1,4 +1,5 @@
-"""Marks shared by test files: tests that run code in the sandbox need bubblewrap, and skip with the reason where it is missing."""
+"""Marks shared by test files: tests that run code in the sandbox need bubblewrap, and skip with the reason where it
+is missing."""
 
 from __future__ import annotations
 

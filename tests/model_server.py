@@ -1,4 +1,5 @@
-"""A real (tiny) model behind the HTTP APIs of serving engines, in a thread: what midline.model.remote talks to in tests.
+"""A real (tiny) model behind the HTTP APIs of serving engines, in a thread: what midline.model.remote talks to in
+tests.
 
 `ModelServer(engine)` serves a midline `Engine` on 127.0.0.1 at `url`:
 
@@ -107,11 +108,14 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             payload = json.loads(body)
         except ValueError:
-            return self._answer(400, {"error": {"message": "the request body is not JSON", "type": "invalid_request_error"}})
-        record: dict[str, Any] = {"path": self.path, "payload": payload, "headers": dict(self.headers), "prompt_ids": None}
+            return self._answer(400,
+                                {"error": {"message": "the request body is not JSON", "type": "invalid_request_error"}})
+        record: dict[str, Any] = {"path": self.path, "payload": payload, "headers": dict(self.headers),
+                                  "prompt_ids": None}
         ms.requests.append(record)
         if ms.api_key is not None and self.headers.get("Authorization") != f"Bearer {ms.api_key}":
-            return self._answer(401, {"error": {"message": "invalid API key", "type": "authentication_error", "code": 401}})
+            return self._answer(401,
+                                {"error": {"message": "invalid API key", "type": "authentication_error", "code": 401}})
         if ms.fail is not None:
             return self._answer(*ms.fail)
         protocol = {"/v1/completions": _OpenAI, "/infill": _LlamaCpp, "/api/generate": _Ollama}.get(self.path)
@@ -259,7 +263,8 @@ class _OpenAI(_Protocol):
 
     def choice(self, text: str, finish: str | None) -> dict[str, Any]:
         reason = None if finish is None else "length" if finish == "length" else "stop"
-        return {"id": "cmpl-test", "object": "text_completion", "model": "tiny", "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+        return {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
 
     def event(self, delta: str) -> bytes:
         return self.sse(self.choice(delta, None))
@@ -281,7 +286,8 @@ class _LlamaCpp(_Protocol):
 
     def final(self, text: str, finish: str, generated: int) -> dict[str, Any]:
         stop_type = {"length": "limit", "stop": "word"}.get(finish, "eos")
-        return {"content": text, "stop": True, "stop_type": stop_type, "tokens_predicted": generated, "tokens_evaluated": len(self.ids)}
+        return {"content": text, "stop": True, "stop_type": stop_type, "tokens_predicted": generated,
+                "tokens_evaluated": len(self.ids)}
 
     def event(self, delta: str) -> bytes:
         return self.sse({"content": delta, "stop": False, "index": 0})
@@ -306,9 +312,11 @@ class _Ollama(_Protocol):
         self.stop = list(options.get("stop") or [])
 
     def line(self, text: str, finish: str | None, generated: int = 0) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.payload.get("model"), "created_at": "2025-01-01T00:00:00Z", "response": text, "done": finish is not None}
+        out: dict[str, Any] = {"model": self.payload.get("model"), "created_at": "2025-01-01T00:00:00Z",
+                               "response": text, "done": finish is not None}
         if finish is not None:
-            out.update(done_reason="length" if finish == "length" else "stop", prompt_eval_count=len(self.ids), eval_count=generated)
+            out.update(done_reason="length" if finish == "length" else "stop", prompt_eval_count=len(self.ids),
+                       eval_count=generated)
         return out
 
     def event(self, delta: str) -> bytes:

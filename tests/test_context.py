@@ -39,7 +39,8 @@ def test_windows_are_whole_lines_within_the_budget() -> None:
     doc = Document("file:///w/m.py", "python", 1, SOURCE)
     offset = at(SOURCE, "v3 = step3(x6)", 5)  # mid-line
     ctx = build_context(doc, offset, count_tokens=chars, budget=400, prefix_share=0.75)
-    assert ctx.prefix + ctx.suffix in SOURCE and SOURCE[offset - len(ctx.prefix) : offset + len(ctx.suffix)] == ctx.prefix + ctx.suffix
+    assert ctx.prefix + ctx.suffix in SOURCE
+    assert SOURCE[offset - len(ctx.prefix) : offset + len(ctx.suffix)] == ctx.prefix + ctx.suffix
     start, end = offset - len(ctx.prefix), offset + len(ctx.suffix)
     assert start == 0 or SOURCE[start - 1] == "\n"
     assert end == len(SOURCE) or SOURCE[end] == "\n"
@@ -70,14 +71,17 @@ def test_unused_share_goes_to_the_other_side() -> None:
     near_top = build_context(doc, at(SOURCE, "def f0"), count_tokens=chars, budget=400, prefix_share=0.75)
     assert near_top.prefix == SOURCE[: at(SOURCE, "def f0")]
     assert len(near_top.suffix) > 250  # more than its 100 tokens
-    near_end = build_context(doc, SOURCE.index("return v0", SOURCE.index("def f11")), count_tokens=chars, budget=400, prefix_share=0.5)
+    near_end = build_context(doc, SOURCE.index("return v0", SOURCE.index("def f11")), count_tokens=chars, budget=400,
+                             prefix_share=0.5)
     assert len(near_end.prefix) > 250  # more than its 200 tokens
 
 
 def test_prefix_starts_at_a_scope_boundary_when_possible() -> None:
     offset = at(SOURCE, "v4 = step4(x7)")
-    python = build_context(Document("file:///w/m.py", "python", 1, SOURCE), offset, count_tokens=chars, budget=300, prefix_share=0.9)
-    plain = build_context(Document("file:///w/m.txt", "plaintext", 1, SOURCE), offset, count_tokens=chars, budget=300, prefix_share=0.9)
+    python = build_context(Document("file:///w/m.py", "python", 1, SOURCE), offset, count_tokens=chars, budget=300,
+                           prefix_share=0.9)
+    plain = build_context(Document("file:///w/m.txt", "plaintext", 1, SOURCE), offset, count_tokens=chars, budget=300,
+                          prefix_share=0.9)
     # Plain text is cut at whatever line fills the budget: here in the middle of f6.
     assert plain.prefix.startswith("    v")
     # Code is cut where f6 or f7 starts (whole function), not in the middle of f6.
@@ -91,8 +95,10 @@ def test_cut_never_splits_a_multi_line_statement_beside_the_cursor() -> None:
     call = "result = compute(\n" + "".join(f"    arg{i},\n" for i in range(10)) + ")\n"
     text = call + "x = 1\n" * 8 + "value = 1\n"
     offset = text.index("value")
-    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=chars, budget=80, prefix_share=0.9)
-    plain = build_context(Document("file:///w/m.txt", "plaintext", 1, text), offset, count_tokens=chars, budget=80, prefix_share=0.9)
+    ctx = build_context(Document("file:///w/m.py", "python", 1, text), offset, count_tokens=chars, budget=80,
+                        prefix_share=0.9)
+    plain = build_context(Document("file:///w/m.txt", "plaintext", 1, text), offset, count_tokens=chars, budget=80,
+                          prefix_share=0.9)
     assert plain.prefix.startswith("    arg8,\n")  # as many lines as fit
     assert ctx.prefix == "x = 1\n" * 8  # the statements after the call, not its tail
 
@@ -202,7 +208,8 @@ def test_snippets_stable_first_with_other_files_definitions() -> None:
 
     # One more keystroke: same snippets, same order (a prompt cache can reuse them).
     position = app.position_at(offset, PositionCodec())
-    app.apply_change(types.TextDocumentContentChangePartial(range=types.Range(position, position), text="i"), PositionCodec())
+    app.apply_change(types.TextDocumentContentChangePartial(range=types.Range(position, position), text="i"),
+                     PositionCodec())
     again = build_context(app, offset + 1, count_tokens=words, budget=60, symbols=index)
     assert again.snippets == ctx.snippets
 

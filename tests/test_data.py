@@ -1,4 +1,5 @@
-"""Data stage: FIM examples laid out exactly as the server prompts, packed whole into rows, deterministic and resumable."""
+"""Data stage: FIM examples laid out exactly as the server prompts, packed whole into rows, deterministic and
+resumable."""
 
 from __future__ import annotations
 
@@ -104,13 +105,15 @@ def test_end_rate_empties_the_suffix_and_zero_changes_nothing(text, seed):
     assert some[0] == none[0] and (some == none or some[2] == "")  # the same split, or run on to the end
 
 
-TEXTS = ["def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n", "x = '<|endoftext|>'  # ünï 🙂\n\tif x:\r\n  pass", "a"]
+TEXTS = ["def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n", "x = '<|endoftext|>'  # ünï 🙂\n\tif x:\r\n  pass",
+         "a"]
 
 
 @pytest.mark.parametrize("mode", ["psm", "spm"])
 @pytest.mark.parametrize("context", [True, False])
 def test_example_is_the_servers_prompt_then_middle_then_eot(tiny_engine, tiny_tokenizer, mode, context):
-    """Token for token: training example == Engine.encode(FimPrompt(prefix, suffix, path, repo), mode) + middle + EOT."""
+    """Token for token: training example == Engine.encode(FimPrompt(prefix, suffix, path, repo), mode) + middle +
+    EOT."""
     assert tiny_engine.fim is fim.MIDLINE and fim.MIDLINE.default_mode == "spm"
     config = DataConfig(fim_rate=1.0, spm_rate=1.0 if mode == "spm" else 0.0, context_rate=1.0 if context else 0.0)
     path, repo = ("src/calc.py", "calc") if context else ("", "")
@@ -158,7 +161,8 @@ def test_documents_are_chunked_at_line_ends_to_fit_a_row(tiny_tokenizer):
     assert rebuilt == text
     one_line = "x" * 5000  # minified: cut inside the line
     assert "".join(D.chunks(one_line, tiny_tokenizer, 100)) == one_line
-    assert all(len(ids) <= SEQ + 1 for ids, _, _ in D.document_examples(one_line, random.Random(0), tiny_tokenizer, config))
+    assert all(len(ids) <= SEQ + 1
+               for ids, _, _ in D.document_examples(one_line, random.Random(0), tiny_tokenizer, config))
 
 
 # -- the built data -------------------------------------------------------------------------------
@@ -171,14 +175,16 @@ def test_meta_and_shards(built, tiny_tokenizer):
     assert json.loads((out / "meta.json").read_text()) == meta
     train = meta["splits"]["train"]
     assert len(train["shards"]) > 1 and train["documents"] == 16  # the empty document is skipped
-    assert train["examples"] == train["psm"] + train["spm"] + train["plain"] and train["psm"] and train["spm"] and train["plain"]
+    assert train["examples"] == train["psm"] + train["spm"] + train["plain"]
+    assert train["psm"] and train["spm"] and train["plain"]
     assert train["fill"] > 0.85
     for split in D.SPLITS:
         arrays = [np.load(out / name, allow_pickle=False) for name in meta["splits"][split]["shards"]]
         assert all(a.shape[1] == SEQ + 1 and a.dtype == np.uint16 for a in arrays)
         assert sum(len(a) for a in arrays) == meta["splits"][split]["rows"]
         assert sum(int((a != meta["pad_id"]).sum()) for a in arrays) == meta["splits"][split]["tokens"]
-    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == (Path(meta["tokenizer"]) / "tokenizer.json").read_bytes()
+    copied = (out / "tokenizer" / "tokenizer.json").read_bytes()
+    assert copied == (Path(meta["tokenizer"]) / "tokenizer.json").read_bytes()
 
 
 def test_rows_hold_whole_examples_ending_in_eot(built, corpus_dir, tiny_tokenizer):
@@ -197,7 +203,8 @@ def test_rows_hold_whole_examples_ending_in_eot(built, corpus_dir, tiny_tokenize
         expected = []
         for number, doc in docs_of(corpus_dir, split):
             rng = random.Random(f"{CONFIG.seed}/{split}/{number}")
-            examples = D.document_examples(doc["text"], rng, tiny_tokenizer, CONFIG, path=doc["path"], repo=D.shown_repo(doc["repo"])) if doc["text"] else []
+            examples = D.document_examples(doc["text"], rng, tiny_tokenizer, CONFIG, path=doc["path"],
+                                           repo=D.shown_repo(doc["repo"])) if doc["text"] else []
             expected += [tuple(ids) for ids, _, _ in examples]
         assert sorted(found) == sorted(expected)
         assert len(found) == meta["splits"][split]["examples"]
@@ -207,11 +214,13 @@ def test_rows_hold_whole_examples_ending_in_eot(built, corpus_dir, tiny_tokenize
 
 def test_deterministic_whatever_the_workers(built, corpus_dir, tiny_model_dir, tmp_path):
     out, meta = built
-    inline = build_data(corpus_dir, tiny_model_dir, tmp_path / "inline", DataConfig(seq_len=SEQ, shard_rows=60, workers=0))
+    inline = build_data(corpus_dir, tiny_model_dir, tmp_path / "inline",
+                        DataConfig(seq_len=SEQ, shard_rows=60, workers=0))
     assert inline["splits"] == meta["splits"]
     for name in meta["splits"]["train"]["shards"]:
         assert (tmp_path / "inline" / name).read_bytes() == (out / name).read_bytes()
-    other = build_data(corpus_dir, tiny_model_dir, tmp_path / "seed1", DataConfig(seq_len=SEQ, shard_rows=60, workers=0, seed=1))
+    other = build_data(corpus_dir, tiny_model_dir, tmp_path / "seed1",
+                       DataConfig(seq_len=SEQ, shard_rows=60, workers=0, seed=1))
     assert (tmp_path / "seed1" / "train-00000.npy").read_bytes() != (out / "train-00000.npy").read_bytes()
     assert other["splits"]["train"]["documents"] == meta["splits"]["train"]["documents"]
 
@@ -240,7 +249,8 @@ def test_resumes_an_interrupted_build(built, corpus_dir, tiny_model_dir, tmp_pat
 
     monkeypatch.setattr(D, "_write_shard", lambda path, *args: calls.append(path.name) or real(path, *args))
     resumed = build_data(corpus_dir, tiny_model_dir, work, config)
-    assert resumed["splits"] == meta["splits"] and calls[2:] and not set(calls[2:]) & set(calls[:2])  # finished shards skipped
+    # finished shards skipped
+    assert resumed["splits"] == meta["splits"] and calls[2:] and not set(calls[2:]) & set(calls[:2])
     assert all((work / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
     for name in meta["splits"]["train"]["shards"]:
         assert (work / name).read_bytes() == (out / name).read_bytes()
@@ -249,7 +259,8 @@ def test_resumes_an_interrupted_build(built, corpus_dir, tiny_model_dir, tmp_pat
     assert build_data(corpus_dir, tiny_model_dir, work, config) == resumed and not calls  # complete: nothing to do
     with pytest.raises(ValueError, match="--force"):
         build_data(corpus_dir, tiny_model_dir, work, DataConfig(seq_len=SEQ, shard_rows=60, workers=0, fim_rate=0.5))
-    forced = build_data(corpus_dir, tiny_model_dir, work, DataConfig(seq_len=SEQ, shard_rows=60, workers=0, fim_rate=0.5), force=True)
+    forced = build_data(corpus_dir, tiny_model_dir, work,
+                        DataConfig(seq_len=SEQ, shard_rows=60, workers=0, fim_rate=0.5), force=True)
     assert forced["fim_rate"] == 0.5 and calls
 
 
@@ -268,7 +279,8 @@ def test_batches_are_deterministic_and_resumable(built):
         assert all((a == b).all() for a, b in zip(islice(ds.batches(B, start_step=k), 2), first[k : k + 2]))
     epoch0 = np.concatenate(first[:per_epoch])
     rows = {tuple(ds[i].tolist()) for i in range(len(ds))}
-    assert len({tuple(r.tolist()) for r in epoch0}) == len(epoch0) and {tuple(r.tolist()) for r in epoch0} <= rows  # no repeats
+    # no repeats
+    assert len({tuple(r.tolist()) for r in epoch0}) == len(epoch0) and {tuple(r.tolist()) for r in epoch0} <= rows
     assert not (np.concatenate(first[per_epoch : 2 * per_epoch]) == epoch0).all()  # a new order each epoch
     assert not (PackedDataset(out, "train", seed=4).batch(0, B) == first[0]).all()
     halves = [ds.batch(7, B, rank=r, world=2) for r in range(2)]
@@ -281,8 +293,9 @@ def test_cli(corpus_dir, tiny_model_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     D.add_parser(parser.add_subparsers())
     out = tmp_path / "cli"
-    args = parser.parse_args(["data", "--corpus", str(corpus_dir), "--tokenizer", str(tiny_model_dir), "--out", str(out),
-                              "--seq-len", "96", "--fim-rate", "0.5", "--spm-rate", "0.5", "--seed", "2", "--workers", "0"])
+    args = parser.parse_args(["data", "--corpus", str(corpus_dir), "--tokenizer", str(tiny_model_dir), "--out",
+                              str(out), "--seq-len", "96", "--fim-rate", "0.5", "--spm-rate", "0.5", "--seed", "2",
+                              "--workers", "0"])
     assert args.run(parser, args) == 0
     printed = capsys.readouterr().out
     assert "train: 16 documents" in printed and "PSM" in printed
@@ -376,7 +389,9 @@ def test_ast_holes_are_where_an_editor_asks():
     for kind, holes in found.items():
         for prefix, middle, suffix in holes if kind != "chars" else ():  # no hole starts or ends inside a word
             text, i, j = prefix + middle + suffix, len(prefix), len(prefix) + len(middle)
-            assert not (is_word(text, i - 1) and is_word(text, i)) and not (is_word(text, j - 1) and is_word(text, j)), (kind, prefix[-20:], middle)
+            where = (kind, prefix[-20:], middle)
+            assert not (is_word(text, i - 1) and is_word(text, i)), where
+            assert not (is_word(text, j - 1) and is_word(text, j)), where
     for prefix, middle, suffix in found["lines"]:  # a fresh line: after the indentation, to a line end
         assert not line_of(prefix).strip() and middle and not middle[0].isspace() and suffix[:1] in ("", "\n")
         assert prefix == "" or prefix.endswith("\n" + line_of(prefix))
@@ -385,7 +400,8 @@ def test_ast_holes_are_where_an_editor_asks():
         assert not line_of(prefix).endswith('""') or middle[0] != '"', "not inside a triple quote"
     for prefix, middle, suffix in found["new_line"]:  # at the end of a line, a new line
         assert middle.startswith("\n") and middle.strip() and line_of(prefix).strip() and suffix[:1] in ("", "\n")
-    for prefix, middle, suffix in found["new_line"] + found["empty"] + found["lines"]:  # lines end complete, not in `raise ValueError(`
+    # lines end complete, not in `raise ValueError(`
+    for prefix, middle, suffix in found["new_line"] + found["empty"] + found["lines"]:
         assert not (prefix + middle).rstrip(" ").endswith(("(", ","))
     ends = starts = 0
     for prefix, middle, suffix in found["empty"]:  # nothing: at the end of a line, or before a line's code
@@ -406,17 +422,20 @@ def test_ast_holes_are_where_an_editor_asks():
                 assert (i, j) in bodies, middle
             if kind != "expression":
                 assert not line_of(prefix).strip() or kind == "block" and line_of(prefix).rstrip().endswith(":")
-    assert any(p.endswith("def main():\n    ") and m.startswith("shapes = [") for p, m, _ in found["block"]), "a function body after `def ...:` + Enter"
+    assert any(p.endswith("def main():\n    ") and m.startswith("shapes = [")
+               for p, m, _ in found["block"]), "a function body after `def ...:` + Enter"
 
 
 def test_line_rests_start_at_a_token():
     """Mid-line holes start after a blank or where a token starts: never inside `==`, `f"` or an escape."""
     text = "x = ['one\\n', f\"a {b} c\"] == y  # note\n"
     for path, inside in (("a.py", ("f|\"", "\\|n", "=|=")), ("a.txt", ("=|=",))):
-        starts = {len(p) for kinds, holes in ast_holes(text, path, seeds=range(2000)).items() if kinds in ("line_rest", "end") for p, _, _ in holes}
+        starts = {len(p) for kinds, holes in ast_holes(text, path, seeds=range(2000)).items()
+                  if kinds in ("line_rest", "end") for p, _, _ in holes}
         shown = {text[: i] + "|" + text[i :] for i in starts}
         assert not {cut for cut in inside for s in shown if cut in s}, path
-        assert all(any(cut in s for s in shown) for cut in ("= |[", "[|'", "'|one", "f\"a |{", "# |note")), (path, sorted(shown))
+        cuts = ("= |[", "[|'", "'|one", "f\"a |{", "# |note")
+        assert all(any(cut in s for s in shown) for cut in cuts), (path, sorted(shown))
 
 
 def test_ast_mixture_shares_are_the_configured_ones():
@@ -452,7 +471,8 @@ def test_ast_holes_in_a_chunk_use_the_documents_tree():
         kinds[kind] += 1
         span = (start + len(prefix), start + len(prefix) + len(middle))
         assert kind not in NODE_KINDS or span in {"block": bodies, "statements": runs}.get(kind, spans)
-        assert kind != "block" or not middle.startswith(("@dataclass", "radius: float"))  # the class's body is not in the chunk
+        # the class's body is not in the chunk
+        assert kind != "block" or not middle.startswith(("@dataclass", "radius: float"))
     assert all(kinds[kind] for kind in NODE_KINDS)
 
 
@@ -467,7 +487,8 @@ def test_ast_recipe_is_deterministic_and_recorded(corpus_dir, tiny_model_dir, ti
     monkeypatch.setattr(D, "ast_split", checked)
     config = DataConfig(seq_len=SEQ, holes="ast", fim_rate=1.0)
     stats = [Counter() for _ in range(3)]
-    runs = [D.document_examples(CODE, random.Random(f"0/train/{n}"), tiny_tokenizer, config, path="shapes.py", repo="r", stats=s) for n, s in zip((7, 7, 8), stats)]
+    runs = [D.document_examples(CODE, random.Random(f"0/train/{n}"), tiny_tokenizer, config, path="shapes.py",
+                                repo="r", stats=s) for n, s in zip((7, 7, 8), stats)]
     assert runs[0] == runs[1] != runs[2] and stats[0] == stats[1] and sum(stats[0].values()) == len(runs[0])
     assert "".join("".join(parse(ids, tiny_tokenizer)[3:]) for ids, _, _ in runs[0]) == CODE and len(set(offsets)) > 2
     monkeypatch.setattr(D, "chunks", lambda text, tokenizer, budget: [text])  # a chunk too long for a row: halved
@@ -478,12 +499,15 @@ def test_ast_recipe_is_deterministic_and_recorded(corpus_dir, tiny_model_dir, ti
     meta = build_data(corpus_dir, tiny_model_dir, tmp_path / "ast", config)
     assert meta["holes"] == meta["params"]["holes"] == "ast" and meta["params"]["ast_holes"] == D.AST_HOLES
     train = meta["splits"]["train"]
-    assert sum(train["holes"].values()) == train["psm"] + train["spm"] and train["holes"]["lines"] and train["holes"]["statement"]
-    pooled = build_data(corpus_dir, tiny_model_dir, tmp_path / "pooled", DataConfig(seq_len=SEQ, shard_rows=60, workers=2, holes="ast"))
+    assert sum(train["holes"].values()) == train["psm"] + train["spm"]
+    assert train["holes"]["lines"] and train["holes"]["statement"]
+    pooled = build_data(corpus_dir, tiny_model_dir, tmp_path / "pooled",
+                        DataConfig(seq_len=SEQ, shard_rows=60, workers=2, holes="ast"))
     assert pooled["splits"] == meta["splits"]
     for name in meta["splits"]["train"]["shards"]:
         assert (tmp_path / "ast" / name).read_bytes() == (tmp_path / "pooled" / name).read_bytes()
-    chars = build_data(corpus_dir, tiny_model_dir, tmp_path / "chars", DataConfig(seq_len=SEQ, shard_rows=60, workers=0))
+    chars = build_data(corpus_dir, tiny_model_dir, tmp_path / "chars",
+                       DataConfig(seq_len=SEQ, shard_rows=60, workers=0))
     assert (tmp_path / "chars" / "train-00000.npy").read_bytes() != (tmp_path / "ast" / "train-00000.npy").read_bytes()
     assert "holes" not in chars["splits"]["train"] and chars["holes"] == "chars"
     with pytest.raises(ValueError, match="hole recipe"):
@@ -517,7 +541,8 @@ def test_cli_holes(corpus_dir, tiny_model_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     D.add_parser(parser.add_subparsers())
     out = tmp_path / "cli"
-    args = parser.parse_args(["data", "--corpus", str(corpus_dir), "--tokenizer", str(tiny_model_dir), "--out", str(out), "--seq-len", "96", "--workers", "0", "--holes", "ast"])
+    args = parser.parse_args(["data", "--corpus", str(corpus_dir), "--tokenizer", str(tiny_model_dir), "--out",
+                              str(out), "--seq-len", "96", "--workers", "0", "--holes", "ast"])
     assert args.run(parser, args) == 0
     assert "train holes: " in capsys.readouterr().out
     assert json.loads((out / "meta.json").read_text())["params"]["holes"] == "ast"

@@ -31,7 +31,8 @@ BLOCKS = 1500  # nested blocks in brace languages
 PY_BLOCKS = 600  # nested Python blocks
 BRACKETS = 10_000  # nested brackets in one expression
 
-EXTENSIONS = {"python": "py", "javascript": "js", "typescript": "ts", "typescriptreact": "tsx", "go": "go", "rust": "rs", "java": "java", "c": "c", "cpp": "cpp"}
+EXTENSIONS = {"python": "py", "javascript": "js", "typescript": "ts", "typescriptreact": "tsx", "go": "go",
+              "rust": "rs", "java": "java", "c": "c", "cpp": "cpp"}
 
 
 def nested_blocks(language: str) -> str:
@@ -51,7 +52,10 @@ def nested_blocks(language: str) -> str:
 
 def nested_brackets(language: str) -> str:
     """One expression nesting `BRACKETS` brackets around `mark`."""
-    expr = ("[" * BRACKETS + "mark" + "]" * BRACKETS) if language in ("python", "javascript", "typescript", "typescriptreact") else ("(" * BRACKETS + "mark" + ")" * BRACKETS)
+    if language in ("python", "javascript", "typescript", "typescriptreact"):
+        expr = "[" * BRACKETS + "mark" + "]" * BRACKETS
+    else:
+        expr = "(" * BRACKETS + "mark" + ")" * BRACKETS
     return {
         "python": f"x = {expr}\n",
         "go": f"package p\n\nvar x = {expr}\n",
@@ -66,7 +70,8 @@ def nested_containers(language: str) -> str:
     """Definitions nested in containers or in blocks that count as top level, `BLOCKS` deep."""
     if language == "python":
         tries = "".join(" " * i + f"try:\n{' ' * (i + 1)}def f{i}(): pass\n" for i in range(PY_BLOCKS))
-        return tries + " " * PY_BLOCKS + "pass\n" + "".join(" " * i + f"finally:\n{' ' * (i + 1)}pass\n" for i in reversed(range(PY_BLOCKS)))
+        return tries + " " * PY_BLOCKS + "pass\n" + "".join(" " * i + f"finally:\n{' ' * (i + 1)}pass\n"
+                                                            for i in reversed(range(PY_BLOCKS)))
     if language == "java":
         return "".join(f"class C{i} {{\n  void m{i}() {{}}\n" for i in range(BLOCKS)) + "}\n" * BLOCKS
     if language == "cpp":
@@ -74,7 +79,8 @@ def nested_containers(language: str) -> str:
     return "".join(f"#ifdef A{i}\nint f{i}(void);\n" for i in range(BLOCKS)) + "#endif\n" * BLOCKS
 
 
-SHAPES = [(language, nested_blocks) for language in EXTENSIONS] + [(language, nested_brackets) for language in EXTENSIONS]
+SHAPES = [(language, nested_blocks) for language in EXTENSIONS] + [
+    (language, nested_brackets) for language in EXTENSIONS]
 SHAPES += [(language, nested_containers) for language in ("python", "java", "cpp", "c")]
 
 
@@ -100,7 +106,8 @@ def test_symbols_walk_deep_trees(deep_doc: Document) -> None:
     if doc.text.startswith(("try:", "class C0", "namespace n0", "#ifdef")):  # nested_containers
         levels = PY_BLOCKS if doc.language == "python" else BLOCKS
         assert len(defs) >= levels * (0.8 if doc.language == "python" else 1)  # (Python's parser gives up past ~500)
-        assert [d.name for d in defs[:2]] == (["C0", "m0"] if doc.language == "java" else ["f0", "f1"])  # in source order
+        # in source order
+        assert [d.name for d in defs[:2]] == (["C0", "m0"] if doc.language == "java" else ["f0", "f1"])
         if doc.language == "java":
             assert defs[3].name == "m1" and defs[3].scope.startswith("class C1")
     index = SymbolIndex()
@@ -115,7 +122,8 @@ def test_context_errors_postprocess_hover_and_actions_walk_deep_trees(deep_doc: 
     offset = doc.text.find("mark")
     offset = offset if offset >= 0 else len(doc.text) // 2
     ctx = build_context(doc, offset, count_tokens=chars, budget=256, symbols=index)
-    if doc.text[offset : offset + 4] == "mark" and classify_hole(doc.text, offset, doc.language, doc.tree) is not Hole.NONE:
+    if (doc.text[offset : offset + 4] == "mark"
+            and classify_hole(doc.text, offset, doc.language, doc.tree) is not Hole.NONE):
         assert any("def mark()" in s.text for s in ctx.snippets)  # cross-file context still found
     languages.error_spans(doc.tree.root_node)
     error_count(doc.language, doc.text)
@@ -157,14 +165,16 @@ def test_index_workspace_goes_on_past_deep_and_failing_files(tmp_path: Path, sec
     with caplog.at_level(logging.WARNING, logger="midline.server.symbols"):
         assert index.index_workspace(str(tmp_path)) == 4
     assert index.lookup(["later_helper"])[0].path == str(tmp_path / "d_later.py")
-    assert {Path(d.path).name for d in index.lookup(["f1"])} == {"a_deep.py", "b_deep.cpp"}  # the deep files are indexed
+    # the deep files are indexed
+    assert {Path(d.path).name for d in index.lookup(["f1"])} == {"a_deep.py", "b_deep.cpp"}
     assert [Path(d.path).name for d in index.lookup([f"f{BLOCKS - 1}"])] == ["b_deep.cpp"]  # to their innermost level
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "c_broken.py" in warnings[0] and "ValueError" in warnings[0]
     assert "secret_code" not in warnings[0]  # no user code in the log
 
 
-def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(secret_code_fails, monkeypatch, caplog) -> None:
+def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(secret_code_fails, monkeypatch,
+                                                                          caplog) -> None:
     """A refresh over open documents skips one that fails; completion context then has no cross-file snippets."""
     good = Document("file:///w/good.py", "python", 1, "def helper(x):\n    return x\n")
     bad = Document("file:///w/bad.py", "python", 1, "def secret_code():\n    pass\n")
@@ -174,7 +184,8 @@ def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(secret
         index.refresh([good, bad, here], exclude=here.uri)
         assert [d.name for d in index.lookup(["helper"])] == ["helper"]
         offset = here.text.index("z = ") + 4
-        assert any("def helper" in s.text for s in build_context(here, offset, count_tokens=chars, symbols=index).snippets)
+        assert any("def helper" in s.text
+                   for s in build_context(here, offset, count_tokens=chars, symbols=index).snippets)
 
         def broken_lookup(names, exclude_path=None):
             raise RuntimeError("index broken")
@@ -188,7 +199,8 @@ def test_a_document_that_fails_to_index_degrades_to_no_cross_file_context(secret
 # -- end to end ----------------------------------------------------------------------------------
 
 SETTINGS = {"debounceMs": 0, "maxNewTokens": 8, "timeoutMs": 20000, "hover": {"explain": False}}
-ORDINARY = "from d_later import later_helper\n\n\ndef area(radius):\n    # multiply the radius by \n    return later_helper(radius)\n"
+ORDINARY = ("from d_later import later_helper\n\n\n"
+            "def area(radius):\n    # multiply the radius by \n    return later_helper(radius)\n")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -205,7 +217,7 @@ async def deep_lsp(tiny_model_dir, tmp_path_factory):
 @pytest.mark.e2e
 async def test_e2e_a_deep_file_breaks_neither_completion_elsewhere_nor_workspace_indexing(deep_lsp):
     client, root = deep_lsp
-    deep_uri, bracket_uri, ordinary_uri = (root / "a_deep.py").as_uri(), (root / "b_deep.c").as_uri(), (root / "ordinary.py").as_uri()
+    deep_uri, bracket_uri, ordinary_uri = ((root / name).as_uri() for name in ("a_deep.py", "b_deep.c", "ordinary.py"))
     open_document(client, deep_uri, (root / "a_deep.py").read_text())
     open_document(client, bracket_uri, (root / "b_deep.c").read_text(), "c")
     open_document(client, ordinary_uri, ORDINARY)

@@ -35,13 +35,20 @@ def edit(text: str, start: int, end: int, new: str, encoding: str) -> types.Text
     return types.TextDocumentContentChangePartial(range=rng, text=new)
 
 
+def change(start: tuple[int, int], end: tuple[int, int], new: str) -> types.TextDocumentContentChangePartial:
+    """The client's change of the (line, character) range `start`..`end` to `new`."""
+    return types.TextDocumentContentChangePartial(range=types.Range(types.Position(*start), types.Position(*end)),
+                                                  text=new)
+
+
 def shape(tree) -> list[tuple]:
     """Every node with its type and extent: equal shapes mean equal trees."""
     out = []
     cursor = tree.walk()
     while True:
         node = cursor.node
-        out.append((node.type, node.start_byte, node.end_byte, tuple(node.start_point), tuple(node.end_point), node.is_missing))
+        out.append((node.type, node.start_byte, node.end_byte, tuple(node.start_point), tuple(node.end_point),
+                    node.is_missing))
         if cursor.goto_first_child():
             continue
         while not cursor.goto_next_sibling():
@@ -83,7 +90,7 @@ def test_utf16_positions_count_surrogate_pairs() -> None:
     assert doc.offset_at(types.Position(0, 9), UTF8) == 6  # the emoji is four UTF-8 bytes
     assert doc.position_at(6, UTF16) == types.Position(0, 7)
     assert doc.position_at(7, UTF8) == types.Position(0, 12)  # 漢 is three bytes
-    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 5), types.Position(0, 7)), text=""), UTF16)
+    doc.apply_change(change((0, 5), (0, 7), ""), UTF16)
     assert doc.text == 'x = "漢"\n'
 
 
@@ -94,7 +101,7 @@ def test_crlf_and_lone_cr_line_breaks() -> None:
     assert doc.offset_at(types.Position(0, 5), UTF16) == 5  # end of line, before "\r\n"
     with pytest.raises(ValueError):
         doc.offset_at(types.Position(0, 6), UTF16)
-    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(1, 4), types.Position(2, 4)), text="9\nd = "), UTF16)
+    doc.apply_change(change((1, 4), (2, 4), "9\nd = "), UTF16)
     assert doc.text == "a = 1\r\nb = 9\nd = 3\n"
     assert_synced(doc)
 
@@ -182,8 +189,8 @@ def test_out_of_range_request_positions_raise() -> None:
 def test_out_of_range_edits_are_clamped() -> None:
     doc = Document("file:///w/a.py", "python", 1, "ab\ncd\n")
     # Past the line end means the line end; past the last line means the end of the document.
-    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 99), types.Position(0, 120)), text="!"), UTF16)
-    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(9, 0), types.Position(9, 0)), text="z"), UTF16)
+    doc.apply_change(change((0, 99), (0, 120), "!"), UTF16)
+    doc.apply_change(change((9, 0), (9, 0), "z"), UTF16)
     assert doc.text == "ab!\ncd\nz"
     assert_synced(doc)
 
@@ -205,8 +212,8 @@ def test_store() -> None:
     store.open("file:///w/a.py", "python", 1, "x = 1\n")
     store.open("file:///w/b.ts", "typescript", 1, "let y = 2;\n")
     doc = store.change("file:///w/a.py", 3, [
-        types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 4), types.Position(0, 5)), text="2"),
-        types.TextDocumentContentChangePartial(range=types.Range(types.Position(1, 0), types.Position(1, 0)), text="z = x\n"),
+        change((0, 4), (0, 5), "2"),
+        change((1, 0), (1, 0), "z = x\n"),
     ], UTF16)
     assert doc.text == "x = 2\nz = x\n" and doc.version == 3
     assert sorted(d.uri for d in store) == ["file:///w/a.py", "file:///w/b.ts"]
@@ -232,13 +239,14 @@ def test_only_lsp_line_breaks_split_lines() -> None:
     assert doc.line_count() == 4
     assert doc.offset_at(types.Position(0, 16), UTF16) == text.index("i")  # past the form feed etc.: same line
     assert doc.position_at(text.index("h"), UTF16) == types.Position(0, 14)
-    doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(0, 4), types.Position(0, 5)), text="X"), UTF16)
+    doc.apply_change(change((0, 4), (0, 5), "X"), UTF16)
     assert doc.text == text.replace("c", "X")
 
 
 def _reference_offset(line: str, character: int, encoding: str) -> int:
     """Characters a position covers, counted one by one (a unit inside a character covers it)."""
-    width = {"utf-16": lambda c: 2 if ord(c) > 0xFFFF else 1, "utf-8": lambda c: len(c.encode("utf-8", "surrogatepass")), "utf-32": lambda c: 1}
+    width = {"utf-16": lambda c: 2 if ord(c) > 0xFFFF else 1,
+             "utf-8": lambda c: len(c.encode("utf-8", "surrogatepass")), "utf-32": lambda c: 1}
     total = reached = 0
     while reached < len(line) and total < character:
         total += width[encoding](line[reached])
@@ -247,11 +255,14 @@ def _reference_offset(line: str, character: int, encoding: str) -> int:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(st.sampled_from(["a", "é", "漢", "😀", "\ud83d", "\ude00", "\x85"]), max_size=40), st.integers(0, 200), st.sampled_from(list(CODECS)))
+@given(st.text(st.sampled_from(["a", "é", "漢", "😀", "\ud83d", "\ude00", "\x85"]), max_size=40), st.integers(0, 200),
+       st.sampled_from(list(CODECS)))
 def test_positions_convert_like_counting_each_character(line: str, character: int, encoding: str) -> None:
     doc = Document("file:///w/a.txt", "plaintext", 1, line)
-    assert doc.offset_at(types.Position(0, character), CODECS[encoding], clamp=True) == _reference_offset(line, character, encoding)
-    assert doc.position_at(len(line), CODECS[encoding]) == types.Position(0, len(line.encode(_ENCODING[encoding], "surrogatepass")) // _UNIT_BYTES[encoding])
+    codec, expected = CODECS[encoding], _reference_offset(line, character, encoding)
+    assert doc.offset_at(types.Position(0, character), codec, clamp=True) == expected
+    units = len(line.encode(_ENCODING[encoding], "surrogatepass")) // _UNIT_BYTES[encoding]
+    assert doc.position_at(len(line), codec) == types.Position(0, units)
 
 
 @settings(max_examples=150, deadline=None)
@@ -285,7 +296,7 @@ def test_keystrokes_parse_nothing_and_the_next_use_reparses_once(monkeypatch: py
     monkeypatch.setattr(documents, "utf8", lambda text: encoded.append(len(text)) or encode(text))
     row = 2 * 2500 + 1  # `return x + 2500`
     for i, char in enumerate("y * 2 + "):
-        doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(types.Position(row, 15 + i), types.Position(row, 15 + i)), text=char), UTF16)
+        doc.apply_change(change((row, 15 + i), (row, 15 + i), char), UTF16)
     assert calls == [] and encoded == []
     assert max(split) < 100  # two or three lines of the 10,000, each keystroke
     assert "return x + y * 2 + 2500\n" in doc.text

@@ -21,7 +21,8 @@ from .lsp_client import open_document, running_server
 
 SEED = 13
 SEQUENCES = 120  # per encoding
-ALPHABET = ["a", "b", "z", " ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "é", "漢", "😀", "𝔸"]
+ALPHABET = ["a", "b", "z", " ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028",
+            "\u2029", "é", "漢", "😀", "𝔸"]
 _BREAK = re.compile(r"\r\n|\r|\n")
 _CODEC = {"utf-16": ("utf-16-le", 2), "utf-8": ("utf-8", 1), "utf-32": ("utf-32-le", 4)}
 
@@ -94,7 +95,8 @@ def digest(text: str) -> str:
 
 
 async def server_digest(client, uri: str) -> dict | None:
-    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="midline.documentDigest", arguments=[uri]))
+    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command="midline.documentDigest",
+                                                                                   arguments=[uri]))
 
 
 async def fuzz(client, encoding: str, seed: int) -> list[int]:
@@ -115,7 +117,8 @@ async def fuzz(client, encoding: str, seed: int) -> list[int]:
             version += 1
             client.text_document_did_change(
                 types.DidChangeTextDocumentParams(
-                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version), content_changes=changes
+                    text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                    content_changes=changes
                 )
             )
         answer = await server_digest(client, uri)

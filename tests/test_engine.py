@@ -18,7 +18,8 @@ from midline.model.loader import ModelLoadError
 
 PROMPTS = [
     FimPrompt(prefix="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))\n", path="calc.py"),
-    FimPrompt(prefix="import os\n\nfor name in os.listdir('.'):\n", suffix="", path="ls.py", snippets=[Snippet("util.py", "def f():\n    pass\n")], repo="demo"),
+    FimPrompt(prefix="import os\n\nfor name in os.listdir('.'):\n", suffix="", path="ls.py",
+              snippets=[Snippet("util.py", "def f():\n    pass\n")], repo="demo"),
     FimPrompt(prefix="", suffix="    return x\n"),
 ]
 
@@ -47,7 +48,8 @@ def test_confidence_floor_ships_with_the_model(engine, tiny_model_dir, tmp_path)
     (model_dir / "midline.json").write_text('{"min_mean_logprob": -1.5, "min_line_logprob": -2.5}')
     loaded = Engine.load(model_dir, device="cpu")
     assert (loaded.min_mean_logprob, loaded.min_line_logprob) == (-1.5, -2.5)
-    (model_dir / "midline.json").write_text('{"min_mean_logprob": {"line_end": -0.5, "new_line": -1.2}, "languages": ["python"]}')
+    (model_dir / "midline.json").write_text('{"min_mean_logprob": {"line_end": -0.5, "new_line": -1.2}, '
+                                            '"languages": ["python"]}')
     loaded = Engine.load(model_dir, device="cpu")
     assert loaded.min_mean_logprob == {"line_end": -0.5, "new_line": -1.2} and loaded.languages == ("python",)
     (model_dir / "midline.json").write_text('{"min_mean_logprob": "low"}')
@@ -60,7 +62,8 @@ def test_confidence_floor_ships_with_the_model(engine, tiny_model_dir, tmp_path)
 )
 def test_a_floor_that_is_not_a_number_is_refused(tmp_path, floor):
     (tmp_path / "midline.json").write_text(f'{{"min_line_logprob": {floor}}}')
-    with pytest.raises(ModelLoadError, match="min_line_logprob must be a number, or an object of numbers by cursor position"):
+    with pytest.raises(ModelLoadError,
+                       match="min_line_logprob must be a number, or an object of numbers by cursor position"):
         model_settings(tmp_path)
 
 
@@ -168,7 +171,10 @@ def test_long_prompt_is_left_truncated(engine, prompt_ids):
 def test_concurrent_calls_are_serialized(engine, prompt_ids):
     expected = engine.generate(prompt_ids, max_new_tokens=12).token_ids
     results: list[list[int]] = []
-    threads = [threading.Thread(target=lambda: results.append(engine.generate(prompt_ids, max_new_tokens=12).token_ids)) for _ in range(3)]
+    def generate() -> None:
+        results.append(engine.generate(prompt_ids, max_new_tokens=12).token_ids)
+
+    threads = [threading.Thread(target=generate) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -179,7 +185,8 @@ def test_concurrent_calls_are_serialized(engine, prompt_ids):
 def test_count_tokens_treats_special_strings_as_text(engine):
     assert engine.count_tokens("") == 0
     assert engine.count_tokens(fim.EOT) > 1
-    assert engine.count_tokens("def f():\n    pass\n") == len(engine.tokenizer.encode("def f():\n    pass\n", add_special_tokens=False))
+    code = "def f():\n    pass\n"
+    assert engine.count_tokens(code) == len(engine.tokenizer.encode(code, add_special_tokens=False))
 
 
 def test_bad_arguments(engine, prompt_ids):
@@ -204,7 +211,8 @@ def transformers_greedy(engine: Engine, ids: list[int], max_new_tokens: int) -> 
 def typing_session(engine: Engine) -> list[tuple[str, list[int]]]:
     """Prompts as they come while editing, named: typing, a deletion, an accepted completion, another file, ..."""
     suffix, prefix = "\n\nprint(total([1, 2, 3]))\n", "def total(xs):\n    s = 0\n    for x in xs:\n        s +"
-    ids = {tail: engine.encode(FimPrompt(prefix=prefix + tail, suffix=suffix, path="calc.py")) for tail in ("", "=", "= ", "= x")}
+    ids = {tail: engine.encode(FimPrompt(prefix=prefix + tail, suffix=suffix, path="calc.py"))
+           for tail in ("", "=", "= ", "= x")}
     deleted = engine.encode(FimPrompt(prefix=prefix[:-1], suffix=suffix, path="calc.py"))
     accepted = deleted + engine.generate(deleted, max_new_tokens=6).token_ids  # the user took the first tokens shown
     other = engine.encode(PROMPTS[1])
@@ -224,13 +232,15 @@ def test_prefix_reuse_is_exact_while_typing(engine):
     for step, ids in session:
         ours, baseline = reusing.generate(ids, max_new_tokens=16), fresh.generate(ids, max_new_tokens=16)
         assert ours.token_ids == baseline.token_ids == transformers_greedy(engine, ids, 16), step
-        assert (ours.text, ours.finish_reason, ours.prompt_tokens) == (baseline.text, baseline.finish_reason, baseline.prompt_tokens)
+        assert (ours.text, ours.finish_reason, ours.prompt_tokens) == (baseline.text, baseline.finish_reason,
+                                                                       baseline.prompt_tokens)
         assert ours.mean_logprob == pytest.approx(baseline.mean_logprob, abs=1e-4) or not ours.token_ids
         assert baseline.reused_tokens == 0
         common = next((i for i, (a, b) in enumerate(zip(previous, ids)) if a != b), min(len(previous), len(ids)))
         assert ours.reused_tokens == min(common, len(ids) - 1), step
         reused.setdefault(step, []).append(ours.reused_tokens)
-        previous = ids + (ours.token_ids if ours.finish_reason == "eot" else ours.token_ids[:-1])  # the last token is never fed
+        # the last token is never fed
+        previous = ids + (ours.token_ids if ours.finish_reason == "eot" else ours.token_ids[:-1])
     assert reused["first"] == [0] and reused["same"] == [len(session[0][1]) - 1]  # re-feeds the last token
     assert all(r > 10 for r in reused["typed"] + reused["deleted"] + reused["accepted"] + reused["strict prefix"])
     assert reused["other file"] == reused["back"] == [0]
@@ -263,7 +273,8 @@ def test_stopped_generations_leave_a_usable_cache(engine, prompt_ids):
         cancel.set()
         return False
 
-    assert reusing.generate(prompt_ids, max_new_tokens=12, should_stop=newer_request_arrives, cancel=cancel).finish_reason == "cancelled"
+    assert reusing.generate(prompt_ids, max_new_tokens=12, should_stop=newer_request_arrives,
+                            cancel=cancel).finish_reason == "cancelled"
     again = reusing.generate(prompt_ids, max_new_tokens=12)
     assert (again.token_ids, again.reused_tokens) == (expected, len(prompt_ids) - 1)
     assert reusing.generate(prompt_ids, deadline=time.monotonic() - 1).finish_reason == "timeout"

@@ -143,7 +143,8 @@ def test_tasks_are_deterministic_and_of_each_kind(corpus, tasks):
     counts = {kind: sum(t.kind == kind for t in tasks) for kind in ev.KINDS}
     assert counts == {"single_line": 3, "multi_line": 3, "random_span": 3, "doctest": 2}
     assert ev.build_tasks(corpus, per_kind=3, seed=0, doctests=2) == tasks
-    assert ev.build_tasks(list(reversed(RECORDS)), per_kind=3, seed=0, doctests=2) == tasks  # input order does not matter
+    # input order does not matter
+    assert ev.build_tasks(list(reversed(RECORDS)), per_kind=3, seed=0, doctests=2) == tasks
     assert ev.build_tasks(corpus, per_kind=3, seed=1, doctests=0) != [t for t in tasks if t.kind != "doctest"]
 
 
@@ -204,8 +205,10 @@ def test_metric_functions_on_known_strings():
 
 def test_summary_figures():
     rows = [
-        {"exact_match": True, "edit_similarity": 1.0, "empty": False, "latency_ms": 10.0, "tokens": 4, "finish_reason": "eot"},
-        {"exact_match": False, "edit_similarity": 0.0, "empty": True, "latency_ms": 30.0, "tokens": 8, "finish_reason": "timeout"},
+        {"exact_match": True, "edit_similarity": 1.0, "empty": False, "latency_ms": 10.0, "tokens": 4,
+         "finish_reason": "eot"},
+        {"exact_match": False, "edit_similarity": 0.0, "empty": True, "latency_ms": 30.0, "tokens": 8,
+         "finish_reason": "timeout"},
     ]
     summary = ev.summarize(rows)
     assert summary["exact_match"] == 0.5 and summary["empty_rate"] == 0.5 and summary["tokens_mean"] == 6
@@ -275,15 +278,16 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny_model_dir, tasks):
 def test_loss_truncates_to_the_context(tiny_engine):
     loss = ev.validation_loss(tiny_engine, ["x = 1\n" * 200], max_tokens=32)
     assert loss["tokens"] == 31 and 0 < loss["bytes"] < len("x = 1\n" * 200)
-    assert loss["bits_per_byte"] == pytest.approx(loss["nats_per_token"] * loss["tokens"] / (math.log(2) * loss["bytes"]))
+    bits = loss["nats_per_token"] * loss["tokens"] / (math.log(2) * loss["bytes"])
+    assert loss["bits_per_byte"] == pytest.approx(bits)
 
 
 def test_cli_builds_saves_and_reuses_tasks(tiny_model_dir, corpus, tmp_path):
     parser = argparse.ArgumentParser()
     ev.add_parser(parser.add_subparsers())
     tasks_file, out = tmp_path / "tasks.jsonl", tmp_path / "report.json"
-    common = ["evaluate", "--model", str(tiny_model_dir), "--tasks", str(tasks_file), "--per-kind", "1", "--device", "cpu",
-              "--max-new-tokens", "4", "--no-functional", "--out", str(out)]
+    common = ["evaluate", "--model", str(tiny_model_dir), "--tasks", str(tasks_file), "--per-kind", "1", "--device",
+              "cpu", "--max-new-tokens", "4", "--no-functional", "--out", str(out)]
     for argv in ([*common, "--corpus", str(corpus), "--loss-docs", "1"], common):
         args = parser.parse_args(argv)
         assert args.run(parser, args) == 0

@@ -27,8 +27,8 @@ MANIFEST = {
     "command": "midline-train corpus --out corpus",
 }
 DATA_META = {
-    "seq_len": 1024, "fim_rate": 0.9, "spm_rate": 0.5, "tokenizer": "/somewhere/tok", "complete": True, "params": {"seed": 0},
-    "splits": {"train": {"rows": 5000, "shards": [f"train-{i:05d}.npy" for i in range(20)]}},
+    "seq_len": 1024, "fim_rate": 0.9, "spm_rate": 0.5, "tokenizer": "/somewhere/tok", "complete": True,
+    "params": {"seed": 0}, "splits": {"train": {"rows": 5000, "shards": [f"train-{i:05d}.npy" for i in range(20)]}},
     "command": ["midline-train", "data", "--out", "data"],
 }
 STATE = {  # as the train stage writes it, plus the device name
@@ -39,8 +39,10 @@ STATE = {  # as the train stage writes it, plus the device name
 REPORT = {
     "device": "cuda", "settings": {"max_new_tokens": 128}, "tasks": {"sha256": "ab" * 32},
     "metrics": {
-        "overall": {"n": 300, "exact_match": 0.4123, "edit_similarity": 0.7311, "empty_rate": 0.05, "latency_ms_mean": 41.5, "tokens_mean": 17.2},
-        "single_line": {"n": 100, "exact_match": 0.5567, "edit_similarity": 0.8222, "empty_rate": 0.02, "latency_ms_mean": 30.1, "tokens_mean": 9.0},
+        "overall": {"n": 300, "exact_match": 0.4123, "edit_similarity": 0.7311, "empty_rate": 0.05,
+                    "latency_ms_mean": 41.5, "tokens_mean": 17.2},
+        "single_line": {"n": 100, "exact_match": 0.5567, "edit_similarity": 0.8222, "empty_rate": 0.02,
+                        "latency_ms_mean": 30.1, "tokens_mean": 9.0},
     },
     "functional": {"tasks": 40, "original_passed": 39, "original_pass_rate": 0.975, "passed": 13, "pass_at_1": 13 / 39},
     "loss": {"docs": 100, "tokens": 512000, "nats_per_token": 1.2345, "bits_per_byte": 0.5432},
@@ -104,9 +106,11 @@ def test_export_loads_with_transformers_and_midline(exported):
     assert model.config.num_hidden_layers == 2 and tokenizer.convert_tokens_to_ids(fim.FIM_MIDDLE) == 3
     engine = Engine.load(exported, device="cpu")
     assert engine.fim is fim.MIDLINE
-    prompt = engine.encode(FimPrompt(prefix="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))\n", path="calc.py"))
+    prompt = engine.encode(FimPrompt(prefix="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))\n",
+                                     path="calc.py"))
     generation = engine.generate(prompt, max_new_tokens=4)
-    assert generation.prompt_tokens == len(prompt) and generation.token_ids and generation.finish_reason in ("length", "eot", "stop")
+    assert generation.prompt_tokens == len(prompt) and generation.token_ids
+    assert generation.finish_reason in ("length", "eot", "stop")
 
 
 def test_model_card_reports_data_architecture_training_and_eval(exported):
@@ -115,10 +119,12 @@ def test_model_card_reports_data_architecture_training_and_eval(exported):
         "48,213", "31,977", "api_keys", "| valid | 1,854 |",  # corpus counts, redactions, split
         "byte-level BPE", "`<\\|midline:fim_middle\\|>` | 3",  # tokenizer
         "| layers | 2 |", "| hidden size | 64 |", "| key/value heads | 4 |", "| vocabulary | 1,024 |", "| parameters |",
-        "| tokens seen | 196,608,000 |", "2 h 03 min", "| hardware | NVIDIA H100 80GB HBM3 |", "| lr | 0.0006 |", "| fim_rate | 0.9 |",
-        "| final validation loss | 2.02 |", "| last logged loss | 1.87 |", "| splits.train.rows | 5,000 |", "| splits.train.shards | 20 items |",
+        "| tokens seen | 196,608,000 |", "2 h 03 min", "| hardware | NVIDIA H100 80GB HBM3 |", "| lr | 0.0006 |",
+        "| fim_rate | 0.9 |", "| final validation loss | 2.02 |", "| last logged loss | 1.87 |",
+        "| splits.train.rows | 5,000 |", "| splits.train.shards | 20 items |",
         "| overall | 300 | 41.2% | 73.1% |", "pass@1 33.3%", "0.5432 bits/byte",  # eval figures
-        "midline-train corpus --out corpus", "midline-train data --out data", "midline-train export --run run",  # commands
+        # commands
+        "midline-train corpus --out corpus", "midline-train data --out data", "midline-train export --run run",
     ):
         assert expected in card, expected
     assert "python_random" not in card and "/somewhere/tok" not in card
@@ -164,8 +170,9 @@ def test_cli(inputs, tmp_path, capsys):
     ex.add_parser(parser.add_subparsers())
     defaults = parser.parse_args(["export", "--run", "r"])
     assert defaults.out == DEFAULT_MODEL_DIR and defaults.run_dir == Path("r")
-    args = parser.parse_args(["export", "--run", str(inputs["run"]), "--out", str(tmp_path / "m"), "--max-shard-mb", str(SHARD_MB),
-                              "--eval", str(inputs["eval"]), "--command", "midline-train train --out run"])
+    args = parser.parse_args(["export", "--run", str(inputs["run"]), "--out", str(tmp_path / "m"), "--max-shard-mb",
+                              str(SHARD_MB), "--eval", str(inputs["eval"]), "--command",
+                              "midline-train train --out run"])
     assert args.run(parser, args) == 0
     assert "exported" in capsys.readouterr().out
     card = (tmp_path / "m" / "README.md").read_text()

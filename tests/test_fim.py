@@ -34,7 +34,8 @@ def test_starcoder2_repo_level():
     )
     assert fim.STARCODER2.render(BARE) == "<fim_prefix>pre<fim_suffix>suf<fim_middle>"
     no_path = FimPrompt(prefix="pre", suffix="suf", snippets=[UTIL])
-    assert fim.STARCODER2.render(no_path) == "<file_sep>src/util.py\ndef g():\n    pass\n<file_sep><fim_prefix>pre<fim_suffix>suf<fim_middle>"
+    assert fim.STARCODER2.render(no_path) == ("<file_sep>src/util.py\ndef g():\n    pass\n"
+                                              "<file_sep><fim_prefix>pre<fim_suffix>suf<fim_middle>")
 
 
 def test_starcoder():
@@ -82,7 +83,8 @@ def test_psm_only_family_refuses_spm():
 
 
 def test_stop_tokens():
-    assert fim.MIDLINE.stop_tokens == (fim.EOT, fim.FIM_PAD, fim.FIM_PREFIX, fim.FIM_SUFFIX, fim.FIM_MIDDLE, fim.FILE_SEP, fim.REPO_NAME)
+    assert fim.MIDLINE.stop_tokens == (fim.EOT, fim.FIM_PAD, fim.FIM_PREFIX, fim.FIM_SUFFIX, fim.FIM_MIDDLE,
+                                       fim.FILE_SEP, fim.REPO_NAME)
     assert "<|im_end|>" in fim.QWEN.stop_tokens and "<|fim_pad|>" in fim.QWEN.stop_tokens
 
 
@@ -90,10 +92,13 @@ def test_stop_tokens():
 
 FAMILY_VOCABS = {
     "midline": list(fim.SPECIAL_TOKENS),
-    "qwen": ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|im_start|>"],
-    "starcoder2": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>", "<file_sep>"],
+    "qwen": ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+             "<|file_sep|>", "<|im_start|>"],
+    "starcoder2": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>",
+                   "<file_sep>"],
     "starcoder": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<filename>"],
-    "deepseek": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
+    "deepseek": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>",
+                 "<｜fim▁end｜>", "<|EOT|>"],
     "codellama": ["<s>", "</s>", "<unk>", "▁<PRE>", "<PRE>", "<SUF>", "<MID>", "<EOT>"],
     "codestral": ["<s>", "</s>", "[INST]", "[/INST]", "[PREFIX]", "[SUFFIX]", "[MIDDLE]"],
 }

@@ -53,7 +53,8 @@ def test_hover_target_on_a_definition_and_on_a_use():
     assert at_def.code.startswith("@functools.cache\ndef area(") and at_def.code.endswith("radius ** 2")
     assert CODE[at_def.start : at_def.end] == "area"
     at_use = hover_target(d, CODE.index("area(2.0)") + 4)  # just after the name counts too
-    assert (at_use.signature, at_use.code) == (at_def.signature, at_def.code) and CODE[at_use.start : at_use.end] == "area"
+    assert (at_use.signature, at_use.code) == (at_def.signature, at_def.code)
+    assert CODE[at_use.start : at_use.end] == "area"
     method = hover_target(d, CODE.index("grow"))
     assert method.signature == "def grow(self, by):" and method.code.startswith("    def grow")
     assert hover_target(d, CODE.index("Circle")).signature == "class Circle:"
@@ -70,14 +71,16 @@ def test_no_hover_off_function_and_class_names():
 def test_hover_on_a_name_defined_in_another_file_shows_its_signature():
     index = SymbolIndex()
     index.index_file("/work/geometry.py", 'def volume(r):\n    """Volume of a ball."""\n    return r ** 3\n', "python")
-    target = hover_target(doc("from geometry import volume\n\nvolume(2)\n"), len("from geometry import volume\n\nvol"), index)
+    target = hover_target(doc("from geometry import volume\n\nvolume(2)\n"), len("from geometry import volume\n\nvol"),
+                          index)
     assert target.signature == 'def volume(r):\n    """Volume of a ball."""\n    ...' and target.code is None
 
 
 def test_render_is_the_signature_then_one_paragraph():
     target = hover_target(doc(), CODE.index("grow"))
     assert render(target, None) == "```python\ndef grow(self, by):\n```"
-    assert render(target, "Grows the circle\nby `by`.\n\nArgs: by") == "```python\ndef grow(self, by):\n```\n\nGrows the circle by `by`."
+    assert render(target, "Grows the circle\nby `by`.\n\nArgs: by") == (
+        "```python\ndef grow(self, by):\n```\n\nGrows the circle by `by`.")
 
 
 class BlockingEngine(FakeEngine):
@@ -219,12 +222,14 @@ async def test_e2e_hover_settings(lsp):
     client, root = lsp
     uri = (root / "settings.py").as_uri()
     open_document(client, uri, CODE)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"hover": {"explain": False}}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"hover": {"explain": False}}}))
     before = (await status(client))["hover"]
     assert (await hover(client, uri, "Circle")).contents.value == "```python\nclass Circle:\n```"
     await asyncio.sleep(0.2)
     assert (await status(client))["hover"] == before  # nothing queued or computed
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"hover": {"enable": False}}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"hover": {"enable": False}}}))
     assert await hover(client, uri, "Circle") is None
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"midline": {"hover": {"enable": True, "explain": True}}})

@@ -71,11 +71,13 @@ def test_definition_line_is_the_literal_union():
     head, rest = pattern.split("|(?:(?:", 1)
     modifiers, keywords = re.fullmatch(r"(.*)\)\\s\+\)\*\(\?:(.*)\)\\b", rest).groups()
     assert set(head.split("|")) == {"@", r"\#include\b"}
-    assert set(modifiers.split("|")) == set("export pub public private protected static async abstract final default unsafe".split())
+    assert set(modifiers.split("|")) == set(
+        "export pub public private protected static async abstract final default unsafe".split())
     assert set(keywords.split("|")) == set("def class function func fn struct enum trait impl interface mod".split())
     lines = ["@app.route('/')", "#include <x.h>", "#includes", "export default async function f", "pub fn f()",
              "public static final class A", "fn(x)", "impl = 1", "struct.pack()", "functional()", "func main()",
-             "abstract class A", "mod tests", "define(x)", "  def f():", "x = 1", "unsafe impl Send", "default"]  # fmt: skip
+             "abstract class A", "mod tests", "define(x)", "  def f():", "x = 1",
+             "unsafe impl Send", "default"]  # fmt: skip
     for line in lines:
         assert bool(languages.definition_line().match(line)) == bool(LITERAL_DEFINITION.match(line)), line
 

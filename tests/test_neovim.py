@@ -91,7 +91,8 @@ def test_neovim_completion_inserts_the_suggestion(tiny_model_dir, tmp_path):
     started = time.monotonic()
     # Its own session (process group): Neovim and, with `detached = false`, the server it starts.
     proc = subprocess.Popen(
-        command, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=workspace, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True
     )
     try:
         try:
@@ -122,7 +123,8 @@ def test_neovim_completion_inserts_the_suggestion(tiny_model_dir, tmp_path):
         # The buffer changed on the comment line only, by text inserted at the cursor.
         after = result["lines"]
         assert len(after) == len(before), report
-        assert [line for i, line in enumerate(after) if i != COMMENT_LINE] == [line for i, line in enumerate(before) if i != COMMENT_LINE], report
+        untouched = [line for i, line in enumerate(after) if i != COMMENT_LINE]
+        assert untouched == [line for i, line in enumerate(before) if i != COMMENT_LINE], report
         assert after[COMMENT_LINE].startswith(comment), report
         inserted = after[COMMENT_LINE][len(comment) :]
         assert edit["newText"].startswith(inserted), f"inserted {inserted!r}\n{report}"
@@ -131,7 +133,8 @@ def test_neovim_completion_inserts_the_suggestion(tiny_model_dir, tmp_path):
         deadline = time.monotonic() + 10
         while any(_running(pid) for pid in result["server_pids"]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_running(pid) for pid in result["server_pids"]), f"server still running after Neovim quit\n{report}"
+        running = [pid for pid in result["server_pids"] if _running(pid)]
+        assert not running, f"server still running after Neovim quit\n{report}"
 
         # The whole suggestion landed: the server sends a snippet to clients that take snippets, since
         # Neovim 0.11 inserts a plain-text item only up to its first whitespace.

@@ -33,14 +33,17 @@ def small_source_tree(root: Path) -> Path:
 def test_midline_train_runs_every_stage(tmp_path):
     torch.set_num_threads(1)  # 2 shared cores: one thread is much faster for a tiny model
     src = small_source_tree(tmp_path / "src")
-    corpus, tok, data, run, report, out = (tmp_path / name for name in ("corpus", "tok", "data", "run", "eval.json", "model"))
+    corpus, tok, data, run, report, out = (tmp_path / name
+                                           for name in ("corpus", "tok", "data", "run", "eval.json", "model"))
 
-    assert main(["corpus", "--sources", str(src), "--out", str(corpus), "--valid-fraction", "0.2", "--workers", "1"]) == 0
+    assert main(["corpus", "--sources", str(src), "--out", str(corpus), "--valid-fraction", "0.2",
+                 "--workers", "1"]) == 0
     manifest = json.loads((corpus / "manifest.json").read_text())
     assert manifest["split"]["train"]["files"] > 0 and manifest["split"]["valid"]["files"] > 0
 
     assert main(["tokenizer", "--corpus", str(corpus), "--vocab-size", "600", "--out", str(tok)]) == 0
-    assert main(["data", "--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(data), "--seq-len", "128", "--workers", "0"]) == 0
+    assert main(["data", "--corpus", str(corpus), "--tokenizer", str(tok), "--out", str(data), "--seq-len", "128",
+                 "--workers", "0"]) == 0
     assert main([
         "train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--max-steps", "12", "--batch-size", "4",
         "--eval-every", "6", "--eval-batches", "2", "--warmup-steps", "2", "--device", "cpu", "--no-compile",
@@ -56,7 +59,8 @@ def test_midline_train_runs_every_stage(tmp_path):
     assert figures["fim_format"] == "midline" and figures["metrics"]["overall"]["n"] >= 4
     assert figures["loss"]["bits_per_byte"] > 0
 
-    assert main(["export", "--run", str(run), "--out", str(out), "--corpus", str(corpus), "--data", str(data), "--eval", str(report)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out), "--corpus", str(corpus), "--data", str(data),
+                 "--eval", str(report)]) == 0
     card = (out / "README.md").read_text()
     assert f"| kept | {manifest['counts']['kept']} |" in card and "exact" in card.lower()
 

@@ -55,7 +55,8 @@ POSTPROCESS_CASES = [
     case("rust-closer-mid-line", "rust", "fn f(x: i32) -> i32 {\n    █\n}\n", M,
          "x + 1 }\nfn g() {}", "x + 1"),
     case("rust-nested-blocks-kept", "rust", "fn f(x: i32) -> i32 {\n    █\n}\n", M,
-         "if x > 0 {\n        x\n    } else {\n        0\n    }\n}\n", "if x > 0 {\n        x\n    } else {\n        0\n    }"),
+         "if x > 0 {\n        x\n    } else {\n        0\n    }\n}\n",
+         "if x > 0 {\n        x\n    } else {\n        0\n    }"),
     case("js-closer-line-kept-whole", "javascript", "foo(function () {\n  █", M,
          "bar();\n});\nbaz();", "bar();\n});"),
     case("c-closer-supplied-by-suffix", "c", "int f(int x) {\n    █\n}\n", M,
@@ -99,18 +100,23 @@ POSTPROCESS_CASES = [
     case("repeated-char", "plaintext", "Hello █\n", S, "aaaaaaaaa", None),
     case("repeated-word", "plaintext", "Hello █\n", S, "foo foo foo foo", None),
     case("repeated-closers", "python", "x = 1\n█", M, "))))))))", None),
-    case("looping-tail-cut", "plaintext", "Hello █\n", S, "world, and Screen whi usageScreen whi usageScreen whi usage", "world, and Screen whi usage"),
+    case("looping-tail-cut", "plaintext", "Hello █\n", S, "world, and Screen whi usageScreen whi usageScreen whi usage",
+         "world, and Screen whi usage"),
     case("looping-lines-cut", "python", "def f(x):\n    █\n", M,
          "y = x + 1\n    z = y * 2\n    z = y * 2\n    z = y * 2\n    z = y * 2", "y = x + 1\n    z = y * 2"),
-    case("short-repeats-in-data-kept", "python", "zeros = [█]\n", S, "None, None, None, None", "None, None, None, None"),
+    case("short-repeats-in-data-kept", "python", "zeros = [█]\n", S, "None, None, None, None",
+         "None, None, None, None"),
     case("trailing-whitespace", "python", "█", M, "x = 1   \ny = 2\t\n\n\n", "x = 1\ny = 2"),
     case("single-line-first-line", "python", "x = █\n", S, "compute()\ny = 2", "compute()"),
     case("single-line-after-newline", "python", "x = █\n", S, "\n    compute()\n", "compute()"),
     case("hole-none", "python", "fo█o\n", NONE, "bar", None),
-    case("max-lines", "python", "█", M, "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6\ng = 7\nh = 8", "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6"),
-    case("max-lines-after-opener", "python", "def f():█", M, "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    f = 6\n    g = 7",
+    case("max-lines", "python", "█", M, "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6\ng = 7\nh = 8",
+         "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6"),
+    case("max-lines-after-opener", "python", "def f():█", M,
+         "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    f = 6\n    g = 7",
          "\n    a = 1\n    b = 2\n    c = 3\n    d = 4\n    e = 5\n    f = 6"),
-    case("plaintext-no-gate", "plaintext", "Dear team,\n█", M, "the build = = is broken;;\nThanks", "the build = = is broken;;\nThanks"),
+    case("plaintext-no-gate", "plaintext", "Dear team,\n█", M, "the build = = is broken;;\nThanks",
+         "the build = = is broken;;\nThanks"),
     case("plaintext-no-blocks", "plaintext", "Notes:\n█", M, "1) one\n2) two\n}", "1) one\n2) two\n}"),
 ]
 
@@ -159,7 +165,8 @@ def test_error_count(language: str, source: str, errors: int):
 
 
 def test_cut_unsure_lines_keeps_lines_up_to_the_first_unsure_one():
-    tokens = [("\n", -0.1), ("    a = 1", -3.0), ("\n", -0.1), ("    b", -0.2), (" = 2\n", -0.4), ("    c = ", -2.5), ("3", -1.0)]
+    tokens = [("\n", -0.1), ("    a = 1", -3.0), ("\n", -0.1), ("    b", -0.2), (" = 2\n", -0.4), ("    c = ", -2.5),
+              ("3", -1.0)]
     text = "".join(piece for piece, _ in tokens)
     ends = [len("".join(p for p, _ in tokens[: i + 1])) for i in range(len(tokens))]
     logprobs = [lp for _, lp in tokens]
@@ -187,24 +194,33 @@ BODY = "def f(x):\n    y = x + 1\n{cursor}\n    return y\n"
     "language, document, raw, expected",
     [
         # End of a complete line: an answer that starts a new line is a new-line suggestion, never glued on.
-        pytest.param("python", LOOP, "\n        print(name)\n    return out\n", "\n        print(name)", id="eol-new-line"),
+        pytest.param("python", LOOP, "\n        print(name)\n    return out\n", "\n        print(name)",
+                     id="eol-new-line"),
         pytest.param("python", LOOP, "\n    return out\n", None, id="eol-new-line-is-the-next-line"),
         pytest.param("python", LOOP, "return out\n", None, id="eol-glued-statement-is-invalid"),
-        pytest.param("python", "x = compute(1)█\ny = 2\n", "\nz = 3\nw = 4\n", "\nz = 3", id="eol-one-statement-mid-block"),
+        pytest.param("python", "x = compute(1)█\ny = 2\n", "\nz = 3\nw = 4\n", "\nz = 3",
+                     id="eol-one-statement-mid-block"),
         pytest.param("python", "x = █\n", "\n    compute()\n", "compute()", id="unfinished-line-finished"),
         # An indented blank line: the answer's own indentation is never added to the typed one.
         pytest.param("python", BODY.format(cursor="    █"), "    z = y * 2\n", "z = y * 2", id="indent-not-doubled"),
-        pytest.param("python", BODY.format(cursor="    █"), "\n\n        z = y * 2\n", "z = y * 2", id="indent-after-blank-lines"),
+        pytest.param("python", BODY.format(cursor="    █"), "\n\n        z = y * 2\n", "z = y * 2",
+                     id="indent-after-blank-lines"),
         # Column 0 of an empty line in a block: the implied indentation is prompted and returned.
-        pytest.param("python", BODY.format(cursor="█"), "z = y * 2\n    return y\n", "    z = y * 2", id="col0-indentation-returned"),
-        pytest.param("javascript", "function f(x) {\n  let y = x;\n█\n}\n", "return y;\n}\n", "  return y;", id="col0-braces"),
+        pytest.param("python", BODY.format(cursor="█"), "z = y * 2\n    return y\n", "    z = y * 2",
+                     id="col0-indentation-returned"),
+        pytest.param("javascript", "function f(x) {\n  let y = x;\n█\n}\n", "return y;\n}\n", "  return y;",
+                     id="col0-braces"),
         pytest.param("python", "x = 1\n█\n", "y = 2\n", "y = 2", id="col0-top-level-no-indent"),
         # More code follows in the block: one statement (with the block it opens), not a run of lines.
-        pytest.param("python", BODY.format(cursor="    █"), "z = 1\n    w = 2\n    return y\n", "z = 1", id="one-statement"),
-        pytest.param("python", BODY.format(cursor="    █"), "if y:\n        y += 1\n    w = 2\n", "if y:\n        y += 1", id="one-compound-statement"),
-        pytest.param("python", BODY.format(cursor="    █"), "z = f(\n        y,\n    )\n    w = 2\n", "z = f(\n        y,\n    )", id="one-bracketed-statement"),
+        pytest.param("python", BODY.format(cursor="    █"), "z = 1\n    w = 2\n    return y\n", "z = 1",
+                     id="one-statement"),
+        pytest.param("python", BODY.format(cursor="    █"), "if y:\n        y += 1\n    w = 2\n",
+                     "if y:\n        y += 1", id="one-compound-statement"),
+        pytest.param("python", BODY.format(cursor="    █"), "z = f(\n        y,\n    )\n    w = 2\n",
+                     "z = f(\n        y,\n    )", id="one-bracketed-statement"),
         # Nothing follows in the block (end of a function): several statements.
-        pytest.param("python", "def f(x):\n    y = x + 1\n    █\n", "z = y\n    return z\n", "z = y\n    return z", id="end-of-block-several"),
+        pytest.param("python", "def f(x):\n    y = x + 1\n    █\n", "z = y\n    return z\n", "z = y\n    return z",
+                     id="end-of-block-several"),
     ],
 )
 def test_serving_at_editor_positions(language: str, document: str, raw: str, expected: str | None):
@@ -233,7 +249,8 @@ def test_syntax_gate_sees_a_missing_newline():
     "document, raw, expected",
     [
         pytest.param("def f(x):\n    █return x\n", "y = x + 1\n    return x\n", "y = x + 1\n    ", id="line-above"),
-        pytest.param("def f(x):\n    █return x\n", "    y = x + 1\n", "y = x + 1\n    ", id="line-above-indent-not-doubled"),
+        pytest.param("def f(x):\n    █return x\n", "    y = x + 1\n", "y = x + 1\n    ",
+                     id="line-above-indent-not-doubled"),
         pytest.param("█x = 1\n", "import os\n", "import os\n", id="line-above-col0"),
         pytest.param("def f(x):\n    █return x\n", "return x\n", None, id="line-above-only-repeats"),
         pytest.param("def f(x):\n    █return x\n", "y = (\n", None, id="line-above-unfinished"),
@@ -242,7 +259,10 @@ def test_syntax_gate_sees_a_missing_newline():
 )
 def test_start_of_a_lines_code(document: str, raw: str, expected: str | None):
     suggestion = serve("python", document, raw)
-    shown = suggestion.text if suggestion and not suggestion.replace else (suggestion.text, suggestion.replace) if suggestion else None
+    if not suggestion:
+        shown = None
+    else:
+        shown = (suggestion.text, suggestion.replace) if suggestion.replace else suggestion.text
     assert shown == expected
 
 

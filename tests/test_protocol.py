@@ -67,7 +67,8 @@ class RawServer:
 
     def response(self, msg_id: Any, timeout: float = WAIT_S) -> dict[str, Any] | None:
         """The response to request `msg_id` (None: the null id of an unreadable message)."""
-        return self.wait_for(lambda m: isinstance(m, dict) and "method" not in m and "id" in m and m["id"] == msg_id, timeout)
+        return self.wait_for(lambda m: isinstance(m, dict) and "method" not in m and "id" in m and m["id"] == msg_id,
+                             timeout)
 
     def request(self, msg_id: Any, method: str, params: Any = None, timeout: float = WAIT_S) -> dict[str, Any] | None:
         self.send(_request(msg_id, method, params))
@@ -78,7 +79,8 @@ class RawServer:
 
     def initialize(self, root: Path) -> dict[str, Any] | None:
         options = {"midline": {"model": str(root / "no-model"), "debounceMs": 0}}
-        answer = self.request("init", "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {}, "initializationOptions": options}, timeout=60)
+        answer = self.request("init", "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {},
+                                                     "initializationOptions": options}, timeout=60)
         self.notify("initialized", {})
         return answer
 
@@ -111,32 +113,55 @@ def _inline(trigger: Any) -> dict[str, Any]:
     return {**_position(0), "context": {"triggerKind": trigger}}
 
 
+def _resolve(msg_id: Any, data: Any) -> dict[str, Any]:
+    return _request(msg_id, "codeAction/resolve", {"title": "x", "data": data})
+
+
 # (label, message, the id its error answer carries, error code, words the error message holds)
 BAD_REQUESTS: list[tuple[str, Any, Any, int, str]] = [
-    ("negative line", _request(1, "textDocument/hover", _position(-1)), 1, INVALID_PARAMS, "position.line must be a non-negative integer"),
-    ("string character", _request(2, "textDocument/hover", _position(0, "x")), 2, INVALID_PARAMS, "position.character must be a non-negative integer"),
-    ("fractional line", _request(3, "textDocument/completion", _position(1.5)), 3, INVALID_PARAMS, "position.line must be a non-negative integer"),
-    ("line past 2**31", _request(4, "textDocument/hover", _position(2**40)), 4, INVALID_PARAMS, "position.line must be a non-negative integer"),
-    ("unknown trigger kind", _request(5, "textDocument/inlineCompletion", _inline(7)), 5, INVALID_PARAMS, "context.triggerKind must be one of"),
-    ("position missing", _request(6, "textDocument/hover", {"textDocument": DOC}), 6, INVALID_PARAMS, "position is required"),
+    ("negative line", _request(1, "textDocument/hover", _position(-1)), 1, INVALID_PARAMS,
+     "position.line must be a non-negative integer"),
+    ("string character", _request(2, "textDocument/hover", _position(0, "x")), 2, INVALID_PARAMS,
+     "position.character must be a non-negative integer"),
+    ("fractional line", _request(3, "textDocument/completion", _position(1.5)), 3, INVALID_PARAMS,
+     "position.line must be a non-negative integer"),
+    ("line past 2**31", _request(4, "textDocument/hover", _position(2**40)), 4, INVALID_PARAMS,
+     "position.line must be a non-negative integer"),
+    ("unknown trigger kind", _request(5, "textDocument/inlineCompletion", _inline(7)), 5, INVALID_PARAMS,
+     "context.triggerKind must be one of"),
+    ("position missing", _request(6, "textDocument/hover", {"textDocument": DOC}), 6, INVALID_PARAMS,
+     "position is required"),
     ("params a string", _request(7, "textDocument/hover", "abc"), 7, INVALID_PARAMS, "params must be an object"),
     ("params missing", _request(8, "textDocument/hover"), 8, INVALID_PARAMS, "params is required"),
-    ("uri a number", _request(9, "textDocument/hover", {"textDocument": {"uri": 5}, "position": {"line": 0, "character": 0}}), 9, INVALID_PARAMS, "textDocument.uri must be a string"),
-    ("command a number", _request(10, "workspace/executeCommand", {"command": 5}), 10, INVALID_PARAMS, "command must be a string"),
-    ("resolve without data", _request(11, "codeAction/resolve", {"title": "midline: Explain"}), 11, INVALID_PARAMS, "data"),
-    ("resolve data without kind", _request(12, "codeAction/resolve", {"title": "x", "data": {"uri": URI, "action": "explain", "version": 1}}), 12, INVALID_PARAMS, "data.kind"),
-    ("resolve data a number", _request(13, "codeAction/resolve", {"title": "x", "data": 5}), 13, INVALID_PARAMS, "data"),
-    ("resolve uri a list", _request(14, "codeAction/resolve", {"title": "x", "data": {"action": "explain", "kind": "function", "start": 0, "end": 3, "uri": [1]}}), 14, INVALID_PARAMS, "data.uri"),
-    ("resolve unknown document", _request(15, "codeAction/resolve", {"title": "x", "data": {"action": "explain", "kind": "function", "start": 0, "end": 3, "uri": "file:///nowhere.py"}}), 15, INVALID_PARAMS, "not open"),
-    ("resolve diagnostics not strings", _request(26, "codeAction/resolve", {"title": "x", "data": {"action": "fix", "uri": URI, "kind": "function", "start": 0, "end": 5, "version": 1, "diagnostics": [1]}}), 26, INVALID_PARAMS, "data.diagnostics"),
-    ("unknown command", _request(27, "workspace/executeCommand", {"command": "midline.nope"}), 27, INVALID_PARAMS, "midline.status"),
+    ("uri a number",
+     _request(9, "textDocument/hover", {"textDocument": {"uri": 5}, "position": {"line": 0, "character": 0}}), 9,
+     INVALID_PARAMS, "textDocument.uri must be a string"),
+    ("command a number", _request(10, "workspace/executeCommand", {"command": 5}), 10, INVALID_PARAMS,
+     "command must be a string"),
+    ("resolve without data", _request(11, "codeAction/resolve", {"title": "midline: Explain"}), 11, INVALID_PARAMS,
+     "data"),
+    ("resolve data without kind", _resolve(12, {"uri": URI, "action": "explain", "version": 1}), 12, INVALID_PARAMS,
+     "data.kind"),
+    ("resolve data a number", _resolve(13, 5), 13, INVALID_PARAMS, "data"),
+    ("resolve uri a list", _resolve(14, {"action": "explain", "kind": "function", "start": 0, "end": 3, "uri": [1]}),
+     14, INVALID_PARAMS, "data.uri"),
+    ("resolve unknown document",
+     _resolve(15, {"action": "explain", "kind": "function", "start": 0, "end": 3, "uri": "file:///nowhere.py"}), 15,
+     INVALID_PARAMS, "not open"),
+    ("resolve diagnostics not strings",
+     _resolve(26, {"action": "fix", "uri": URI, "kind": "function", "start": 0, "end": 5, "version": 1,
+                   "diagnostics": [1]}), 26, INVALID_PARAMS, "data.diagnostics"),
+    ("unknown command", _request(27, "workspace/executeCommand", {"command": "midline.nope"}), 27, INVALID_PARAMS,
+     "midline.status"),
     ("not JSON", b'{"jsonrpc": "2.0", "id": 16, "method": ', None, PARSE_ERROR, "JSON"),
     ("not UTF-8", b'{"jsonrpc": "2.0", "id": 17, "method": "\xff"}', None, PARSE_ERROR, "JSON"),
     ("method missing", {"jsonrpc": "2.0", "id": 18}, 18, INVALID_REQUEST, "method"),
     ("method a number", {"jsonrpc": "2.0", "id": 19, "method": 5}, 19, INVALID_REQUEST, "method"),
-    ("id an object", {"jsonrpc": "2.0", "id": {"n": 20}, "method": "textDocument/hover", "params": _position(0)}, None, INVALID_REQUEST, "id"),
+    ("id an object", {"jsonrpc": "2.0", "id": {"n": 20}, "method": "textDocument/hover", "params": _position(0)}, None,
+     INVALID_REQUEST, "id"),
     ("a number, not an object", b"42", None, INVALID_REQUEST, "object"),
-    ("batch", [_request(21, "textDocument/hover", _position(0)), _request(22, "textDocument/hover", _position(0))], 21, INVALID_REQUEST, "Batches"),
+    ("batch", [_request(21, "textDocument/hover", _position(0)), _request(22, "textDocument/hover", _position(0))], 21,
+     INVALID_REQUEST, "Batches"),
     ("empty batch", [], None, INVALID_REQUEST, "Batches"),
     ("jsonrpc 1.0", {**_request(23, "textDocument/hover", _position(0)), "jsonrpc": "1.0"}, 23, INVALID_REQUEST, "2.0"),
     ("jsonrpc missing", {"id": 24, "method": "textDocument/hover", "params": _position(0)}, 24, INVALID_REQUEST, "2.0"),
@@ -146,7 +171,8 @@ BAD_REQUESTS: list[tuple[str, Any, Any, int, str]] = [
 # Notifications with bad params: never answered, and the server goes on serving.
 BAD_NOTIFICATIONS = [
     {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": URI}}},
-    {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": 5, "languageId": "python", "version": "one", "text": SECRET}}},
+    {"jsonrpc": "2.0", "method": "textDocument/didOpen",
+     "params": {"textDocument": {"uri": 5, "languageId": "python", "version": "one", "text": SECRET}}},
     {"jsonrpc": "2.0", "method": "textDocument/didChange", "params": "nonsense"},
     {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {}},
     {"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration"},
@@ -160,7 +186,8 @@ def served(tmp_path_factory) -> RawServer:
     root = tmp_path_factory.mktemp("raw")
     server = RawServer(root / "server.log")
     assert server.initialize(root) is not None
-    server.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": TEXT}})
+    server.notify("textDocument/didOpen",
+                  {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": TEXT}})
     yield server
     server.close()
 
@@ -186,7 +213,8 @@ def test_every_bad_request_is_answered_with_an_lsp_error(served: RawServer, labe
 
 @pytest.mark.e2e
 def test_each_batched_request_gets_its_own_error(served: RawServer):
-    served.send([_request(31, "textDocument/hover", _position(0)), {"jsonrpc": "2.0", "method": "initialized"}, _request(32, "shutdown")])
+    served.send([_request(31, "textDocument/hover", _position(0)), {"jsonrpc": "2.0", "method": "initialized"},
+                 _request(32, "shutdown")])
     for msg_id in (31, 32):
         answer = served.response(msg_id)
         assert answer is not None and answer["error"]["code"] == INVALID_REQUEST, answer
@@ -198,7 +226,8 @@ def test_bad_notifications_get_no_answer_and_break_nothing(served: RawServer):
     for notification in BAD_NOTIFICATIONS:
         served.send(notification)
     _assert_serving(served, "after bad notifications")
-    assert served.wait_for(lambda m: isinstance(m, dict) and "method" not in m and m.get("id") is None, timeout=0.5) is None
+    assert served.wait_for(lambda m: isinstance(m, dict) and "method" not in m and m.get("id") is None,
+                           timeout=0.5) is None
     shown = [m for m in served.seen if isinstance(m, dict) and m.get("method") == "window/showMessage"]
     assert not any("Error in server" in m["params"]["message"] for m in shown), shown
 
@@ -208,7 +237,8 @@ def test_no_python_exception_text_in_messages(served: RawServer):
     """Nothing the server sent (answers or popups) carries a Python exception's repr."""
     _assert_serving(served, "collect")
     texts = [json.dumps(m) for m in served.seen]
-    for marker in ("KeyError", "TypeError", "ValueError", "unhashable", "Traceback", "not in literal", "Error in server"):
+    for marker in ("KeyError", "TypeError", "ValueError", "unhashable", "Traceback", "not in literal",
+                   "Error in server"):
         assert not any(marker in text for text in texts), (marker, texts)
 
 
@@ -221,17 +251,20 @@ def test_requests_before_initialize_and_a_second_initialize(tmp_path: Path):
         assert _is_sentence(early["error"]["message"]) and "initialize" in early["error"]["message"]
         bad = server.request(2, "textDocument/hover", _position(-1))  # not initialized wins over bad params
         assert bad is not None and bad["error"]["code"] == SERVER_NOT_INITIALIZED, bad
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": TEXT}})
+        server.notify("textDocument/didOpen",
+                      {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": TEXT}})
         answer = server.initialize(tmp_path)
         assert answer is not None and "capabilities" in answer["result"], answer
         dropped = server.request(3, "textDocument/hover", _position(0, 5))  # the early didOpen was dropped
-        assert dropped is not None and dropped["error"]["code"] == INVALID_PARAMS and "not open" in dropped["error"]["message"], dropped
+        assert dropped is not None and dropped["error"]["code"] == INVALID_PARAMS, dropped
+        assert "not open" in dropped["error"]["message"], dropped
         again = server.request(4, "initialize", {"processId": None, "rootUri": None, "capabilities": {}})
         assert again is not None and again["error"]["code"] == INVALID_REQUEST, again
         assert "already initialized" in again["error"]["message"] and _is_sentence(again["error"]["message"])
         assert server.request(5, "shutdown") == {"jsonrpc": "2.0", "id": 5, "result": None}
         late = server.request(6, "textDocument/hover", _position(0))
-        assert late is not None and late["error"]["code"] == INVALID_REQUEST and "shut" in late["error"]["message"], late
+        assert late is not None and late["error"]["code"] == INVALID_REQUEST, late
+        assert "shut" in late["error"]["message"], late
         server.notify("exit")
         assert server.process.wait(timeout=10) == 0
     finally:
@@ -244,7 +277,8 @@ def test_bad_initialize_params_are_answered_and_initialize_can_be_retried(tmp_pa
     server = RawServer(tmp_path / "server.log")
     try:
         bad = server.request(1, "initialize", {"processId": "me", "capabilities": {}}, timeout=60)
-        assert bad is not None and bad["error"]["code"] == INVALID_PARAMS and "processId" in bad["error"]["message"], bad
+        assert bad is not None and bad["error"]["code"] == INVALID_PARAMS, bad
+        assert "processId" in bad["error"]["message"], bad
         assert server.initialize(tmp_path) is not None
         _assert_serving_uninitialized_doc(server)
     finally:
@@ -253,7 +287,8 @@ def test_bad_initialize_params_are_answered_and_initialize_can_be_retried(tmp_pa
 
 def _assert_serving_uninitialized_doc(server: RawServer) -> None:
     answer = server.request("hover", "textDocument/hover", _position(0))
-    assert answer is not None and answer["error"]["code"] == INVALID_PARAMS, answer  # served: the document is just not open
+    # served: the document is just not open
+    assert answer is not None and answer["error"]["code"] == INVALID_PARAMS, answer
 
 
 @pytest.mark.e2e
@@ -275,7 +310,8 @@ def test_info_log_holds_no_document_text(tmp_path: Path):
     server = RawServer(tmp_path / "server.log", level="INFO")
     try:
         assert server.initialize(tmp_path) is not None
-        server.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": SECRET + "\n" + TEXT}})
+        server.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1,
+                                                                "text": SECRET + "\n" + TEXT}})
         answer = server.request(1, "textDocument/hover", _position(1, 5), timeout=30)
         assert answer is not None and "square" in json.dumps(answer["result"]), answer
     finally:
@@ -325,10 +361,13 @@ def test_an_unexpected_exception_is_an_internal_error_sentence_and_a_logged_trac
     [answer] = written.messages
     assert answer["id"] == 7 and answer["error"]["code"] == INTERNAL_ERROR and "data" not in answer["error"], answer
     message = answer["error"]["message"]
-    assert _is_sentence(message) and "textDocument/hover" in message and "KeyError" not in message and "file:" not in message
+    assert _is_sentence(message) and "textDocument/hover" in message
+    assert "KeyError" not in message and "file:" not in message
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]  # the traceback, for the log only
-    assert "KeyError" in record.getMessage() and "def hover" not in record.getMessage() and "in hover" in record.getMessage()
-    assert "file:///workspace" not in record.getMessage()  # the exception's text (it may quote user code) waits for DEBUG
+    logged = record.getMessage()
+    assert "KeyError" in logged and "def hover" not in logged and "in hover" in logged
+    # the exception's text (it may quote user code) waits for DEBUG
+    assert "file:///workspace" not in record.getMessage()
 
 
 def test_a_failing_notification_is_shown_once_as_a_sentence(in_process, caplog):
@@ -348,5 +387,7 @@ def test_open_explanation_without_text_is_invalid_params(served: RawServer):
     for msg_id, arguments in (("no args", None), ("an object", [{"a": 1}])):
         params = {"command": "midline.openExplanation", **({"arguments": arguments} if arguments else {})}
         answer = served.request(msg_id, "workspace/executeCommand", params)
-        assert answer is not None and answer["error"]["code"] == INVALID_PARAMS and "Markdown" in answer["error"]["message"], answer
-    assert not [m for m in served.seen if isinstance(m, dict) and m.get("method") == "window/showMessage" and "'a'" in m["params"]["message"]]
+        assert answer is not None and answer["error"]["code"] == INVALID_PARAMS, answer
+        assert "Markdown" in answer["error"]["message"], answer
+    assert not [m for m in served.seen
+                if isinstance(m, dict) and m.get("method") == "window/showMessage" and "'a'" in m["params"]["message"]]

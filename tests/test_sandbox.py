@@ -108,8 +108,8 @@ class Host:
 
     def values(self) -> dict[str, str]:
         return {"marker": str(self.marker), "token": self.token, "key": str(self.key), "pid": str(self.sleeper.pid),
-                "port": str(self.listener.getsockname()[1]), "workspace": str(self.workspace), "site": str(self.planted[0]),
-                "shm": str(self.planted[1])}
+                "port": str(self.listener.getsockname()[1]), "workspace": str(self.workspace),
+                "site": str(self.planted[0]), "shm": str(self.planted[1])}
 
 
 @dataclass
@@ -180,13 +180,17 @@ SHELL = "echo SPAWNED; echo x > $marker"
 ATTACKS = [
     Attack("fork_exec captured by subprocess", f"spawn(['/bin/sh', '-c', '{SHELL}'])\ntime.sleep(0.5)", spawned),
     Attack("setsid child survives the group kill",
-           "spawn([sys.executable, '-c', 'import time; time.sleep(30)', '$token'], setsid=True)\ntime.sleep(0.5)", survivors),
-    Attack("frame globals: _WRITES.clear()", "attempt('clear', lambda: sandbox_globals()['_WRITES'].clear())\nos.mkdir('$marker')", wrote_marker),
+           "spawn([sys.executable, '-c', 'import time; time.sleep(30)', '$token'], setsid=True)\ntime.sleep(0.5)",
+           survivors),
+    Attack("frame globals: _WRITES.clear()",
+           "attempt('clear', lambda: sandbox_globals()['_WRITES'].clear())\nos.mkdir('$marker')", wrote_marker),
     Attack("frame globals: _inside.__code__",
-           "g = sandbox_globals()\nattempt('replace', lambda: setattr(g['_inside'], '__code__', (lambda p, r, c: True).__code__))\n"
+           "g = sandbox_globals()\n"
+           "attempt('replace', lambda: setattr(g['_inside'], '__code__', (lambda p, r, c: True).__code__))\n"
            "open('$marker', 'w').write('x')", wrote_marker),
     Attack("subinterpreter runs os.system",
-           "try:\n    import _xxsubinterpreters as interpreters\nexcept ImportError:\n    import _interpreters as interpreters\n"
+           "try:\n    import _xxsubinterpreters as interpreters\n"
+           "except ImportError:\n    import _interpreters as interpreters\n"
            f"interpreters.run_string(interpreters.create(), \"import os; os.system('{SHELL}')\")", spawned),
     Attack("ctypes memory writes re-enable system()", f"unhook()\nlibc().system(b'{SHELL}')", spawned),
     Attack("kill a host process", "unhook()\nattempt('kill', lambda: os.kill($pid, signal.SIGKILL))\n"
@@ -196,21 +200,26 @@ ATTACKS = [
            "print(dict(os.environ))\nfor pid in os.listdir('/proc'):\n"
            "    attempt(pid, lambda: print(open(f'/proc/{pid}/environ', 'rb').read()))", leaked_secret),
     Attack("connect to the host's loopback",
-           "import socket\nattempt('socket', lambda: socket.create_connection(('127.0.0.1', $port), timeout=1))\nunhook()\n"
+           "import socket\n"
+           "attempt('socket', lambda: socket.create_connection(('127.0.0.1', $port), timeout=1))\nunhook()\n"
            "fd = libc().socket(2, 1, 0)\naddress = struct.pack('!HH4s8x', 2, $port, bytes([127, 0, 0, 1]))\n"
-           "address = struct.pack('=H', 2) + address[2:]\nprint('connect', libc().connect(fd, address, 16))", connected),
+           "address = struct.pack('=H', 2) + address[2:]\nprint('connect', libc().connect(fd, address, 16))",
+           connected),
     Attack("write outside the work dir", "unhook()\nopen('$marker', 'w').write('x')", wrote_marker),
     Attack("change the code under test (read-only)", "unhook()\nopen('$workspace/mod.py', 'w').write('VALUE = 2\\n')",
            changed_workspace, {"read_only": "workspace"}),
     Attack("plant code in site-packages", "unhook()\nopen('$site', 'w').write('import os\\n')", planted_file),
     Attack("fill the host's shared memory", "unhook()\nopen('$shm', 'w').write('x')", planted_file),
     Attack("disk over the total cap in small files",
-           "total = 0\nfor i in range(100):\n    try:\n        with open(f'f{i}', 'wb') as f:\n            f.write(bytes(100_000))\n"
+           "total = 0\nfor i in range(100):\n    try:\n"
+           "        with open(f'f{i}', 'wb') as f:\n            f.write(bytes(100_000))\n"
            "        total += 100_000\n    except OSError:\n        break\nprint('written', total)", over_the_disk_cap,
            {"disk_mb": 4}),
     Attack("fork bomb through libc",
-           "unhook()\nforks = 0\nfor _ in range(40):\n    pid = libc().fork()\n    if pid == 0:\n        time.sleep(2)\n        os._exit(0)\n"
-           "    forks += pid > 0\nprint('forks', forks)" + COUNT_PROCESSES, forked_past_the_limit, {"max_processes": 8}),
+           "unhook()\nforks = 0\nfor _ in range(40):\n    pid = libc().fork()\n"
+           "    if pid == 0:\n        time.sleep(2)\n        os._exit(0)\n"
+           "    forks += pid > 0\nprint('forks', forks)" + COUNT_PROCESSES, forked_past_the_limit,
+           {"max_processes": 8}),
     Attack("runs as root or with capabilities",
            "caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1]\n"
            "print('ids', os.getuid(), os.geteuid(), caps)", privileged),
@@ -241,9 +250,11 @@ def host(tmp_path, monkeypatch):
     workspace = tmp_path / "workspace"
     workspace.mkdir()
     (workspace / "mod.py").write_text("VALUE = 1\n")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env={**os.environ, "MIDLINE_TEST_SECRET": secret})
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                               env={**os.environ, "MIDLINE_TEST_SECRET": secret})
     listener = socket.create_server(("127.0.0.1", 0))
-    planted = [Path(site.getsitepackages()[0]) / f"midline_escape_{token}.pth", Path(f"/dev/shm/midline-escape-{token}")]
+    planted = [Path(site.getsitepackages()[0]) / f"midline_escape_{token}.pth",
+               Path(f"/dev/shm/midline-escape-{token}")]
     yield Host(tmp_path / f"escaped-{token}", token, secret, key, sleeper, listener, workspace, planted)
     sleeper.kill()
     sleeper.wait()
@@ -281,7 +292,8 @@ def test_normal_code_runs_and_output_is_captured():
 
 @needs_sandbox
 def test_files_are_importable_in_the_work_dir():
-    result = run_python("import os, helper\nprint(helper.answer())\nprint(os.getcwd())", files={"pkg/__init__.py": "", "helper.py": "def answer():\n    return 42\n"})
+    result = run_python("import os, helper\nprint(helper.answer())\nprint(os.getcwd())",
+                        files={"pkg/__init__.py": "", "helper.py": "def answer():\n    return 42\n"})
     assert result.ok, result.stderr
     assert result.stdout.split() == ["42", WORK_DIR]
 
@@ -289,13 +301,15 @@ def test_files_are_importable_in_the_work_dir():
 @needs_sandbox
 def test_read_only_folders_are_importable(tmp_path):
     (tmp_path / "shared.py").write_text("NAME = 'shared'\n")
-    result = run_python(f"import sys\nsys.path.append({str(tmp_path)!r})\nimport shared\nprint(shared.NAME)", read_only=[str(tmp_path)])
+    result = run_python(f"import sys\nsys.path.append({str(tmp_path)!r})\nimport shared\nprint(shared.NAME)",
+                        read_only=[str(tmp_path)])
     assert result.ok and result.stdout == "shared\n", result.stderr
 
 
 @needs_sandbox
 def test_writes_inside_the_work_dir_work():
-    code = "import pathlib, tempfile\npathlib.Path('out.txt').write_text('x')\nprint(pathlib.Path('out.txt').read_text(), tempfile.mkdtemp() != '')"
+    code = ("import pathlib, tempfile\npathlib.Path('out.txt').write_text('x')\n"
+            "print(pathlib.Path('out.txt').read_text(), tempfile.mkdtemp() != '')")
     result = run_python(code)
     assert result.ok and result.stdout == "x True\n", result.stderr
 
@@ -324,7 +338,8 @@ def test_huge_allocation_fails():
 @needs_sandbox
 def test_careless_writes_outside_fail_with_a_clear_message(tmp_path):
     target = tmp_path / f"evil-{uuid.uuid4().hex}"
-    for code in (f"open({str(target)!r}, 'w').write('x')", f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
+    for code in (f"open({str(target)!r}, 'w').write('x')",
+                 f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
                  "import os\nos.chdir('/')\nopen('evil', 'w')", f"import os\nos.mkdir({str(target)!r})"):
         result = run_python(code)
         assert not result.ok and "blocked" in result.stderr, code
@@ -336,7 +351,8 @@ def test_fork_bomb_and_process_spawning_are_contained():
     # Counted inside the sandbox's PID namespace: the machine's other processes do not matter.
     bombs = {
         "import os\nfor _ in range(1000):\n    os.fork()": "os.fork is blocked",
-        "import subprocess\nfor _ in range(1000):\n    subprocess.Popen(['sleep', '60'])": "subprocess.Popen is blocked",
+        "import subprocess\nfor _ in range(1000):\n    subprocess.Popen(['sleep', '60'])":
+            "subprocess.Popen is blocked",
         "import os\nos.system('sleep 60')": "os.system is blocked",
         "import os\nos.posix_spawn('/bin/sleep', ['sleep', '60'], {})": "os.posix_spawn is blocked",
         "import multiprocessing\nmultiprocessing.Process(target=print).start()": "os.fork is blocked",
@@ -345,7 +361,8 @@ def test_fork_bomb_and_process_spawning_are_contained():
     }
     for code, message in bombs.items():
         for hook in (True, False):
-            result = run_python(f"try:\n{_indent(code)}\nexcept Exception as e:\n    print(e)\n{COUNT_PROCESSES}", timeout_s=5, max_processes=16, audit_hook=hook)
+            result = run_python(f"try:\n{_indent(code)}\nexcept Exception as e:\n    print(e)\n{COUNT_PROCESSES}",
+                                timeout_s=5, max_processes=16, audit_hook=hook)
             assert result.ok and "processes 2" in result.stdout and "forked" not in result.stdout, (code, hook, result)
             if hook:
                 assert message in result.stdout, (code, result)
@@ -365,7 +382,8 @@ def test_environment_is_minimal(monkeypatch):
 
 @needs_sandbox
 def test_limits_are_set():
-    code = "import resource as r\nprint(r.getrlimit(r.RLIMIT_NPROC)[1], r.getrlimit(r.RLIMIT_AS)[1] // 2**20)\nr.setrlimit(r.RLIMIT_AS, (-1, -1))"
+    code = ("import resource as r\nprint(r.getrlimit(r.RLIMIT_NPROC)[1], r.getrlimit(r.RLIMIT_AS)[1] // 2**20)\n"
+            "r.setrlimit(r.RLIMIT_AS, (-1, -1))")
     result = run_python(code, memory_mb=300, max_processes=8)
     assert result.stdout.split() == ["8", "300"]
     assert "resource.setrlimit is blocked" in result.stderr

@@ -43,17 +43,20 @@ def test_a_settings_change_reaches_every_component(tiny_model_dir: Path):
         shown: list[str] = []
         server.report = shown.append  # type: ignore[method-assign]
         options = {"model": str(tiny_model_dir), "device": "cpu", "debounceMs": 0}
-        handlers.initialize(server, types.InitializeParams(capabilities=types.ClientCapabilities(), initialization_options=options))
+        handlers.initialize(server, types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                                           initialization_options=options))
         hold = threading.Event()
         server.model_executor.submit(hold.wait)  # the model loads only once the first change is in
         handlers.initialized(server, types.InitializedParams())
-        await _change(server, {"debounceMs": 7, "actions": {"maxNewTokens": 77, "testTimeoutMs": 7000}, "hover": {"idleMs": 70}})
+        await _change(server, {"debounceMs": 7, "actions": {"maxNewTokens": 77, "testTimeoutMs": 7000},
+                               "hover": {"idleMs": 70}})
         assert server.engine_ready is not None and not server.engine_ready.done()
         hold.set()
         assert await server.engine_ready is not None
         assert _seen(server) == {"completer": 7, "assistant": 77, "actions": 7000, "explainer": 70}
 
-        await _change(server, {"debounceMs": 9, "actions": {"maxNewTokens": 99, "testTimeoutMs": 9000}, "hover": {"idleMs": 90}})
+        await _change(server, {"debounceMs": 9, "actions": {"maxNewTokens": 99, "testTimeoutMs": 9000},
+                               "hover": {"idleMs": 90}})
         assert _seen(server) == {"completer": 9, "assistant": 99, "actions": 9000, "explainer": 90}
 
         await _change(server, {"debounceMs": 1, "actions": {"maxNewTokens": "lots"}})

@@ -113,7 +113,8 @@ def write_planted(root: Path) -> Path:
         {"repo": "calc", "path": "calc/tests/test_ops.py", "text": TEST_OPS},
         {"repo": "calc", "path": "calc/__init__.py", "text": "from calc.ops import clamp, mean\n"},
     ]
-    valid = [{"repo": "strs", "path": "strs/text.py", "text": TEXT}, {"repo": "strs", "path": "strs/more.py", "text": MORE}]
+    valid = [{"repo": "strs", "path": "strs/text.py", "text": TEXT},
+             {"repo": "strs", "path": "strs/more.py", "text": MORE}]
     root.mkdir(parents=True, exist_ok=True)
     for split, docs in (("train", train), ("valid", valid)):
         (root / f"{split}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -147,14 +148,16 @@ def test_miners_find_docstrings_tests_and_bugs(mined):
     explain = {r["name"]: r for r in records if r["kind"] == "explain"}
     assert set(explain) == {"clamp", "mean", "Counter", "add"}
     prompt, middle = sft.task_example(explain["add"])
-    assert prompt.prefix == 'def add(self, key, times=1):\n    """' and prompt.path == "calc/ops.py"  # the method, dedented
+    # the method, dedented
+    assert prompt.prefix == 'def add(self, key, times=1):\n    """' and prompt.path == "calc/ops.py"
     assert middle == "Add `key` to the counts `times` times and return its new count."
     assert "Add `key`" not in prompt.suffix and prompt.suffix.startswith('"""\n    current = ')
 
     (pair,) = [r for r in records if r["kind"] == "tests"]
     assert (pair["path"], pair["test_path"]) == ("calc/ops.py", "calc/tests/test_ops.py")
     prompt, middle = sft.task_example(pair)
-    assert prompt.prefix == "import pytest\n\nfrom calc.ops import clamp, mean\n\n\ndef test_"  # as the test imports it (multi-line)
+    # as the test imports it (multi-line)
+    assert prompt.prefix == "import pytest\n\nfrom calc.ops import clamp, mean\n\n\ndef test_"
     assert prompt.snippets[0].text == OPS and middle.startswith("clamp():\n    assert clamp(5, 0, 3) == 3")
 
     fixes = [r for r in records if r["kind"] == "fix"]
@@ -205,7 +208,8 @@ def test_prompt_tokens_equal_the_servers_and_the_loss_is_on_the_answer_only(mine
         elif kind == "fix":
             served = tasks.FIX.prompt(record["buggy"], path=record["path"])
         else:
-            served = tasks.TESTS.prompt(record["path"], record["module"], ["clamp", "mean"], module="calc.ops", test_path=record["test_path"])
+            served = tasks.TESTS.prompt(record["path"], record["module"], ["clamp", "mean"], module="calc.ops",
+                                        test_path=record["test_path"])
         assert ids[:n] == tiny_engine.encode(served)  # the server's own encoding (the format's default layout)
         middle = sft.task_example(record)[1]
         assert tokenizer.decode(ids[n:-1]) == middle and ids[-1] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -224,11 +228,13 @@ def test_too_long_tests_are_shrunk_to_fit(mined, tiny_engine):
     variants = list(sft.shrink_tests(pair))  # whole; the module pruned; one test and its part of the module
     sizes = [len(MIDLINE.encode_example(*sft.task_example(v), tiny_engine.tokenizer)) for v in variants]
     assert len(sizes) == 3 and sizes[0] > sizes[1] > sizes[2]
-    assert sft.encode_record(pair, tiny_engine.tokenizer, sizes[0])[0] == MIDLINE.encode_example(*sft.task_example(pair), tiny_engine.tokenizer)
+    whole = MIDLINE.encode_example(*sft.task_example(pair), tiny_engine.tokenizer)
+    assert sft.encode_record(pair, tiny_engine.tokenizer, sizes[0])[0] == whole
     ids, _ = sft.encode_record(pair, tiny_engine.tokenizer, sizes[1] - 1)
     text = tiny_engine.tokenizer.decode(ids)
     assert len(ids) == sizes[2] and "def test_mean" not in text and "clamp():" in text  # one test left...
-    assert "def mean" not in text and "Small arithmetic" not in text and "from calc.ops import clamp\n" in text  # ...and what it uses
+    # ...and what it uses
+    assert "def mean" not in text and "Small arithmetic" not in text and "from calc.ops import clamp\n" in text
     assert sft.encode_record(pair, tiny_engine.tokenizer, 20) is None
 
 
@@ -237,9 +243,9 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
     base = tmp_path / "base"  # the tiny model with serving settings, which the fine-tune carries over
     shutil.copytree(tiny_model_dir, base)
     (base / "midline.json").write_text('{"min_mean_logprob": -1.25}')
-    flags = ["--seq-len", "256", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "4", "--checkpoint-every", "2",
-             "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--warmup-steps", "1", "--device", "cpu", "--no-compile",
-             "--workers", "0", "--fim-share", "0.3"]
+    flags = ["--seq-len", "256", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "4", "--checkpoint-every",
+             "2", "--eval-every", "2", "--eval-batches", "1", "--log-every", "1", "--warmup-steps", "1", "--device",
+             "cpu", "--no-compile", "--workers", "0", "--fim-share", "0.3"]
 
     def killed(step: int) -> None:
         if step == 3:
@@ -247,16 +253,19 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
 
     with pytest.raises(KeyboardInterrupt):
         sft.finetune(base, out, corpus_dir=planted, mined_dir=mined, sft_config=sft.SftConfig(seq_len=256, workers=0),
-                     train_overrides=dict(batch_size=2, grad_accum=1, max_steps=4, checkpoint_every=2, eval_every=2, eval_batches=1,
-                                          log_every=1, warmup_steps=1, device="cpu", compile=False), on_step=killed)
+                     train_overrides=dict(batch_size=2, grad_accum=1, max_steps=4, checkpoint_every=2, eval_every=2,
+                                          eval_batches=1, log_every=1, warmup_steps=1, device="cpu", compile=False),
+                     on_step=killed)
     assert json.loads((out / "run" / "checkpoint" / "state.json").read_text())["step"] == 2
-    assert main(["sft", "--model", str(base), "--corpus", str(planted), "--mined", str(mined), "--out", str(out), *flags]) == 0
+    assert main(["sft", "--model", str(base), "--corpus", str(planted), "--mined", str(mined), "--out", str(out),
+                 *flags]) == 0
     assert '"export": ' in capsys.readouterr().out
     log = (out / "run" / "loss.csv").read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in log] == [1, 2, 3, 4]  # resumed at 2: step 3 once
     meta = json.loads((out / "data" / "meta.json").read_text())
     train = meta["splits"]["train"]
-    assert train["explain"] == 4 and train["fix"] >= 3 and train["tests"] == 2 and train["fim"] >= 1  # tests twice (tests_repeat)
+    # tests twice (tests_repeat)
+    assert train["explain"] == 4 and train["fix"] >= 3 and train["tests"] == 2 and train["fim"] >= 1
     assert 0 < train["fim_tokens"] < train["sft_tokens"] and meta["seq_len"] == 256
     rows = PackedDataset(out / "data", "train")
     assert rows[0].dtype == np.int32 and (rows[0] < 0).any()  # prompts stored negated
@@ -266,11 +275,14 @@ def test_sft_runs_end_to_end_and_resumes(planted, mined, tiny_model_dir, tmp_pat
 
 
 def test_scores_of_right_and_wrong_answers():
-    text = {"kind": "explain", "repo": "r", "path": "m.py", "code": 'def f(x):\n    """Double x."""\n    return 2 * x\n'}
+    text = {"kind": "explain", "repo": "r", "path": "m.py",
+            "code": 'def f(x):\n    """Double x."""\n    return 2 * x\n'}
     assert E.score_explain(text, 'Double x."""')["rouge_l"] == 1.0
     wrong = E.score_explain(text, "Triple y.")
     assert wrong["rouge_l"] == 0.0 and 0 <= wrong["edit_similarity"] < 1 and not wrong["exact"]
-    assert E.rouge_l("return the sum of a list", "the sum of the list") == pytest.approx(2 * (4 / 6) * (4 / 5) / (4 / 6 + 4 / 5))  # LCS "the sum of list"
+    precision, recall = 4 / 6, 4 / 5  # LCS "the sum of list"
+    assert E.rouge_l("return the sum of a list", "the sum of the list") == pytest.approx(
+        2 * precision * recall / (precision + recall))
 
     fix = {"kind": "fix", "buggy": "def f(a, b):\n    return a < b\n", "fixed": "def f(a, b):\n    return a <= b\n"}
     right = E.score_fix(fix, "def f(a, b):\n    return a <= b\n# Buggy version:\n")
@@ -282,25 +294,28 @@ def test_scores_of_right_and_wrong_answers():
 
 @needs_sandbox
 def test_generated_tests_pass_on_the_code_and_kill_the_mutant():
-    task = {"kind": "tests", "path": "strs/text.py", "name": "shout", "module": TEXT, "mutant": TEXT.replace('"!" * times', '"!" * (times + 1)')}
+    task = {"kind": "tests", "path": "strs/text.py", "name": "shout", "module": TEXT,
+            "mutant": TEXT.replace('"!" * times', '"!" * (times + 1)')}
     good = 'shout():\n    assert shout("a") == "A!"\n\n\ndef test_shout_twice():\n    assert shout("b", 2) == "B!!"\n'
     row = E.score_tests(task, good)
     assert (row["tests"], row["passed"], row["passes"], row["kills"]) == (2, 2, True, True)
-    weak = E.score_tests(task, 'shout():\n    assert shout("a").startswith("A")\n\n\ndef test_broken():\n    assert 1 == 2\n')
+    weak = E.score_tests(task,
+                         'shout():\n    assert shout("a").startswith("A")\n\n\ndef test_broken():\n    assert 1 == 2\n')
     assert (weak["tests"], weak["passed"], weak["passes"], weak["kills"]) == (2, 1, True, False)
 
 
 @needs_sandbox
 def test_eval_tasks_runs_end_to_end(planted, tiny_model_dir, tmp_path, capsys):
     report_path = tmp_path / "tasks.json"
-    assert main(["eval-tasks", "--model", str(tiny_model_dir), "--corpus", str(planted), "--per-kind", "2", "--tests", "1",
-                 "--max-new-tokens", "8", "24", "24", "--device", "cpu", "--out", str(report_path)]) == 0
+    assert main(["eval-tasks", "--model", str(tiny_model_dir), "--corpus", str(planted), "--per-kind", "2", "--tests",
+                 "1", "--max-new-tokens", "8", "24", "24", "--device", "cpu", "--out", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     m = report["metrics"]
     assert report["tasks"]["by_kind"] == {"explain": 2, "fix": 2, "tests": 1}  # one task per file and kind
     assert m["explain"]["n"] == 2 and 0 <= m["explain"]["rouge_l"] <= 1 and 0 <= m["explain"]["edit_similarity"] <= 1
     assert m["fix"]["n"] == 2 and 0 <= m["fix"]["fix_rate"] <= 1 and 0 <= m["fix"]["parses"] <= 1
-    assert m["tests"]["n"] == 1 and 0 <= m["tests"]["pass_rate"] <= 1 and 0 <= m["tests"]["kill_rate"] <= m["tests"]["pass_rate"]
+    assert m["tests"]["n"] == 1 and 0 <= m["tests"]["pass_rate"] <= 1
+    assert 0 <= m["tests"]["kill_rate"] <= m["tests"]["pass_rate"]
     assert (tmp_path / "tasks.tasks.jsonl").exists()
     assert "explain  n=2" in capsys.readouterr().out
 

@@ -45,9 +45,11 @@ CASES = {
         ''',
         ["from __future__ import annotations", "import os, sys", "import ujson as json", "import json"],
         [
-            ("Point", "class", '@dataclass\nclass Point(Base):\n    """A point.\n\n    With details.\n    """\n    ...'),
+            ("Point", "class",
+             '@dataclass\nclass Point(Base):\n    """A point.\n\n    With details.\n    """\n    ...'),
             ("norm", "method", "def norm(self, p: int = 2) -> float: ..."),
-            ("fetch", "function", 'async def fetch(url: str,\n                timeout: float = 1.0) -> bytes:\n    """Get it."""\n    ...'),
+            ("fetch", "function",
+             'async def fetch(url: str,\n                timeout: float = 1.0) -> bytes:\n    """Get it."""\n    ...'),
         ],
     ),
     "javascript": (

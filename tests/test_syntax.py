@@ -172,9 +172,11 @@ def test_string_content_is_between_the_quotes_of_a_plain_string() -> None:
 
 def test_definition_parts_split_header_docstring_and_body() -> None:
     parts = definition_parts('    @cache\n    def f(x):\n        """Doc."""\n        return x\n')  # dedented first
-    assert (parts.header, parts.indent, parts.docstring, parts.body) == ("@cache\ndef f(x):", "    ", "Doc.", "    return x\n")
+    assert (parts.header, parts.indent, parts.docstring, parts.body) == (
+        "@cache\ndef f(x):", "    ", "Doc.", "    return x\n")
     one_line = definition_parts("def f(x): return x")  # the body moves to its own line
-    assert (one_line.header, one_line.indent, one_line.docstring, one_line.body) == ("def f(x):", "    ", None, "    return x\n")
+    assert (one_line.header, one_line.indent, one_line.docstring, one_line.body) == (
+        "def f(x):", "    ", None, "    return x\n")
     assert definition_parts('class C:\n    """Only a docstring."""\n').body == ""
     assert definition_parts("x = 1\n") is None and definition_parts("def f(:\n    pass\n") is None
     assert definition_parts("def f():\n    pass\n\n\ndef g():\n    pass\n") is None  # two definitions

@@ -43,7 +43,8 @@ def test_explain_prompt_for_methods_classes_and_one_liners():
     assert tasks.EXPLAIN.prompt(method).prefix == 'def push(self, item):\n    """'
     klass = 'class Stack(Base):\n    """A stack."""\n\n    def pop(self):\n        return 1\n'
     prompt = tasks.EXPLAIN.prompt(klass)
-    assert (prompt.prefix, prompt.suffix) == ('class Stack(Base):\n    """', '"""\n\n    def pop(self):\n        return 1\n')
+    assert (prompt.prefix, prompt.suffix) == ('class Stack(Base):\n    """',
+                                              '"""\n\n    def pop(self):\n        return 1\n')
     one_liner = tasks.EXPLAIN.prompt("def double(x): return 2 * x")
     assert (one_liner.prefix, one_liner.suffix) == ('def double(x):\n    """', '"""\n    return 2 * x\n')
     indented = tasks.EXPLAIN.prompt("    def f(x):\n        return x\n")
@@ -53,7 +54,8 @@ def test_explain_prompt_for_methods_classes_and_one_liners():
 def test_explain_prompt_for_other_languages_and_non_definitions():
     go = tasks.EXPLAIN.prompt("func Add(a, b int) int {\n\treturn a + b\n}", "go")
     assert (go.prefix, go.suffix) == ("// ", "\nfunc Add(a, b int) int {\n\treturn a + b\n}\n")
-    assert tasks.EXPLAIN.parse(" Adds two ints.\n// Returns the sum.\nfunc Add", "go") == "Adds two ints.\nReturns the sum."
+    go_comment = " Adds two ints.\n// Returns the sum.\nfunc Add"
+    assert tasks.EXPLAIN.parse(go_comment, "go") == "Adds two ints.\nReturns the sum."
     statement = tasks.EXPLAIN.prompt("x = compute(1)\n")
     assert (statement.prefix, statement.suffix) == ("# ", "\nx = compute(1)\n")
 
@@ -79,7 +81,8 @@ def test_tests_prompt_follows_the_module_under_a_file_separator(tiny_tokenizer):
     ids = MIDLINE.encode_example(prompt, "add():\n    assert add(1, 2) == 3\n", tiny_tokenizer)
     assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert tasks.TESTS.prompt("calc.py", module).prefix.startswith("import pytest\n\nimport calc\n")
-    assert tasks.TESTS.prompt("calc.go", "package calc", ["Add"], language="go").prefix == "// Tests for Add (calc.go)\n"
+    go = tasks.TESTS.prompt("calc.go", "package calc", ["Add"], language="go")
+    assert go.prefix == "// Tests for Add (calc.go)\n"
 
 
 def test_tests_example_from_a_real_test_file():
@@ -87,7 +90,8 @@ def test_tests_example_from_a_real_test_file():
     prompt, middle = tasks.TESTS.example("pkg/calc.py", "def add(a, b): ...", test_file)
     assert prompt.prefix == "import pytest\n\nfrom calc import add, sub\n\n\ndef test_"
     assert middle == "add():\n    assert add(1, 2) == 3\n"
-    dotted, _ = tasks.TESTS.example("pkg/calc.py", "def add(a, b): ...", test_file, module="pkg.calc")  # a package module
+    # a package module
+    dotted, _ = tasks.TESTS.example("pkg/calc.py", "def add(a, b): ...", test_file, module="pkg.calc")
     assert dotted.prefix == "import pytest\n\nfrom pkg.calc import add, sub\n\n\ndef test_"
     with_fixture = "import pytest\n\n@pytest.fixture\ndef calc():\n    return 1\n\n\ndef test_add(calc):\n    pass\n"
     assert tasks.TESTS.example("calc.py", "", with_fixture) is None
@@ -109,7 +113,8 @@ def test_fix_prompt_layout_and_parsing():
     assert prompt.suffix == ""
     assert tasks.FIX.prompt("int f() {}", [], "c").prefix == "// Buggy version:\nint f() {}\n// Fixed version:\n"
     assert tasks.FIX.target("def inc(x):\n    return x + 1") == "def inc(x):\n    return x + 1\n"
-    assert tasks.FIX.parse("def inc(x):\n    return x + 1\n\n\n# Fixed version:\nnoise") == "def inc(x):\n    return x + 1\n"
+    answer = "def inc(x):\n    return x + 1\n\n\n# Fixed version:\nnoise"
+    assert tasks.FIX.parse(answer) == "def inc(x):\n    return x + 1\n"
     assert tasks.FIX.parse("  \n") == ""
     prompt, middle = tasks.FIX.example("a = b -1", "a = b - 1", ["line 1: style"])
     assert middle == "a = b - 1\n" and "# - line 1: style\n" in prompt.prefix
@@ -117,7 +122,8 @@ def test_fix_prompt_layout_and_parsing():
 
 def test_from_comment_prompt_and_parsing():
     prompt = tasks.FROM_COMMENT.prompt("# Write a function that returns one\n", "\nprint(1)\n", path="a.py")
-    assert (prompt.prefix, prompt.suffix, prompt.path) == ("# Write a function that returns one\n", "\nprint(1)\n", "a.py")
+    assert (prompt.prefix, prompt.suffix, prompt.path) == ("# Write a function that returns one\n", "\nprint(1)\n",
+                                                           "a.py")
     assert tasks.FROM_COMMENT.parse("def one():\n    return 1\n\n\ndef two(:\n") == "def one():\n    return 1\n"
     assert tasks.FROM_COMMENT.parse("))))") == ""
     assert tasks.FROM_COMMENT.target("x = 1") == "x = 1\n"
@@ -144,7 +150,7 @@ def test_parse_code_block():
 
 
 def test_generations_stop_at_their_end_or_a_loop_and_the_loop_is_cut():
-    looping = "Run the 'spawn' command, which is called by the 'spawn' command, which is called by the 'spawn' command, which is called by the 'spawn' command, which"
+    looping = "Run the 'spawn' command" + ", which is called by the 'spawn' command" * 3 + ", which"
     stop = tasks.EXPLAIN.should_stop()
     assert stop('Area of a circle."""') and not stop("Area of a circle.") and stop(looping)
     assert tasks.EXPLAIN.parse(looping) == "Run the 'spawn' command, which is called by"  # the first copy of the loop
@@ -156,25 +162,28 @@ def test_generations_stop_at_their_end_or_a_loop_and_the_loop_is_cut():
     assert tasks.TESTS.parse(prompt, comments).endswith("def test_issue_417():\n    # Issue #417\n")
     # Not loops: a separator line, numbers, a repeated short word, a repeat of two copies.
     assert tasks.EXPLAIN.should_stop()(">>> f(x)\n[1, 2, 3" + ", 22" * 70)  # a loop without letters, long enough
-    for text in ("# " + "-" * 70, "x = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "ab ab ab ab", "assert f(1) == 2\nassert f(1) == 2\n"):
+    for text in ("# " + "-" * 70, "x = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "ab ab ab ab",
+                 "assert f(1) == 2\nassert f(1) == 2\n"):
         assert tasks.loop_start(text) is None, text
 
 
 # -- every task -----------------------------------------------------------------------------------
 
 CALC = "def add(a, b):\n    return a + b\n"
+TEST_CALC = "import pytest\n\nfrom pkg.calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"
 # Per task: a record of its inputs (None: not learnt from records), the chat messages' inputs, a model's
 # answer (the example's middle and what a model writes after it) and the result the answer parses to.
 EXAMPLES = {
     "explain": ({"code": AREA, "path": "geo.py"}, (AREA,), 'Area of a circle.\n\n    Uses `pi`.\n    """\n    squared',
                 "Area of a circle.\n\nUses `pi`."),
-    "tests": ({"path": "pkg/calc.py", "module": CALC, "test": "import pytest\n\nfrom pkg.calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n",
-               "test_path": "tests/test_calc.py", "import_name": "pkg.calc", "name": "add"}, ("pkg/calc.py", CALC, ["add"]),
-              "add():\n    assert add(1, 2) == 3\n\n\ndef test_sub(:\n",
-              "import pytest\n\nfrom pkg.calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n"),
+    "tests": ({"path": "pkg/calc.py", "module": CALC, "test": TEST_CALC, "test_path": "tests/test_calc.py",
+               "import_name": "pkg.calc", "name": "add"}, ("pkg/calc.py", CALC, ["add"]),
+              "add():\n    assert add(1, 2) == 3\n\n\ndef test_sub(:\n", TEST_CALC),
     "fix": ({"buggy": "def inc(x):\n    return x - 1\n", "fixed": "def inc(x):\n    return x + 1\n", "path": "calc.py"},
-            ("def inc(x):\n    return x - 1\n",), "def inc(x):\n    return x + 1\n# Buggy version:\n", "def inc(x):\n    return x + 1\n"),
-    "fromComment": (None, ("# one", "# one\n"), "def one():\n    return 1\n\n\ndef two(:\n", "def one():\n    return 1\n"),
+            ("def inc(x):\n    return x - 1\n",), "def inc(x):\n    return x + 1\n# Buggy version:\n",
+            "def inc(x):\n    return x + 1\n"),
+    "fromComment": (None, ("# one", "# one\n"), "def one():\n    return 1\n\n\ndef two(:\n",
+                    "def one():\n    return 1\n"),
 }
 
 
@@ -191,7 +200,8 @@ def test_every_task_asks_and_reads_a_small_example(name):
         assert prompt == task.record_prompt(record)  # a training example is asked as eval-tasks and the server ask
         assert answer.startswith(middle)
     assert isinstance(prompt, FimPrompt) and MIDLINE.render(prompt)
-    got = task.parse(prompt, answer) if task is tasks.TESTS else task.parse(answer)  # tests: the prompt's header and the answer
+    # tests: the prompt's header and the answer
+    got = task.parse(prompt, answer) if task is tasks.TESTS else task.parse(answer)
     assert got == result
     assert task.should_stop()(answer) is (task.end is not None)  # at the answer's end marker, if the task has one
     assert task.should_stop()(answer + "the same words, " * 3)  # any task: at a loop

@@ -83,14 +83,16 @@ def test_a_few_steps_reduce_the_loss_and_write_curves(reference):
     assert float(log[0]["train_loss"]) == pytest.approx(math.log(1024), abs=0.3)  # starts near uniform
     val = [float(r["val_loss"]) for r in log if r["val_loss"]]
     assert len(val) == 2 and val[1] < val[0]
-    assert summary["steps"] == 12 and summary["tokens"] == 12 * 4 * 64 and summary["val_loss"] == pytest.approx(val[-1], abs=1e-5)
+    assert summary["steps"] == 12 and summary["tokens"] == 12 * 4 * 64
+    assert summary["val_loss"] == pytest.approx(val[-1], abs=1e-5)
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoints_are_safetensors_and_json_only(reference):
     out, _ = reference
     checkpoint = out / "checkpoint"
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                            "rng.safetensors", "state.json"]
     for path in out.rglob("*"):
         if path.is_file():
             assert path.suffix in {".safetensors", ".json", ".csv", ".png"}, path
@@ -145,8 +147,9 @@ def test_grad_accumulation_matches_a_bigger_batch(reference, data_dir, tmp_path)
 def test_two_process_torchrun_matches_one_process(reference, data_dir, tmp_path):
     """DDP over gloo: 2 ranks x 2 rows == 1 process x 4 rows, step for step."""
     out = tmp_path / "ddp"
-    flags = ["--preset", "tiny", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "12", "--warmup-steps", "2", "--lr", "3e-3", "--min-lr", "3e-4",
-             "--log-every", "1", "--eval-every", "6", "--eval-batches", "2", "--checkpoint-every", "4"]
+    flags = ["--preset", "tiny", "--batch-size", "2", "--grad-accum", "1", "--max-steps", "12", "--warmup-steps", "2",
+             "--lr", "3e-3", "--min-lr", "3e-4", "--log-every", "1", "--eval-every", "6", "--eval-batches", "2",
+             "--checkpoint-every", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "midline.training.train", "--data", str(data_dir), "--out", str(out), *flags]
@@ -211,13 +214,15 @@ def test_newton_schulz_orthogonalizes():
     torch.manual_seed(0)
     for g in (torch.randn(64, 32), torch.randn(32, 96) * 100):
         s = torch.linalg.svdvals(newton_schulz(g).float())
-        assert s.min() > 0.6 and s.max() < 1.25  # every direction scaled to about 1 (Muon's quintic is loose on purpose)
+        # every direction scaled to about 1 (Muon's quintic is loose on purpose)
+        assert s.min() > 0.6 and s.max() < 1.25
 
 
 def test_cli_init_from_a_model_dir(reference, data_dir, tmp_path, capsys):
     out = tmp_path / "finetune"
-    argv = ["--data", str(data_dir), "--out", str(out), "--init", str(reference[0] / "model"), "--batch-size", "2", "--grad-accum", "1",
-            "--max-steps", "50", "--warmup-steps", "1", "--eval-every", "0", "--log-every", "1", "--tokens", "256", "--no-compile"]
+    argv = ["--data", str(data_dir), "--out", str(out), "--init", str(reference[0] / "model"), "--batch-size", "2",
+            "--grad-accum", "1", "--max-steps", "50", "--warmup-steps", "1", "--eval-every", "0", "--log-every", "1",
+            "--tokens", "256", "--no-compile"]
     assert T.main(argv) == 0
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.rindex("{\n") :])["steps"] == 2

@@ -82,7 +82,8 @@ def test_stdlib_corpus_is_deterministic_and_skips_tests():
 
 def test_tiny_model_is_deterministic(corpus, tmp_path):
     def build(name):
-        return make_tiny_model(tmp_path / name, corpus_files=corpus, vocab_size=300, hidden_size=32, layers=1, heads=2, max_positions=256)
+        return make_tiny_model(tmp_path / name, corpus_files=corpus, vocab_size=300, hidden_size=32, layers=1, heads=2,
+                               max_positions=256)
 
     a, b = build("a"), build("b")
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
@@ -97,7 +98,8 @@ def test_tiny_model_is_deterministic(corpus, tmp_path):
 def test_cli_tiny_model(corpus, tmp_path, capsys):
     out = tmp_path / "cli-model"
     globs = [str(f) for f in corpus[:5]]
-    assert main(["tiny-model", "--out", str(out), "--files", *globs, "--vocab-size", "300", "--hidden-size", "32", "--layers", "1", "--heads", "2"]) == 0
+    assert main(["tiny-model", "--out", str(out), "--files", *globs, "--vocab-size", "300", "--hidden-size", "32",
+                 "--layers", "1", "--heads", "2"]) == 0
     assert f"wrote a tiny random-weight model to {out}" in capsys.readouterr().out
     model, tokenizer, _ = load_model(out, device="cpu")
     assert model.config.hidden_size == 32 and len(tokenizer) == 300
