@@ -17,7 +17,7 @@ import typing
 import uuid
 from concurrent.futures import Future
 from functools import cache, partial
-from typing import Any
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import attrs
 import cattrs
@@ -67,6 +67,13 @@ class RejectedMessage(Exception):
         self.code, self.message, self.msg_id = code, message, msg_id
 
 
+@runtime_checkable
+class ReportsErrors(Protocol):
+    """A server that tells the user when a notification's handler failed (midline's server does)."""
+
+    def report_internal_error(self, method: str) -> None: ...
+
+
 class MidlineProtocol(LanguageServerProtocol):
     """LanguageServerProtocol that answers every request, checks messages itself, and never shows Python errors."""
 
@@ -109,19 +116,33 @@ class MidlineProtocol(LanguageServerProtocol):
 
     def _check_request(self, message: dict[str, Any]) -> None:
         msg_id, method = message["id"], message.get("method")
-        if type(msg_id) not in (int, str):
-            raise RejectedMessage(INVALID_REQUEST, f"A request id must be an integer or a string, not {_json_kind(msg_id)}.")
+        if not _is_id(msg_id):
+            raise RejectedMessage(
+                INVALID_REQUEST, f"A request id must be an integer or a string, not {_json_kind(msg_id)}."
+            )
         if message.get("jsonrpc") != "2.0":
-            raise RejectedMessage(INVALID_REQUEST, 'Set "jsonrpc": "2.0" in every message; midline speaks JSON-RPC 2.0 only.', msg_id)
+            raise RejectedMessage(
+                INVALID_REQUEST, 'Set "jsonrpc": "2.0" in every message; midline speaks JSON-RPC 2.0 only.', msg_id
+            )
         if not isinstance(method, str):
-            raise RejectedMessage(INVALID_REQUEST, "A request needs a method name (a string), and this one has none.", msg_id)
+            raise RejectedMessage(
+                INVALID_REQUEST, "A request needs a method name (a string), and this one has none.", msg_id
+            )
         if self._shutdown:
-            raise RejectedMessage(INVALID_REQUEST, f"The server is shutting down and takes no more requests ({method}); send exit.", msg_id)
+            raise RejectedMessage(
+                INVALID_REQUEST,
+                f"The server is shutting down and takes no more requests ({method}); send exit.",
+                msg_id,
+            )
         if not self.initialize_received and method != types.INITIALIZE:
-            raise RejectedMessage(SERVER_NOT_INITIALIZED, f"The server is not initialized yet; send initialize before {method}.", msg_id)
+            raise RejectedMessage(
+                SERVER_NOT_INITIALIZED, f"The server is not initialized yet; send initialize before {method}.", msg_id
+            )
         if self.initialize_received and method == types.INITIALIZE:
-            raise RejectedMessage(INVALID_REQUEST, "The server is already initialized; send initialize only once per session.", msg_id)
-        kind = self.get_message_type(method)
+            raise RejectedMessage(
+                INVALID_REQUEST, "The server is already initialized; send initialize only once per session.", msg_id
+            )
+        kind: type | None = self.get_message_type(method)  # `type`, not pygls's type[Any]: mypy#11470
         if kind is not None and not _is_request(kind):
             raise RejectedMessage(INVALID_REQUEST, f"{method} is a notification; send it without an id.", msg_id)
         if kind is None:  # a method without an LSP type: its handler (if any) gets the params as they are
@@ -135,12 +156,15 @@ class MidlineProtocol(LanguageServerProtocol):
     def _check_notification(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            log.warning("ignored a message without an id that is not a JSON-RPC 2.0 notification (its method is %s)", _json_kind(method))
+            log.warning(
+                "ignored a message without an id that is not a JSON-RPC 2.0 notification (its method is %s)",
+                _json_kind(method),
+            )
             return
         if not self.initialize_received and method != types.EXIT:
             log.warning("ignored %s: the server is not initialized yet", method)
             return
-        kind = self.get_message_type(method)
+        kind: type | None = self.get_message_type(method)
         if kind is not None and _is_request(kind):
             log.warning("ignored %s: it is a request, and came without an id", method)
             return
@@ -155,7 +179,11 @@ class MidlineProtocol(LanguageServerProtocol):
         """`message` as its lsprotocol type; InvalidParams naming each wrong field."""
         params = message.get("params")
         if "params" in message and not isinstance(params, (dict, list)) and params is not None:
-            raise RejectedMessage(INVALID_PARAMS, f"Invalid params for {method}: params must be an object, not {_json_kind(params)}.", msg_id)
+            raise RejectedMessage(
+                INVALID_PARAMS,
+                f"Invalid params for {method}: params must be an object, not {_json_kind(params)}.",
+                msg_id,
+            )
         try:
             return self._converter.structure(message, kind)
         except Exception as exc:  # cattrs groups every wrong field; anything else is described generally
@@ -165,7 +193,7 @@ class MidlineProtocol(LanguageServerProtocol):
     def _reject_batch(self, batch: list[Any]) -> None:
         """LSP has no batches: each request in one gets InvalidRequest; with none, one error with id null."""
         text = "Batches (JSON arrays of messages) are not supported in LSP; send each message on its own."
-        ids = [m["id"] for m in batch if isinstance(m, dict) and type(m.get("id")) in (int, str) and "method" in m]
+        ids = [m["id"] for m in batch if isinstance(m, dict) and _is_id(m.get("id")) and "method" in m]
         for msg_id in ids or [None]:
             self._reply_error(msg_id, INVALID_REQUEST, text)
 
@@ -183,9 +211,12 @@ class MidlineProtocol(LanguageServerProtocol):
                 raise ValueError("not JSON-RPC 2.0")
         except Exception as exc:
             log.warning("ignored an unreadable response to request %s", message.get("id"))
-            future = self._request_futures.pop(message.get("id"), None) if type(message.get("id")) in (int, str) else None
+            msg_id = message.get("id")
+            future = self._request_futures.pop(msg_id, None) if _is_id(msg_id) else None
             if future is not None and not future.done():
-                future.set_exception(JsonRpcException(f"The client's response could not be read ({type(exc).__name__}).", INVALID_PARAMS))
+                future.set_exception(
+                    JsonRpcException(f"The client's response could not be read ({type(exc).__name__}).", INVALID_PARAMS)
+                )
             return
         super().handle_message(response)
 
@@ -222,7 +253,9 @@ class MidlineProtocol(LanguageServerProtocol):
     def _send_handler_result(self, future: Future[Any], *, msg_id: Any, method: str = "the request") -> None:
         self._request_futures.pop(msg_id, None)
         if future.cancelled():
-            self._send_response(msg_id, error=types.ResponseError(REQUEST_CANCELLED, f"The {method} request was cancelled."))
+            self._send_response(
+                msg_id, error=types.ResponseError(REQUEST_CANCELLED, f"The {method} request was cancelled.")
+            )
             return
         error = future.exception()
         if method == types.INITIALIZE and error is not None:
@@ -243,9 +276,15 @@ class MidlineProtocol(LanguageServerProtocol):
         try:
             handler = self._get_handler(method_name)
         except JsonRpcMethodNotFound:
-            log.log(logging.DEBUG if method_name.startswith("$/") else logging.WARNING, "ignored the unknown notification %s", method_name)
+            log.log(
+                logging.DEBUG if method_name.startswith("$/") else logging.WARNING,
+                "ignored the unknown notification %s",
+                method_name,
+            )
             return
-        self._execute_handler(str(uuid.uuid4()), handler, partial(self._notification_done, method=method_name), args=(params,))
+        self._execute_handler(
+            str(uuid.uuid4()), handler, partial(self._notification_done, method=method_name), args=(params,)
+        )
 
     def _notification_done(self, future: Future[Any], *, method: str) -> None:
         if future.cancelled() or (error := future.exception()) is None:
@@ -254,7 +293,8 @@ class MidlineProtocol(LanguageServerProtocol):
             log.warning("%s was not applied: %s", method, error.message)
         else:
             log_failure(method, error)
-            self._server.report_internal_error(method)
+            if isinstance(self._server, ReportsErrors):
+                self._server.report_internal_error(method)
 
 
 def log_failure(what: str, error: BaseException) -> None:
@@ -270,27 +310,41 @@ def _no_method(method: str) -> str:
 
 
 def internal_error_text(method: str) -> str:
-    return f"midline failed on {method} because of a bug in midline; please report it with the server log, which has the details."
+    return (
+        f"midline failed on {method} because of a bug in midline; please report it with the server log,"
+        " which has the details."
+    )
 
 
-def describe(exc: BaseException, path: str, kind: Any = None, owner: type | None = None, field: str | None = None) -> list[str]:
+def describe(
+    exc: BaseException, path: str, kind: Any = None, owner: type | None = None, field: str | None = None
+) -> list[str]:
     """What is wrong with a structured value, one phrase per wrong field: `position.line must be ...`."""
     if isinstance(exc, ClassValidationError):
         found, loose = exc.group_exceptions()
-        return [p for sub, note in found for p in describe(sub, _join(path, _camel(note.name)), note.type, exc.cl, note.name)] + [
-            p for sub in loose for p in describe(sub, path)
-        ]
+        return [
+            p
+            for sub, note in found
+            for p in describe(sub, _join(path, _camel(note.name)), note.type, exc.cl, note.name)
+        ] + [p for sub in loose for p in describe(sub, path)]
     if isinstance(exc, IterableValidationError):
-        found, loose = exc.group_exceptions()
-        return [p for sub, note in found for p in describe(sub, f"{path}[{note.index}]", note.type)] + [p for sub in loose for p in describe(sub, path)]
+        items, rest = exc.group_exceptions()
+        return [p for sub, item in items for p in describe(sub, f"{path}[{item.index}]", item.type)] + [
+            p for sub in rest for p in describe(sub, path)
+        ]
     name = _shown(path)
     if isinstance(exc, KeyError):
         return [f"{name} is required"]
     ranged = re.match(r"\w+\.(\w+) should be in range \[(-?\d+):(\d+)\]", str(exc))
     if isinstance(exc, ValueError) and ranged:  # lsprotocol's (u)integer validators, raised for the whole object
         field_path = _shown(_join(path, _camel(ranged.group(1))))
-        return [f"{field_path} must be {'a non-negative' if ranged.group(2) == '0' else 'an'} integer no larger than {ranged.group(3)}"]
-    validator = attrs.fields_dict(owner)[field].validator if owner is not None and attrs.has(owner) and field in attrs.fields_dict(owner) else None
+        sign = "a non-negative" if ranged.group(2) == "0" else "an"
+        return [f"{field_path} must be {sign} integer no larger than {ranged.group(3)}"]
+    validator = (
+        attrs.fields_dict(owner)[field].validator
+        if owner is not None and attrs.has(owner) and field in attrs.fields_dict(owner)
+        else None
+    )
     return [f"{name} must be {_expected(kind, validator)}"]
 
 
@@ -327,6 +381,11 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+def _is_id(value: Any) -> TypeGuard[int | str]:
+    """Whether `value` can be a request's id: an integer (not a boolean) or a string."""
+    return type(value) in (int, str)
+
+
 @cache
 def _is_request(kind: type) -> bool:
     """Whether an lsprotocol message type is a request (it has an id), looked up once per type."""
@@ -337,7 +396,14 @@ def _json_kind(value: Any) -> str:
     """What a JSON value is, with its article: `a string`, `null`."""
     if value is None:
         return "null"
-    for kind, word in ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"), (list, "an array"), (dict, "an object")):
+    for kind, word in (
+        (bool, "a boolean"),
+        (int, "a number"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "an object"),
+    ):
         if isinstance(value, kind):
             return word
     return type(value).__name__
@@ -368,5 +434,6 @@ def quiet_pygls_logs() -> None:
 
 
 def parse_failure(error: BaseException, source: Any) -> bool:
-    """Whether pygls's reader reported `error` because a message was not JSON (its loop reports with JsonRpcException)."""
+    """Whether pygls's reader reported `error` because a message was not JSON (its loop reports with
+    JsonRpcException)."""
     return source is JsonRpcException and isinstance(error, (ValueError, RecursionError))

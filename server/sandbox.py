@@ -87,7 +87,8 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool
-    killed_reason: str | None  # "timeout", "cpu time limit", "file size limit", "killed (SIGKILL)", ...; None if it exited
+    # "timeout", "cpu time limit", "file size limit", "killed (SIGKILL)", ...; None if it exited
+    killed_reason: str | None
     elapsed_s: float = 0.0
 
     @property
@@ -119,7 +120,18 @@ def run_python(
     state = sandbox_state()
     if not state.available:
         raise SandboxUnavailable(state.detail)
-    return _run(code, files or {}, timeout_s, memory_mb, max_processes, file_size_mb, disk_mb, read_only, max_output_chars, audit_hook)
+    return _run(
+        code,
+        files or {},
+        timeout_s,
+        memory_mb,
+        max_processes,
+        file_size_mb,
+        disk_mb,
+        read_only,
+        max_output_chars,
+        audit_hook,
+    )
 
 
 @functools.cache
@@ -130,13 +142,17 @@ def sandbox_state() -> SandboxState:
         return SandboxState(False, f"bubblewrap is not installed ({INSTALL_HINT})")
     version, options = _bwrap_version(bwrap)
     if "--size" not in options:
-        return SandboxState(False, f"{version or 'bubblewrap'} is too old (no --size for a capped work dir; 0.5 or newer needed)")
+        return SandboxState(
+            False, f"{version or 'bubblewrap'} is too old (no --size for a capped work dir; 0.5 or newer needed)"
+        )
     try:
         probe = _run(_PROBE, {}, 30.0, 256, 8, 1, 1, (), 4000, True)
     except OSError as e:
         return SandboxState(False, f"bubblewrap cannot start: {e}")
     if probe.stdout.strip() != "isolated":
-        why = (probe.stderr.strip().split("\n") or ["?"])[-1] or probe.stdout.strip() or f"exit status {probe.returncode}"
+        why = (
+            (probe.stderr.strip().split("\n") or ["?"])[-1] or probe.stdout.strip() or f"exit status {probe.returncode}"
+        )
         return SandboxState(False, f"bubblewrap cannot isolate code here (user namespaces disabled?): {why}")
     return SandboxState(True, f"{version}, seccomp" if _seccomp_program() else version)
 
@@ -169,9 +185,18 @@ def _run(code: str, files: dict[str, str], timeout_s: float, memory_mb: int, max
     all_files = {_MAIN: code, **files}
     for name in all_files:
         _check_name(name)
-    payload = {"files": all_files, "limits": _limits(timeout_s, memory_mb, max_processes, file_size_mb), "hook": audit_hook}
+    payload = {
+        "files": all_files,
+        "limits": _limits(timeout_s, memory_mb, max_processes, file_size_mb),
+        "hook": audit_hook,
+    }
     program = _seccomp_program()
-    with tempfile.TemporaryFile() as data, tempfile.TemporaryFile() as filt, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as data,
+        tempfile.TemporaryFile() as filt,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
         data.write(json.dumps(payload).encode("utf-8"))
         data.seek(0)
         filt.write(program)
@@ -206,7 +231,9 @@ def _limits(timeout_s: float, memory_mb: int, max_processes: int, file_size_mb: 
 
 def _environment() -> dict[str, str]:
     """The child's environment: nothing inherited from the caller."""
-    single_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+    single_thread = {
+        name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    }
     return {
         "PATH": "/usr/bin:/bin",
         "HOME": WORK_DIR,
@@ -271,12 +298,22 @@ def _read_only_paths(extra) -> list[str]:
     without nested duplicates, /usr-covered paths, the home folder or anything above it."""
     import site
 
-    python = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    python = {
+        sys.prefix,
+        sys.exec_prefix,
+        sys.base_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+    }
     candidates = [*python, *site.getsitepackages(), _this_file(), *map(str, extra)]
     home = os.path.realpath(os.path.expanduser("~"))
     kept: list[str] = []
     for path in sorted({os.path.realpath(p) for p in candidates if p}, key=len):
-        if not os.path.exists(path) or _within(home, path) or any(_within(path, outer) for outer in (*kept, *_SYSTEM_DIRS)):
+        if (
+            not os.path.exists(path)
+            or _within(home, path)
+            or any(_within(path, outer) for outer in (*kept, *_SYSTEM_DIRS))
+        ):
             continue
         kept.append(path)
     return kept
@@ -301,8 +338,17 @@ def _supervise(command: list[str], fds: tuple[int, ...], out, err, timeout_s: fl
     """Start bwrap, wait up to `timeout_s`, and kill its process group: (returncode, timed out, seconds).
     Killing bwrap kills the sandbox's PID 1 (--die-with-parent) and with it every process inside."""
     start = time.monotonic()
-    proc = subprocess.Popen(command, cwd="/", env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                            start_new_session=True, close_fds=True, pass_fds=fds)
+    proc = subprocess.Popen(
+        command,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=fds,
+    )
     timed_out = False
     try:
         proc.wait(timeout=timeout_s)
@@ -359,17 +405,17 @@ def _killed_reason(returncode: int, timed_out: bool) -> str | None:
 _SYSCALLS = {
     "x86_64": {
         "fork": 57, "vfork": 58, "clone": 56, "clone3": 435, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
-        "pivot_root": 155, "chroot": 161, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "keyctl": 250,
-        "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "kexec_load": 246,
-        "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176, "acct": 163, "swapon": 167,
-        "swapoff": 168, "reboot": 169, "syslog": 103, "open_by_handle_at": 304,
+        "pivot_root": 155, "chroot": 161, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+        "keyctl": 250, "add_key": 248, "request_key": 249, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+        "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
+        "acct": 163, "swapon": 167, "swapoff": 168, "reboot": 169, "syslog": 103, "open_by_handle_at": 304,
     },
     "aarch64": {
-        "clone": 220, "clone3": 435, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51,
-        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "keyctl": 219, "add_key": 217, "request_key": 218,
-        "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104, "kexec_file_load": 294, "init_module": 105,
-        "finit_module": 273, "delete_module": 106, "acct": 89, "swapon": 224, "swapoff": 225, "reboot": 142, "syslog": 116,
-        "open_by_handle_at": 265,
+        "clone": 220, "clone3": 435, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
+        "chroot": 51, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "keyctl": 219, "add_key": 217,
+        "request_key": 218, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "kexec_load": 104,
+        "kexec_file_load": 294, "init_module": 105, "finit_module": 273, "delete_module": 106, "acct": 89,
+        "swapon": 224, "swapoff": 225, "reboot": 142, "syslog": 116, "open_by_handle_at": 265,
     },
 }
 # The same number on every architecture.
@@ -413,7 +459,9 @@ def _seccomp_program() -> bytes:
     def offset(i: int, label: str | None) -> int:
         return 0 if label is None else position[label] - i - 1
 
-    return b"".join(struct.pack("=HBBI", code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(program))
+    return b"".join(
+        struct.pack("=HBBI", code, offset(i, jt), offset(i, jf), k) for i, (code, jt, jf, k) in enumerate(program)
+    )
 
 
 # -- child side -----------------------------------------------------------------------------------
@@ -423,7 +471,8 @@ def _seccomp_program() -> bytes:
 _DENIED = frozenset({
     "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.startfile",
     "subprocess.Popen", "pty.spawn", "os.killpg", "os.symlink", "os.link",
-    "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata", "ctypes.string_at", "ctypes.wstring_at",
+    "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata",
+    "ctypes.string_at", "ctypes.wstring_at",
     "resource.setrlimit", "resource.prlimit",
     "gc.get_objects", "gc.get_referrers", "gc.get_referents",
     "sys._current_frames",
@@ -455,9 +504,9 @@ def _boot(payload_fd: str) -> None:
         os._exit(_REFUSED_AS_ROOT)
     root = os.getcwd()
     for name, text in payload["files"].items():
-        path = Path(root, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        file = Path(root, name)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text, encoding="utf-8")
     for name, soft, hard in payload["limits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     path = os.path.join(root, _MAIN)
@@ -480,7 +529,7 @@ def _disarm() -> None:
 
     _posixsubprocess.fork_exec = _denied
     if "subprocess" in sys.modules:  # imported already: its own reference to fork_exec
-        sys.modules["subprocess"]._fork_exec = _denied
+        setattr(sys.modules["subprocess"], "_fork_exec", _denied)  # private: not in its type stubs
     for name in ("mknod", "mkfifo"):
         if hasattr(posix, name):
             setattr(posix, name, _denied)
