@@ -133,7 +133,8 @@ def test_replay_tasks_delete_a_function_body(tasks):
 def test_a_column_0_suggestion_must_bring_the_indentation_once(tasks):
     col0, indented = find(tasks, "enter_col0", "home.py"), find(tasks, "enter_indented", "home.py")
     right = P.score_position(col0, Suggestion('    return os.path.expanduser("~")'))
-    assert right["exact_first_line"] and right["exact_match"] and not right["harmful"] and right["invalid_syntax"] is False
+    assert right["exact_first_line"] and right["exact_match"]
+    assert not right["harmful"] and right["invalid_syntax"] is False
     assert right["edit_similarity"] == 1.0 and right["glued"] is None
     for wrong in (Suggestion('        return os.path.expanduser("~")'), Suggestion('return os.path.expanduser("~")')):
         scores = P.score_position(col0, wrong)
@@ -146,7 +147,8 @@ def test_a_column_0_suggestion_must_bring_the_indentation_once(tasks):
     assert P.score_position(col0, Suggestion('    return os.path.expanduser("~")\n    x = 1'))["exact_first_line"]
     empty = P.score_position(col0, None)
     assert empty["empty"] and not empty["harmful"] and not empty["exact_first_line"] and empty["invalid_syntax"] is None
-    assert right["mid_word"] is False and P.score_position(col0, Suggestion("    eturn home"))["mid_word"]  # the tail of `return`
+    # the tail of `return`
+    assert right["mid_word"] is False and P.score_position(col0, Suggestion("    eturn home"))["mid_word"]
     assert not P.score_position(col0, Suggestion("    unknown_name = 1"))["mid_word"]
 
 
@@ -155,16 +157,19 @@ def test_a_suggestion_glued_to_a_complete_line_is_wrong_and_invalid(tasks):
     right = P.score_position(task, Suggestion("\n    return out"))
     assert right["exact_first_line"] and right["exact_match"] and right["glued"] is False
     glued = P.score_position(task, Suggestion("return out"))  # `out.append(x)return out`: a hidden MISSING newline
-    assert glued["glued"] and glued["harmful"] and glued["invalid_syntax"] and glued["shown_line"] == "        out.append(x)return out"
+    assert glued["glued"] and glued["harmful"] and glued["invalid_syntax"]
+    assert glued["shown_line"] == "        out.append(x)return out"
     assert P.score_position(task, Suggestion(" return out"))["glued"]  # `out.append(x) return out`: an ERROR node
     for continued in (Suggestion(".copy()"), Suggestion(" + 1")):  # wrong, but one valid statement
         scores = P.score_position(task, continued)
         assert scores["harmful"] and scores["glued"] is False and scores["invalid_syntax"] is False
     quiet = find(tasks, "end_of_line_next", "quiet.py")
-    merged = P.score_position(quiet, Suggestion("old_stderr = sys.stderr"))  # `sys.stdoutold_stderr = sys.stderr`: valid
+    # `sys.stdoutold_stderr = sys.stderr`: valid
+    merged = P.score_position(quiet, Suggestion("old_stderr = sys.stderr"))
     assert merged["glued"] and merged["invalid_syntax"] is False and merged["harmful"]
     assert P.score_position(task, Suggestion("return"))["glued"]  # `out.append(x)return`: a keyword, not a name
-    assert not P._is_statement("s") and not P._is_statement(" + 1") and P._is_statement(" x = 1")  # (`s` goes on a word)
+    # (`s` goes on a word)
+    assert not P._is_statement("s") and not P._is_statement(" + 1") and P._is_statement(" x = 1")
     wrong_line = P.score_position(task, Suggestion("\n        return out"))  # the next line, indented as the loop body
     assert wrong_line["harmful"] and not wrong_line["glued"]
 
@@ -183,7 +188,8 @@ def test_at_the_end_of_a_complete_line_nothing_is_right(tasks):
     assert P.score_position(task, Suggestion("\n"))["empty"]  # white space shows nothing
     for shown in (Suggestion("\n    print(out)"), Suggestion(" + 1")):
         scores = P.score_position(task, shown)
-        assert not scores["exact_match"] and not scores["exact_first_line"] and scores["harmful"] and scores["edit_similarity"] == 0.0
+        assert not scores["exact_match"] and not scores["exact_first_line"]
+        assert scores["harmful"] and scores["edit_similarity"] == 0.0
         assert scores["glued"] is None  # the expected text does not start a new line
 
 
@@ -229,9 +235,11 @@ def test_replay_pauses_at_line_starts_and_word_ends(tasks):
     task = find(tasks, P.REPLAY, "mean.py")
     calls: list[str] = []
     row = asyncio.run(P.replay_function(task, scripted(task.original, calls, right=False)))
+    # (none after the last character)
     assert calls == ["    ", "    total ", "    total = sum(", "    total = sum(values)",
-                     "    ", "    return ", "    return total ", "    return total / len("]  # (none after the last character)
-    assert row["chars"] == len(task.middle) - 8 and row["accepted_chars"] == 0 and row["requests"] == 8 and row["shown"] == 7
+                     "    ", "    return ", "    return total ", "    return total / len("]
+    assert row["chars"] == len(task.middle) - 8 and row["accepted_chars"] == 0
+    assert row["requests"] == 8 and row["shown"] == 7
 
 
 def test_replay_accepts_the_right_next_line(tasks):
@@ -248,7 +256,8 @@ def test_replay_accepts_the_right_next_line(tasks):
 
 def test_replay_end_to_end_on_the_tiny_model(tiny_engine, tasks):
     replays = [t for t in tasks if t.kind == P.REPLAY]
-    rows = P.replay(tiny_engine, replays, dataclasses.replace(ev.eval_config(8, 60_000), cache_size=Config().cache_size))
+    rows = P.replay(tiny_engine, replays,
+                    dataclasses.replace(ev.eval_config(8, 60_000), cache_size=Config().cache_size))
     assert [r["function"] for r in rows] == [t.function for t in replays]
     assert all(r["requests"] >= r["shown"] >= r["accepted"] and r["model_calls"] >= 1 for r in rows)
     assert all(len(r["latencies_ms"]) == r["requests"] > 0 for r in rows)
@@ -258,8 +267,8 @@ def test_cli_builds_tasks_and_reports(tiny_model_dir, tmp_path, capsys):
     corpus = tmp_path / "valid.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     out, tasks_file = tmp_path / "report.json", tmp_path / "tasks.jsonl"
-    args = ["positions", "--model", str(tiny_model_dir), "--device", "cpu", "--corpus", str(corpus), "--tasks", str(tasks_file),
-            "--per-kind", "1", "--functions", "1", "--max-new-tokens", "4", "--out", str(out)]
+    args = ["positions", "--model", str(tiny_model_dir), "--device", "cpu", "--corpus", str(corpus), "--tasks",
+            str(tasks_file), "--per-kind", "1", "--functions", "1", "--max-new-tokens", "4", "--out", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["tasks"]["count"] == len(ev.load_tasks(tasks_file)) == len(P.KINDS) + 1
@@ -299,4 +308,5 @@ def test_cli_compares_retrieval_side_by_side(tiny_model_dir, tmp_path, capsys):
     assert report["retrieval"]["tasks_in_repos_with_other_files"] == len(P.KINDS)
     assert "without / with retrieval" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # the other files come from the corpus: a tasks file alone is not enough
-        main(["positions", "--model", str(tiny_model_dir), "--tasks", str(out.with_suffix(".tasks.jsonl")), "--retrieval", "on"])
+        main(["positions", "--model", str(tiny_model_dir), "--tasks", str(out.with_suffix(".tasks.jsonl")),
+              "--retrieval", "on"])

@@ -98,7 +98,8 @@ def test_overlapping_chunks_of_a_file_are_retrieved_once(tmp_path: Path):
     index = _index(_workspace(tmp_path))
     found = index.search(QUERY_DOC, limit=4)
     spans = [(c.start, c.end) for c in found if c.path.endswith("billing.py")]
-    assert all(a_end <= b_start or b_end <= a_start for (a_start, a_end) in spans for (b_start, b_end) in spans if (a_start, a_end) != (b_start, b_end))
+    assert all(a_end <= b_start or b_end <= a_start for (a_start, a_end) in spans for (b_start, b_end) in spans
+               if (a_start, a_end) != (b_start, b_end))
 
 
 def test_updates_replace_and_drop_a_files_chunks(tmp_path: Path):
@@ -186,10 +187,12 @@ def test_retrieved_chunks_share_the_snippet_budget_after_definitions(tmp_path: P
     offset = len(QUERY_DOC)
 
     def snippets(budget: int) -> list[Snippet]:
-        return build_context(doc, offset, count_tokens=_words, symbols=symbols, retrieval=index, snippet_budget=budget).snippets
+        return build_context(doc, offset, count_tokens=_words, symbols=symbols, retrieval=index,
+                             snippet_budget=budget).snippets
 
     found = snippets(512)
-    assert [Path(s.path).name for s in found][:1] == ["billing.py"]  # the chunk first (stable first: retrieval changes most)
+    # the chunk first (stable first: retrieval changes most)
+    assert [Path(s.path).name for s in found][:1] == ["billing.py"]
     assert "merge_invoice_totals" in found[0].text
     without = build_context(doc, offset, count_tokens=_words, symbols=symbols, snippet_budget=512).snippets
     assert found[1:] == without  # the definitions and local snippets as before, after it
@@ -200,7 +203,8 @@ def test_retrieved_chunks_share_the_snippet_budget_after_definitions(tmp_path: P
 def test_a_chunk_already_in_the_window_is_not_repeated(tmp_path: Path):
     index = RetrievalIndex()
     index.index_disk(str(tmp_path / "copy.py"), PLANTED.encode())
-    text = PLANTED + "\n\ndef merge_credit_totals(credits, currency_table):\n    rate = currency_table.lookup(credits)\n    "
+    text = PLANTED + ("\n\ndef merge_credit_totals(credits, currency_table):\n"
+                      "    rate = currency_table.lookup(credits)\n    ")
     doc = Document((tmp_path / "here.py").as_uri(), "python", 1, text)
     ctx = build_context(doc, len(text), count_tokens=_words, retrieval=index)
     assert all("merge_invoice_totals" not in s.text for s in ctx.snippets)
@@ -286,7 +290,8 @@ def test_a_saved_document_is_indexed_at_once(tmp_path: Path):
 
 def test_the_watch_glob_names_every_languages_extensions():
     glob = watch_glob()
-    assert glob.startswith("**/*.{") and all(ext in glob.split("{")[1] for ext in ("py", "ts", "rs", "go", "java", "cpp"))
+    assert glob.startswith("**/*.{")
+    assert all(ext in glob.split("{")[1] for ext in ("py", "ts", "rs", "go", "java", "cpp"))
 
 
 def test_no_code_in_logs_above_debug(tmp_path: Path, caplog):
@@ -325,13 +330,15 @@ async def test_the_server_follows_saves_watched_files_and_folder_changes(tiny_mo
 
     caps = capabilities()
     caps.workspace = types.WorkspaceClientCapabilities(
-        workspace_folders=True, did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(dynamic_registration=True)
+        workspace_folders=True,
+        did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(dynamic_registration=True)
     )
     await client.start_io(*SERVER)
     try:
         await client.initialize_session(types.InitializeParams(
             capabilities=caps, root_uri=one.as_uri(), workspace_folders=[types.WorkspaceFolder(one.as_uri(), "one")],
-            initialization_options={"midline": {"model": str(tiny_model_dir), "context": {"retrieval": True}, "hover": {"explain": False}}},
+            initialization_options={"midline": {"model": str(tiny_model_dir), "context": {"retrieval": True},
+                                                "hover": {"explain": False}}},
         ))
         use = one / "use.py"
         open_document(client, use.as_uri(), "extra_helper(1)\nbrand_new()\nsaved_only()\n")
@@ -347,7 +354,8 @@ async def test_the_server_follows_saves_watched_files_and_folder_changes(tiny_mo
 
         await _eventually(lambda: _when(index(), lambda i: i and i["retrievalFiles"] == 3))
         first = await index()
-        assert first == {"folders": 1, "definitionFiles": 3, "retrievalFiles": 3, "retrievalChunks": first["retrievalChunks"]}
+        assert first == {"folders": 1, "definitionFiles": 3, "retrievalFiles": 3,
+                         "retrievalChunks": first["retrievalChunks"]}
         [watcher] = registrations
         assert watcher.method == types.WORKSPACE_DID_CHANGE_WATCHED_FILES
         assert watcher.register_options["watchers"][0]["globPattern"] == watch_glob()

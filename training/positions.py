@@ -124,6 +124,7 @@ BLOCKS = resolve("python").blocks
 _STATEMENT_PARENTS = BLOCKS | {"module"}
 
 Complete = Callable[[Document, int], Awaitable[Suggestion | None]]
+Pick = Callable[[Source, random.Random], Task | None]
 
 
 # -- tasks ----------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def build_position_tasks(source, *, per_kind: int, functions: int, seed: int) ->
     return tasks
 
 
-def _without_errors(pick: Callable[[Source, random.Random], Task | None]) -> Callable[[Source, random.Random], Task | None]:
+def _without_errors(pick: Pick) -> Pick:
     return lambda src, rng: None if src.tree.root_node.has_error else pick(src, rng)
 
 
@@ -176,7 +177,8 @@ def _statements(tree: tree_sitter.Tree) -> Iterator[tree_sitter.Node]:
 
 def _is_string(statement: tree_sitter.Node) -> bool:
     children = statement.named_children
-    return statement.type == "expression_statement" and len(children) == 1 and children[0].type in ("string", "concatenated_string")
+    return (statement.type == "expression_statement" and len(children) == 1
+            and children[0].type in ("string", "concatenated_string"))
 
 
 def _indent(line: str) -> int:
@@ -218,7 +220,7 @@ def _shuffled(items, rng: random.Random, limit: int = 20) -> list:
     return items[:limit]
 
 
-def _pick_enter(kind: str) -> Callable[[Source, random.Random], Task | None]:
+def _pick_enter(kind: str) -> Pick:
     def pick(src: Source, rng: random.Random) -> Task | None:
         """A code line in a block emptied (enter_col0), or emptied to its indentation (enter_indented)."""
         for row in _shuffled(_code_lines(src, in_block=True), rng):
@@ -233,7 +235,8 @@ def _pick_enter(kind: str) -> Callable[[Source, random.Random], Task | None]:
 def _pick_line_start(src: Source, rng: random.Random) -> Task | None:
     """A code line in a block deleted whole; the cursor at the code of the next line, which has its indentation."""
     starts = _statement_rows(src)
-    rows = [r for r in _code_lines(src, in_block=True) if r + 1 in starts and _indent(src.lines[r]) == _indent(src.lines[r + 1])]
+    rows = [r for r in _code_lines(src, in_block=True)
+            if r + 1 in starts and _indent(src.lines[r]) == _indent(src.lines[r + 1])]
     for row in _shuffled(rows, rng):
         indent = _indent(src.lines[row])
         if task := _task(src, "line_start", src.line_starts[row], src.line_starts[row + 1] + indent, indent):
@@ -269,7 +272,8 @@ def _pick_empty_block(src: Source, rng: random.Random) -> Task | None:
     for function in _shuffled(functions, rng):
         body = function.child_by_field_name("body")
         docstring = docstring_of(body)
-        code = [c for c in body.named_children if c.type != "comment" and (docstring is None or c.start_byte > docstring.end_byte)]
+        code = [c for c in body.named_children
+                if c.type != "comment" and (docstring is None or c.start_byte > docstring.end_byte)]
         if not code:
             continue
         first, last = code[0].start_point, code[-1].end_point
@@ -277,7 +281,8 @@ def _pick_empty_block(src: Source, rng: random.Random) -> Task | None:
         row_start, indent = src.line_starts[first.row], _indent(src.lines[first.row])
         if start != row_start + indent or end != _row_end(src, last.row):  # the body has its lines to itself
             continue
-        if BODY_LINES[0] <= last.row - first.row + 1 <= BODY_LINES[1] and (task := _task(src, "empty_block", row_start, end, indent)):
+        if (BODY_LINES[0] <= last.row - first.row + 1 <= BODY_LINES[1]
+                and (task := _task(src, "empty_block", row_start, end, indent))):
             return task
     return None
 
@@ -290,7 +295,8 @@ def _pick_end_of_file(src: Source, rng: random.Random) -> Task | None:
     starts = _statement_rows(src)
     for k in _shuffled(END_LINES, rng):
         last = rows[-k:]
-        if len(rows) <= k or last[0] not in starts or any(r in prose or src.lines[r].lstrip().startswith("#") for r in last):
+        if (len(rows) <= k or last[0] not in starts
+                or any(r in prose or src.lines[r].lstrip().startswith("#") for r in last)):
             continue
         if task := _task(src, "end_of_file", src.line_starts[last[0]], len(src.text), _indent(src.lines[last[0]])):
             return task
@@ -307,7 +313,8 @@ def _pick_function(src: Source, rng: random.Random) -> Task | None:
         colon = header_colon(function)
         header = colon.end_point.row
         start, end = src.offset(colon.end_point), src.offset(body.end_point)
-        own_lines = body.start_point.row > header and start == _row_end(src, header) and end == _row_end(src, body.end_point.row)
+        own_lines = (body.start_point.row > header and start == _row_end(src, header)
+                     and end == _row_end(src, body.end_point.row))
         if own_lines and (task := _task(src, REPLAY, start, end)):
             return dataclasses.replace(task, function=node_name(function, "python"))
     return None
@@ -320,7 +327,7 @@ def _top_level_or_method(function: tree_sitter.Node) -> bool:
     return parent.type == "module" or (parent.type == "block" and parent.parent.type == "class_definition")
 
 
-PICKS: dict[str, Callable[[Source, random.Random], Task | None]] = {
+PICKS: dict[str, Pick] = {
     "enter_col0": _pick_enter("enter_col0"),
     "enter_indented": _pick_enter("enter_indented"),
     "line_start": _pick_line_start,
@@ -349,7 +356,8 @@ def _is_statement(line: str) -> bool:
     """Whether `line` is a statement on its own: it starts with a word, parses without errors, and is not a lone
     name (`s`, a continuation of the word before the cursor) unless a keyword (`return`, `pass`)."""
     code = line.strip()
-    return bool(re.match(r"\w", code)) and (not re.fullmatch(r"\w+", code) or keyword.iskeyword(code)) and syntax_errors(code + "\n") == 0
+    return (bool(re.match(r"\w", code)) and (not re.fullmatch(r"\w+", code) or keyword.iskeyword(code))
+            and syntax_errors(code + "\n") == 0)
 
 
 def _shown_line(text: str, cursor: int, inserted: str) -> tuple[int, str]:
@@ -456,7 +464,8 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
     def insert(text: str) -> None:
         nonlocal cursor
         position = doc.position_at(cursor, codec)
-        doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(position, position), text=text), codec)
+        change = types.TextDocumentContentChangePartial(range=types.Range(position, position), text=text)
+        doc.apply_change(change, codec)
         doc.version += 1
         cursor += len(text)
 
@@ -544,8 +553,8 @@ def with_retrieval(config: Config, on: bool) -> Config:
 
 
 def evaluate_positions(
-    model_dir: Path, tasks: list[Task], *, device: str = "auto", max_new_tokens: int = 64, timeout_ms: int = 60_000, progress: bool = False,
-    floors: bool = True, workspaces: Workspaces | None = None, retrieval: str | None = None,
+    model_dir: Path, tasks: list[Task], *, device: str = "auto", max_new_tokens: int = 64, timeout_ms: int = 60_000,
+    progress: bool = False, floors: bool = True, workspaces: Workspaces | None = None, retrieval: str | None = None,
 ) -> dict:
     """Complete the position tasks and type the replay tasks with one engine; returns the report (JSON-ready).
     Without `floors`, every suggestion is shown whatever its confidence (to calibrate the model's floors). With
@@ -572,7 +581,8 @@ def evaluate_positions(
         "fim_format": engine.fim.name,
         "settings": {"max_new_tokens": max_new_tokens, "timeout_ms": timeout_ms, "server_config": config.to_json(),
                      "replay_server_config": replay_config.to_json()},
-        "tasks": {"count": len(tasks), "by_kind": {kind: sum(t.kind == kind for t in tasks) for kind in [*kinds, REPLAY]}},
+        "tasks": {"count": len(tasks),
+                  "by_kind": {kind: sum(t.kind == kind for t in tasks) for kind in [*kinds, REPLAY]}},
         "metrics": _metrics(rows, kinds),
         "replay": summarize_replay(typing),
         "elapsed_s": time.monotonic() - started,
@@ -580,37 +590,44 @@ def evaluate_positions(
         "per_function": typing,
     }
     if others:
-        report["without_retrieval"] = {"server_config": configs[1].to_json(), "metrics": _metrics(others[0], kinds), "per_task": others[0]}
+        report["without_retrieval"] = {"server_config": configs[1].to_json(), "metrics": _metrics(others[0], kinds),
+                                       "per_task": others[0]}
         report["retrieval"] = _retrieval_summary(positions, rows, others[0], workspaces)
     return report
 
 
 def _metrics(rows: list[dict], kinds: list[str]) -> dict:
-    return {"overall": summarize_positions(rows), **{k: summarize_positions([r for r in rows if r["kind"] == k]) for k in kinds}}
+    return {"overall": summarize_positions(rows),
+            **{k: summarize_positions([r for r in rows if r["kind"] == k]) for k in kinds}}
 
 
-def _retrieval_summary(tasks: list[Task], with_rows: list[dict], without_rows: list[dict], workspaces: Workspaces | None) -> dict:
+def _retrieval_summary(tasks: list[Task], with_rows: list[dict], without_rows: list[dict],
+                       workspaces: Workspaces | None) -> dict:
     """How retrieval changed the tasks: prompts it changed (a different suggestion or latency aside, a task whose
     repository has other files), first lines it made right and made wrong."""
     changed = [a["suggestion"] != b["suggestion"] for a, b in zip(with_rows, without_rows)]
     return {
         "tasks_in_repos_with_other_files": sum(workspaces.files(t.repo) > 1 for t in tasks) if workspaces else 0,
         "suggestion_changed": sum(changed),
-        "first_line_fixed": sum(a["exact_first_line"] and not b["exact_first_line"] for a, b in zip(with_rows, without_rows)),
-        "first_line_broken": sum(b["exact_first_line"] and not a["exact_first_line"] for a, b in zip(with_rows, without_rows)),
+        "first_line_fixed": sum(a["exact_first_line"] and not b["exact_first_line"]
+                                for a, b in zip(with_rows, without_rows)),
+        "first_line_broken": sum(b["exact_first_line"] and not a["exact_first_line"]
+                                 for a, b in zip(with_rows, without_rows)),
     }
 
 
 def format_positions(report: dict) -> str:
     """A small table of the figures, and the replay's."""
-    lines = [f"{'kind':<20} {'n':>4} {'first':>6} {'exact':>6} {'edit_sim':>8} {'empty':>6} {'harmful':>7} {'invalid':>7} {'glued':>5} {'midword':>7} {'ms/task':>8}"]
+    lines = [f"{'kind':<20} {'n':>4} {'first':>6} {'exact':>6} {'edit_sim':>8} {'empty':>6} {'harmful':>7} "
+             f"{'invalid':>7} {'glued':>5} {'midword':>7} {'ms/task':>8}"]
     for kind, m in report["metrics"].items():
         if m.get("n"):
             invalid = "-" if m["invalid_syntax_rate"] is None else f"{m['invalid_syntax_rate']:.3f}"
             glued = "-" if m["glued"] is None else str(m["glued"])
             lines.append(
-                f"{kind:<20} {m['n']:>4} {m['exact_first_line']:>6.3f} {m['exact_match']:>6.3f} {m['edit_similarity']:>8.3f} "
-                f"{m['empty_rate']:>6.3f} {m['harmful_rate']:>7.3f} {invalid:>7} {glued:>5} {m['mid_word_starts']:>7} {m['latency_ms_mean']:>8.1f}"
+                f"{kind:<20} {m['n']:>4} {m['exact_first_line']:>6.3f} {m['exact_match']:>6.3f} "
+                f"{m['edit_similarity']:>8.3f} {m['empty_rate']:>6.3f} {m['harmful_rate']:>7.3f} {invalid:>7} "
+                f"{glued:>5} {m['mid_word_starts']:>7} {m['latency_ms_mean']:>8.1f}"
             )
     if "without_retrieval" in report:
         lines += ["", _format_retrieval(report)]
@@ -619,23 +636,28 @@ def format_positions(report: dict) -> str:
         lines.append(
             f"typing replay: {r['functions']} functions, {r['chars']} characters: {r['accepted_share']:.1%} accepted "
             f"({r['accepted_chars']} in {r['accepted']} suggestions); {r['requests']} requests, {r['shown']} shown, "
-            f"{r['model_calls']} model calls; time to ghost text p50 {r['latency_ms_p50']:.0f} ms, p95 {r['latency_ms_p95']:.0f} ms"
+            f"{r['model_calls']} model calls; "
+            f"time to ghost text p50 {r['latency_ms_p50']:.0f} ms, p95 {r['latency_ms_p95']:.0f} ms"
         )
     return "\n".join(lines)
 
 
 def _format_retrieval(report: dict) -> str:
     """The position figures without and with retrieval, side by side."""
-    lines = [f"{'without / with retrieval':<20} {'n':>4} {'first':>13} {'exact':>13} {'empty':>13} {'harmful':>13} {'ms/task':>15}"]
+    lines = [f"{'without / with retrieval':<20} {'n':>4} {'first':>13} {'exact':>13} {'empty':>13} {'harmful':>13} "
+             f"{'ms/task':>15}"]
     for kind, on in report["metrics"].items():
         off = report["without_retrieval"]["metrics"][kind]
         if on.get("n"):
-            pairs = [f"{off[key]:>6.3f} {on[key]:>6.3f}" for key in ("exact_first_line", "exact_match", "empty_rate", "harmful_rate")]
-            lines.append(f"{kind:<20} {on['n']:>4} {' '.join(pairs)} {off['latency_ms_mean']:>7.1f} {on['latency_ms_mean']:>7.1f}")
+            pairs = [f"{off[key]:>6.3f} {on[key]:>6.3f}"
+                     for key in ("exact_first_line", "exact_match", "empty_rate", "harmful_rate")]
+            lines.append(f"{kind:<20} {on['n']:>4} {' '.join(pairs)} "
+                         f"{off['latency_ms_mean']:>7.1f} {on['latency_ms_mean']:>7.1f}")
     r = report["retrieval"]
     lines.append(
-        f"retrieval changed {r['suggestion_changed']} suggestions ({r['tasks_in_repos_with_other_files']} tasks in repositories with "
-        f"other files): {r['first_line_fixed']} first lines made right, {r['first_line_broken']} made wrong"
+        f"retrieval changed {r['suggestion_changed']} suggestions "
+        f"({r['tasks_in_repos_with_other_files']} tasks in repositories with other files): "
+        f"{r['first_line_fixed']} first lines made right, {r['first_line_broken']} made wrong"
     )
     return "\n".join(lines)
 
@@ -645,18 +667,22 @@ def _format_retrieval(report: dict) -> str:
 
 def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `positions` subcommand."""
-    p = stages.add_parser("positions", help="completion where editors ask (after Enter, at line ends, ...) and a typing replay, on held-out code")
+    p = stages.add_parser("positions", help="completion where editors ask (after Enter, at line ends, ...) and a "
+                                            "typing replay, on held-out code")
     add_task_arguments(p, "corpus dir (or .jsonl): tasks from its valid.jsonl")
     p.add_argument("--per-kind", type=int, default=100, help="position tasks per kind (default: %(default)s)")
     p.add_argument("--functions", type=int, default=20, help="functions to type in the replay (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--timeout-ms", type=int, default=60_000, help="generation time limit per request (default: %(default)s)")
+    p.add_argument("--timeout-ms", type=int, default=60_000,
+                   help="generation time limit per request (default: %(default)s)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
     p.add_argument("--tasks-only", action="store_true", help="build and save the --tasks file, evaluate nothing")
-    p.add_argument("--no-floors", action="store_true", help="show every suggestion, however unsure (to calibrate the model's confidence floors)")
+    p.add_argument("--no-floors", action="store_true",
+                   help="show every suggestion, however unsure (to calibrate the model's confidence floors)")
     p.add_argument("--retrieval", choices=("off", "on", "both"),
-                   help="give each task its repository's other files from --corpus, as the server's workspace (cross-file "
-                        "definitions; retrieved chunks unless off); both: each position task without and with retrieval, side by side")
+                   help="give each task its repository's other files from --corpus, as the server's workspace "
+                        "(cross-file definitions; retrieved chunks unless off); both: each position task without and "
+                        "with retrieval, side by side")
     p.set_defaults(run=run)
     return p
 
@@ -679,7 +705,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     workspaces = None
     if args.retrieval:
         if not args.corpus:
-            parser.error("--retrieval needs --corpus: the tasks' repositories' other files come from its held-out split")
+            parser.error("--retrieval needs --corpus: the tasks' repositories' other files come from its held-out "
+                         "split")
         workspaces = Workspaces(read_records(args.corpus))
     try:
         report = evaluate_positions(args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens,
@@ -687,6 +714,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                     workspaces=workspaces, retrieval=args.retrieval)
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
-    report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
+    report["tasks"].update(file=str(tasks_file) if tasks_file else None,
+                           sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
     write_report(report, args.out, format_positions(report))
     return 0
