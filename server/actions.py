@@ -12,7 +12,9 @@ an explanation, an edit of the document, a test file — or a message saying why
 
 Gates: a fix is offered only if it parses (tree-sitter) and differs from the original; code from a
 comment only if the document still parses with it; Python tests only if they pass against the current
-code in the sandbox (`verify.py`); other languages' tests are marked unverified.
+code in the sandbox (`verify.py`); other languages' tests are marked unverified. Where `security.scan`
+covers actions, a fix, tests or code from a comment with a high security finding (`security.py`) is
+still offered, with its `warning`: the server shows it, and has the editor ask before applying the edit.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Awaitable, Callable, Sequence
 
 from midline.model import languages, tasks
 from midline.model.fim import FimPrompt, shown_path
-from midline.model.syntax import parses, utf8
+from midline.model.syntax import line_start, parses, utf8
 from midline.model.tasks import Task
 
+from . import security
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config, CurrentConfig, Settings
 from .documents import Document
@@ -176,6 +179,7 @@ class Replace:
     start: int
     end: int
     text: str
+    warning: str | None = None  # the security scan's warning on `text` (security.warning_for), if any
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,7 @@ class TestFile:
     text: str  # the whole new file, or what to append
     existing: str | None
     verified: Verified | None  # None: not run (other languages)
+    warning: str | None = None  # the security scan's warning on the generated tests (security.warning_for), if any
 
 
 @dataclass(frozen=True)
@@ -392,6 +397,11 @@ class Actions:
         start, end = data.get("start", 0), data.get("end", 0)
         return 0 <= start <= end <= len(doc.text) and content_hash(doc.text[start:end]) == data.get("hash")
 
+    def security_warning(self, code: str, language: str, before: str) -> str | None:
+        """The security warning for an action result `code` below the document text `before` (it ends a line),
+        where `security.scan` covers actions; else None."""
+        return security.warning_for(code, language, context=before) if self.config.security.actions else None
+
     def shown(self, path: str | Path) -> str:
         """A path as the model sees it: relative to the workspace root when inside it (as completion shows it)."""
         return shown_path(path, self.root)
@@ -412,7 +422,8 @@ class Actions:
         fixed = fix_gate(doc.text, target, candidate or "", doc.language)
         if fixed is None:
             return Nothing("The model's fix did not parse or changed nothing, so it is not offered; try again, or fix the code by hand.")
-        return Replace(target.start, target.end, fixed)
+        before = doc.text[: line_start(doc.text, target.start)]
+        return Replace(target.start, target.end, fixed, self.security_warning(fixed, doc.language, before))
 
     async def _from_comment(self, doc: Document, data: dict, request: Request) -> Outcome:
         progress, window = request.progress, request.window
@@ -434,11 +445,13 @@ class Actions:
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented
-        text = ("" if doc.text[: comment.insert].endswith("\n") else "\n") + code
+        gap = "" if doc.text[: comment.insert].endswith("\n") else "\n"
+        text = gap + code
         new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
         if parses(doc.language, new) is False and parses(doc.language, doc.text) is not False:
             return Nothing("The model's code does not parse here, so it is not offered; try again, or reword the comment.")
-        return Replace(comment.insert, comment.replace_end, text)
+        warning = self.security_warning(code, doc.language, doc.text[: comment.insert] + gap)
+        return Replace(comment.insert, comment.replace_end, text, warning)
 
     def workspace_folders(self) -> list[Path]:
         return list(dict.fromkeys([*self.folders, *([self.root] if self.root else [])]))
@@ -467,9 +480,10 @@ class Actions:
         else:
             c = languages.resolve(doc.language).line_comment
             source = f"{c} midline: generated tests, {UNVERIFIED} (not run)\n{source}"
+        warning = self.security_warning(source, doc.language, "")  # the tests as generated, before they join a file
         existing = read(test_path)
         text = merge_tests(existing, source) if existing is not None else source
-        return TestFile(test_path, text, existing, verified)
+        return TestFile(test_path, text, existing, verified, warning)
 
     async def _verify(self, source: str, doc: Document, dotted: str, import_root: Path, progress: Progress, read, place: Placement) -> Verified:
         key = content_hash(source, doc.text, dotted)
@@ -531,5 +545,3 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ),
 )
 BY_NAME = {spec.name: spec for spec in ACTIONS}
-KINDS = {spec.name: spec.kind for spec in ACTIONS}  # the code action kinds, by action (server.py advertises them)
-EXPLAIN, FIX, TESTS, FROM_COMMENT = tasks.EXPLAIN.name, tasks.FIX.name, tasks.TESTS.name, tasks.FROM_COMMENT.name  # server.py's names

@@ -2,8 +2,10 @@
 
 Suggestions become inline completion items or (for clients without inline completion) a snippet
 completion item; action outcomes become workspace edits (`documentChanges` where the client supports
-them, else `changes`) or an explanation command; long tasks report work done progress. What a client
-supports is read from its capabilities, positions go through the negotiated position encoding.
+them, else `changes`) or an explanation command; long tasks report work done progress. An outcome with a
+security warning becomes an edit whose changes carry a change annotation that needs confirmation, where the
+client takes them: the editor shows the edit and the warning, and applies it when the user confirms. What a
+client supports is read from its capabilities, positions go through the negotiated position encoding.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pygls.workspace.position_codec import PositionCodec
 
 from midline.model.syntax import line_start
 
-from .actions import TestFile
+from .actions import Replace, TestFile
 from .assistant import Progress
 from .config import camel
 from .documents import Document
@@ -111,28 +113,56 @@ def document_changes(capabilities: Capabilities) -> bool:
     return edit is not None and bool(edit.document_changes or "create" in (edit.resource_operations or ()))
 
 
-def workspace_edit(capabilities: Capabilities, edits: list[FileEdits]) -> types.WorkspaceEdit:
-    """(uri, version, edits, create the file first) as a WorkspaceEdit in the form the client takes."""
+def change_annotations(capabilities: Capabilities) -> bool:
+    """Whether the client takes change annotations (and so asks the user to confirm an edit that needs it)."""
+    support = get_capability(capabilities, "workspace.workspace_edit.change_annotation_support", None)
+    return document_changes(capabilities) and support is not None
+
+
+SECURITY_ANNOTATION = "midline.security"  # the id of a security warning's change annotation
+
+
+def security_annotation(warning: str) -> types.ChangeAnnotation:
+    """A security warning (`security.warning_for`: its head line, then a line per finding) as a change annotation
+    that needs confirmation: the label names the first finding, the description all of them."""
+    findings = [line.strip() for line in warning.split("\n")[1:] if line.strip()] or [warning.strip()]
+    more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
+    return types.ChangeAnnotation(
+        label=f"midline security: {findings[0]}{more}", needs_confirmation=True, description="; ".join(findings)
+    )
+
+
+def workspace_edit(
+    capabilities: Capabilities, edits: list[FileEdits], warning: str | None = None
+) -> types.WorkspaceEdit:
+    """(uri, version, edits, create the file first) as a WorkspaceEdit in the form the client takes; with a
+    `warning`, every change carries its `security_annotation` where the client takes change annotations."""
     if not document_changes(capabilities):
         return types.WorkspaceEdit(changes={uri: text_edits for uri, _, text_edits, _ in edits})
+    annotation = SECURITY_ANNOTATION if warning and change_annotations(capabilities) else None
     changes: list = []
     for uri, version, text_edits, create in edits:
         if create:
-            changes.append(types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)))
+            options = types.CreateFileOptions(ignore_if_exists=True)
+            changes.append(types.CreateFile(uri=uri, options=options, annotation_id=annotation))
+        if annotation is not None:
+            text_edits = [types.AnnotatedTextEdit(annotation, range=e.range, new_text=e.new_text) for e in text_edits]
         identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
         changes.append(types.TextDocumentEdit(text_document=identifier, edits=text_edits))
-    return types.WorkspaceEdit(document_changes=changes)
+    annotations = {annotation: security_annotation(warning)} if annotation is not None and warning else None
+    return types.WorkspaceEdit(document_changes=changes, change_annotations=annotations)
 
 
-def replace_edit(capabilities: Capabilities, doc: Document, start: int, end: int, text: str, codec: PositionCodec) -> types.WorkspaceEdit:
-    """`text` in place of `doc`'s characters from `start` to `end`, for the document's current version."""
-    edit = types.TextEdit(range=span(doc, start, end, codec), new_text=text)
-    return workspace_edit(capabilities, [(doc.uri, doc.version, [edit], False)])
+def replace_edit(capabilities: Capabilities, doc: Document, replace: Replace, codec: PositionCodec) -> types.WorkspaceEdit:
+    """The replacement's text in place of `doc`'s characters from its start to its end, for the document's current
+    version; with its security warning."""
+    edit = types.TextEdit(range=span(doc, replace.start, replace.end, codec), new_text=replace.text)
+    return workspace_edit(capabilities, [(doc.uri, doc.version, [edit], False)], replace.warning)
 
 
 def tests_edit(capabilities: Capabilities, tests: TestFile, documents: Iterable[Document], codec: PositionCodec) -> types.WorkspaceEdit:
     """Generated tests as an edit: a new file created with them, or them appended to the existing file
-    (the open document's text and version if it is open, else the text on disk)."""
+    (the open document's text and version if it is open, else the text on disk); with their security warning."""
     uri = tests.path.as_uri()
     open_doc = next((d for d in documents if Path(d.path) == tests.path), None)
     if tests.existing is None:
@@ -141,7 +171,8 @@ def tests_edit(capabilities: Capabilities, tests: TestFile, documents: Iterable[
         doc = open_doc or Document(uri, None, 0, tests.existing)
         at = doc.position_at(len(doc.text), codec)
     edit = types.TextEdit(range=types.Range(at, at), new_text=tests.text)
-    return workspace_edit(capabilities, [(uri, open_doc.version if open_doc else None, [edit], tests.existing is None)])
+    version = open_doc.version if open_doc else None
+    return workspace_edit(capabilities, [(uri, version, [edit], tests.existing is None)], tests.warning)
 
 
 @contextlib.asynccontextmanager

@@ -393,7 +393,7 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
 
 @server.feature(
     types.TEXT_DOCUMENT_CODE_ACTION,
-    types.CodeActionOptions(code_action_kinds=list(actions.KINDS.values()), resolve_provider=True),
+    types.CodeActionOptions(code_action_kinds=[spec.kind for spec in actions.ACTIONS], resolve_provider=True),
 )
 def code_action(ls: MidlineServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
     """Explain / Fix / Generate tests / Code from a comment, listed without a model call."""
@@ -408,7 +408,9 @@ def code_action(ls: MidlineServer, params: types.CodeActionParams) -> list[types
 
 @server.feature(types.CODE_ACTION_RESOLVE)
 async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> types.CodeAction:
-    """The picked action, computed now: an edit, or the explanation as a command."""
+    """The picked action, computed now: an edit, or the explanation as a command. An edit with a security warning
+    needs confirmation where the client takes change annotations (the title stays: a client takes from a resolve
+    only the properties its `resolveSupport` lists, VS Code only `edit`), and the warning is shown as a message."""
     doc, data = _action_data(ls, action.data)
     completer = await ls.get_completer()
     if completer is None and not ls.config.actions.model and (why := ls.unavailable()):  # an answer now, not a wait
@@ -422,23 +424,20 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     if isinstance(outcome, Explanation):
         action.command = lsp.explanation_command(capabilities, outcome.markdown)
     elif isinstance(outcome, Replace):
-        action.edit = lsp.replace_edit(capabilities, doc, outcome.start, outcome.end, outcome.text, ls.codec)
+        action.edit = lsp.replace_edit(capabilities, doc, outcome, ls.codec)
     elif isinstance(outcome, TestFile):
         action.edit = lsp.tests_edit(capabilities, outcome, ls.documents, ls.codec)
     elif isinstance(outcome, Nothing) and outcome.error:  # the model failed: one error message
         ls.report(f"midline: {outcome.message}")
     elif isinstance(outcome, Nothing) and outcome.message != "cancelled":
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"midline: {outcome.message}"))
+    if isinstance(outcome, (Replace, TestFile)) and outcome.warning:
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning, message=outcome.warning))
     return action
 
 
 # The fields of a code action's `data` (from actions.offers) that resolving reads, by action.
-_DATA_FIELDS: dict[str, dict[str, type]] = {
-    actions.EXPLAIN: {"kind": str, "start": int, "end": int},
-    actions.FIX: {"kind": str, "start": int, "end": int},
-    actions.TESTS: {"kind": str, "start": int, "end": int},
-    actions.FROM_COMMENT: {"at": int},
-}
+_DATA_FIELDS: dict[str, dict[str, type]] = {spec.name: spec.fields for spec in actions.ACTIONS}
 _OPTIONAL_FIELDS: dict[str, type] = {"name": str, "diagnostics": list, "version": int}
 
 
@@ -463,7 +462,7 @@ def _action_data(ls: MidlineServer, data: Any) -> tuple[Document, dict[str, Any]
             raise invalid(f"data.{key} is required" if value is None else f"data.{key} must be {_WORDS[kind]}")
     if not all(isinstance(line, str) for line in data.get("diagnostics") or []):
         raise invalid("data.diagnostics must be an array of strings")
-    if action != actions.FROM_COMMENT and data["start"] > data["end"]:
+    if actions.BY_NAME[action].about == actions.TARGET and data["start"] > data["end"]:
         raise invalid("data.start must not be after data.end")
     try:
         doc = ls.documents.get(data["uri"])

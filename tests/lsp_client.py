@@ -45,15 +45,17 @@ async def running_server(
     encodings: list[str] | None = None,
     loaded: bool = True,
     command: list[str] = SERVER,
+    client_capabilities: types.ClientCapabilities | None = None,
 ) -> AsyncIterator[tuple[LanguageClient, types.InitializeResult]]:
     """A server process (`command`), initialized with `settings` as initializationOptions, its model loaded
-    (or failed) unless `loaded` is false; shut down on exit."""
+    (or failed) unless `loaded` is false; shut down on exit. The client's capabilities are `client_capabilities`,
+    else `capabilities(inline=inline, encodings=encodings)`."""
     client = make_test_lsp_client()
     await client.start_io(*command)
     try:
         result = await client.initialize_session(
             types.InitializeParams(
-                capabilities=capabilities(inline=inline, encodings=encodings),
+                capabilities=client_capabilities or capabilities(inline=inline, encodings=encodings),
                 root_uri=root.as_uri(),
                 initialization_options={"midline": settings},
             )

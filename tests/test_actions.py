@@ -23,7 +23,7 @@ from midline.model import tasks
 from midline.model.engine import Generation
 from midline.model.instruct import InstructModel
 from midline.model.loader import ModelLoadError
-from midline.server import actions, targets, verify
+from midline.server import actions, security, targets, verify
 from midline.server.actions import Actions, Explanation, Nothing, Replace, TestFile
 from midline.server.targets import Target
 from midline.model.remote import RemoteError
@@ -263,6 +263,7 @@ def test_every_action_is_offered_with_its_kind_and_resolves_by_asking_its_task(s
     assert all(isinstance(offer.data[key], kind) for key, kind in spec.fields.items())  # what resolving reads
     outcome, assistant = resolve({spec.name: answer}, d, offer, tmp_path)
     assert isinstance(outcome, outcome_type), outcome
+    assert getattr(outcome, "warning", None) is None  # benign code: no security warning
     assert [ask.task for ask in assistant.asks] == [spec.task.name]
 
 
@@ -272,7 +273,66 @@ def test_the_action_table_is_what_the_server_checks_and_the_vs_code_client_asks_
     assert server._DATA_FIELDS == {spec.name: spec.fields for spec in actions.ACTIONS}  # resolve's check of `data`
     client_kinds = re.findall(r'\bkind: "([^"]+)"', CLIENT.read_text(encoding="utf-8"))
     assert sorted(client_kinds) == sorted(spec.kind for spec in actions.ACTIONS)
-    assert len(set(actions.KINDS.values())) == len(actions.KINDS) == len(actions.ACTIONS)  # one name and one kind each
+    assert len({spec.kind for spec in actions.ACTIONS}) == len(actions.BY_NAME) == len(actions.ACTIONS)  # one name and one kind each
+
+
+# -- security warnings on action results (security.py) ----------------------------------------------
+
+SHELL = "from subprocess import call\n\n\ndef run(cmd):\n    return call(cmd)\n"  # `call` is subprocess's: the import
+SHELL_FIX = "def run(cmd):\n    return call(cmd, shell=True)\n"
+
+
+@pytest.mark.parametrize("scan, warned", [("all", True), ("actions", True), ("completions", False), ("off", False)])
+def test_an_insecure_fix_is_offered_with_a_security_warning_where_the_setting_covers_actions(scan, warned):
+    d = doc(SHELL, "run.py")
+    config = Config.from_json({"security": {"scan": scan}})
+    outcome, _ = resolve({"fix": SHELL_FIX}, d, offer_of(d, "fix", SHELL.index("return call")), config=config)
+    assert isinstance(outcome, Replace) and outcome.text == SHELL_FIX  # still offered: the user decides
+    if warned:  # scanned below the document's imports, lines counted in the fix
+        assert outcome.warning == security.warning_for(SHELL_FIX, "python", context=SHELL[: SHELL.index("def run")])
+        assert outcome.warning is not None and "line 2: B602" in outcome.warning
+    else:
+        assert outcome.warning is None
+
+
+def test_insecure_code_from_a_comment_and_insecure_generated_tests_get_a_security_warning(tmp_path):
+    commented = "from os import system\n\n\n# Write a function that runs the given shell command\n"
+    d = doc(commented, "run.py")
+    outcome, _ = resolve({"fromComment": "def run(cmd):\n    return system(cmd)\n"}, d, offer_of(d, "fromComment", commented.index("# Write")))
+    assert isinstance(outcome, Replace) and outcome.warning is not None and "line 2: B605" in outcome.warning
+    outcome, _ = resolve({"fromComment": EVENS}, d, offer_of(d, "fromComment", commented.index("# Write")))
+    assert isinstance(outcome, Replace) and outcome.warning is None
+
+    (tmp_path / "tests").mkdir()
+    module = doc("def add(a, b):\n    return a + b\n", "calc.py", tmp_path)
+    planted = {"tests": "add():\n    assert eval('add(1, 1)') == 2\n"}  # passes in the sandbox, and is insecure
+    outcome, _ = resolve(planted, module, offer_of(module, "tests", 1), tmp_path)
+    assert isinstance(outcome, TestFile) and "eval('add(1, 1)')" in outcome.text
+    assert outcome.warning is not None and "B307" in outcome.warning
+
+
+def test_a_warned_edit_needs_confirmation_where_the_client_takes_change_annotations(tmp_path):
+    from pygls.workspace.position_codec import PositionCodec
+
+    from midline.server import lsp
+
+    d, codec = doc(SHELL, "run.py"), PositionCodec()
+    warning = security.warning_for("import os\nos.system(cmd)\neval(cmd)\n", "python")
+    warned = Replace(SHELL.index("def run"), len(SHELL), SHELL_FIX, warning)
+    annotating = client_capabilities(annotations=True)
+    edit = lsp.replace_edit(annotating, d, warned, codec)
+    (change,) = edit.document_changes
+    assert [e.annotation_id for e in change.edits] == [lsp.SECURITY_ANNOTATION] and change.edits[0].new_text == SHELL_FIX
+    note = edit.change_annotations[lsp.SECURITY_ANNOTATION]
+    assert note.needs_confirmation and note.label == f"midline security: {warning.split(chr(10))[1].strip()} (and 1 more)"
+    assert "line 2: B605" in note.description and "line 3: B307" in note.description
+    plain = lsp.replace_edit(client_capabilities(), d, warned, codec)  # no change annotations: the edit alone
+    assert plain.change_annotations is None and [type(e) for e in plain.document_changes[0].edits] == [types.TextEdit]
+    benign = lsp.replace_edit(annotating, d, Replace(warned.start, warned.end, SHELL_FIX), codec)
+    assert benign.change_annotations is None and [type(e) for e in benign.document_changes[0].edits] == [types.TextEdit]
+    tests = TestFile(tmp_path / "test_run.py", "def test_run():\n    eval('1')\n", None, None, warning)
+    create, write = lsp.tests_edit(annotating, tests, [], codec).document_changes
+    assert create.annotation_id == write.edits[0].annotation_id == lsp.SECURITY_ANNOTATION
 
 
 # -- generated tests (verify.py) -------------------------------------------------------------------
@@ -537,8 +597,12 @@ pytestmark_e2e = pytest.mark.asyncio(loop_scope="module")
 SETTINGS = {"debounceMs": 0, "maxNewTokens": 16, "actions": {"maxNewTokens": 48, "perTestTimeoutMs": 1000}}
 
 
-def client_capabilities(*, experimental: dict | None = None, show_document: bool = True) -> types.ClientCapabilities:
-    """A client with work done progress, resolvable code actions and file-creating workspace edits."""
+def client_capabilities(
+    *, experimental: dict | None = None, show_document: bool = True, annotations: bool = False
+) -> types.ClientCapabilities:
+    """A client with work done progress, resolvable code actions and file-creating workspace edits (with change
+    annotations, as VS Code's, if `annotations`)."""
+    annotated = types.ChangeAnnotationsSupportOptions(groups_on_label=True) if annotations else None
     return types.ClientCapabilities(
         text_document=types.TextDocumentClientCapabilities(
             code_action=types.CodeActionClientCapabilities(
@@ -547,7 +611,9 @@ def client_capabilities(*, experimental: dict | None = None, show_document: bool
             hover=types.HoverClientCapabilities(content_format=[types.MarkupKind.Markdown]),
         ),
         workspace=types.WorkspaceClientCapabilities(
-            workspace_edit=types.WorkspaceEditClientCapabilities(document_changes=True, resource_operations=[types.ResourceOperationKind.Create])
+            workspace_edit=types.WorkspaceEditClientCapabilities(
+                document_changes=True, resource_operations=[types.ResourceOperationKind.Create], change_annotation_support=annotated
+            )
         ),
         window=types.WindowClientCapabilities(
             work_done_progress=True,

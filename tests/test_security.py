@@ -1,6 +1,7 @@
 """The security scan of model-written Python (server/security.py): planted findings hide a suggestion or warn on
 an action result, benign code and other languages pass, fragments are scanned in their context; and a planted
-`subprocess.call(cmd, shell=True)` answer of a served model is hidden by the completer and by `midline serve`."""
+`subprocess.call(cmd, shell=True)` answer of a served model is hidden by the completer and by `midline serve`,
+and as a fix `midline serve` offers it as an edit that needs confirmation, with a warning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from lsprotocol import types
 
 from midline.model.remote import RemoteEngine
 from midline.server import security
@@ -18,6 +20,7 @@ from midline.server.documents import Document
 
 from .lsp_client import inline, open_document, running_server, status
 from .model_server import Feed, ModelServer
+from .test_actions import client_capabilities
 
 FUNCTION = "import os\nimport subprocess\n\n\ndef run(cmd, s, b):\n    "  # a suggestion's context: in a body
 
@@ -187,3 +190,44 @@ async def test_midline_serve_hides_a_planted_shell_injection(served, tiny_model_
         info = await status(client)
         assert served.requests and info["insecure"] == 1, info
         assert info["last"]["raw"] == PLANTED and info["last"]["hidden"].startswith("insecure: line 1: B602"), info
+
+
+FIXABLE = "from subprocess import call\n\n\ndef run(cmd):\n    return call(cmd)\n\n\ndef size(path):\n    return len(path)\n"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.e2e
+async def test_midline_serve_asks_to_confirm_an_insecure_fix(served, tiny_model_dir, tmp_path):
+    served.reset()
+    backend = {"kind": "openai", "url": served.url, "tokenizer": str(tiny_model_dir)}
+    uri = (tmp_path / "run.py").as_uri()
+    vscode = client_capabilities(annotations=True)
+    async with running_server({"debounceMs": 0, "backend": backend}, tmp_path, client_capabilities=vscode) as (client, _):
+        open_document(client, uri, FIXABLE)
+
+        async def fix(line: int, planted: str) -> tuple[types.CodeAction, list[str]]:
+            """The fix action at `line` resolved with the model's answer `planted`, and the warnings shown."""
+            served.feed = answer(planted)
+            at = types.Position(line, 6)
+            listed = await client.text_document_code_action_async(
+                types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at), types.CodeActionContext(diagnostics=[]))
+            )
+            client.messages.clear()
+            resolved = await client.code_action_resolve_async(next(a for a in listed if a.kind == "quickfix.midline.fix"))
+            await status(client)  # a round trip: any message sent with the answer has arrived
+            return resolved, [m.message for m in client.messages if m.type == types.MessageType.Warning]
+
+        resolved, warnings = await fix(4, "def run(cmd):\n    return call(cmd, shell=True)\n")
+        (change,) = resolved.edit.document_changes
+        assert change.edits[0].new_text == "def run(cmd):\n    return call(cmd, shell=True)\n"
+        (annotation,) = resolved.edit.change_annotations
+        assert getattr(change.edits[0], "annotation_id", None) == annotation
+        note = resolved.edit.change_annotations[annotation]
+        assert note.needs_confirmation and note.label.startswith("midline security: line 2: B602"), note
+        assert len(warnings) == 1 and "line 2: B602" in warnings[0] and "high severity" in warnings[0]
+
+        resolved, warnings = await fix(8, "def size(path):\n    return len(str(path))\n")  # benign: the edit alone
+        (change,) = resolved.edit.document_changes
+        assert change.edits[0].new_text == "def size(path):\n    return len(str(path))\n"
+        assert resolved.edit.change_annotations is None and getattr(change.edits[0], "annotation_id", None) is None
+        assert warnings == []
