@@ -7,6 +7,7 @@ for other files, their indexes kept fresh by `workspace` over `files`) -> `promp
 local engine or a remote one) -> `postprocess` (what the editor shows; `security` hides Python with a
 high-severity bandit finding); `completion` runs that path with caching, typing-through and cancellation.
 `actions` (a table of code actions, each about what `targets` finds at the cursor) and `hover` ask the
-model through `assistant` (generated tests checked by `verify` in the `sandbox`). `server` holds the LSP features, `lsp` converts to and from LSP's types, `protocol` is JSON-RPC
-as midline answers it, `config` the settings, and `cli` the `midline` command.
+model through `assistant` (generated tests checked by `verify` in the `sandbox`). `server` holds the LSP
+features, `lsp` converts to and from LSP's types, `protocol` is JSON-RPC as midline answers it, `config` the
+settings, and `cli` the `midline` command.
 """

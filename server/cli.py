@@ -25,10 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     complete.add_argument("location", help="FILE:LINE:COL, line and column counted from 1")
     complete.add_argument("--model", help=f"local model directory (default: {DEFAULT_MODEL_DIR})")
     complete.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    complete.add_argument("--settings", default="{}", help="JSON object of settings, as in the editor's `midline` section")
+    complete.add_argument(
+        "--settings", default="{}", help="JSON object of settings, as in the editor's `midline` section"
+    )
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     if args.command == "serve":
         from .server import server
 
@@ -91,7 +95,8 @@ def _offset(text: str, line: int, column: int) -> int:
     if not 1 <= line <= len(lines):
         raise ValueError(f"the file has {len(lines)} lines, no line {line}")
     if not 1 <= column <= len(lines[line - 1]) + 1:
-        raise ValueError(f"line {line} has {len(lines[line - 1])} characters: columns run 1..{len(lines[line - 1]) + 1}")
+        width = len(lines[line - 1])
+        raise ValueError(f"line {line} has {width} characters: columns run 1..{width + 1}")
     return sum(len(text_line) + 1 for text_line in lines[: line - 1]) + column - 1
 
 

@@ -82,7 +82,9 @@ def source_files(root: str, *, max_files: int = MAX_FILES, max_bytes: int = MAX_
 
 def watch_glob() -> str:
     """A glob over the extensions of every language with a grammar (`**/*.{py,pyi,...}`), for file watchers."""
-    extensions = sorted({ext.lstrip(".") for spec in languages.LANGUAGES.values() if spec.grammar for ext in spec.extensions})
+    extensions = sorted(
+        {ext.lstrip(".") for spec in languages.LANGUAGES.values() if spec.grammar for ext in spec.extensions}
+    )
     return "**/*.{" + ",".join(extensions) + "}"
 
 

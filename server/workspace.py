@@ -41,12 +41,15 @@ class Workspace:
     ) -> None:
         self.settings = Settings.of(config)  # the server's holder: the settings say which indexes to keep
         # Background work runs in order on one thread of its own, unless the caller gives another `submit`.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midline-index") if submit is None else None
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="midline-index") if submit is None else None
+        )
         self.submit: Submit = submit or self._executor.submit  # type: ignore[union-attr]
         self.symbols = symbols if symbols is not None else SymbolIndex()
         self.retrieval = retrieval if retrieval is not None else RetrievalIndex()
         self.folders: list[str] = []
-        self._scanned: dict[str, set[str]] = {"symbols": set(), "retrieval": set()}  # index -> folders scanned (or under way)
+        # index -> folders scanned (or under way)
+        self._scanned: dict[str, set[str]] = {"symbols": set(), "retrieval": set()}
         self._lock = threading.Lock()
 
     @property
@@ -104,7 +107,12 @@ class Workspace:
     def stats(self) -> dict[str, int]:
         """What is indexed, for `midline.status`: folders, files with definitions, files and chunks for retrieval."""
         files, chunks, _ = self.retrieval.size
-        return {"folders": len(self.folders), "definitionFiles": len(self.symbols), "retrievalFiles": files, "retrievalChunks": chunks}
+        return {
+            "folders": len(self.folders),
+            "definitionFiles": len(self.symbols),
+            "retrievalFiles": files,
+            "retrievalChunks": chunks,
+        }
 
     def close(self) -> None:
         """Stop background work (shutdown): scans under way end at their next file."""
