@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     doc = Document(args.file.resolve().as_uri(), "python", 0, source[:start] + source[end:])
     static = {"auto": None, "static": True, "dynamic": False}[args.path]
     base = Engine.load(args.model, device="cpu", threads=args.threads, static=static)
-    config = Config(debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens, context=ContextConfig(budget=args.budget))
+    config = Config(  # the keystroke path: one greedy answer
+        debounce_ms=0, cache_size=0, max_new_tokens=args.max_new_tokens, context=ContextConfig(budget=args.budget),
+        candidates=1,
+    )
     executor = ThreadPoolExecutor(max_workers=1)  # as the server: one generation at a time
     runs = []
     for name, setting in sides(args.compare, args.lookup):

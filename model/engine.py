@@ -255,11 +255,13 @@ class Engine:
         cancel: threading.Event | None = None,
         deadline: float | None = None,
         ignore_eos: bool = False,
+        greedy_first: bool = False,
     ) -> list[Generation]:
         """`n` completions of `prompt_ids` sampled in one batched pass, best first (highest mean log-probability).
 
-        Each row stops on its own (end token, `should_stop`); cancel and deadline stop them all. On the static path
-        the batch keeps its own KV cache, with prefix reuse; no graphs are captured for it.
+        With `greedy_first`, the first row takes the most likely token at every step (`generate`'s greedy answer
+        among the samples). Each row stops on its own (end token, `should_stop`); cancel and deadline stop them
+        all. On the static path the batch keeps its own KV cache, with prefix reuse; no graphs are captured for it.
         """
         if not prompt_ids or n < 1:
             raise ValueError("need a non-empty prompt and n >= 1")
@@ -287,12 +289,17 @@ class Engine:
                     box[0] = out.past_key_values
                     return out.logits[:, -1].float()
 
-                out = self.model(input_ids=torch.tensor([prompt_ids] * n, device=self.device), use_cache=True, **self._last_only)
-                box[0], logits = out.past_key_values, out.logits[:, -1].float()
+                # The prompt is computed once; every row starts from its keys and values.
+                ids = torch.tensor([prompt_ids], device=self.device)
+                out = self.model(input_ids=ids, use_cache=True, **self._last_only)
+                out.past_key_values.batch_repeat_interleave(n)
+                box[0], logits = out.past_key_values, out.logits[:, -1].float().expand(n, -1)
 
             def batch_steps(logits: torch.Tensor) -> Iterator[list[tuple[int, float]]]:
                 for i in range(max_new_tokens):
                     tokens, token_logprobs = pick(logits, temperature, top_p, generator)
+                    if greedy_first:
+                        tokens[0], token_logprobs[0] = (x[0] for x in pick(logits[:1], 0.0, 1.0, None))
                     yield [(int(t), lp) for t, lp in torch.stack((tokens.double(), token_logprobs.double()), dim=1).tolist()]
                     if i + 1 < max_new_tokens:  # the last tokens are never fed back
                         logits = step(tokens, len(prompt_ids) + i)

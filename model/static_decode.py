@@ -154,8 +154,13 @@ class StaticDecoder:
         return forward(tokens, self.arange[start : start + T], kv_len=start + T, masked=T > 1)
 
     def prefill(self, ids: list[int], start: int) -> torch.Tensor:
-        """Feed prompt tokens at positions start...; float logits `[B, V]` after the last one."""
+        """Feed prompt tokens at positions start...; float logits `[B, V]` after the last one.
+
+        Every row gets the same prompt: a batch without captured or compiled steps computes one row and copies
+        its keys and values to the others."""
         n = len(ids)
+        if self.batch > 1 and not self.graphs and self.compiled_forward is None:
+            return self._prefill_once(ids, start)
         if self.pad_prefill and n <= CHUNK and start + CHUNK <= self.max_len:  # padded: pads' keys lie past the tail, unseen
             tokens = torch.tensor([ids + [ids[-1]] * (CHUNK - n)] * self.batch, device=self.device)
             return self.run(tokens, start)[:, n - 1]
@@ -163,6 +168,19 @@ class StaticDecoder:
         if self.compiled_forward is not None and n <= CHUNK:  # the compiled step (every position's logits: one graph less)
             return self.run(tokens, start)[:, -1]
         return self.forward(tokens, self.arange[start : start + n], kv_len=start + n, masked=n > 1, last_only=True)[:, -1]
+
+    def _prefill_once(self, ids: list[int], start: int) -> torch.Tensor:
+        """`prefill` of a batch whose rows hold the same tokens before `start`: row 0 computed, then copied."""
+        n, caches = len(ids), (self.k, self.v)
+        self.k, self.v = [k[:1] for k in self.k], [v[:1] for v in self.v]  # views of row 0
+        try:
+            tokens, positions = torch.tensor([ids], device=self.device), self.arange[start : start + n]
+            logits = self.forward(tokens, positions, kv_len=start + n, masked=n > 1, last_only=True)[:, -1]
+        finally:
+            self.k, self.v = caches
+        for cache in (*self.k, *self.v):
+            cache[1:, :, start : start + n] = cache[:1, :, start : start + n]
+        return logits.expand(self.batch, -1)
 
     def capture(self, sizes: tuple[int, ...] = (1, CHUNK), compile: bool = True) -> None:
         """CUDA only: compile the decoder layer and capture a graph per step size (positions start..start+T-1)."""

@@ -6,6 +6,11 @@ context, comes from `prompt.PromptBuilder` (`Completer.prompts`). Around the mod
 adds what makes completion feel instant: an optional debounce for automatic triggers, typing-through (the user
 types what is shown: answer with the rest, no model call), a cache keyed by the prompt, and
 cancellation (a cancelled or superseded request stops its generation).
+
+An explicit request (and an automatic one while the model is idle, per `automaticCandidates`) gets several
+suggestions, for the editor to cycle through: the model's candidates from one batched pass, best first by mean
+log-probability, each post-processed; those dropped there or that repeat the text after the cursor are left out,
+and duplicates merge into the better-ranked one. A backend without batched candidates (a remote one) gives one.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
@@ -24,7 +29,7 @@ from . import security
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
-from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess
+from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess, repeats_suffix
 from .prompt import PromptBuilder
 from .retrieval import RetrievalIndex
 from .symbols import SymbolIndex
@@ -32,13 +37,22 @@ from .symbols import SymbolIndex
 log = logging.getLogger(__name__)
 
 
+# Candidates after the first (greedy) one are sampled: from this distribution, with this seed unless `seed` is set
+# (the same prompt gives the same candidates).
+CANDIDATE_TEMPERATURE = 0.8
+CANDIDATE_TOP_P = 0.95
+CANDIDATE_SEED = 0
+
+
 @dataclass
 class _Shown:
-    """The last suggestion given for a document, and the text around the cursor it was made for."""
+    """The last suggestions given for a document, the text around the cursor they were made for, and how many
+    candidates were asked for."""
 
     before: str
     after: str
-    suggestion: Suggestion
+    suggestions: list[Suggestion]
+    asked: int
 
 
 @dataclass
@@ -51,16 +65,23 @@ class Trace:
     finish_reason: str = ""
     shown: str | None = None  # what post-processing kept
     hidden: str = ""  # why what post-processing kept is not shown: a security finding
+    candidates: int = 1  # answers the model wrote (several: sampled in one batched pass); raw is the first shown's
+    others: list[str] = field(default_factory=list)  # the suggestions after the first, in order
 
 
 @dataclass
 class Completion:
-    """What one request answered: the suggestion, and the model call behind it (None where there was none:
-    completion off, no hole, typed through, a cached prompt, superseded while debouncing)."""
+    """What one request answered: the suggestions, best first, and the model call behind the first (None where
+    there was none: completion off, no hole, typed through, a cached prompt, superseded while debouncing)."""
 
-    suggestion: Suggestion | None
+    suggestions: list[Suggestion] = field(default_factory=list)
     generation: Generation | None = None
     trace: Trace | None = None
+
+    @property
+    def suggestion(self) -> Suggestion | None:
+        """The suggestion shown first, or None."""
+        return self.suggestions[0] if self.suggestions else None
 
 
 @dataclass
@@ -100,7 +121,7 @@ class Completer:
         self.prompts = PromptBuilder(engine, self.settings, root=root, symbols=symbols, retrieval=retrieval)
         self.stats = Stats()
         self.trace = Trace()
-        self._cache: OrderedDict[tuple, Suggestion | None] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[Suggestion, ...]] = OrderedDict()
         self._shown: dict[str, _Shown] = {}
         self._latest: dict[str, int] = {}  # uri -> id of its newest request
         self._running: dict[str, threading.Event] = {}  # uri -> cancel flag of its generation
@@ -111,35 +132,38 @@ class Completer:
         self.stats.requests += 1
         request = self._latest[doc.uri] = self._latest.get(doc.uri, 0) + 1
         if not self.enabled(doc):
-            return Completion(None)
-        if (rest := self._type_through(doc, offset)) is not None:
+            return Completion()
+        asked = self._asked(automatic)
+        if rest := self._type_through(doc, offset, asked):
             self.stats.typed_through += 1
             return Completion(rest)
         if automatic and self.config.debounce_ms:
             await asyncio.sleep(self.config.debounce_ms / 1000)
             if self._latest.get(doc.uri) != request:  # superseded while waiting
-                return Completion(None)
+                return Completion()
 
         built = self.prompts.build(doc, offset)
         if built is None:  # no hole at the cursor
-            return Completion(None)
+            return Completion()
         ctx, prompt = built.context, built.encoded
         generation: Generation | None = None
         trace: Trace | None = None
-        key = (tuple(prompt), ctx.hole, ctx.block, self.config.max_lines, self.config.temperature, self.config.top_p, self.config.seed)
+        config = self.config
+        sampling = (config.temperature, config.top_p, config.seed)
+        key = (tuple(prompt), ctx.hole, ctx.block, config.max_lines, *sampling, asked)
         if key in self._cache:
             self.stats.cache_hits += 1
             self._cache.move_to_end(key)
-            suggestion = self._cache[key]
+            suggestions = list(self._cache[key])
         else:
-            finished, generation, suggestion = await self._generate(doc.uri, ctx, prompt)
+            finished, generation, suggestions = await self._generate(doc.uri, ctx, prompt, asked)
             trace = self.trace
             if finished:
-                self._remember(key, suggestion)
-        if suggestion is not None:
-            self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestion)
+                self._remember(key, suggestions)
+        if suggestions:
+            self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestions, asked)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
-        return Completion(suggestion, generation, trace)
+        return Completion(suggestions, generation, trace)
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
@@ -159,24 +183,37 @@ class Completer:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _type_through(self, doc: Document, offset: int) -> Suggestion | None:
-        """The rest of the shown suggestion if the user has typed its first characters."""
+    def _asked(self, automatic: bool) -> int:
+        """Candidates to ask for: `candidates` for an explicit request; `automaticCandidates` for an automatic one
+        while no other completion is generating (the model is idle), else one."""
+        if not automatic:
+            return self.config.candidates
+        return 1 if self.generating else self.config.automatic_candidates
+
+    def _type_through(self, doc: Document, offset: int, asked: int) -> list[Suggestion]:
+        """The rest of each shown suggestion the user has typed the first characters of, in order (none where fewer
+        candidates were asked for than this request asks for: the user wants more)."""
         shown, text = self._shown.get(doc.uri), doc.text
         # (Compared in place: no copy of a large document's text per request.)
-        if shown is None or len(text) - offset != len(shown.after) or not text.endswith(shown.after):
-            return None
+        if shown is None or shown.asked < asked:
+            return []
+        if len(text) - offset != len(shown.after) or not text.endswith(shown.after):
+            return []
         if offset < len(shown.before) or not text.startswith(shown.before):
-            return None
+            return []
         typed = text[len(shown.before) : offset]
-        text = shown.suggestion.text
-        if typed and len(typed) < len(text) and text.startswith(typed):
-            return Suggestion(text[len(typed) :], shown.suggestion.replace)
-        return None
+        if not typed:
+            return []
+        rests = (Suggestion(s.text[len(typed) :], s.replace) for s in shown.suggestions if s.text.startswith(typed))
+        return list(dict.fromkeys(rest for rest in rests if rest.text))
 
-    async def _generate(self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt) -> tuple[bool, Generation, Suggestion | None]:
+    async def _generate(
+        self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt, asked: int
+    ) -> tuple[bool, Generation, list[Suggestion]]:
         """Generate and post-process off the event loop; a newer request for the same document stops this one.
 
-        Returns whether the generation finished (a cancelled or timed-out one is not cached), it, and the suggestion.
+        Returns whether the generation finished (a cancelled or timed-out one is not cached), the generation behind
+        the first suggestion (the best-ranked one where none is kept), and the suggestions, best first.
         """
         if (previous := self._running.get(uri)) is not None:
             previous.set()
@@ -187,38 +224,42 @@ class Completer:
         line_floor = _floor(config.min_line_logprob, self.engine, "min_line_logprob", ctx.position)
 
         hidden: list[str] = []  # why run() hid the post-processed suggestion
+        under_floor: list[Generation] = []
+        tails_cut: list[bool] = []
 
-        def run() -> tuple[Generation, Suggestion | None]:
-            generation = self.engine.generate(
-                prompt,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=config.seed,
-                should_stop=lambda text: block_complete(text, ctx, max_lines),
-                cancel=cancel,
-                deadline=time.monotonic() + config.timeout_ms / 1000,
-            )
-            if generation.finish_reason in ("cancelled", "timeout"):
-                return generation, None
+        def keep(generation: Generation) -> Suggestion | None:
+            """What the editor may show of one answer: None under the confidence floor, or where post-processing
+            drops it (its syntax gate, repeated text)."""
             if floor is not None and generation.mean_logprob < floor:  # nan (a remote backend) is never below
-                self.stats.low_confidence += 1
-                return generation, None
+                under_floor.append(generation)
+                return None
             text = generation.text
             # (Only a multi-line hole keeps more than a line; a remote backend gives no log-probabilities.)
             if line_floor is not None and ctx.hole is Hole.MULTI_LINE and generation.token_logprobs:
                 text = cut_unsure_lines(text, self.engine.token_ends(generation.token_ids), generation.token_logprobs, line_floor)
-                self.stats.tails_cut += text != generation.text
+                tails_cut.append(text != generation.text)
             suggestion = postprocess(text, ctx, max_lines)
             if suggestion is not None and config.security.completions and (finding := _insecure(suggestion, ctx)):
                 self.stats.insecure += 1
                 hidden.append(f"insecure: {finding}")
-                return generation, None
-            return generation, suggestion
+                return None
+            return suggestion
+
+        def run() -> tuple[list[Generation], list[tuple[Suggestion, Generation]]]:
+            generations = self._answers(prompt, asked, ctx, cancel)
+            if any(g.finish_reason in ("cancelled", "timeout") for g in generations):
+                return generations, []
+            kept: dict[Suggestion, Generation] = {}  # in rank order; a duplicate merges into the better-ranked one
+            for generation in generations:
+                if (suggestion := keep(generation)) is not None and not repeats_suffix(suggestion, ctx):
+                    kept.setdefault(suggestion, generation)
+            self.stats.low_confidence += len(under_floor) == len(generations)
+            self.stats.tails_cut += any(tails_cut)
+            return generations, list(kept.items())
 
         self.stats.model_calls += 1
         try:
-            generation, suggestion = await asyncio.get_running_loop().run_in_executor(self.executor, run)
+            generations, kept = await asyncio.get_running_loop().run_in_executor(self.executor, run)
         except asyncio.CancelledError:  # $/cancelRequest, or shutdown: stop the generation too
             cancel.set()
             self.stats.cancelled += 1
@@ -226,27 +267,60 @@ class Completer:
         finally:
             if self._running.get(uri) is cancel:
                 del self._running[uri]
+        suggestions = [suggestion for suggestion, _ in kept]
+        generation = kept[0][1] if kept else generations[0]
         log.debug(
-            "generated %d tokens in %.0f ms (%s, prompt %d tokens)",
+            "generated %d tokens in %.0f ms (%s, prompt %d tokens; %d of %d answers kept)",
             len(generation.token_ids), generation.elapsed_s * 1000, generation.finish_reason, generation.prompt_tokens,
+            len(kept), len(generations),
         )
+        shown = suggestions[0].text if suggestions else None
         self.trace = Trace(
-            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, suggestion.text if suggestion else None,
-            *hidden,
+            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, shown, *hidden[:1],
+            candidates=len(generations), others=[s.text for s in suggestions[1:]],
         )
-        if generation.finish_reason == "cancelled":
+        halted = next((g.finish_reason for g in generations if g.finish_reason in ("cancelled", "timeout")), None)
+        if halted == "cancelled":
             self.stats.cancelled += 1
-            return False, generation, None
-        if generation.finish_reason == "timeout":
+            return False, generation, []
+        if halted == "timeout":
             self.stats.timeouts += 1
             log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
-            return False, generation, None
-        return True, generation, suggestion
+            return False, generation, []
+        return True, generation, suggestions
 
-    def _remember(self, key: tuple, suggestion: Suggestion | None) -> None:
+    def _answers(
+        self, prompt: EncodedPrompt, asked: int, ctx: CompletionContext, cancel: threading.Event
+    ) -> list[Generation]:
+        """The model's answers, best first: one (greedy, or sampled at `temperature`), or for several `asked` a batch
+        in one pass, ranked by mean log-probability: the greedy answer and samples (`CANDIDATE_TEMPERATURE`), or
+        all sampled at `temperature`. A backend without batched candidates (a remote one) gives one."""
+        config = self.config
+        limits = {
+            "max_new_tokens": config.max_new_tokens,
+            "should_stop": lambda text: block_complete(text, ctx, config.max_lines),
+            "cancel": cancel,
+            "deadline": time.monotonic() + config.timeout_ms / 1000,
+        }
+        candidates = getattr(self.engine, "candidates", None)  # the local Engine's; not part of the Backend protocol
+        if asked == 1 or candidates is None:
+            sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+            return [self.engine.generate(prompt, **sampling, **limits)]
+        greedy = config.temperature == 0
+        return candidates(
+            prompt,
+            asked,
+            temperature=CANDIDATE_TEMPERATURE if greedy else config.temperature,
+            top_p=CANDIDATE_TOP_P if greedy else config.top_p,
+            seed=CANDIDATE_SEED if config.seed is None else config.seed,
+            greedy_first=greedy,
+            **limits,
+        )
+
+    def _remember(self, key: tuple, suggestions: list[Suggestion]) -> None:
         if self.config.cache_size <= 0:
             return
-        self._cache[key] = suggestion
+        self._cache[key] = tuple(suggestions)
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
 

@@ -26,6 +26,9 @@ from midline.model import languages
 T = TypeVar("T")
 
 
+MAX_CANDIDATES = 8  # most suggestions one request samples
+
+
 class ConfigError(ValueError):
     """A setting has the wrong type or value; the message names it (`midline.context.budget`) and says why."""
 
@@ -132,6 +135,8 @@ class Config:
     trust_remote_code: bool = False
     max_new_tokens: int = 64
     max_lines: int = 12  # of a multi-line suggestion
+    candidates: int = 3  # suggestions for an explicit request, sampled in one batched pass, ranked (1: greedy)
+    automatic_candidates: int = 1  # the same for an automatic request while no other completion generates
     debounce_ms: int = 0  # wait after an automatic trigger; explicit requests skip it (0: typing-through and cancellation do better)
     timeout_ms: int = 5000  # generation time limit; past it the answer is empty
     min_mean_logprob: float | None = None  # hide suggestions less confident than this; None = the model's own floor
@@ -152,6 +157,9 @@ class Config:
     def __post_init__(self) -> None:
         _check("maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 2048, "in 1..2048")
         _check("maxLines", self.max_lines, self.max_lines >= 1, "at least 1")
+        _check("candidates", self.candidates, 1 <= self.candidates <= MAX_CANDIDATES, f"in 1..{MAX_CANDIDATES}")
+        automatic = self.automatic_candidates
+        _check("automaticCandidates", automatic, 1 <= automatic <= MAX_CANDIDATES, f"in 1..{MAX_CANDIDATES}")
         _check("debounceMs", self.debounce_ms, self.debounce_ms >= 0, "at least 0")
         _check("timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
         _check("temperature", self.temperature, self.temperature >= 0.0, "at least 0")

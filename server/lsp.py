@@ -55,10 +55,11 @@ def inline_item(doc: Document, offset: int, suggestion: Suggestion, codec: Posit
 
 
 def completion_item(
-    capabilities: Capabilities, doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec
+    capabilities: Capabilities, doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec, rank: int = 0
 ) -> types.CompletionItem:
     """The whole suggestion as one completion item: a snippet where the client takes snippets (Vim-style
-    clients insert a plain-text item only up to its first whitespace), else plain text."""
+    clients insert a plain-text item only up to its first whitespace), else plain text. Items sort by `rank`
+    (0: the best, preselected)."""
     first_line = suggestion.text.strip().split("\n", 1)[0]
     snippet = get_capability(capabilities, "text_document.completion.completion_item.snippet_support", False)
     new_text = as_snippet(suggestion.text, doc.text, offset) if snippet else suggestion.text
@@ -69,8 +70,8 @@ def completion_item(
         documentation=code_block(capabilities, doc.language, suggestion.text),
         insert_text_format=types.InsertTextFormat.Snippet if snippet else types.InsertTextFormat.PlainText,
         text_edit=types.TextEdit(range=replaced_range(doc, offset, suggestion, codec), new_text=new_text),
-        sort_text="0",
-        preselect=True,
+        sort_text=str(rank),  # (at most MAX_CANDIDATES: one digit)
+        preselect=rank == 0,
     )
 
 

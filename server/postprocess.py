@@ -113,6 +113,13 @@ def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion
     return Suggestion(ctx.indent + suggestion.text, suggestion.replace)  # the indentation the server typed
 
 
+def repeats_suffix(suggestion: Suggestion, ctx: CompletionContext) -> bool:
+    """Whether `suggestion` only writes again what already follows it: the text after the cursor (past what it
+    replaces), leading white space aside, starts with it."""
+    text = suggestion.text.strip()
+    return bool(text) and ctx.suffix[suggestion.replace :].lstrip().startswith(text)
+
+
 # -- single-line holes ----------------------------------------------------------------------------
 
 

@@ -188,7 +188,10 @@ class MidlineServer(LanguageServer):
         except ValueError as exc:
             raise JsonRpcInvalidParams(str(exc)) from None
 
-    async def suggest(self, uri: str, position: types.Position, automatic: bool) -> tuple[Document, int, Suggestion] | None:
+    async def suggest(
+        self, uri: str, position: types.Position, automatic: bool
+    ) -> tuple[Document, int, list[Suggestion]] | None:
+        """The suggestions at `position` in the document `uri`, best first (None: nothing to show)."""
         self.explainer.interrupt()  # typing first: stop any background hover explanation
         doc, offset = self.document_at(uri, position)
         completer = await self.get_completer()
@@ -196,14 +199,14 @@ class MidlineServer(LanguageServer):
             return None
         self.indexes.refresh(self.documents, exclude=uri)
         try:
-            suggestion = (await completer.complete(doc, offset, automatic=automatic)).suggestion
+            suggestions = (await completer.complete(doc, offset, automatic=automatic)).suggestions
         except RemoteError as exc:  # the serving engine is down or failing: say so once, answer nothing
             if str(exc) != self.backend_error:
                 self.backend_error = str(exc)
                 self.report(f"midline: {exc}")
             return None
         self.backend_error = None
-        return (doc, offset, suggestion) if suggestion is not None else None
+        return (doc, offset, suggestions) if suggestions else None
 
 
 def open_engine(config: Config) -> Backend:
@@ -370,13 +373,14 @@ async def inline_completion(ls: MidlineServer, params: types.InlineCompletionPar
     found = await ls.suggest(params.text_document.uri, params.position, automatic)
     if found is None:
         return types.InlineCompletionList(items=[])
-    doc, offset, suggestion = found
-    return types.InlineCompletionList(items=[lsp.inline_item(doc, offset, suggestion, ls.codec)])
+    doc, offset, suggestions = found  # in rank order: the editor shows the first and cycles through the rest
+    items = [lsp.inline_item(doc, offset, suggestion, ls.codec) for suggestion in suggestions]
+    return types.InlineCompletionList(items=items)
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
 async def completion(ls: MidlineServer, params: types.CompletionParams) -> types.CompletionList:
-    """The fallback for clients without inline completion: one item holding the whole suggestion."""
+    """The fallback for clients without inline completion: an item holding each whole suggestion, in rank order."""
     empty = types.CompletionList(is_incomplete=True, items=[])
     if ls.client_has_inline_completion:  # the client shows ghost text instead; don't suggest twice
         return empty
@@ -384,8 +388,10 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
     found = await ls.suggest(params.text_document.uri, params.position, automatic)
     if found is None:
         return empty
-    doc, offset, suggestion = found
-    return types.CompletionList(is_incomplete=True, items=[lsp.completion_item(ls.client_capabilities, doc, offset, suggestion, ls.codec)])
+    doc, offset, suggestions = found
+    capabilities = ls.client_capabilities
+    items = [lsp.completion_item(capabilities, doc, offset, s, ls.codec, rank) for rank, s in enumerate(suggestions)]
+    return types.CompletionList(is_incomplete=True, items=items)
 
 
 # -- code actions and hover -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,7 +13,7 @@ from midline.model.fim import FimFormatError, FimPrompt, get
 from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.documents import Document
-from midline.server.postprocess import Suggestion
+from midline.server.postprocess import Suggestion, postprocess, repeats_suffix
 from midline.server.lsp import as_snippet
 
 CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    return os.path.expanduser('~')\n"
@@ -178,6 +179,10 @@ class ScriptedEngine:
         self.prompts.append(self._engine.tokenizer.decode(ids))
         return Generation(self.answer, [], "eot", -0.1, len(ids), 0.0)
 
+    def candidates(self, ids, n: int, **kwargs) -> list[Generation]:
+        """Every candidate is the scripted answer (they merge into one suggestion)."""
+        return [self.generate(ids)] * n
+
 
 LOOP = "def total(names):\n    out = []\n    for name in names:\n        out.append(name){}\n    return out\n"
 
@@ -201,3 +206,102 @@ def test_editor_positions_through_the_completer(tiny_engine, tmp_path, marked, a
         suggestion = complete(completer, doc(tmp_path, marked.replace("█", "")), marked.index("█"))
     assert suggestion is not None and suggestion.text == shown
     assert engine.prompts[0].endswith(prompt_end + "<|midline:fim_middle|>")
+
+
+# -- several candidates ------------------------------------------------------------------------------
+
+
+class ScriptedCandidates(ScriptedEngine):
+    """The tiny engine with scripted candidates, best first (as `Engine.candidates` ranks them); records how many
+    were asked for."""
+
+    def __init__(self, engine, answers: list[str]) -> None:
+        super().__init__(engine, answers[0])
+        self.answers, self.asked = answers, []
+
+    def candidates(self, ids, n: int, **kwargs) -> list[Generation]:
+        self.asked.append(n)
+        return [Generation(a, [], "eot", -0.1 * (i + 1), len(ids), 0.0) for i, a in enumerate(self.answers[:n])]
+
+
+class RecordedCandidates:
+    """The tiny engine, keeping the candidates it ranked."""
+
+    def __init__(self, engine) -> None:
+        self._engine, self.ranked = engine, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def candidates(self, ids, n: int, **kwargs) -> list[Generation]:
+        self.ranked = self._engine.candidates(ids, n, **kwargs)
+        return self.ranked
+
+
+def test_an_explicit_request_gets_the_ranked_candidates_an_automatic_one_the_greedy_answer(tiny_engine, tmp_path):
+    engine = RecordedCandidates(tiny_engine)
+    text = "import os\n\n\ndef home():\n    # the user's home directory\n    "
+    document = doc(tmp_path, text)
+    config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0, min_mean_logprob=-1e9)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, config, executor, root=str(tmp_path))  # type: ignore[arg-type]
+        explicit = asyncio.run(completer.complete(document, len(text)))
+        ranked = engine.ranked
+        assert completer.trace.candidates == 3 and len(ranked) == 3
+        means = [g.mean_logprob for g in ranked]
+        assert means == sorted(means, reverse=True)
+        ctx = completer.prompts.build(document, len(text)).context
+        kept = [postprocess(g.text, ctx, config.max_lines) for g in ranked]
+        shown = [s for s in kept if s is not None and not repeats_suffix(s, ctx)]
+        assert explicit.suggestions == list(dict.fromkeys(shown))
+        assert explicit.generation in ranked and completer.trace.others == [s.text for s in explicit.suggestions[1:]]
+        automatic = asyncio.run(completer.complete(document, len(text), automatic=True))
+    assert engine.ranked is ranked and completer.trace.candidates == 1 and len(automatic.suggestions) <= 1  # `generate`
+    assert automatic.generation is not None
+    assert automatic.generation.token_ids in [g.token_ids for g in ranked]  # the greedy answer is a candidate
+
+
+def test_candidates_that_fail_the_gate_or_repeat_the_suffix_are_dropped_and_duplicates_merged(tiny_engine, tmp_path):
+    marked = LOOP.format("\n█")  # column 0 of a fresh line in the loop's body, `return out` below
+    answers = ["print(out)\n", "x = (\n", "print(out)\n", "return out\n", "total = len(out)\n"]
+    engine = ScriptedCandidates(tiny_engine, answers)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        config = Config(debounce_ms=0, cache_size=0, candidates=5)
+        completer = Completer(engine, config, executor)  # type: ignore[arg-type]
+        completion = asyncio.run(completer.complete(doc(tmp_path, marked.replace("█", "")), marked.index("█")))
+    assert [s.text for s in completion.suggestions] == ["        print(out)", "        total = len(out)"]
+    assert engine.asked == [5] and completer.trace.candidates == 5
+    assert completer.trace.others == ["        total = len(out)"]
+
+
+def test_automatic_requests_get_several_candidates_only_while_the_model_is_idle(tiny_engine, tmp_path):
+    engine = ScriptedCandidates(tiny_engine, ["print(out)\n", "total = len(out)\n"])
+    marked = LOOP.format("\n█")
+    document = doc(tmp_path, marked.replace("█", ""))
+    config = Config(debounce_ms=0, cache_size=0, candidates=2, automatic_candidates=2)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, config, executor)  # type: ignore[arg-type]
+        assert len(asyncio.run(completer.complete(document, marked.index("█"), automatic=True)).suggestions) == 2
+        completer._running["file:///elsewhere.py"] = threading.Event()  # another document's completion is generating
+        busy = asyncio.run(completer.complete(document, marked.index("█"), automatic=True))
+    assert engine.asked == [2] and [s.text for s in busy.suggestions] == ["        print(out)"]  # one: `generate`
+
+
+def test_typing_through_keeps_the_candidates_that_match_and_the_cache_keeps_them_all(tiny_engine, tmp_path):
+    engine = ScriptedCandidates(tiny_engine, ["print(out)\n", "print(len(out))\n", "total = len(out)\n"])
+    marked = LOOP.format("\n█")
+    text, offset = marked.replace("█", ""), marked.index("█")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, Config(debounce_ms=0), executor)  # type: ignore[arg-type]
+        first = asyncio.run(completer.complete(doc(tmp_path, text), offset))
+        shown = ["        print(out)", "        print(len(out))", "        total = len(out)"]
+        assert [s.text for s in first.suggestions] == shown
+        typed = "        print("
+        typed_doc = doc(tmp_path, text[:offset] + typed + text[offset:])
+        after = asyncio.run(completer.complete(typed_doc, offset + len(typed)))
+        assert [s.text for s in after.suggestions] == ["out)", "len(out))"] and completer.stats.typed_through == 1
+        assert asyncio.run(completer.complete(doc(tmp_path, text), offset)).suggestions == first.suggestions
+        assert completer.stats.cache_hits == 1 and engine.asked == [3]
+        # An automatic request may be typed through; it asks for one candidate, which the cache keeps apart.
+        assert len(asyncio.run(completer.complete(doc(tmp_path, text), offset, automatic=True)).suggestions) == 1
+        assert engine.asked == [3] and completer.stats.model_calls == 2

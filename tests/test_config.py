@@ -26,7 +26,10 @@ BAD: dict[Any, list[Any]] = {
 GOOD: dict[Any, list[Any]] = {bool: [True, False], int: [64, 2048], float: [0, 0.5, 1], str: ["/models/x"], "enable": [{"python": False, "*": True}]}
 
 # Settings whose own range rules limit which good values of its type fit.
-RANGE = {"midline.topP": [0.5, 1], "midline.context.prefixShare": [0.5, 1], "midline.maxNewTokens": [64, 2048], "midline.actions.maxNewTokens": [64, 2048]}
+RANGE = {
+    "midline.topP": [0.5, 1], "midline.context.prefixShare": [0.5, 1], "midline.maxNewTokens": [64, 2048],
+    "midline.actions.maxNewTokens": [64, 2048], "midline.candidates": [1, 8], "midline.automaticCandidates": [1, 8],
+}
 
 
 def settings(cls: type = Config, prefix: str = "midline") -> list[tuple[str, Any]]:
@@ -177,3 +180,10 @@ async def test_the_server_reports_a_wrong_type_and_keeps_its_settings(tmp_path):
             await asyncio.sleep(0.02)
         assert errors and 'midline.trustRemoteCode must be true or false; got "false"' in errors[0]
         assert (await status(client))["model"] == model
+
+
+@pytest.mark.parametrize("key", ["candidates", "automaticCandidates"])
+@pytest.mark.parametrize("value", [0, 9])
+def test_candidates_are_counted_from_one_to_eight(key, value):
+    with pytest.raises(ConfigError, match=rf"midline\.{key}.*in 1\.\.8"):
+        Config.from_json({key: value})

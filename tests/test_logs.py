@@ -49,7 +49,7 @@ async def _session(model: Path, root: Path, level: str) -> tuple[str, list[str]]
         uri = (root / "area.py").as_uri()
         open_document(client, uri, CODE)
         result = await inline(client, uri, LINE, len(CODE.split("\n")[LINE]))
-        answered += [item.insert_text for item in result.items]
+        answered += sorted((item.insert_text for item in result.items), key=len, reverse=True)  # the longest first
         name = types.Position(3, 6)  # zanzibar_quokka
         await client.text_document_hover_async(types.HoverParams(types.TextDocumentIdentifier(uri), name))
         if level != "DEBUG":

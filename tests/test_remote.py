@@ -394,7 +394,8 @@ CURSOR = CODE.index("from ") + len("from ")
 
 @pytest.mark.parametrize("kind", ["openai", "llamacpp"])
 def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engine, tmp_path, kind):
-    config = Config(debounce_ms=0, max_new_tokens=24, fim_mode="psm" if kind == "llamacpp" else "auto")
+    mode = "psm" if kind == "llamacpp" else "auto"
+    config = Config(debounce_ms=0, max_new_tokens=24, fim_mode=mode, candidates=1)  # the greedy answer, as served
     doc = Document((tmp_path / "home.py").as_uri(), "python", 1, CODE)
     suggestions = []
     with ThreadPoolExecutor(max_workers=1) as executor:
@@ -405,6 +406,16 @@ def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engin
     if kind == "openai":  # llama.cpp's layout has no path or repository name: a different prompt, so another suggestion
         assert suggestions[0] is not None and suggestions[1] == suggestions[0]
     assert len(served.requests) == 1
+
+
+def test_a_remote_backend_answers_an_explicit_request_with_one_candidate(served, tiny_engine, tmp_path):
+    """A serving engine has no batched candidates: a request that asks for three gets one answer, from one request."""
+    doc = Document((tmp_path / "home.py").as_uri(), "python", 1, CODE)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        config = Config(debounce_ms=0, max_new_tokens=24, candidates=3)
+        completer = Completer(remote(served, tiny_engine), config, executor)
+        completion = asyncio.run(completer.complete(doc, CURSOR))
+    assert len(completion.suggestions) == 1 and completer.trace.candidates == 1 and len(served.requests) == 1
 
 
 # The end-to-end document of tests/test_server.py: the end of a comment, where any text is valid Python.

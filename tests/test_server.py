@@ -58,13 +58,14 @@ async def test_inline_completion_round_trip_is_valid_python(lsp):
     open_document(client, uri, CODE)
     line = CODE.split("\n")[COMMENT_LINE]
     result = await inline(client, uri, COMMENT_LINE, len(line))
-    assert len(result.items) == 1
-    item = result.items[0]
-    assert item.insert_text.strip()
-    lines = CODE.split("\n")
-    lines[COMMENT_LINE] += item.insert_text
-    tree = new_parser("python").parse("\n".join(lines).encode())
-    assert not tree.root_node.has_error
+    # An explicit request: up to `candidates` (3) suggestions, distinct, each valid where it goes.
+    assert 1 <= len(result.items) <= 3 and len({item.insert_text for item in result.items}) == len(result.items)
+    for item in result.items:
+        assert item.insert_text.strip()
+        lines = CODE.split("\n")
+        lines[COMMENT_LINE] += item.insert_text
+        tree = new_parser("python").parse("\n".join(lines).encode())
+        assert not tree.root_node.has_error
 
 
 async def test_repeated_request_is_served_from_cache(lsp):
@@ -125,7 +126,7 @@ async def test_unknown_language_gets_plain_text_context(lsp):
     uri = (root / "notes.cob").as_uri()
     open_document(client, uri, "IDENTIFICATION DIVISION.\nPROGRAM-ID. HELLO.\n\n", language="cobol")
     result = await inline(client, uri, 2, 0)
-    assert len(result.items) == 1 and result.items[0].insert_text.strip()
+    assert result.items and all(item.insert_text.strip() for item in result.items)
 
 
 async def test_cancel_stops_generation(lsp):
@@ -196,9 +197,12 @@ async def test_completion_fallback_for_clients_without_inline_completion(tiny_mo
                 context=types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked),
             )
         )
-        assert len(result.items) == 1
-        edit = result.items[0].text_edit
-        assert edit.new_text.strip() and edit.range.start == types.Position(COMMENT_LINE, len(line))
+        assert 1 <= len(result.items) <= 3  # the candidates, in rank order: the first preselected
+        ranks = [(item.sort_text, item.preselect) for item in result.items]
+        assert ranks == [(str(i), i == 0) for i in range(len(result.items))]
+        for item in result.items:
+            edit = item.text_edit
+            assert edit.new_text.strip() and edit.range.start == types.Position(COMMENT_LINE, len(line))
 
 
 async def test_missing_model_reports_once_and_answers_empty(tmp_path):

@@ -243,6 +243,19 @@ def test_candidates_are_ranked_samples_with_true_logprobs(qwen_engine, static):
     assert [c.token_ids for c in greedy] == [transformers_greedy(engine, ids, 12)] * 2
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_greedy_first_puts_the_greedy_answer_among_the_samples(qwen_engine, static):
+    engine = engine_on(qwen_engine, static=static)
+    ids = engine.encode(PROMPTS[0])
+    greedy = transformers_greedy(engine, ids, 12)
+    cands = engine.candidates(ids, 3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=1, greedy_first=True)
+    assert [c.token_ids for c in cands].count(greedy) >= 1 and len({tuple(c.token_ids) for c in cands}) > 1
+    means = [c.mean_logprob for c in cands if c.token_ids]
+    assert means == sorted(means, reverse=True)
+    plain = engine.candidates(ids, 3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=1)
+    assert greedy not in [c.token_ids for c in plain]  # (the same seed's samples without it do not happen to be greedy)
+
+
 def test_candidates_stop_each_row_and_all_on_cancel(qwen_engine):
     import threading
 

@@ -422,8 +422,12 @@ class Outcome:
 
 
 def eval_config(max_new_tokens: int, timeout_ms: int) -> Config:
-    """The server's defaults, with what evaluation needs: no debounce, no cache, greedy, a generous time limit."""
-    return Config(max_new_tokens=max_new_tokens, debounce_ms=0, cache_size=0, temperature=0.0, timeout_ms=timeout_ms)
+    """The server's defaults, with what evaluation needs: no debounce, no cache, greedy (one candidate, also for an
+    explicit request), a generous time limit."""
+    return Config(
+        max_new_tokens=max_new_tokens, debounce_ms=0, cache_size=0, temperature=0.0, timeout_ms=timeout_ms,
+        candidates=1, automatic_candidates=1,
+    )
 
 
 def complete_tasks(
