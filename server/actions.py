@@ -61,6 +61,13 @@ class Place:
     subject: Target | Comment
     diagnostics: Sequence[tuple[int, str]] = ()
 
+    @property
+    def target(self) -> Target:
+        """The code a TARGET action is about (a COMMENT action's place has none)."""
+        if isinstance(self.subject, Comment):
+            raise TypeError("a comment action's place has no target code")
+        return self.subject
+
 
 @dataclass(frozen=True)
 class Request:
@@ -108,7 +115,13 @@ class Offer:
     data: dict
 
 
-def offers(doc: Document, start: int, end: int, diagnostics: list[tuple[int, str]] = (), only: list[str] | None = None) -> list[Offer]:
+def offers(
+    doc: Document,
+    start: int,
+    end: int,
+    diagnostics: Sequence[tuple[int, str]] = (),
+    only: Sequence[str] | None = None,
+) -> list[Offer]:
     """The actions that fit the selection or the cursor (no model call), in `ACTIONS` order. `diagnostics`
     are the request context's, as (0-based document line, message); `only` filters by code action kind."""
     comment = comment_at(doc, start) if start == end or doc.text[start:end].strip() == "" else None
@@ -120,7 +133,13 @@ def offers(doc: Document, start: int, end: int, diagnostics: list[tuple[int, str
             continue
         place = Place(doc, subject, diagnostics)
         if spec.offered(place):
-            data = {"uri": doc.uri, "version": doc.version, **_named(subject, start), "action": spec.name, **spec.data(place)}
+            data = {
+                "uri": doc.uri,
+                "version": doc.version,
+                **_named(subject, start),
+                "action": spec.name,
+                **spec.data(place),
+            }
             out.append(Offer(spec.name, spec.title(place), spec.kind, data))
     if only:
         out = [o for o in out if any(o.kind == k or o.kind.startswith(k + ".") for k in only)]
@@ -128,10 +147,17 @@ def offers(doc: Document, start: int, end: int, diagnostics: list[tuple[int, str
 
 
 def _named(subject: Target | Comment, at: int) -> dict:
-    """What an action's `data` names its subject by (`FIELDS`; a comment by the cursor at `at`), with its content hash."""
+    """What an action's `data` names its subject by (`FIELDS`; a comment by the cursor at `at`), with its
+    content hash."""
     if isinstance(subject, Comment):
         return {"at": at, "start": subject.start, "insert": subject.insert, "hash": subject.hash}
-    return {"start": subject.start, "end": subject.end, "hash": subject.hash, "name": subject.name, "kind": subject.kind}
+    return {
+        "start": subject.start,
+        "end": subject.end,
+        "hash": subject.hash,
+        "name": subject.name,
+        "kind": subject.kind,
+    }
 
 
 def _what(target: Target) -> str:
@@ -143,20 +169,24 @@ def _what(target: Target) -> str:
 
 def _diagnostics_inside(place: Place) -> list[str]:
     """The request's diagnostics on the target's lines, as a fix prompt lists them (lines counted within the code)."""
-    target = place.subject
+    target = place.target
     first_row = place.doc.text.count("\n", 0, target.start)
     last_row = first_row + target.code.rstrip("\n").count("\n")
-    return [tasks.diagnostic_line(line - first_row + 1, message) for line, message in place.diagnostics if first_row <= line <= last_row]
+    return [
+        tasks.diagnostic_line(line - first_row + 1, message)
+        for line, message in place.diagnostics
+        if first_row <= line <= last_row
+    ]
 
 
 def _fix_title(place: Place) -> str:
     inside = _diagnostics_inside(place)
-    return f"midline: Fix {_what(place.subject)}" + (f" ({_short(place.diagnostics[0][1])})" if inside else "")
+    return f"midline: Fix {_what(place.target)}" + (f" ({_short(place.diagnostics[0][1])})" if inside else "")
 
 
 def _tests_title(place: Place) -> str:
     verified = place.doc.language == "python" and sandbox_state().available
-    return f"midline: Generate tests for {_what(place.subject)}{'' if verified else ' (unverified)'}"
+    return f"midline: Generate tests for {_what(place.target)}{'' if verified else ' (unverified)'}"
 
 
 def _short(message: str, limit: int = 60) -> str:
@@ -220,7 +250,14 @@ def _as_task_code(code: str) -> str:
     return textwrap.dedent(code).strip("\n").rstrip() + "\n"
 
 
-def _ask(task: Task, language: str, inputs: Sequence[str], prompt: FimPrompt, parse: Callable[[str], str], messages: list[dict[str, str]]) -> Ask:
+def _ask(
+    task: Task,
+    language: str,
+    inputs: Sequence[str],
+    prompt: FimPrompt,
+    parse: Callable[[str], str],
+    messages: list[dict[str, str]],
+) -> Ask:
     """An Ask of `task` in both shapes, cached by the task, the language and its `inputs`."""
     return Ask(task.name, content_hash(task.name, language, *inputs), prompt, parse=parse, messages=messages,
                parse_chat=task.parse_chat, stop=task.should_stop(language))
@@ -229,28 +266,53 @@ def _ask(task: Task, language: str, inputs: Sequence[str], prompt: FimPrompt, pa
 def explain_ask(code: str, language: str, path: str = "") -> Ask:
     """Explain a function or class (also hover's explanation: the two share the cache)."""
     code, task = _as_task_code(code), tasks.EXPLAIN
-    return _ask(task, language, [code], task.prompt(code, language, path=path), lambda text: task.parse(text, language),
-                task.messages(code, language))
+    return _ask(
+        task,
+        language,
+        [code],
+        task.prompt(code, language, path=path),
+        lambda text: task.parse(text, language),
+        task.messages(code, language),
+    )
 
 
 def fix_ask(code: str, diagnostics: list[str], language: str, path: str = "") -> Ask:
     code, task = _as_task_code(code), tasks.FIX
-    return _ask(task, language, [code, *diagnostics], task.prompt(code, diagnostics, language, path=path),
-                lambda text: task.parse(text, language), task.messages(code, diagnostics, language))
+    return _ask(
+        task,
+        language,
+        [code, *diagnostics],
+        task.prompt(code, diagnostics, language, path=path),
+        lambda text: task.parse(text, language),
+        task.messages(code, diagnostics, language),
+    )
 
 
-def tests_ask(module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str) -> Ask:
+def tests_ask(
+    module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str
+) -> Ask:
     task = tasks.TESTS
     prompt = task.prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
-    return _ask(task, language, [module_path, module_source, module, test_path, *names], prompt,
-                lambda text: task.parse(prompt, text, language), task.messages(module_path, module_source, names, language))
+    return _ask(
+        task,
+        language,
+        [module_path, module_source, module, test_path, *names],
+        prompt,
+        lambda text: task.parse(prompt, text, language),
+        task.messages(module_path, module_source, names, language),
+    )
 
 
 def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
     task = tasks.FROM_COMMENT
-    return _ask(task, language, [prompt.prefix, prompt.suffix],
-                task.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
-                lambda text: task.parse(text, language), task.messages(comment, prompt.prefix[-4000:], language))
+    return _ask(
+        task,
+        language,
+        [prompt.prefix, prompt.suffix],
+        task.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
+        lambda text: task.parse(text, language),
+        task.messages(comment, prompt.prefix[-4000:], language),
+    )
 
 
 # -- gates ----------------------------------------------------------------------------------------
@@ -308,14 +370,20 @@ class Placement:
     path: Path  # the test file as the editor names it: the workspace folder as given, then `relative`
 
 
-OUTSIDE = "Generate tests: the file is outside the workspace folder, so midline will not write a test file there; open its folder as the workspace to generate tests."
+OUTSIDE = (
+    "Generate tests: the file is outside the workspace folder, so midline will not write a test file there;"
+    " open its folder as the workspace to generate tests."
+)
 
 
 def place_tests(module: str, folders: Sequence[Path], language: str) -> Placement | str:
     """Where the tests of the module at `module` go, or why midline writes none: the module and its test
     file, with `..` segments and symlinks resolved, must both lie inside a workspace folder."""
     if not folders:
-        return "Generate tests: no workspace folder is open, so midline will not write a test file; open the project's folder first."
+        return (
+            "Generate tests: no workspace folder is open, so midline will not write a test file;"
+            " open the project's folder first."
+        )
     real = Path(os.path.realpath(module))
     holding = [(Path(os.path.realpath(folder)), folder) for folder in folders]
     holding = [(real_folder, folder) for real_folder, folder in holding if real.is_relative_to(real_folder)]
@@ -324,7 +392,10 @@ def place_tests(module: str, folders: Sequence[Path], language: str) -> Placemen
     real_folder, folder = max(holding, key=lambda pair: len(pair[0].parts))  # the innermost
     test = Path(os.path.realpath(test_file_for(real, real_folder, language)))
     if not test.is_relative_to(real_folder):  # a symlinked tests/ folder
-        return "Generate tests: the test file would be outside the workspace folder (through a symlink), so midline will not write it; make the tests folder a real folder inside the workspace."
+        return (
+            "Generate tests: the test file would be outside the workspace folder (through a symlink),"
+            " so midline will not write it; make the tests folder a real folder inside the workspace."
+        )
     return Placement(real, real_folder, test.relative_to(real_folder), Path(folder) / test.relative_to(real_folder))
 
 
@@ -342,7 +413,9 @@ def python_module(module: Path, root: Path | None) -> tuple[str, Path]:
 def merge_tests(existing: str, generated: str) -> str:
     """What to append to an existing test file: the generated tests without import lines it already has."""
     have = {line.strip() for line in existing.split("\n")}
-    lines = [line for line in generated.split("\n") if not (re.match(r"(import|from)\s", line) and line.strip() in have)]
+    lines = [
+        line for line in generated.split("\n") if not (re.match(r"(import|from)\s", line) and line.strip() in have)
+    ]
     body = "\n".join(lines).strip("\n")
     if not existing.strip():
         return body + "\n"
@@ -357,7 +430,9 @@ class Actions:
 
     config = CurrentConfig()  # the current settings, read from `settings` each time
 
-    def __init__(self, assistant: Assistant, config: Config | Settings, root: str | None = None, folders: Sequence[str] = ()) -> None:
+    def __init__(
+        self, assistant: Assistant, config: Config | Settings, root: str | None = None, folders: Sequence[str] = ()
+    ) -> None:
         self.assistant = assistant
         self.settings = Settings.of(config)
         self.root = Path(root) if root else None
@@ -377,7 +452,8 @@ class Actions:
         `window` gives the completion prompt at an offset (for code from a comment: the completer's
         token-budgeted windows and extra context); `read` gives a file's text (open documents first).
         """
-        spec = BY_NAME.get(data.get("action"))
+        action = data.get("action")
+        spec = BY_NAME.get(action) if isinstance(action, str) else None
         try:
             if data.get("version") != doc.version and not self._unchanged(doc, data, spec):
                 return Nothing("The code changed since the action was offered; ask for the action again.")
@@ -409,7 +485,9 @@ class Actions:
     async def _explain(self, doc: Document, data: dict, request: Request) -> Outcome:
         target, progress = _target(doc, data), request.progress
         progress.report("explaining")
-        explanation = await self.assistant.run(explain_ask(target.code, doc.language, self.shown(doc.path)), progress.cancel)
+        explanation = await self.assistant.run(
+            explain_ask(target.code, doc.language, self.shown(doc.path)), progress.cancel
+        )
         if not explanation:
             return Nothing("The model gave no explanation; try again, or select less code.")
         title = f"`{target.name}`" if target.name else "the code"
@@ -418,10 +496,15 @@ class Actions:
     async def _fix(self, doc: Document, data: dict, request: Request) -> Outcome:
         target, diagnostics, progress = _target(doc, data), list(data.get("diagnostics", [])), request.progress
         progress.report("writing a fix")
-        candidate = await self.assistant.run(fix_ask(target.code, diagnostics, doc.language, self.shown(doc.path)), progress.cancel)
+        candidate = await self.assistant.run(
+            fix_ask(target.code, diagnostics, doc.language, self.shown(doc.path)), progress.cancel
+        )
         fixed = fix_gate(doc.text, target, candidate or "", doc.language)
         if fixed is None:
-            return Nothing("The model's fix did not parse or changed nothing, so it is not offered; try again, or fix the code by hand.")
+            return Nothing(
+                "The model's fix did not parse or changed nothing, so it is not offered;"
+                " try again, or fix the code by hand."
+            )
         before = doc.text[: line_start(doc.text, target.start)]
         return Replace(target.start, target.end, fixed, self.security_warning(fixed, doc.language, before))
 
@@ -436,12 +519,17 @@ class Actions:
         else:
             prompt = FimPrompt(doc.text[: comment.insert], doc.text[comment.replace_end :], path=self.shown(doc.path))
         if not prompt.prefix.endswith("\n"):
-            prompt = FimPrompt(prompt.prefix + "\n", prompt.suffix, prompt.path, prompt.snippets, prompt.repo, prompt.comment)
+            prompt = FimPrompt(
+                prompt.prefix + "\n", prompt.suffix, prompt.path, prompt.snippets, prompt.repo, prompt.comment
+            )
         code = await self.assistant.run(from_comment_ask(prompt, comment.text, doc.language), progress.cancel)
         if not code or not code.strip():
             return Nothing("The model wrote no code for this comment; try again, or describe the code in more detail.")
         if _only_redefines(code, doc):
-            return Nothing("The model only rewrote functions the file already has, so nothing is inserted; describe new code in the comment.")
+            return Nothing(
+                "The model only rewrote functions the file already has, so nothing is inserted;"
+                " describe new code in the comment."
+            )
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented
@@ -449,7 +537,9 @@ class Actions:
         text = gap + code
         new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
         if parses(doc.language, new) is False and parses(doc.language, doc.text) is not False:
-            return Nothing("The model's code does not parse here, so it is not offered; try again, or reword the comment.")
+            return Nothing(
+                "The model's code does not parse here, so it is not offered; try again, or reword the comment."
+            )
         warning = self.security_warning(code, doc.language, doc.text[: comment.insert] + gap)
         return Replace(comment.insert, comment.replace_end, text, warning)
 
@@ -459,12 +549,17 @@ class Actions:
     async def _tests(self, doc: Document, data: dict, request: Request) -> Outcome:
         target, progress, read = _target(doc, data), request.progress, request.read
         if not doc.uri.startswith("file:"):
-            return Nothing("Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests; save it there first.")
+            return Nothing(
+                "Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests;"
+                " save it there first."
+            )
         place = place_tests(doc.path, self.workspace_folders(), doc.language)
         if isinstance(place, str):
             return Nothing(place)
         module, test_path = place.module, place.path
-        dotted, import_root = python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
+        dotted, import_root = (
+            python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
+        )
         progress.report("writing tests")
         shown = shown_path(module, place.folder)
         ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
@@ -475,7 +570,11 @@ class Actions:
         if doc.language == "python":
             verified = await self._verify(source, doc, dotted, import_root, progress, read, place)
             if verified.ran and not verified.passed:
-                return Nothing(f"None of the generated tests passed against the current code{' (' + verified.note + ')' if verified.note else ''}, so none are offered; try again, or check the code.")
+                note = f" ({verified.note})" if verified.note else ""
+                return Nothing(
+                    f"None of the generated tests passed against the current code{note}, so none are offered;"
+                    " try again, or check the code."
+                )
             source = verified.source
         else:
             c = languages.resolve(doc.language).line_comment
@@ -485,7 +584,16 @@ class Actions:
         text = merge_tests(existing, source) if existing is not None else source
         return TestFile(test_path, text, existing, verified, warning)
 
-    async def _verify(self, source: str, doc: Document, dotted: str, import_root: Path, progress: Progress, read, place: Placement) -> Verified:
+    async def _verify(
+        self,
+        source: str,
+        doc: Document,
+        dotted: str,
+        import_root: Path,
+        progress: Progress,
+        read: Callable[[Path], str | None],
+        place: Placement,
+    ) -> Verified:
         key = content_hash(source, doc.text, dotted)
         if key in self._verified:
             return self._verified[key]
@@ -527,7 +635,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ),
     ActionSpec(
         tasks.EXPLAIN, "refactor.midline.explain", TARGET,
-        title=lambda place: f"midline: Explain {_what(place.subject)}",
+        title=lambda place: f"midline: Explain {_what(place.target)}",
         resolve=Actions._explain,
     ),
     ActionSpec(
@@ -541,7 +649,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
         tasks.TESTS, "refactor.midline.tests", TARGET,
         title=_tests_title,
         resolve=Actions._tests,
-        offered=lambda place: place.subject.kind in ("function", "class") and bool(place.subject.name),
+        offered=lambda place: place.target.kind in ("function", "class") and bool(place.target.name),
     ),
 )
 BY_NAME = {spec.name: spec for spec in ACTIONS}
