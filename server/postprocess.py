@@ -7,7 +7,8 @@
                     new line above that code
   multi-line hole:  strip trailing whitespace -> stop at the end of the cursor's block -> stop where the
                     suffix's next line is repeated -> at most `max_lines` lines -> trim overlap with the line suffix
-  both:             cut a looping tail first; drop empty and repetitive text -> syntax gate (tree-sitter; plain text skips it)
+  both:             cut a looping tail first; drop empty and repetitive text -> syntax gate (tree-sitter;
+                    plain text skips it)
 
 `cut_unsure_lines` runs before it when the model gave per-token log-probabilities: a line after the first
 that the model was unsure of (its tokens' mean log-probability under a floor) is cut, with all that follows.
@@ -191,7 +192,7 @@ def _reused_closers(line: str, marks: list[_Mark], line_suffix: str) -> tuple[in
     while count < min(len(excess), len(closers)) and excess[count].char == closers[count]:
         count += 1
     if count == len(closers) and terminator:
-        after = excess[count - 1].index + 1
+        after = excess[count - 1].at + 1
         if line[after : after + 1] == terminator:
             return count, count + 1
     return count, count
@@ -225,16 +226,16 @@ def _balanced_end(line: str, marks: list[_Mark], reused: int, free: int, spare: 
     for mark in marks:
         if mark.opens:
             if ok():
-                last_ok = mark.index
+                last_ok = mark.at
             stack.append(mark.char)
         elif stack and stack[-1] == _OPENER_OF.get(mark.char, mark.char):
             stack.pop()
         elif stack:
-            return mark.index if ok() else last_ok
+            return mark.at if ok() else last_ok
         else:
             excess += 1
             if excess > reused + free:
-                return mark.index
+                return mark.at
     return len(line) if ok() else last_ok
 
 
@@ -275,7 +276,11 @@ def _statement_lines(lines: list[str], ctx: CompletionContext) -> int | None:
     indented deeper). None while `lines` could still be that statement."""
     if not lines[0].strip() and ctx.line_prefix.strip() == "" and len(lines) == 1:
         return None
-    start = 0 if lines[0].strip() or not ctx.line_prefix.strip() else next((i for i, line in enumerate(lines) if line.strip()), None)
+    start = (
+        0
+        if lines[0].strip() or not ctx.line_prefix.strip()
+        else next((i for i, line in enumerate(lines) if line.strip()), None)
+    )
     if start is None:
         return None
     base = _indent(ctx.line_prefix + lines[0] if start == 0 else lines[start])
@@ -394,11 +399,11 @@ def _closer_end(text: str, ctx: CompletionContext) -> int | None:
     if not excess:
         return None
     closer = excess[0]
-    line_start = syntax.line_start(text, closer.index)
+    line_start = syntax.line_start(text, closer.at)
     if _suffix_closer(ctx.suffix, ctx.language) == closer.char:
-        own_line = not text[line_start : closer.index].strip() and (line_start > 0 or not ctx.line_prefix.strip())
-        return line_start if own_line else closer.index
-    return syntax.line_end(text, closer.index)
+        own_line = not text[line_start : closer.at].strip() and (line_start > 0 or not ctx.line_prefix.strip())
+        return line_start if own_line else closer.at
+    return syntax.line_end(text, closer.at)
 
 
 @functools.lru_cache(maxsize=8)
@@ -430,7 +435,7 @@ def _lexicon(language: str) -> _Lexicon:
 class _Mark(NamedTuple):
     """A bracket or string delimiter outside strings and comments."""
 
-    index: int
+    at: int  # its string index (not `index`: that is tuple's method)
     char: str
     opens: bool
 
@@ -555,7 +560,9 @@ def _line_to_finish(ctx: CompletionContext) -> int | None:
         return None
     line_start = syntax.byte_offset(ctx.text, ctx.offset - len(ctx.line_prefix))
     line_end = syntax.byte_offset(ctx.text, ctx.offset)
-    on_line = [first for first, last in _baseline_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start]
+    on_line = [
+        first for first, last in _baseline_spans(ctx.language, ctx.text) if first <= line_end and last >= line_start
+    ]
     return line_start if on_line and min(on_line) >= line_start else None
 
 
