@@ -65,7 +65,8 @@ class Run:
 def region(source: str, chars: int) -> tuple[int, int]:
     """At most `chars` characters from the middle of the longest function, whole lines (typing ends at a line end)."""
     functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    starts = [0, *itertools.accumulate(len(line) + 1 for line in source.split("\n"))]  # of each line (1-based: starts[n - 1])
+    # of each line (1-based: starts[n - 1])
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in source.split("\n"))]
     if functions:
         f = max(functions, key=lambda n: n.end_lineno - n.lineno)
         lo, hi = starts[f.lineno], starts[f.end_lineno] - 1  # the body, after the def line
@@ -86,7 +87,8 @@ async def replay(runs: list[Run], doc: Document, offset: int, typed: str) -> Non
     codec = PositionCodec()
     for i, char in enumerate(typed):
         position = doc.position_at(offset, codec)
-        doc.apply_change(types.TextDocumentContentChangePartial(range=types.Range(position, position), text=char), codec)
+        change = types.TextDocumentContentChangePartial(range=types.Range(position, position), text=char)
+        doc.apply_change(change, codec)
         doc.version += 1
         offset += 1
         for run in runs if i % 2 == 0 else runs[::-1]:
@@ -119,7 +121,8 @@ def while_compiling(engine: Engine, other: Engine, prompt: list[int]) -> str:
     if engine.decode_path != "static, compiled":
         raise SystemExit("compiling the decode steps failed")
     other.clear_cache()
-    return (f"Compiling took {time.perf_counter() - began:.0f} s in the background. Keystroke-sized requests meanwhile: "
+    return (f"Compiling took {time.perf_counter() - began:.0f} s in the background. "
+            f"Keystroke-sized requests meanwhile: "
             f"p50 {percentile(during, 50):.0f} ms, max {max(during):.0f} ms ({len(during)} requests); "
             f"idle: p50 {percentile(idle, 50):.0f} ms, max {max(idle):.0f} ms.")
 
@@ -140,18 +143,23 @@ def row(run: Run) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="local model dir (default: %(default)s)")
-    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py", help="Python file to type (default: %(default)s)")
-    parser.add_argument("--chars", type=int, default=300, help="at most this many characters, whole lines where possible (default: %(default)s)")
+    parser.add_argument("--file", type=Path, default=ROOT / "server" / "completion.py",
+                        help="Python file to type (default: %(default)s)")
+    parser.add_argument("--chars", type=int, default=300,
+                        help="at most this many characters, whole lines where possible (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per suggestion (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the engine's CPU_THREADS)")
     parser.add_argument("--compare", choices=COMPARISONS, default="reuse",
-                        help="what the two sides differ in: prefix reuse off / on; prompt-lookup drafts off / --lookup (default: the CPU's); "
-                             "eager / compiled decode steps (default: %(default)s)")
-    parser.add_argument("--lookup", type=int, default=None, help="prompt-lookup draft tokens, both sides (default: the engine's own)")
+                        help="what the two sides differ in: prefix reuse off / on; prompt-lookup drafts off / --lookup "
+                             "(default: the CPU's); eager / compiled decode steps (default: %(default)s)")
+    parser.add_argument("--lookup", type=int, default=None,
+                        help="prompt-lookup draft tokens, both sides (default: the engine's own)")
     parser.add_argument("--budget", type=int, default=ContextConfig.budget,
-                        help="prefix + suffix window in tokens (context.budget; the model's context may clamp it) (default: %(default)s)")
+                        help="prefix + suffix window in tokens (context.budget; the model's context may clamp it) "
+                             "(default: %(default)s)")
     parser.add_argument("--path", choices=("auto", "static", "dynamic"), default="auto",
-                        help="decode path: static KV cache, transformers' DynamicCache, or the engine's choice (default: %(default)s)")
+                        help="decode path: static KV cache, transformers' DynamicCache, or the engine's choice "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
 
     source = args.file.read_text(encoding="utf-8")
@@ -188,16 +196,23 @@ def main(argv: list[str] | None = None) -> None:
     differ = sum(a.token_ids != b.token_ids for a, b in zip(runs[0].generations, runs[1].generations))
     differ += abs(len(runs[0].generations) - len(runs[1].generations))
     rel = args.file.resolve().relative_to(ROOT) if args.file.resolve().is_relative_to(ROOT) else args.file
-    print(f"typed {len(typed)} characters of {rel} (lines {source.count(chr(10), 0, start) + 1}-{source.count(chr(10), 0, max(start, end - 1)) + 1}), "
-          f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, max {args.max_new_tokens} new tokens, "
-          f"{'static' if base.static else 'dynamic'} decode path, lookup {' / '.join(str(r.completer.engine.lookup) for r in runs)}")
-    print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; wall {wall:.0f} s; "
-          f"generations identical on both sides: {'yes' if not differ else f'NO ({differ} differ)'}\n")
-    print(f"| {args.compare} | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens | mean engine ms | tokens/s |")
+    first, last = source.count(chr(10), 0, start) + 1, source.count(chr(10), 0, max(start, end - 1)) + 1
+    lookups = " / ".join(str(r.completer.engine.lookup) for r in runs)
+    print(f"typed {len(typed)} characters of {rel} (lines {first}-{last}), "
+          f"{len(runs[0].latencies_ms)} keystrokes reached the model; model {args.model.name}, "
+          f"max {args.max_new_tokens} new tokens, {'static' if base.static else 'dynamic'} decode path, "
+          f"lookup {lookups}")
+    print(f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+          f"wall {wall:.0f} s; generations identical on both sides: "
+          f"{'yes' if not differ else f'NO ({differ} differ)'}\n")
+    print(f"| {args.compare} | p50 ms/keystroke | p95 ms/keystroke | prompt tokens | reused tokens | new tokens "
+          "| mean engine ms | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for run, r in zip(runs, (off, on)):
-        print(f"| {run.name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} | {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")
-    print(f"| ratio | {off['p50'] / on['p50']:.2f}x | {off['p95'] / on['p95']:.2f}x | | | | {off['engine'] / on['engine']:.2f}x | {on['tok_s'] / off['tok_s']:.2f}x |")
+        print(f"| {run.name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['prompt']:.0f} | {r['reused']:.0f} "
+              f"| {r['new']:.1f} | {r['engine']:.1f} | {r['tok_s']:.0f} |")
+    print(f"| ratio | {off['p50'] / on['p50']:.2f}x | {off['p95'] / on['p95']:.2f}x | | | "
+          f"| {off['engine'] / on['engine']:.2f}x | {on['tok_s'] / off['tok_s']:.2f}x |")
     if args.compare == "compile":
         print(f"\n{compiling}")
 

@@ -28,7 +28,8 @@ def capabilities(*, inline: bool = True, encodings: list[str] | None = None) -> 
         text_document=types.TextDocumentClientCapabilities(
             inline_completion=types.InlineCompletionClientCapabilities() if inline else None,
             completion=types.CompletionClientCapabilities(
-                completion_item=types.ClientCompletionItemOptions(documentation_format=[types.MarkupKind.Markdown, types.MarkupKind.PlainText])
+                completion_item=types.ClientCompletionItemOptions(
+                    documentation_format=[types.MarkupKind.Markdown, types.MarkupKind.PlainText])
             ),
             synchronization=types.TextDocumentSyncClientCapabilities(),
         ),
@@ -70,12 +71,12 @@ async def running_server(
 
 
 def open_document(client: LanguageClient, uri: str, text: str, language: str = "python") -> None:
-    client.text_document_did_open(
-        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text))
-    )
+    item = types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=item))
 
 
-async def inline(client: LanguageClient, uri: str, line: int, character: int, *, automatic: bool = False) -> types.InlineCompletionList:
+async def inline(client: LanguageClient, uri: str, line: int, character: int, *,
+                 automatic: bool = False) -> types.InlineCompletionList:
     kind = types.InlineCompletionTriggerKind.Automatic if automatic else types.InlineCompletionTriggerKind.Invoked
     return await client.text_document_inline_completion_async(
         types.InlineCompletionParams(

@@ -65,7 +65,8 @@ SEED = LINES.index("# Write a function that takes a list of numbers and returns 
 EVENS = "def evens(numbers):\n    return [n for n in numbers if n % 2 == 0]\n"
 
 
-def doc(text: str = CODE, name: str = "circle.py", root: Path = Path("/tmp/midline-tests"), language: str = "python") -> Document:
+def doc(text: str = CODE, name: str = "circle.py", root: Path = Path("/tmp/midline-tests"),
+        language: str = "python") -> Document:
     return Document((root / name).as_uri(), language, 1, text)
 
 
@@ -113,7 +114,8 @@ def test_offers_at_a_function_and_only_filter():
 def test_fix_offer_carries_the_diagnostics_inside_the_node():
     d = doc()
     row = LINES.index("    return 2 * math.pi * radius")
-    found = actions.offers(d, at(CODE, "def perimeter"), at(CODE, "def perimeter"), [(row, "radius may be negative"), (0, "unused import")])
+    found = actions.offers(d, at(CODE, "def perimeter"), at(CODE, "def perimeter"),
+                           [(row, "radius may be negative"), (0, "unused import")])
     fix = next(o for o in found if o.action == "fix")
     assert fix.data["diagnostics"] == ["line 2: radius may be negative"]
     assert "radius may be negative" in fix.title
@@ -128,7 +130,8 @@ def test_code_from_a_comment_is_offered_only_for_unwritten_code():
     assert targets.comment_at(doc(described), 3) is None
     stub = 'def evens(numbers):\n    """Only the even numbers."""\n    pass\n'
     docstring = targets.comment_at(doc(stub), stub.index("Only"))
-    assert docstring is not None and docstring.indent == "    " and stub[docstring.insert : docstring.replace_end] == "    pass\n"
+    assert docstring is not None and docstring.indent == "    "
+    assert stub[docstring.insert : docstring.replace_end] == "    pass\n"
 
 
 def test_fix_gate_rejects_unparsable_and_unchanged_fixes():
@@ -156,7 +159,8 @@ def test_test_file_placement(tmp_path):
 
 def test_appending_tests_drops_imports_the_file_has():
     existing = "import pytest\n\nfrom calc import add\n\n\ndef test_old():\n    assert add(1, 1) == 2\n"
-    added = actions.merge_tests(existing, "import pytest\n\nfrom calc import add\n\n\ndef test_new():\n    assert add(2, 2) == 4\n")
+    added = actions.merge_tests(existing, "import pytest\n\nfrom calc import add\n\n\n"
+                                          "def test_new():\n    assert add(2, 2) == 4\n")
     assert added == "\n\ndef test_new():\n    assert add(2, 2) == 4\n"
     assert parses("python", existing + added)
 
@@ -187,7 +191,8 @@ def offer_of(d: Document, action: str, offset: int):
 
 def test_explain_resolves_to_markdown():
     d = doc()
-    outcome, assistant = resolve({"explain": "Computes the area.\n    \"\"\"\n    junk"}, d, offer_of(d, "explain", at(CODE, "def area")))
+    outcome, assistant = resolve({"explain": "Computes the area.\n    \"\"\"\n    junk"}, d,
+                                 offer_of(d, "explain", at(CODE, "def area")))
     assert outcome == Explanation("### `area`\n\nComputes the area.\n")
     assert assistant.asks[0].prompt.prefix == 'def area(radius):\n    """'
 
@@ -195,7 +200,8 @@ def test_explain_resolves_to_markdown():
 def test_fix_resolves_to_a_replacement_only_when_it_parses():
     d = doc()
     offer = offer_of(d, "fix", at(CODE, "def perimeter"))
-    outcome, _ = resolve({"fix": "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n# Fixed version:\n"}, d, offer)
+    answer = "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n# Fixed version:\n"
+    outcome, _ = resolve({"fix": answer}, d, offer)
     assert isinstance(outcome, Replace) and CODE[outcome.start : outcome.end].startswith("def perimeter")
     assert outcome.text == "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n"
     bad, _ = resolve({"fix": "def perimeter(radius:\n    return (\n"}, d, offer)
@@ -228,13 +234,15 @@ def test_code_from_a_docstring_replaces_the_placeholder_body():
     offer = offer_of(d, "fromComment", stub.index("Only"))
     outcome, _ = resolve({"fromComment": "    return [n for n in numbers if n % 2 == 0]\n"}, d, offer)
     new = stub[: outcome.start] + outcome.text + stub[outcome.end :]
-    assert new == 'def evens(numbers):\n    """Only the even numbers of `numbers`."""\n    return [n for n in numbers if n % 2 == 0]\n\n\nprint(evens([1, 2]))\n'
+    assert new == ('def evens(numbers):\n    """Only the even numbers of `numbers`."""\n'
+                   "    return [n for n in numbers if n % 2 == 0]\n\n\nprint(evens([1, 2]))\n")
 
 
 def test_stale_offer_is_refused():
     d = doc()
     offer = offer_of(d, "explain", at(CODE, "def area"))
-    d.apply_change(types.TextDocumentContentChangeWholeDocument(text=CODE.replace("radius ** 2", "radius * radius")), None)
+    d.apply_change(types.TextDocumentContentChangeWholeDocument(text=CODE.replace("radius ** 2", "radius * radius")),
+                   None)
     d.version = 2
     outcome, assistant = resolve({"explain": "x"}, d, offer)
     assert isinstance(outcome, Nothing) and "changed" in outcome.message and not assistant.asks
@@ -247,7 +255,8 @@ GO_CALC = "package calc\n\nfunc Add(a, b int) int {\n\treturn a + b\n}\n"
 # Per action: a document, where it is offered there, and a model's answer that resolves it to an outcome.
 PICKED = {
     "explain": (lambda root: doc(), "def area", "Computes the area.\n", Explanation),
-    "fix": (lambda root: doc(), "def perimeter", "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n", Replace),
+    "fix": (lambda root: doc(), "def perimeter", "def perimeter(radius):\n    return 2 * math.pi * abs(radius)\n",
+            Replace),
     "tests": (lambda root: doc(GO_CALC, "calc.go", root, "go"), "Add", "func TestAdd(t *testing.T) {}\n", TestFile),
     "fromComment": (lambda root: doc(), "# Write a function", EVENS, Replace),
 }
@@ -273,7 +282,8 @@ def test_the_action_table_is_what_the_server_checks_and_the_vs_code_client_asks_
     assert server._DATA_FIELDS == {spec.name: spec.fields for spec in actions.ACTIONS}  # resolve's check of `data`
     client_kinds = re.findall(r'\bkind: "([^"]+)"', CLIENT.read_text(encoding="utf-8"))
     assert sorted(client_kinds) == sorted(spec.kind for spec in actions.ACTIONS)
-    assert len({spec.kind for spec in actions.ACTIONS}) == len(actions.BY_NAME) == len(actions.ACTIONS)  # one name and one kind each
+    # one name and one kind each
+    assert len({spec.kind for spec in actions.ACTIONS}) == len(actions.BY_NAME) == len(actions.ACTIONS)
 
 
 # -- security warnings on action results (security.py) ----------------------------------------------
@@ -298,7 +308,8 @@ def test_an_insecure_fix_is_offered_with_a_security_warning_where_the_setting_co
 def test_insecure_code_from_a_comment_and_insecure_generated_tests_get_a_security_warning(tmp_path):
     commented = "from os import system\n\n\n# Write a function that runs the given shell command\n"
     d = doc(commented, "run.py")
-    outcome, _ = resolve({"fromComment": "def run(cmd):\n    return system(cmd)\n"}, d, offer_of(d, "fromComment", commented.index("# Write")))
+    outcome, _ = resolve({"fromComment": "def run(cmd):\n    return system(cmd)\n"}, d,
+                         offer_of(d, "fromComment", commented.index("# Write")))
     assert isinstance(outcome, Replace) and outcome.warning is not None and "line 2: B605" in outcome.warning
     outcome, _ = resolve({"fromComment": EVENS}, d, offer_of(d, "fromComment", commented.index("# Write")))
     assert isinstance(outcome, Replace) and outcome.warning is None
@@ -322,9 +333,11 @@ def test_a_warned_edit_needs_confirmation_where_the_client_takes_change_annotati
     annotating = client_capabilities(annotations=True)
     edit = lsp.replace_edit(annotating, d, warned, codec)
     (change,) = edit.document_changes
-    assert [e.annotation_id for e in change.edits] == [lsp.SECURITY_ANNOTATION] and change.edits[0].new_text == SHELL_FIX
+    assert [e.annotation_id for e in change.edits] == [lsp.SECURITY_ANNOTATION]
+    assert change.edits[0].new_text == SHELL_FIX
     note = edit.change_annotations[lsp.SECURITY_ANNOTATION]
-    assert note.needs_confirmation and note.label == f"midline security: {warning.split(chr(10))[1].strip()} (and 1 more)"
+    assert note.needs_confirmation
+    assert note.label == f"midline security: {warning.split(chr(10))[1].strip()} (and 1 more)"
     assert "line 2: B605" in note.description and "line 3: B307" in note.description
     plain = lsp.replace_edit(client_capabilities(), d, warned, codec)  # no change annotations: the edit alone
     assert plain.change_annotations is None and [type(e) for e in plain.document_changes[0].edits] == [types.TextEdit]
@@ -341,7 +354,8 @@ def test_a_warned_edit_needs_confirmation_where_the_client_takes_change_annotati
 def test_test_functions_and_keep_tests_are_pytest_module_surgery():
     source = (
         "import pytest\n\n\ndef test_a():\n    pass\n\n\n@pytest.mark.slow\ndef test_b():\n    pass\n\n\n"
-        "def helper():\n    pass\n\n\nclass TestC:\n    def test_d(self):\n        pass\n\n    def test_e(self):\n        pass\n"
+        "def helper():\n    pass\n\n\n"
+        "class TestC:\n    def test_d(self):\n        pass\n\n    def test_e(self):\n        pass\n"
     )
     assert [t.name for t in verify.test_functions(source)] == ["test_a", "test_b", "TestC.test_d", "TestC.test_e"]
     kept = verify.keep_tests(source, ["test_b", "TestC.test_e"])
@@ -396,9 +410,11 @@ def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_p
     outcome, assistant = resolve({"tests": GENERATED_TESTS.format(outside=str(outside))}, d, offer, tmp_path, config)
     assert time.monotonic() - start < 15
     assert assistant.asks[0].prompt.prefix == "import pytest\n\nfrom calc import add\n\n\ndef test_"
-    assert isinstance(outcome, TestFile) and outcome.path == tmp_path / "tests" / "test_calc.py" and outcome.existing is None
+    assert isinstance(outcome, TestFile) and outcome.existing is None
+    assert outcome.path == tmp_path / "tests" / "test_calc.py"
     assert outcome.verified.passed == ["test_add", "test_negative"]
-    assert set(outcome.verified.failed) == {"test_wrong", "test_infinite_loop", "test_fork_bomb", "test_huge_allocation", "test_write_outside"}
+    assert set(outcome.verified.failed) == {"test_wrong", "test_infinite_loop", "test_fork_bomb",
+                                            "test_huge_allocation", "test_write_outside"}
     assert [t.name for t in verify.test_functions(outcome.text)] == ["test_add", "test_negative"]
     assert not outside.exists()
 
@@ -408,12 +424,15 @@ def test_generated_tests_are_run_in_the_sandbox_and_only_passing_ones_kept(tmp_p
 def test_a_test_that_hangs_the_whole_run_costs_only_itself():
     source = (
         "from calc import add\n\n\ndef test_first():\n    assert add(1, 1) == 2\n\n\n"
-        "def test_hang():\n    import signal\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    while True:\n        pass\n\n\n"
+        "def test_hang():\n    import signal\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "    while True:\n        pass\n\n\n"
         "def test_exit():\n    import os\n    os._exit(0)\n\n\n"
         "def test_last():\n    assert add(2, 2) == 4\n"
     )
-    verified = verify_tests(source, test_file="test_calc.py", files={"calc.py": "def add(a, b):\n    return a + b\n"}, timeout_s=2, per_test_s=0.5)
-    assert verified.passed == ["test_first", "test_last"] and verified.failed == ["test_hang", "test_exit"] and verified.runs == 3
+    verified = verify_tests(source, test_file="test_calc.py", files={"calc.py": "def add(a, b):\n    return a + b\n"},
+                            timeout_s=2, per_test_s=0.5)
+    assert verified.passed == ["test_first", "test_last"] and verified.failed == ["test_hang", "test_exit"]
+    assert verified.runs == 3
 
 
 def test_generated_tests_are_appended_to_an_existing_file_and_other_languages_are_unverified(tmp_path):
@@ -460,7 +479,8 @@ def test_generated_tests_go_inside_the_workspace_folder_after_normalising(worksp
     outcome, _ = js_tests((root / "calc.js").as_uri(), root)  # the normal case
     assert isinstance(outcome, TestFile) and outcome.path == root / "tests" / "calc.test.js"
     outcome, assistant = js_tests(root.as_uri() + "/sub/../calc.js", root)  # `..` that stays inside: normalised
-    assert isinstance(outcome, TestFile) and outcome.path == root / "tests" / "calc.test.js" and ".." not in outcome.path.parts
+    assert isinstance(outcome, TestFile) and outcome.path == root / "tests" / "calc.test.js"
+    assert ".." not in outcome.path.parts
     assert "(calc.js)" in assistant.asks[0].prompt.prefix
     second = elsewhere.parent / "second"  # another workspace folder: its own tests/
     (second / "tests").mkdir(parents=True)
@@ -481,7 +501,8 @@ def test_generate_tests_writes_nothing_outside_the_workspace_folder(workspace, w
     (root / "calc.js").symlink_to(elsewhere / "calc.js")
     outcome, assistant = js_tests(uri, None if where == "no-workspace" else root)
     assert isinstance(outcome, Nothing) and outcome.message.startswith("Generate tests: ") and not outcome.error
-    assert ("no workspace folder" if where == "no-workspace" else "not saved" if where == "untitled" else "outside the workspace folder") in outcome.message
+    assert ("no workspace folder" if where == "no-workspace" else "not saved" if where == "untitled"
+            else "outside the workspace folder") in outcome.message
     assert assistant.asks == []  # refused before asking the model
 
 
@@ -530,11 +551,13 @@ class FailingEngine(FakeEngine):
 
 def test_a_failing_model_is_one_error_outcome_not_a_report():
     reported = []
-    assistant = Assistant(lambda: asyncio.sleep(0, FailingEngine()), Config(), ThreadPoolExecutor(max_workers=1), report=reported.append)
+    assistant = Assistant(lambda: asyncio.sleep(0, FailingEngine()), Config(), ThreadPoolExecutor(max_workers=1),
+                          report=reported.append)
     d = doc()
     acts = Actions(assistant, Config())
     outcome = asyncio.run(acts.resolve(d, offer_of(d, "explain", at(CODE, "def area")).data))
-    assert outcome == Nothing("explain failed: the openai backend at http://127.0.0.1:1 answered HTTP 500: CUDA out of memory (test)", error=True)
+    assert outcome == Nothing("explain failed: the openai backend at http://127.0.0.1:1 answered HTTP 500: "
+                              "CUDA out of memory (test)", error=True)
     assert reported == [] and not assistant.generating
     with pytest.raises(Failed, match="fix failed: .*CUDA out of memory"):
         asyncio.run(assistant.run(actions.fix_ask("x = (", [], "python")))
@@ -558,7 +581,8 @@ def test_results_are_cached_by_content_hash():
 
     async def go():
         first = await assistant.run(actions.explain_ask("def f(x):\n    return 2 * x\n", "python"))
-        indented = await assistant.run(actions.explain_ask("    def f(x):\n        return 2 * x\n\n", "python"))  # same code
+        # same code
+        indented = await assistant.run(actions.explain_ask("    def f(x):\n        return 2 * x\n\n", "python"))
         other = await assistant.run(actions.explain_ask("def g(x):\n    return 3 * x\n", "python"))
         return first, indented, other
 
@@ -612,7 +636,8 @@ def client_capabilities(
         ),
         workspace=types.WorkspaceClientCapabilities(
             workspace_edit=types.WorkspaceEditClientCapabilities(
-                document_changes=True, resource_operations=[types.ResourceOperationKind.Create], change_annotation_support=annotated
+                document_changes=True, resource_operations=[types.ResourceOperationKind.Create],
+                change_annotation_support=annotated
             )
         ),
         window=types.WindowClientCapabilities(
@@ -630,7 +655,8 @@ async def serve(settings: dict, root: Path, capabilities: types.ClientCapabiliti
     await client.start_io(*SERVER)
     try:
         await client.initialize_session(
-            types.InitializeParams(capabilities=capabilities, root_uri=root.as_uri(), initialization_options={"midline": settings})
+            types.InitializeParams(capabilities=capabilities, root_uri=root.as_uri(),
+                                   initialization_options={"midline": settings})
         )
         await wait_until_loaded(client)
         yield client
@@ -643,7 +669,8 @@ async def serve(settings: dict, root: Path, capabilities: types.ClientCapabiliti
 def test_instruct_model_uses_its_chat_template_and_stops_when_cancelled(tiny_chat_model_dir, tiny_model_dir):
     model = InstructModel.load(tiny_chat_model_dir, device="cpu")
     messages = tasks.EXPLAIN.messages("def f(): pass")
-    assert model.tokenizer.decode(model.prompt_ids(messages)).startswith("<|system|>\n" + tasks.SYSTEM + "\n<|user|>\nExplain")
+    prompt = model.tokenizer.decode(model.prompt_ids(messages))
+    assert prompt.startswith("<|system|>\n" + tasks.SYSTEM + "\n<|user|>\nExplain")
     assert model.generate(messages, max_new_tokens=3).finish_reason == "length"
     cancel = threading.Event()
     cancel.set()
@@ -732,7 +759,8 @@ async def test_e2e_fix_never_returns_an_invalid_edit(lsp):
     uri = (root / "fix.py").as_uri()
     open_document(client, uri, CODE)
     row = LINES.index("    return 2 * math.pi * radius")
-    diagnostic = types.Diagnostic(range=types.Range(types.Position(row, 4), types.Position(row, 10)), message="suspicious constant")
+    diagnostic = types.Diagnostic(range=types.Range(types.Position(row, 4), types.Position(row, 10)),
+                                  message="suspicious constant")
     listed = await code_actions(client, uri, row, 6, [diagnostic])
     fix = next(a for a in listed if a.kind == "quickfix.midline.fix")
     assert fix.data["diagnostics"] == ["line 2: suspicious constant"]
@@ -759,7 +787,8 @@ async def test_e2e_code_from_a_comment_and_generated_tests(lsp):
         assert edit.range.start.line == SEED + 1
         assert not new_parser("python").parse(apply(CODE, edit).encode()).root_node.has_error
 
-    tests = next(a for a in await code_actions(client, uri, LINES.index("def perimeter(radius):"), 4) if a.kind == "refactor.midline.tests")
+    tests = next(a for a in await code_actions(client, uri, LINES.index("def perimeter(radius):"), 4)
+                 if a.kind == "refactor.midline.tests")
     resolved = await client.code_action_resolve_async(tests)
     if resolved.edit is not None:  # only tests that passed in the sandbox, in tests/test_circle.py
         create, change = resolved.edit.document_changes
@@ -807,12 +836,14 @@ async def test_e2e_cancelling_a_resolve_stops_its_generation(lsp, tiny_chat_mode
     client, root = lsp
     # The chat model has no end-of-turn token: its answers run to the token limit unless cancelled.
     actions_settings = {"model": str(tiny_chat_model_dir), "maxNewTokens": 8000}
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"actions": actions_settings}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"actions": actions_settings}}))
     uri = (root / "long.py").as_uri()
     open_document(client, uri, CODE)
 
     async def start_fix(function: str, request_id: str):
-        fix = next(a for a in await code_actions(client, uri, LINES.index(function), 4) if a.kind == "quickfix.midline.fix")
+        fix = next(a for a in await code_actions(client, uri, LINES.index(function), 4)
+                   if a.kind == "quickfix.midline.fix")
         request = asyncio.ensure_future(client.protocol.send_request_async(types.CODE_ACTION_RESOLVE, fix, request_id))
         for _ in range(1000):
             if (await status(client))["actions"]["generating"]:
@@ -849,12 +880,15 @@ async def test_e2e_cancelling_a_resolve_stops_its_generation(lsp, tiny_chat_mode
 async def test_e2e_open_explanation_shows_a_markdown_document(lsp):
     client, root = lsp
     client.shown_documents.clear()
-    await client.workspace_execute_command_async(types.ExecuteCommandParams(command="midline.openExplanation", arguments=["### `f`\n\nDoes f."]))
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(command="midline.openExplanation",
+                                                                            arguments=["### `f`\n\nDoes f."]))
     shown = client.shown_documents[-1]
     assert shown.uri.endswith(".md") and Path(shown.uri.removeprefix("file://")).read_text() == "### `f`\n\nDoes f."
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"actions": {"enable": False}}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"actions": {"enable": False}}}))
     assert await code_actions(client, (root / "circle.py").as_uri(), 3, 5) == []
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"actions": {"enable": True}}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"actions": {"enable": True}}}))
 
 
 class FakeServer:
@@ -877,7 +911,9 @@ def test_explanation_command_is_the_clients_where_it_renders_them_else_the_serve
     from midline.server import lsp, server as lsp_server
 
     vscode = client_capabilities(experimental={"midline": {"showExplanation": True}})
-    assert lsp.explanation_command(vscode, "Does f.") == types.Command(title="Show explanation", command="midline.showExplanation", arguments=["Does f."])
+    assert lsp.explanation_command(vscode, "Does f.") == types.Command(title="Show explanation",
+                                                                       command="midline.showExplanation",
+                                                                       arguments=["Does f."])
     other = FakeServer(client_capabilities(show_document=False))
     assert lsp.explanation_command(other.client_capabilities, "Does f.").command == "midline.openExplanation"
     asyncio.run(lsp_server.open_explanation(other, "Does f."))

@@ -152,16 +152,19 @@ def test_the_models_floor_may_differ_by_cursor_position(completer, tmp_path, mon
 
 
 def test_unsure_lines_after_the_first_are_cut(completer, tmp_path):
-    """The random-weight model is never confident: a line floor of 0 nats cuts after the first line, one far below never."""
+    """The random-weight model is never confident: a line floor of 0 nats cuts after the first line, one far below
+    never."""
     text = "import os\n\n\ndef home():\n    \n"
     offset = text.index("    \n") + 4
-    completer.config = Config(debounce_ms=0, max_new_tokens=48, cache_size=0, min_mean_logprob=-1e9, min_line_logprob=-1e9)
+    completer.config = Config(debounce_ms=0, max_new_tokens=48, cache_size=0, min_mean_logprob=-1e9,
+                              min_line_logprob=-1e9)
     for name in (f"home{i}.py" for i in range(20)):  # (the first file name under which the model writes two lines)
         complete(completer, doc(tmp_path, text, name=name), offset)
         if "\n" in completer.trace.raw.strip():
             break
     assert "\n" in completer.trace.raw.strip() and completer.stats.tails_cut == 0
-    completer.config = Config(debounce_ms=0, max_new_tokens=48, cache_size=0, min_mean_logprob=-1e9, min_line_logprob=0.0)
+    completer.config = Config(debounce_ms=0, max_new_tokens=48, cache_size=0, min_mean_logprob=-1e9,
+                              min_line_logprob=0.0)
     complete(completer, doc(tmp_path, text, name=name), offset)
     assert completer.stats.tails_cut == 1
 

@@ -73,7 +73,8 @@ def served(model_server):
 
 def remote(server: ModelServer, tiny_engine, kind: str = "openai", **kwargs) -> RemoteEngine:
     """A backend for the served tiny model, with its tokenizer and FIM format (as `backend.tokenizer` gives)."""
-    return RemoteEngine(kind, server.url, model="tiny", fim_format=tiny_engine.fim, tokenizer=tiny_engine.tokenizer, **kwargs)
+    return RemoteEngine(kind, server.url, model="tiny", fim_format=tiny_engine.fim, tokenizer=tiny_engine.tokenizer,
+                        **kwargs)
 
 
 def local_greedy(tiny_engine, kind: str, max_new_tokens: int, **kwargs):
@@ -101,12 +102,15 @@ def test_remote_greedy_completion_equals_the_local_engine(served, tiny_engine, k
     assert got.prompt_tokens == len(ids)
     payload = request["payload"]
     if kind == "openai":
-        assert payload["stream"] and payload["max_tokens"] == 24 and payload["temperature"] == 0 and payload["model"] == "tiny"
+        assert payload["stream"] and payload["max_tokens"] == 24
+        assert payload["temperature"] == 0 and payload["model"] == "tiny"
         assert payload["stop"] == list(tiny_engine.fim.stop_tokens[:4])
     elif kind == "llamacpp":
-        assert payload["n_predict"] == 24 and payload["input_extra"] == [{"filename": "pkg/paths.py", "text": PROMPT.snippets[0].text}]
+        assert payload["n_predict"] == 24
+        assert payload["input_extra"] == [{"filename": "pkg/paths.py", "text": PROMPT.snippets[0].text}]
     else:
-        assert payload["raw"] is True and payload["options"]["num_predict"] == 24 and payload["options"]["num_ctx"] == 4096
+        assert payload["raw"] is True
+        assert payload["options"]["num_predict"] == 24 and payload["options"]["num_ctx"] == 4096
 
 
 def test_sampling_settings_reach_the_server_and_match_the_local_engine(served, tiny_engine):
@@ -138,7 +142,8 @@ def test_cancel_closes_the_stream_mid_generation(served, tiny_engine, kind):
     served.token_delay_s = 0.02
     backend = remote(served, tiny_engine, kind)
     cancel, result = threading.Event(), {}
-    worker = threading.Thread(target=lambda: result.update(g=backend.generate(backend.encode(PROMPT), max_new_tokens=200, cancel=cancel)))
+    ids = backend.encode(PROMPT)
+    worker = threading.Thread(target=lambda: result.update(g=backend.generate(ids, max_new_tokens=200, cancel=cancel)))
     worker.start()
     start = time.monotonic()
     while served.tokens_generated < 5:
@@ -191,10 +196,12 @@ def test_connection_refused_is_a_clear_error(tiny_engine):
 @pytest.mark.parametrize(
     "status, body, message",
     [
-        (500, {"error": {"code": 500, "message": "CUDA out of memory (test)", "type": "server_error"}}, "CUDA out of memory (test)"),  # vLLM, llama.cpp
+        (500, {"error": {"code": 500, "message": "CUDA out of memory (test)", "type": "server_error"}},
+         "CUDA out of memory (test)"),  # vLLM, llama.cpp
         (503, {"error": "Model is overloaded", "error_type": "overloaded"}, "Model is overloaded"),  # TGI
         (404, {"error": "model 'tiny' not found, try pulling it first"}, "model 'tiny' not found"),  # Ollama
-        (400, {"object": "error", "message": "This model's maximum context length is 4096 tokens", "code": 400}, "maximum context length"),  # vLLM
+        (400, {"object": "error", "message": "This model's maximum context length is 4096 tokens", "code": 400},
+         "maximum context length"),  # vLLM
     ],
 )
 def test_http_errors_carry_the_servers_message(served, tiny_engine, status, body, message):
@@ -265,7 +272,8 @@ def endless(first: bytes, each: bytes, most: int = 600) -> Callable[[], Iterator
 
 @contextlib.contextmanager
 def traced() -> Iterator[dict[str, float]]:
-    """Figures for the block: `peak_mb`, the peak of Python's allocations (all threads, the server's too), and `seconds`."""
+    """Figures for the block: `peak_mb`, the peak of Python's allocations (all threads, the server's too), and
+    `seconds`."""
     figures: dict[str, float] = {}
     tracemalloc.start()
     start = time.monotonic()
@@ -287,7 +295,8 @@ def test_a_huge_answer_is_refused_without_being_read_whole(served, tiny_engine, 
     length = len(head) + HUGE + len(tail) if declared else None
     served.feed = Feed(huge(head, HUGE, tail), "application/json", length)  # a server that ignored "stream"
     backend = remote(served, tiny_engine)
-    with traced() as used, pytest.raises(RemoteProtocolError, match=r"response of .* was larger than 8 MB.*backend\.url") as err:
+    with traced() as used, pytest.raises(RemoteProtocolError,
+                                         match=r"response of .* was larger than 8 MB.*backend\.url") as err:
         backend.generate(backend.encode(PROMPT), max_new_tokens=8)
     assert served.url in str(err.value)
     assert used["peak_mb"] < 20 and used["seconds"] < 5, used
@@ -327,7 +336,8 @@ def test_an_endless_trickle_ends_at_the_backend_timeout(served, tiny_engine, fir
     served.feed = Feed(endless(first, each), delay_s=0.05)
     backend = remote(served, tiny_engine, timeout_s=0.5)
     start = time.monotonic()
-    with pytest.raises(RemoteTimeoutError, match=r"sent only \d+ bytes in 0\.5 s, not a whole answer.*timeoutMs") as err:
+    with pytest.raises(RemoteTimeoutError,
+                       match=r"sent only \d+ bytes in 0\.5 s, not a whole answer.*timeoutMs") as err:
         backend.generate(backend.encode(PROMPT), max_new_tokens=8)
     assert 0.45 < time.monotonic() - start < 1.0 and served.url in str(err.value)
     assert served.finished.wait(5) and served.last_finish == "disconnected"
@@ -360,7 +370,8 @@ def test_load_detects_the_format_from_a_local_tokenizer_and_counts_tokens(tiny_m
     assert backend.fim.name == "midline" and backend._path == "/v1/completions"
     text = "def home():\n    return os.path.expanduser('~')\n"
     assert backend.count_tokens(text) == tiny_engine.count_tokens(text)
-    estimated = RemoteEngine("openai", "http://127.0.0.1:1", fim_format=tiny_engine.fim)  # no tokenizer: 3 chars a token
+    # no tokenizer: 3 chars a token
+    estimated = RemoteEngine("openai", "http://127.0.0.1:1", fim_format=tiny_engine.fim)
     assert estimated.count_tokens(text) == 16 and estimated.count_tokens("") == 0
     assert RemoteEngine("llamacpp", "http://h:2").fim.name == "server-side"  # llama.cpp applies the model's own format
     with pytest.raises(RemoteError, match="fimFormat"):
@@ -374,7 +385,8 @@ def test_load_detects_the_format_from_a_local_tokenizer_and_counts_tokens(tiny_m
 
 
 def test_backend_settings():
-    config = Config.from_json({"backend": {"kind": "llamacpp", "url": "http://gpu-box:8080", "apiKeyEnv": "KEY", "timeoutMs": 2000}})
+    config = Config.from_json({"backend": {"kind": "llamacpp", "url": "http://gpu-box:8080", "apiKeyEnv": "KEY",
+                                           "timeoutMs": 2000}})
     assert (config.backend.kind, config.backend.api_key_env, config.backend.timeout_ms) == ("llamacpp", "KEY", 2000)
     assert config.to_json()["backend"]["contextLength"] == 4096
     for bad, message in [
@@ -402,7 +414,8 @@ def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engin
         for engine in (tiny_engine, remote(served, tiny_engine, kind)):
             completer = Completer(engine, config, executor, root=str(tmp_path))
             suggestions.append(asyncio.run(completer.complete(doc, CURSOR)).suggestion)
-            assert asyncio.run(completer.complete(doc, CURSOR)).suggestion == suggestions[-1] and completer.stats.cache_hits == 1
+            assert asyncio.run(completer.complete(doc, CURSOR)).suggestion == suggestions[-1]
+            assert completer.stats.cache_hits == 1
     if kind == "openai":  # llama.cpp's layout has no path or repository name: a different prompt, so another suggestion
         assert suggestions[0] is not None and suggestions[1] == suggestions[0]
     assert len(served.requests) == 1
@@ -438,7 +451,8 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
     column = len(E2E_CODE.split("\n")[E2E_LINE])
     with ThreadPoolExecutor(max_workers=1) as executor:  # what the local model suggests at the same place
         completer = Completer(tiny_engine, Config.from_json(settings), executor, root=str(tmp_path))
-        expected = (await completer.complete(Document(uri, "python", 1, E2E_CODE), E2E_CODE.index(" by ") + 4)).suggestion
+        expected = (await completer.complete(Document(uri, "python", 1, E2E_CODE),
+                                             E2E_CODE.index(" by ") + 4)).suggestion
     assert expected is not None
 
     backend = {"kind": "openai", "url": served.url + "/v1", "tokenizer": str(tiny_model_dir)}
@@ -452,7 +466,8 @@ async def test_midline_serve_completes_through_a_remote_backend(served, tiny_eng
 
         dead = f"http://127.0.0.1:{free_port()}"  # the serving engine goes away: one message, empty answers
         client.workspace_did_change_configuration(
-            types.DidChangeConfigurationParams(settings={"midline": {"backend": {**backend, "url": dead}, "cacheSize": 0}})
+            types.DidChangeConfigurationParams(settings={"midline": {"backend": {**backend, "url": dead},
+                                                                     "cacheSize": 0}})
         )
         for _ in range(500):  # the backend reloads in the background: until then, answers are empty without it
             if dead in (await status(client)).get("device", ""):
@@ -476,7 +491,8 @@ async def test_a_failing_explanation_shows_one_message(served, tiny_model_dir, t
         open_document(client, uri, E2E_CODE)
         at = types.Position(3, 5)  # def area
         listed = await client.text_document_code_action_async(
-            types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at), types.CodeActionContext(diagnostics=[]))
+            types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at),
+                                   types.CodeActionContext(diagnostics=[]))
         )
         explain = next(a for a in listed if a.kind == "refactor.midline.explain")
         client.messages.clear()
@@ -485,4 +501,5 @@ async def test_a_failing_explanation_shows_one_message(served, tiny_model_dir, t
         assert resolved.command is None and resolved.edit is None and served.requests
         shown = [(m.type, m.message) for m in client.messages]
         assert len(shown) == 1, shown
-        assert shown[0][0] == types.MessageType.Error and "explain failed" in shown[0][1] and "CUDA out of memory (test)" in shown[0][1]
+        assert shown[0][0] == types.MessageType.Error
+        assert "explain failed" in shown[0][1] and "CUDA out of memory (test)" in shown[0][1]

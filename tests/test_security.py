@@ -43,7 +43,8 @@ FUNCTION = "import os\nimport subprocess\n\n\ndef run(cmd, s, b):\n    "  # a su
 )
 def test_planted_findings_hide_the_suggestion(code, test_id):
     finding = security.hides(code, "python", context=FUNCTION)
-    assert finding is not None and finding.test_id == test_id and finding.blocks, security.scan(code, "python", context=FUNCTION)
+    assert finding is not None and finding.test_id == test_id and finding.blocks, (
+        security.scan(code, "python", context=FUNCTION))
 
 
 @pytest.mark.parametrize(
@@ -76,7 +77,8 @@ def test_other_languages_are_not_scanned(language):
 
 def test_a_fragment_is_scanned_in_its_line_and_below_the_imports_before_it():
     # Mid-line: the cursor's line before it and the rest of the line after it make the call.
-    finding = security.hides("shell=True", "python", context=FUNCTION + "subprocess.call(cmd, ", after=")\n    return 0\n")
+    finding = security.hides("shell=True", "python", context=FUNCTION + "subprocess.call(cmd, ",
+                             after=")\n    return 0\n")
     assert finding is not None and (finding.test_id, finding.line) == ("B602", 1)
     assert security.hides("shell=False", "python", context=FUNCTION + "subprocess.call(cmd, ", after=")\n") is None
     # The imports above name what the fragment calls: `call` is subprocess.call, `yaml` is imported.
@@ -94,7 +96,8 @@ def test_a_fragment_that_is_not_a_block_is_still_scanned():
     found = security.scan("\n        os.system(x)\n    return eval(s)", "python", context=nested)
     assert [(f.test_id, f.line) for f in found] == [("B605", 2), ("B307", 3)]
     # It ends with an open block, or with an open bracket: the lines that parse alone are scanned.
-    assert [f.line for f in security.scan("for x in s:\n        eval(x)\n    if eval(s):", "python", context=FUNCTION)] == [2, 3]
+    findings = security.scan("for x in s:\n        eval(x)\n    if eval(s):", "python", context=FUNCTION)
+    assert [f.line for f in findings] == [2, 3]
     assert [f.line for f in security.scan("os.system(cmd)\n    subprocess.run(\n", "python", context=FUNCTION)] == [1]
     assert security.scan("(((", "python") == [] and security.scan("", "python") == []
 
@@ -108,14 +111,16 @@ def test_the_policy_names_only_real_bandit_tests():
 
 
 def test_an_action_result_gets_a_diagnostic_style_warning():
-    fixed = "import subprocess\n\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n\n\ndef parse(s):\n    return eval(s)\n"
+    fixed = ("import subprocess\n\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n\n\n"
+             "def parse(s):\n    return eval(s)\n")
     warning = security.warning_for(fixed, "python")
     assert warning is not None
     head, *lines = warning.split("\n")
     assert "security" in head and "bandit" in head
     assert [line.split(":")[0].strip() for line in lines] == ["line 5", "line 9"]
     assert "B602" in lines[0] and "high severity" in lines[0] and "B307" in lines[1]
-    assert security.warning_for("import subprocess\n\n\ndef run():\n    return subprocess.run(['ls'])\n", "python") is None
+    assert security.warning_for("import subprocess\n\n\ndef run():\n    return subprocess.run(['ls'])\n",
+                                "python") is None
     # A fixed function below the file's imports: `yaml` is the module imported above it.
     fixed = "def load(s):\n    return yaml.load(s)\n"
     assert security.warning_for(fixed, "python") is None
@@ -140,7 +145,8 @@ CURSOR = DOCUMENT.index("cmd):\n    ") + len("cmd):\n    ")
 
 def answer(text: str) -> Feed:
     """An OpenAI-compatible stream whose one event is `text`."""
-    event = {"id": "cmpl-test", "object": "text_completion", "model": "tiny", "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
+    event = {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
+             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
     return Feed(lambda: iter([b"data: " + json.dumps(event).encode() + b"\n\n", b"data: [DONE]\n\n"]))
 
 
@@ -163,7 +169,8 @@ def served(tiny_engine):
 def test_the_completer_hides_an_insecure_answer(served, tiny_engine, tmp_path, scan, text, shown):
     served.reset()
     served.feed = answer(text)
-    backend = RemoteEngine("openai", served.url, model="tiny", fim_format=tiny_engine.fim, tokenizer=tiny_engine.tokenizer)
+    backend = RemoteEngine("openai", served.url, model="tiny", fim_format=tiny_engine.fim,
+                           tokenizer=tiny_engine.tokenizer)
     config = Config.from_json({"debounceMs": 0, "security": {"scan": scan}})
     with ThreadPoolExecutor(max_workers=1) as executor:
         completer = Completer(backend, config, executor, root=str(tmp_path))
@@ -192,7 +199,8 @@ async def test_midline_serve_hides_a_planted_shell_injection(served, tiny_model_
         assert info["last"]["raw"] == PLANTED and info["last"]["hidden"].startswith("insecure: line 1: B602"), info
 
 
-FIXABLE = "from subprocess import call\n\n\ndef run(cmd):\n    return call(cmd)\n\n\ndef size(path):\n    return len(path)\n"
+FIXABLE = ("from subprocess import call\n\n\ndef run(cmd):\n    return call(cmd)\n\n\n"
+           "def size(path):\n    return len(path)\n")
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -202,7 +210,8 @@ async def test_midline_serve_asks_to_confirm_an_insecure_fix(served, tiny_model_
     backend = {"kind": "openai", "url": served.url, "tokenizer": str(tiny_model_dir)}
     uri = (tmp_path / "run.py").as_uri()
     vscode = client_capabilities(annotations=True)
-    async with running_server({"debounceMs": 0, "backend": backend}, tmp_path, client_capabilities=vscode) as (client, _):
+    settings = {"debounceMs": 0, "backend": backend}
+    async with running_server(settings, tmp_path, client_capabilities=vscode) as (client, _):
         open_document(client, uri, FIXABLE)
 
         async def fix(line: int, planted: str) -> tuple[types.CodeAction, list[str]]:
@@ -210,10 +219,12 @@ async def test_midline_serve_asks_to_confirm_an_insecure_fix(served, tiny_model_
             served.feed = answer(planted)
             at = types.Position(line, 6)
             listed = await client.text_document_code_action_async(
-                types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at), types.CodeActionContext(diagnostics=[]))
+                types.CodeActionParams(types.TextDocumentIdentifier(uri), types.Range(at, at),
+                                       types.CodeActionContext(diagnostics=[]))
             )
             client.messages.clear()
-            resolved = await client.code_action_resolve_async(next(a for a in listed if a.kind == "quickfix.midline.fix"))
+            fix = next(a for a in listed if a.kind == "quickfix.midline.fix")
+            resolved = await client.code_action_resolve_async(fix)
             await status(client)  # a round trip: any message sent with the answer has arrived
             return resolved, [m.message for m in client.messages if m.type == types.MessageType.Warning]
 

@@ -94,7 +94,8 @@ async def test_typing_through_answers_without_the_model(lsp):
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
             content_changes=[
                 types.TextDocumentContentChangePartial(
-                    range=types.Range(start=types.Position(COMMENT_LINE, len(line)), end=types.Position(COMMENT_LINE, len(line))),
+                    range=types.Range(start=types.Position(COMMENT_LINE, len(line)),
+                                      end=types.Position(COMMENT_LINE, len(line))),
                     text=typed,
                 )
             ],
@@ -132,7 +133,8 @@ async def test_unknown_language_gets_plain_text_context(lsp):
 async def test_cancel_stops_generation(lsp):
     client, _, root = lsp
     client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"midline": {"maxNewTokens": 2048, "maxLines": 100000, "enable": {"plaintext": True}}})
+        types.DidChangeConfigurationParams(settings={"midline": {"maxNewTokens": 2048, "maxLines": 100000,
+                                                                 "enable": {"plaintext": True}}})
     )
     uri = (root / "long.txt").as_uri()
     open_document(client, uri, "Once upon a time\n\n", language="plaintext")
@@ -141,7 +143,8 @@ async def test_cancel_stops_generation(lsp):
         position=types.Position(line=1, character=0),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
     )
-    request = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, "long-one"))
+    request = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params,
+                                                                       "long-one"))
     for _ in range(200):  # wait until the model is generating
         if (await status(client))["generating"]:
             break
@@ -161,7 +164,8 @@ async def test_cancel_stops_generation(lsp):
 
 async def test_superseded_automatic_request_answers_empty(lsp):
     client, _, root = lsp
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"debounceMs": 300}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"debounceMs": 300}}))
     uri = (root / "debounced.py").as_uri()
     open_document(client, uri, CODE)
     line = CODE.split("\n")[COMMENT_LINE]
@@ -170,13 +174,15 @@ async def test_superseded_automatic_request_answers_empty(lsp):
     second = await inline(client, uri, COMMENT_LINE, len(line), automatic=True)
     assert len((await first).items) == 0
     assert len(second.items) == 1
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"debounceMs": 0}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"debounceMs": 0}}))
 
 
 async def test_bad_settings_are_reported_and_previous_kept(lsp):
     client, _, _ = lsp
     client.messages.clear()
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"maxNewTokens": "lots"}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"maxNewTokens": "lots"}}))
     for _ in range(100):
         if client.messages:
             break
@@ -232,12 +238,14 @@ async def test_utf8_position_encoding_when_offered(tiny_model_dir, tmp_path):
 
 async def test_generation_past_the_time_limit_answers_empty(lsp):
     client, _, root = lsp
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 1}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 1}}))
     uri = (root / "slow.py").as_uri()
     open_document(client, uri, CODE)
     before = await status(client)
     result = await inline(client, uri, COMMENT_LINE, len(CODE.split("\n")[COMMENT_LINE]))
     after = await status(client)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 20000}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"midline": {"timeoutMs": 20000}}))
     assert len(result.items) == 0
     assert after["timeouts"] == before["timeouts"] + 1 and after["last"]["finishReason"] == "timeout"

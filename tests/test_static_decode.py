@@ -15,13 +15,15 @@ from .test_engine import PROMPTS, transformers_greedy, typing_session
 
 
 def engine_on(base: Engine, model=None, **kwargs) -> Engine:
-    """An engine on `base`'s model (or `model`): no prompt-lookup drafts unless asked (test_engine.py covers the CPU's default)."""
+    """An engine on `base`'s model (or `model`): no prompt-lookup drafts unless asked (test_engine.py covers the CPU's
+    default)."""
     return Engine(model or base.model, base.tokenizer, base.device, base.fim, **{"lookup": 0, **kwargs})
 
 
 @pytest.fixture(scope="module")
 def qwen_engine(tiny_engine) -> Engine:
-    """A random Qwen2-layout model (grouped-query attention 6:2, q/k/v biases, tied embeddings) on the tiny tokenizer."""
+    """A random Qwen2-layout model (grouped-query attention 6:2, q/k/v biases, tied embeddings) on the tiny
+    tokenizer."""
     torch.manual_seed(0)
     config = Qwen2Config(
         hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
@@ -88,14 +90,16 @@ def test_decoder_logits_match_the_model(qwen_engine):
         expected = model(torch.tensor([ids])).logits[0].float()
         decoder = StaticDecoder(model, 64)
         assert torch.allclose(decoder.prefill(ids[:40], 0)[0], expected[39], atol=1e-5)
-        assert torch.allclose(decoder.run(torch.tensor([ids[40:40 + CHUNK]]), 40)[0], expected[40:40 + CHUNK], atol=1e-5)
+        assert torch.allclose(decoder.run(torch.tensor([ids[40:40 + CHUNK]]), 40)[0], expected[40:40 + CHUNK],
+                              atol=1e-5)
         assert torch.allclose(decoder.run(torch.tensor([[ids[56]]]), 56)[0, 0], expected[56], atol=1e-5)
         with pytest.raises(ValueError, match="past the static cache"):
             decoder.run(torch.tensor([[1, 2]]), 63)
 
 
 def test_compiled_layer_is_one_graph_for_every_layer(qwen_engine):
-    """What CUDA compiles: the decoder layer traces whole (fullgraph) and once for all layers, and gives the same logits."""
+    """What CUDA compiles: the decoder layer traces whole (fullgraph) and once for all layers, and gives the same
+    logits."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -106,9 +110,11 @@ def test_compiled_layer_is_one_graph_for_every_layer(qwen_engine):
         expected = model(torch.tensor([ids])).logits[0, -1].float()
         decoder = StaticDecoder(model, 64)
         decoder.prefill(ids[:-1], 0)
-        decoder.compiled_layer = torch.compile(static_decode.layer_forward, fullgraph=True, dynamic=False, backend="eager")
+        decoder.compiled_layer = torch.compile(static_decode.layer_forward, fullgraph=True, dynamic=False,
+                                               backend="eager")
         positions = decoder.arange[len(ids) - 1 : len(ids)]
-        got = decoder.forward(torch.tensor([ids[-1:]]), positions, kv_len=decoder.max_len, compiled=True)[0, -1]  # as captured
+        # as captured
+        got = decoder.forward(torch.tensor([ids[-1:]]), positions, kv_len=decoder.max_len, compiled=True)[0, -1]
     assert torch.allclose(got, expected, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
@@ -171,8 +177,9 @@ def test_ignore_eos_gives_an_exact_length(tiny_engine):
 
 
 def test_unsupported_models_are_named(tiny_engine):
-    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         vocab_size=64, use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=64, use_sliding_window=True, sliding_window=16,
+                         max_window_layers=1)
     assert "sliding" in unsupported(Qwen2ForCausalLM(config))
     assert fim.MIDLINE is tiny_engine.fim
 

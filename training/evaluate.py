@@ -185,14 +185,16 @@ def build_tasks(
     records = python_records(read_records(source))
     parser = new_parser("python")
     tasks: list[Task] = []
-    for kind, pick in (("single_line", pick_single_line), ("multi_line", _pick_multi_line), ("random_span", _pick_span)):
+    for kind, pick in (("single_line", pick_single_line), ("multi_line", _pick_multi_line),
+                       ("random_span", _pick_span)):
         tasks += sample_tasks(records, parser, kind, per_kind, seed, pick)
     if doctests is None:
         doctests = per_kind
     if doctests > 0:
         def check(task):
             return run_doctests(task.function, task.original, timeout_s=sandbox_timeout_s).ok
-        tasks += sample_tasks(records, parser, "doctest", doctests, seed, _pick_doctest, check=check, max_checks=4 * doctests + 8)
+        tasks += sample_tasks(records, parser, "doctest", doctests, seed, _pick_doctest, check=check,
+                              max_checks=4 * doctests + 8)
     return tasks
 
 
@@ -244,7 +246,8 @@ def string_rows(tree: tree_sitter.Tree) -> set[int]:
 def pick_single_line(src: Source, rng: random.Random) -> Task | None:
     """The rest of a random code line after its first token."""
     strings = string_rows(src.tree)
-    rows = [row for row, line in enumerate(src.lines) if row not in strings and line.strip() and not line.lstrip().startswith("#")]
+    rows = [row for row, line in enumerate(src.lines)
+            if row not in strings and line.strip() and not line.lstrip().startswith("#")]
     rng.shuffle(rows)
     for row in rows[:20]:
         line = src.lines[row]
@@ -347,7 +350,8 @@ def _has_doctests(function: tree_sitter.Node) -> bool:
 
 def docstring_of(body: tree_sitter.Node | None) -> tree_sitter.Node | None:
     first = body.named_children[0] if body is not None and body.named_children else None
-    if first is not None and first.type == "expression_statement" and first.named_children and first.named_children[0].type == "string":
+    if (first is not None and first.type == "expression_statement" and first.named_children
+            and first.named_children[0].type == "string"):
         return first
     return None
 
@@ -439,7 +443,8 @@ def complete_tasks(
 
 
 def complete_side_by_side(
-    engine: Backend, tasks: list[Task], configs: list[Config], *, progress: bool = False, workspaces: Workspaces | None = None
+    engine: Backend, tasks: list[Task], configs: list[Config], *, progress: bool = False,
+    workspaces: Workspaces | None = None
 ) -> list[list[Outcome]]:
     """`complete_tasks` under each of `configs`, task by task (each task under every config in turn, so that a
     change in the machine's load weighs on all of them alike, the engine's KV cache cleared in between, so that
@@ -466,7 +471,8 @@ async def _complete_all(
                 latency = (time.perf_counter() - start) * 1000
                 generation = completion.generation
                 tokens = len(generation.token_ids) if generation else 0
-                done.append(Outcome(completion.suggestion, latency, tokens, generation.finish_reason if generation else "none",
+                done.append(Outcome(completion.suggestion, latency, tokens,
+                                    generation.finish_reason if generation else "none",
                                     generation.mean_logprob if generation else math.nan))
     return outcomes
 
@@ -511,7 +517,8 @@ def validation_loss(engine: Engine, texts: Iterable[str], *, max_tokens: int | N
 
 def _truncated_ids(tokenizer, text: str, eot: int, limit: int) -> tuple[list[int], str]:
     """Token ids of text + EOT, at most `limit` of them, and the text they cover."""
-    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True, verbose=False)
+    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True,
+                        verbose=False)
     ids = list(encoded["input_ids"]) + [eot]
     if len(ids) <= limit:
         return ids, text
@@ -613,7 +620,8 @@ def evaluate(
             "edit_similarity": "1 - levenshtein / max(len) on characters, trailing whitespace stripped per line",
         },
         "tasks": {"count": len(tasks), "by_kind": {kind: sum(t.kind == kind for t in tasks) for kind in kinds}},
-        "metrics": {"overall": summarize(rows), **{kind: summarize([r for r in rows if r["kind"] == kind]) for kind in kinds}},
+        "metrics": {"overall": summarize(rows),
+                    **{kind: summarize([r for r in rows if r["kind"] == kind]) for kind in kinds}},
         "functional": _functional(tasks, outcomes, rows, sandbox_timeout_s) if functional else None,
         "loss": None,
     }
@@ -644,12 +652,15 @@ def format_report(report: dict) -> str:
     if functional and functional["tasks"]:
         pass_at_1 = functional["pass_at_1"]
         lines.append(
-            f"functional: pass@1 {'n/a' if pass_at_1 is None else f'{pass_at_1:.3f}'} over {functional['counted']} doctest tasks "
-            f"(original code passes {functional['original_passed']}/{functional['tasks']}; counted: the holed code fails)"
+            f"functional: pass@1 {'n/a' if pass_at_1 is None else f'{pass_at_1:.3f}'} "
+            f"over {functional['counted']} doctest tasks "
+            f"(original code passes {functional['original_passed']}/{functional['tasks']}; "
+            "counted: the holed code fails)"
         )
     loss = report.get("loss")
     if loss and loss["tokens"]:
-        lines.append(f"validation: {loss['nats_per_token']:.4f} nats/token, {loss['bits_per_byte']:.4f} bits/byte ({loss['docs']} docs, {loss['tokens']} tokens)")
+        lines.append(f"validation: {loss['nats_per_token']:.4f} nats/token, {loss['bits_per_byte']:.4f} bits/byte "
+                     f"({loss['docs']} docs, {loss['tokens']} tokens)")
     return "\n".join(lines)
 
 
@@ -658,9 +669,11 @@ def format_report(report: dict) -> str:
 
 def add_task_arguments(p: argparse.ArgumentParser, corpus_help: str) -> None:
     """The flags of every evaluation on held-out tasks: --model, --corpus, --tasks, --seed, --device."""
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="model dir (default: %(default)s)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR",
+                   help="model dir (default: %(default)s)")
     p.add_argument("--corpus", type=Path, metavar="DIR", help=corpus_help)
-    p.add_argument("--tasks", type=Path, metavar="FILE", help="task file (JSON lines): read if it exists, else built from --corpus and written")
+    p.add_argument("--tasks", type=Path, metavar="FILE",
+                   help="task file (JSON lines): read if it exists, else built from --corpus and written")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
@@ -672,9 +685,11 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--per-kind", type=int, default=100, help="tasks per kind (default: %(default)s)")
     p.add_argument("--doctests", type=int, metavar="N", help="doctest tasks at most (default: --per-kind)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--timeout-ms", type=int, default=60_000, help="generation time limit per task (default: %(default)s)")
+    p.add_argument("--timeout-ms", type=int, default=60_000,
+                   help="generation time limit per task (default: %(default)s)")
     p.add_argument("--no-functional", action="store_true", help="skip running doctests in the sandbox")
-    p.add_argument("--loss-docs", type=int, default=100, help="validation documents for the loss (default: %(default)s; 0: skip)")
+    p.add_argument("--loss-docs", type=int, default=100,
+                   help="validation documents for the loss (default: %(default)s; 0: skip)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
     p.add_argument("--tasks-only", action="store_true", help="build and save the --tasks file, evaluate nothing")
     p.set_defaults(run=run)
@@ -683,7 +698,8 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.no_functional and not (state := sandbox_state()).available:
-        parser.error(f"doctest pass@1 runs code in the sandbox, which is off here: {state.detail}; or pass --no-functional")
+        parser.error(f"doctest pass@1 runs code in the sandbox, which is off here: {state.detail}; "
+                     "or pass --no-functional")
     tasks, tasks_file = _cli_tasks(parser, args)
     if not tasks:
         parser.error("no tasks: the held-out split has no Python files with code to mask")
@@ -693,12 +709,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     texts = (r["text"] for r in read_records(args.corpus)) if args.corpus else None
     try:
         report = evaluate(
-            args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens, functional=not args.no_functional,
-            valid_texts=texts, loss_docs=args.loss_docs, timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(),
+            args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens,
+            functional=not args.no_functional, valid_texts=texts, loss_docs=args.loss_docs,
+            timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(),
         )
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
-    report["tasks"].update(file=str(tasks_file) if tasks_file else None, sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
+    report["tasks"].update(file=str(tasks_file) if tasks_file else None,
+                           sha256=sha256_file(tasks_file) if tasks_file else None, seed=args.seed)
     write_report(report, args.out, format_report(report))
     return 0
 
