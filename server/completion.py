@@ -30,7 +30,7 @@ from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
 from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess, repeats_suffix
-from .prompt import PromptBuilder
+from .prompt import Prompt, PromptBuilder
 from .retrieval import RetrievalIndex
 from .symbols import SymbolIndex
 
@@ -77,6 +77,8 @@ class Completion:
     suggestions: list[Suggestion] = field(default_factory=list)
     generation: Generation | None = None
     trace: Trace | None = None
+    prompt: Prompt | None = None  # the prompt it answers (None where there was none: typed through, no hole, off)
+    typed_through: bool = False  # the rest of the document's shown suggestion, whose start the user typed
 
     @property
     def suggestion(self) -> Suggestion | None:
@@ -136,7 +138,7 @@ class Completer:
         asked = self._asked(automatic)
         if rest := self._type_through(doc, offset, asked):
             self.stats.typed_through += 1
-            return Completion(rest)
+            return Completion(rest, typed_through=True)
         if automatic and self.config.debounce_ms:
             await asyncio.sleep(self.config.debounce_ms / 1000)
             if self._latest.get(doc.uri) != request:  # superseded while waiting
@@ -163,7 +165,7 @@ class Completer:
         if suggestions:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestions, asked)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
-        return Completion(suggestions, generation, trace)
+        return Completion(suggestions, generation, trace, prompt=built)
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""

@@ -104,6 +104,14 @@ class SecurityConfig:
 
 
 @dataclass
+class OutcomesConfig:
+    """A local record of what became of each shown suggestion (outcomes.py): off unless asked for, never sent."""
+
+    record: bool = False  # append each shown answer and its outcome (accepted, typed, dismissed) to `file`
+    file: str | None = None  # the JSONL file; None = outcomes.jsonl in midline's data folder ($XDG_DATA_HOME/midline)
+
+
+@dataclass
 class BackendConfig:
     """Where completions come from: the local model, or a serving engine over HTTP (midline.model.remote)."""
 
@@ -150,6 +158,7 @@ class Config:
     )  # per language id; "*" is the default for others
     context: ContextConfig = field(default_factory=ContextConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    outcomes: OutcomesConfig = field(default_factory=OutcomesConfig)
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     hover: HoverConfig = field(default_factory=HoverConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

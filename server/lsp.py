@@ -54,6 +54,15 @@ def inline_item(doc: Document, offset: int, suggestion: Suggestion, codec: Posit
     return types.InlineCompletionItem(insert_text=suggestion.text, range=replaced)
 
 
+def accept_commands(items: list, answer: str | None) -> list:
+    """Inline or completion items, each with the command an editor runs when it is accepted (`midline.accepted`,
+    with the answer's id and the item's index: the outcome record's accept); unchanged without an answer id."""
+    if answer is not None:
+        for index, item in enumerate(items):
+            item.command = types.Command(title="midline: accepted", command="midline.accepted", arguments=[answer, index])
+    return items
+
+
 def completion_item(
     capabilities: Capabilities, doc: Document, offset: int, suggestion: Suggestion, codec: PositionCodec, rank: int = 0
 ) -> types.CompletionItem:

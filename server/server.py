@@ -33,11 +33,12 @@ from midline.model.remote import RemoteEngine, RemoteError, api_key_from
 from . import actions, lsp
 from .actions import Actions, Explanation, Nothing, Replace, TestFile
 from .assistant import Assistant
-from .completion import Completer
+from .completion import Completer, Completion
 from .config import Config, ConfigError, CurrentConfig, Settings
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .model_thread import ModelThread
+from .outcomes import OutcomeLog
 from .postprocess import Suggestion
 from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_pygls_logs, strict_converter
 from .files import watch_glob
@@ -79,6 +80,7 @@ class MidlineServer(LanguageServer):
         self.explainer = Explainer(self.assistant, self.model_busy, idle_ms, self.actions.shown)
         self.backend_error: str | None = None  # the last remote backend failure shown, so it is shown once
         self.load_error: str | None = None  # why the last load failed
+        self.outcomes = OutcomeLog(self.settings, report=self.report)  # what became of shown suggestions (opt-in)
 
     @property
     def codec(self):
@@ -135,6 +137,18 @@ class MidlineServer(LanguageServer):
         if self.model_state == "loading":
             return "the model is still loading; ask again in a moment"
         return f"no model: {self.load_error}" if self.model_state == "failed" else None
+
+    def noted(self, doc: Document, offset: int, completion: Completion, completer: Completer) -> Completion:
+        """`completion`, noted in the outcome record (where it is on): a new answer, a typed-through one, or none."""
+        texts = [suggestion.text for suggestion in completion.suggestions]
+        if completion.typed_through:
+            self.outcomes.continued(doc, offset, texts)
+        elif texts and completion.prompt is not None:
+            latency = completer.stats.last_latency_ms  # (this request's: set just before complete() returned)
+            self.outcomes.shown(doc, offset, texts, completion.prompt, latency, _model_label(self.config))
+        else:
+            self.outcomes.empty(doc)
+        return completion
 
     def read_text(self, path: Path) -> str | None:
         """A file's text: the open document's if it is open, else the disk's; None if neither."""
@@ -199,7 +213,8 @@ class MidlineServer(LanguageServer):
             return None
         self.indexes.refresh(self.documents, exclude=uri)
         try:
-            suggestions = (await completer.complete(doc, offset, automatic=automatic)).suggestions
+            completion = await completer.complete(doc, offset, automatic=automatic)
+            suggestions = self.noted(doc, offset, completion, completer).suggestions
         except RemoteError as exc:  # the serving engine is down or failing: say so once, answer nothing
             if str(exc) != self.backend_error:
                 self.backend_error = str(exc)
@@ -293,6 +308,7 @@ def shutdown(ls: MidlineServer, params: None) -> None:
         if ls.completer is not None:
             ls.completer.forget(uri)
     ls.model_executor.shutdown(wait=False, cancel_futures=True)
+    ls.outcomes.flush()
     ls.indexes.close()
 
 
@@ -352,8 +368,17 @@ def did_save(ls: MidlineServer, params: types.DidSaveTextDocumentParams) -> None
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: MidlineServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.documents.close(params.text_document.uri)
+    ls.outcomes.close(params.text_document.uri)
     if ls.completer is not None:
         ls.completer.forget(params.text_document.uri)
+
+
+@server.command("midline.accepted")
+def accepted(ls: MidlineServer, *args: Any) -> None:
+    """An editor accepted an item of a shown answer (its command): the outcome record's accept."""
+    if len(args) != 2 or not isinstance(args[0], str) or type(args[1]) is not int or args[1] < 0:
+        raise JsonRpcInvalidParams("midline.accepted takes the answer's id (a string) and the item's index (an integer).")
+    ls.outcomes.accepted(args[0], args[1])
 
 
 @server.command("midline.documentDigest")
@@ -375,7 +400,7 @@ async def inline_completion(ls: MidlineServer, params: types.InlineCompletionPar
         return types.InlineCompletionList(items=[])
     doc, offset, suggestions = found  # in rank order: the editor shows the first and cycles through the rest
     items = [lsp.inline_item(doc, offset, suggestion, ls.codec) for suggestion in suggestions]
-    return types.InlineCompletionList(items=items)
+    return types.InlineCompletionList(items=lsp.accept_commands(items, ls.outcomes.showing(doc.uri)))
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
@@ -391,7 +416,7 @@ async def completion(ls: MidlineServer, params: types.CompletionParams) -> types
     doc, offset, suggestions = found
     capabilities = ls.client_capabilities
     items = [lsp.completion_item(capabilities, doc, offset, s, ls.codec, rank) for rank, s in enumerate(suggestions)]
-    return types.CompletionList(is_incomplete=True, items=items)
+    return types.CompletionList(is_incomplete=True, items=lsp.accept_commands(items, ls.outcomes.showing(doc.uri)))
 
 
 # -- code actions and hover -------------------------------------------------------------------------
@@ -543,4 +568,5 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "last": lsp.camel_keys(dataclasses.asdict(completer.trace)),
         "actions": {**lsp.camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
         "hover": {"explained": ls.explainer.computed, "pending": ls.explainer.pending},
+        "outcomes": ls.outcomes.status(),
     }
