@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeAlias, TypeVar
 
 from midline.model.fim import FimFormat, FimPrompt, Mode
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 # What `Backend.encode` makes and `Backend.generate` takes: token ids for the local model, a `RemotePrompt`
 # (rendered text, or llama.cpp's parts) for a served one. Either way a sequence, so `tuple(prompt)` is a cache key.
 EncodedPrompt: TypeAlias = "list[int] | RemotePrompt"
+# One backend's own kind of encoded prompt (`Backend` alone, as the server writes it, takes any).
+PromptT = TypeVar("PromptT", bound=EncodedPrompt)
 
 # How the model's confidence floors are given (its midline.json): one, or one per cursor position.
 Floor: TypeAlias = "float | dict[str, float] | None"
@@ -43,27 +45,53 @@ class Generation:
     token_logprobs: list[float] = field(default_factory=list)  # log-probability of each generated token
 
 
-class Backend(Protocol):
-    """What the server uses of a model: a FIM format, a context size, token counts, encode and generate."""
+class Backend(Protocol[PromptT]):
+    """What the server uses of a model: a FIM format, a context size, token counts, encode and generate.
 
-    fim: FimFormat | None  # the served model's FIM format (None: a chat model, which cannot encode FIM prompts)
-    device: Any  # where generation runs, for logs and `midline.status`
-    max_context: int  # prompt and answer together, in tokens
-    min_mean_logprob: Floor  # hide a suggestion less sure than this (the model's own floor; None: none)
-    min_line_logprob: Floor  # cut a suggestion at a later line less sure than this
-    languages: tuple[str, ...] | None  # languages the model was trained on; None: any
+    `generate` takes what this backend's `encode` makes (`PromptT`). The attributes are only read, so a
+    backend may hold narrower values (a served model always has a FIM format, and no floors)."""
+
+    @property
+    def fim(self) -> FimFormat | None:
+        """The served model's FIM format (None: a chat model, which cannot encode FIM prompts)."""
+        ...
+
+    @property
+    def device(self) -> Any:
+        """Where generation runs, for logs and `midline.status`."""
+        ...
+
+    @property
+    def max_context(self) -> int:
+        """Prompt and answer together, in tokens."""
+        ...
+
+    @property
+    def min_mean_logprob(self) -> Floor:
+        """Hide a suggestion less sure than this (the model's own floor; None: none)."""
+        ...
+
+    @property
+    def min_line_logprob(self) -> Floor:
+        """Cut a suggestion at a later line less sure than this."""
+        ...
+
+    @property
+    def languages(self) -> tuple[str, ...] | None:
+        """Languages the model was trained on; None: any."""
+        ...
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` (exact, or an over-estimate where the tokenizer is not at hand)."""
         ...
 
-    def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> EncodedPrompt:
+    def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> PromptT:
         """`prompt` in the model's FIM format, ready for `generate`."""
         ...
 
     def generate(
         self,
-        prompt: EncodedPrompt,
+        prompt: PromptT,
         *,
         max_new_tokens: int = 64,
         temperature: float = 0.0,

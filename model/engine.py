@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Generator, Iterator, Sequence, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -54,25 +54,30 @@ class Engine:
     end-of-turn tokens as `stop_tokens`."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device, fim_format: FimFormat | None,
-        *, reuse_prefix: bool = True, static: bool | None = None, static_len: int = 4096, sync_every: int = 8,
-        lookup: int | None = None, stop_tokens: Sequence[str] | None = None,
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+        fim_format: FimFormat | None, *, reuse_prefix: bool = True, static: bool | None = None,
+        static_len: int = 4096, sync_every: int = 8, lookup: int | None = None,
+        stop_tokens: Sequence[str] | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.fim = fim_format
         config = model.config
-        self.max_context: int = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        self.max_context: int = (
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        )
         stop_tokens = fim_format.stop_tokens if stop_tokens is None and fim_format is not None else stop_tokens or ()
         self.stop_ids: frozenset[int] = _stop_ids(tokenizer, model, stop_tokens)
         # Ask for the last position's logits only where the model can (saves a vocab-sized matmul per prompt token).
-        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._last_only = {"logits_to_keep": 1} if keeps_logits else {}
         self.reuse_prefix = reuse_prefix  # keep the last generation's KV cache and reuse its common prefix
         # the model's confidence floors (its midline.json), if it has them: one, or one per cursor position
         self.min_mean_logprob: float | dict[str, float] | None = None  # hide a suggestion less sure than this
         self.min_line_logprob: float | dict[str, float] | None = None  # cut at a later line less sure than this
-        self.languages: tuple[str, ...] | None = None  # languages the model was trained on (its midline.json); None: any
+        # languages the model was trained on (its midline.json); None: any
+        self.languages: tuple[str, ...] | None = None
         # The static path, where the model supports it (None: wherever it does). Its cache holds `static_len` positions.
         self.static = unsupported(model) is None if static is None else static
         self.static_len = min(static_len, self.max_context)
@@ -82,7 +87,8 @@ class Engine:
         # on the CPU, off on a GPU.
         self.lookup = min((CPU_LOOKUP if device.type == "cpu" else 0) if lookup is None else lookup, CHUNK - 1)
         self._decoder: StaticDecoder | None = None  # made on first use
-        self._batch: dict[int, tuple[StaticDecoder, list[int]]] = {}  # candidates: n -> a batch-n decoder, the ids it holds
+        # candidates: n -> a batch-n decoder, the ids it holds
+        self._batch: dict[int, tuple[StaticDecoder, list[int]]] = {}
         self._cache: DynamicCache | StaticDecoder | None = None  # KV cache of the last generation...
         self._cached_ids: list[int] = []  # ...and the token ids it holds
         # The server counts the tokens of every line in its windows on every keystroke; almost all lines are unchanged.
@@ -141,13 +147,15 @@ class Engine:
         for _ in range(2):  # a whole prompt, then the same prompt again (prefix reuse: the short-tail step)
             self.generate(ids, max_new_tokens=8, ignore_eos=True)
         self.clear_cache()
-        log.info("engine warm-up took %.1f s (static path: %s)", time.monotonic() - started, "on" if self.static else "off")
+        elapsed, path = time.monotonic() - started, "on" if self.static else "off"
+        log.info("engine warm-up took %.1f s (static path: %s)", elapsed, path)
 
     def compile_steps(self) -> None:
         """Compile the static path's steps of up to CHUNK tokens for the CPU (`StaticDecoder.compile_steps`).
 
         Not done by default: on 2 cores it takes 25-120 s, during which requests in the same process are slowed
-        several-fold (the compiler's Python work holds the GIL), for keystrokes 1.1-1.2x faster afterwards (BENCHMARKS.md).
+        several-fold (the compiler's Python work holds the GIL), for keystrokes 1.1-1.2x faster afterwards
+        (BENCHMARKS.md).
         """
         with self._lock, torch.inference_mode():
             decoder = self._static_decoder()
@@ -200,19 +208,23 @@ class Engine:
                     generator.manual_seed(seed)
 
             # Prefix reuse: keep the cached KV of the longest common prefix, prefill the rest (at least one token).
-            # The cache is taken out while generating, so an exception mid-forward leaves none rather than a corrupt one.
+            # The cache is taken out while generating, so an exception mid-forward leaves none, not a corrupt one.
             decoder = self._static_decoder() if len(prompt_ids) + max_new_tokens <= self.static_len else None
             cache, cached_ids, self._cache, self._cached_ids = self._cache, self._cached_ids, None, []
             usable = cache is decoder if decoder is not None else isinstance(cache, DynamicCache)
-            reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix and usable else 0
+            reused = (
+                min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix and usable else 0
+            )
             if decoder is not None:
                 cache = decoder
                 if self.lookup and temperature == 0:
                     steps = self._lookup_steps(decoder, prompt_ids, reused)
                 else:
-                    steps = self._static_steps(decoder, prompt_ids, reused, max_new_tokens, temperature, top_p, generator)
+                    steps = self._static_steps(
+                        decoder, prompt_ids, reused, max_new_tokens, temperature, top_p, generator
+                    )
             else:
-                if reused:
+                if reused and isinstance(cache, DynamicCache):  # (something is reused only from a DynamicCache)
                     cache.crop(reused - cache.get_seq_length())  # a negative count: drop that many tokens from the end
                 else:
                     cache = None  # the model makes its own cache (DynamicCache) on prefill
@@ -275,7 +287,8 @@ class Engine:
             reused = 0
             static = self.static and len(prompt_ids) + max_new_tokens <= self.static_len
             if static:
-                decoder, cached_ids = self._batch.pop(n, None) or (StaticDecoder(self.model, self.static_len, batch=n), [])
+                kept = self._batch.pop(n, None)
+                decoder, cached_ids = kept or (StaticDecoder(self.model, self.static_len, batch=n), [])
                 reused = min(common_prefix(cached_ids, prompt_ids), len(prompt_ids) - 1) if self.reuse_prefix else 0
                 logits = decoder.prefill(prompt_ids[reused:], reused)
 
@@ -285,7 +298,9 @@ class Engine:
                 box = [None]  # transformers' DynamicCache; every row has the same prompt, so no padding
 
                 def step(tokens: torch.Tensor, position: int) -> torch.Tensor:
-                    out = self.model(input_ids=tokens[:, None], past_key_values=box[0], use_cache=True, **self._last_only)
+                    out = self.model(
+                        input_ids=tokens[:, None], past_key_values=box[0], use_cache=True, **self._last_only
+                    )
                     box[0] = out.past_key_values
                     return out.logits[:, -1].float()
 
@@ -300,23 +315,30 @@ class Engine:
                     tokens, token_logprobs = pick(logits, temperature, top_p, generator)
                     if greedy_first:
                         tokens[0], token_logprobs[0] = (x[0] for x in pick(logits[:1], 0.0, 1.0, None))
-                    yield [(int(t), lp) for t, lp in torch.stack((tokens.double(), token_logprobs.double()), dim=1).tolist()]
+                    picked = torch.stack((tokens.double(), token_logprobs.double()), dim=1)
+                    yield [(int(t), lp) for t, lp in picked.tolist()]
                     if i + 1 < max_new_tokens:  # the last tokens are never fed back
                         logits = step(tokens, len(prompt_ids) + i)
 
-            rows, logprobs, finish = self._decode(batch_steps(logits), n, max_new_tokens, should_stop, cancel, deadline, ignore_eos)
+            rows, logprobs, finish = self._decode(
+                batch_steps(logits), n, max_new_tokens, should_stop, cancel, deadline, ignore_eos
+            )
             if static:
                 self._batch[n] = (decoder, prompt_ids if self.reuse_prefix else [])  # the rows differ after the prompt
             elapsed = time.monotonic() - start
             generations = [
-                Generation(self.decode(row), row, f, sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused, lp)
+                Generation(
+                    self.decode(row), row, f, sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused,
+                    lp,
+                )
                 for row, lp, f in zip(rows, logprobs, finish)
             ]
             return sorted(generations, key=lambda g: -g.mean_logprob if g.token_ids else math.inf)
 
     def _decode(
-        self, steps: Iterator[list[tuple[int, float]]], n: int, max_new_tokens: int, should_stop: Callable[[str], bool] | None,
-        cancel: threading.Event | None, deadline: float | None, ignore_eos: bool,
+        self, steps: Iterator[list[tuple[int, float]]], n: int, max_new_tokens: int,
+        should_stop: Callable[[str], bool] | None, cancel: threading.Event | None, deadline: float | None,
+        ignore_eos: bool,
     ) -> tuple[list[list[int]], list[list[float]], list[str]]:
         """The stop checks of `generate` and `candidates`: each of `steps` is a (token, log-probability) per row.
 
@@ -328,7 +350,11 @@ class Engine:
         logprobs: list[list[float]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
         for _ in range(max_new_tokens):
-            halted = "cancelled" if cancel is not None and cancel.is_set() else "timeout" if deadline is not None and time.monotonic() > deadline else None
+            halted: str | None = None
+            if cancel is not None and cancel.is_set():
+                halted = "cancelled"
+            elif deadline is not None and time.monotonic() > deadline:
+                halted = "timeout"
             if halted:
                 finish = [f or halted for f in finish]
                 break
@@ -348,10 +374,11 @@ class Engine:
 
     def _dynamic_steps(
         self, box: list, feed: list[int], temperature: float, top_p: float, generator: torch.Generator | None,
-    ) -> Iterator[tuple[int, float]]:
+    ) -> Generator[tuple[int, float], None, None]:
         """Tokens and their log-probabilities, one forward pass each, through transformers' DynamicCache."""
         while True:
-            out = self.model(input_ids=torch.tensor([feed], device=self.device), past_key_values=box[0], use_cache=True, **self._last_only)
+            ids = torch.tensor([feed], device=self.device)
+            out = self.model(input_ids=ids, past_key_values=box[0], use_cache=True, **self._last_only)
             box[0] = out.past_key_values
             token, logprob = pick(out.logits[:, -1].float(), temperature, top_p, generator)
             yield int(token), float(logprob)
@@ -360,7 +387,7 @@ class Engine:
     def _static_steps(
         self, decoder: StaticDecoder, prompt_ids: list[int], reused: int, max_new_tokens: int,
         temperature: float, top_p: float, generator: torch.Generator | None,
-    ) -> Iterator[tuple[int, float]]:
+    ) -> Generator[tuple[int, float], None, None]:
         """Tokens and their log-probabilities through the static cache, computed ahead in chunks of 1, 2, 4, ...
 
         Each chunk is queued on the device without waiting, then read back with one host sync.
@@ -380,17 +407,19 @@ class Engine:
                 yield int(token), logprob
             chunk = min(2 * chunk, self.sync_every)
 
-    def _lookup_steps(self, decoder: StaticDecoder, prompt_ids: list[int], reused: int) -> Iterator[tuple[int, float]]:
+    def _lookup_steps(
+        self, decoder: StaticDecoder, prompt_ids: list[int], reused: int
+    ) -> Generator[tuple[int, float], None, None]:
         """Greedy tokens with prompt-lookup drafts: feed the last token and the draft in one pass, keep the draft up to
         its first token that differs from the model's own choice, plus the model's token there.
 
-        The positions of rejected draft tokens hold stale keys past the current position, invisible and overwritten later.
+        Rejected draft tokens leave stale keys past the current position, invisible and overwritten later.
         """
         logits = decoder.prefill(prompt_ids[reused:], reused)
-        token, logprob = pick(logits, 0.0, 1.0, None)
+        first, first_logprob = pick(logits, 0.0, 1.0, None)
         drafts = NgramIndex(prompt_ids)  # built while the prefill runs on the device
-        position = len(prompt_ids)  # where `token` goes when fed
-        emitted = [(int(token), float(logprob))]
+        position = len(prompt_ids)  # where the last emitted token goes when fed
+        emitted: list[tuple[int, float]] = [(int(first), float(first_logprob))]
         while True:
             for token, logprob in emitted:
                 yield token, logprob
@@ -400,8 +429,9 @@ class Engine:
             feed = [token, *draft]
             pads = [token] * (CHUNK - len(feed)) if padded and draft else []
             logits = decoder.run(torch.tensor([feed + pads], device=self.device), position)[0, : len(feed)]
-            chosen, logprobs = pick(logits, 0.0, 1.0, None)
-            chosen, logprobs = chosen.tolist(), logprobs.tolist()
+            chosen_ids, chosen_logprobs = pick(logits, 0.0, 1.0, None)
+            chosen: list[int] = chosen_ids.tolist()
+            logprobs: list[float] = chosen_logprobs.tolist()
             accepted = next((i for i, (d, c) in enumerate(zip(draft, chosen)) if d != c), len(draft))
             emitted = list(zip(chosen[: accepted + 1], logprobs[: accepted + 1]))
             position += accepted + 1
@@ -427,7 +457,10 @@ class Engine:
         error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
         tolerance = 1e-3 if decoder.dtype == torch.float32 else 1e-1  # a wrong position or layout is off by O(1)
         if not error <= tolerance:
-            log.warning("static decode path disagrees with the model (relative error %.2g > %.2g): using the dynamic path", error, tolerance)
+            log.warning(
+                "static decode path disagrees with the model (relative error %.2g > %.2g): using the dynamic path",
+                error, tolerance,
+            )
         return error <= tolerance
 
     def clear_cache(self) -> None:
@@ -438,7 +471,8 @@ class Engine:
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of generated tokens, without special tokens or a trailing incomplete UTF-8 character."""
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        # decode's type covers a batch of sequences too (a list of texts); one sequence decodes to one text.
+        text = cast(str, self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
         return text.rstrip("\ufffd")
 
     def token_ends(self, token_ids: list[int]) -> list[int]:
@@ -446,7 +480,9 @@ class Engine:
         return decoded_ends(self.decode, token_ids)
 
 
-def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens `[B]` from logits `[B, V]`, and their log-probabilities, without a host sync.
 
     Greedy at temperature 0, else from the top-p nucleus of the tempered distribution, sampled as the argmax of
@@ -458,7 +494,8 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
         probs = torch.softmax(logits / temperature, dim=-1)
         if top_p < 1:
             probs, order = probs.sort(dim=-1, descending=True)
-            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)  # keep the smallest head whose mass reaches top_p
+            # keep the smallest head whose mass reaches top_p
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)
         noise = torch.empty_like(probs).exponential_(1, generator=generator)
         token = (probs / noise).argmax(-1)
         if top_p < 1:

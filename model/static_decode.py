@@ -44,7 +44,8 @@ def unsupported(model: PreTrainedModel) -> str | None:
         return f"rotary embedding type {getattr(rope, 'rope_type', None)!r}"
     if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
         return "sliding-window attention layers"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) and config.model_type == "mistral":
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    if sliding and config.model_type == "mistral":
         return "sliding-window attention"
     return None
 
@@ -55,7 +56,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
     """Attention of q `[B, H, T, D]` over k, v `[B, KV, S, D]`; mask `[T, S]` (True = visible) or None (all visible)."""
     B, H, T, D = q.shape
     groups = H // k.shape[1]
@@ -115,10 +118,12 @@ class StaticDecoder:
         cos, sin = inner.rotary_emb(weight[:1], self.arange[None])  # transformers' own tables, every position at once
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
         self.compiled_layer = layer_forward  # compiled by `capture`, for the captured steps only (fixed shapes)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}  # T -> graph, tokens in, logits out
+        # T -> graph, tokens in, logits out
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # first position of a captured step
         self.pad_prefill = False  # feed short prompt tails as one padded CHUNK-token step (turned on by `capture`)
-        self.compiled_forward: Callable[..., torch.Tensor] | None = None  # `forward` compiled for steps of up to CHUNK tokens (set by `compile_steps`)
+        # `forward` compiled for steps of up to CHUNK tokens (set by `compile_steps`)
+        self.compiled_forward: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, masked: bool = True, last_only: bool = False,
@@ -161,13 +166,16 @@ class StaticDecoder:
         n = len(ids)
         if self.batch > 1 and not self.graphs and self.compiled_forward is None:
             return self._prefill_once(ids, start)
-        if self.pad_prefill and n <= CHUNK and start + CHUNK <= self.max_len:  # padded: pads' keys lie past the tail, unseen
+        # padded: pads' keys lie past the tail, unseen
+        if self.pad_prefill and n <= CHUNK and start + CHUNK <= self.max_len:
             tokens = torch.tensor([ids + [ids[-1]] * (CHUNK - n)] * self.batch, device=self.device)
             return self.run(tokens, start)[:, n - 1]
         tokens = torch.tensor([ids] * self.batch, device=self.device)
-        if self.compiled_forward is not None and n <= CHUNK:  # the compiled step (every position's logits: one graph less)
+        # the compiled step (every position's logits: one graph less)
+        if self.compiled_forward is not None and n <= CHUNK:
             return self.run(tokens, start)[:, -1]
-        return self.forward(tokens, self.arange[start : start + n], kv_len=start + n, masked=n > 1, last_only=True)[:, -1]
+        positions = self.arange[start : start + n]
+        return self.forward(tokens, positions, kv_len=start + n, masked=n > 1, last_only=True)[:, -1]
 
     def _prefill_once(self, ids: list[int], start: int) -> torch.Tensor:
         """`prefill` of a batch whose rows hold the same tokens before `start`: row 0 computed, then copied."""
@@ -185,7 +193,8 @@ class StaticDecoder:
     def capture(self, sizes: tuple[int, ...] = (1, CHUNK), compile: bool = True) -> None:
         """CUDA only: compile the decoder layer and capture a graph per step size (positions start..start+T-1)."""
         if compile:  # one decoder layer, compiled once and reused by every layer (same code, same shapes)
-            torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)  # shapes x dtypes x engines
+            # shapes x dtypes x engines
+            torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
             self.compiled_layer = torch.compile(layer_forward, fullgraph=True, dynamic=False)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -204,7 +213,7 @@ class StaticDecoder:
         self.pad_prefill = CHUNK in self.graphs
 
     def compile_steps(self) -> None:
-        """Compile `forward` for steps of up to CHUNK tokens, with dynamic lengths and positions, and use it from now on.
+        """Compile `forward` for steps of up to CHUNK tokens (dynamic lengths and positions), and use it from now on.
 
         Two graphs: one token (unmasked) and 2..CHUNK tokens (masked). Made for the CPU, where there are no graphs
         to capture; inductor's on-disk cache makes every compile after the first much faster. Compiling writes the
@@ -212,5 +221,6 @@ class StaticDecoder:
         """
         forward = torch.compile(self.forward, dynamic=True, fullgraph=True)
         for T, start in ((1, 5), (3, 7)):  # lengths other than 0 and 1, and unequal, so none is specialised
-            forward(torch.zeros(self.batch, T, dtype=torch.long, device=self.device), self.arange[start : start + T], kv_len=start + T, masked=T > 1)
+            tokens = torch.zeros(self.batch, T, dtype=torch.long, device=self.device)
+            forward(tokens, self.arange[start : start + T], kv_len=start + T, masked=T > 1)
         self.compiled_forward = forward
