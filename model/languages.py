@@ -4,7 +4,7 @@ Each entry holds the LSP and VS Code language ids, file extensions, the tree-sit
 marker, string quotes, block openers, the words that start a definition, the node types of blocks,
 imports, definitions and calls, and where generated tests go. The server (context, post-processing,
 symbols, code actions), the tasks and training (FIM holes chosen with tree-sitter) all read it; the VS Code
-client's language list is checked against it by tests/test_languages.py. Grammars come from the official
+client's language list is checked against it by tests/model/test_languages.py. Grammars come from the official
 per-language wheels (tree-sitter-python, ...), which work offline. A language without a grammar here is
 served as plain text. Parsers and tree helpers are in model/syntax.py (which imports this module, never the
 reverse).

@@ -1,4 +1,4 @@
--- Driven by tests/test_neovim.py, after init.lua (the README's setup):
+-- Driven by tests/e2e/test_neovim.py, after init.lua (the README's setup):
 --   nvim --headless --clean -u tests/nvim/init.lua -S tests/nvim/complete.lua
 -- Environment: MIDLINE_CMD and MIDLINE_INIT_OPTIONS (JSON) override the README's `cmd` and
 -- `init_options`; MIDLINE_FILE is opened, the cursor goes to the end of line MIDLINE_LINE (1-based) in

@@ -27,7 +27,7 @@ import { affectsServer, needsRestart, serverSettingSpecs, serverSettings, type S
 import { lineLeveller } from "./serverLog";
 import { formatStatus, type ClientState, type ServerStatus } from "./status";
 
-/** The languages the server has grammars for (the `vscode_ids` of model/languages.py; tests/test_languages.py checks this list and package.json against it). */
+/** The languages the server has grammars for (the `vscode_ids` of model/languages.py; tests/model/test_languages.py checks this list and package.json against it). */
 export const LANGUAGES = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust", "java", "c", "cpp"];
 
 const PAUSED_KEY = "midline.paused";

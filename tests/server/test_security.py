@@ -18,9 +18,9 @@ from midline.server.completion import Completer
 from midline.server.config import Config, ConfigError
 from midline.server.documents import Document
 
-from .lsp_client import inline, open_document, running_server, status
-from .model_server import Feed, ModelServer
-from .test_actions import client_capabilities
+from ..lsp_client import inline, open_document, running_server, status
+from ..model_server import Feed, ModelServer
+from tests.server.test_actions import client_capabilities
 
 FUNCTION = "import os\nimport subprocess\n\n\ndef run(cmd, s, b):\n    "  # a suggestion's context: in a body
 

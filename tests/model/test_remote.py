@@ -41,8 +41,8 @@ from midline.server.completion import Completer
 from midline.server.config import Config, ConfigError
 from midline.server.documents import Document
 
-from .lsp_client import inline, open_document, running_server, status
-from .model_server import Feed, ModelServer
+from ..lsp_client import inline, open_document, running_server, status
+from ..model_server import Feed, ModelServer
 
 PROMPT = FimPrompt(
     prefix="import os\n\n\ndef home():\n    # the user's home directory, from ",
@@ -431,7 +431,7 @@ def test_a_remote_backend_answers_an_explicit_request_with_one_candidate(served,
     assert len(completion.suggestions) == 1 and completer.trace.candidates == 1 and len(served.requests) == 1
 
 
-# The end-to-end document of tests/test_server.py: the end of a comment, where any text is valid Python.
+# The end-to-end document of tests/e2e/test_server.py: the end of a comment, where any text is valid Python.
 E2E_CODE = '''import math
 
 

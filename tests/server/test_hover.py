@@ -19,8 +19,8 @@ from midline.server.documents import Document
 from midline.server.hover import Explainer, hover_target, render
 from midline.server.symbols import SymbolIndex
 
-from .lsp_client import open_document, status
-from .test_actions import FakeEngine, client_capabilities, code_actions, ready_status, serve
+from ..lsp_client import open_document, status
+from tests.server.test_actions import FakeEngine, client_capabilities, code_actions, ready_status, serve
 
 CODE = '''import functools
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from .lsp_client import inline, open_document, running_server, status
-from .test_actions import code_actions
+from ..lsp_client import inline, open_document, running_server, status
+from tests.server.test_actions import code_actions
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.e2e]
 

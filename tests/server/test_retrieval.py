@@ -26,7 +26,7 @@ from midline.server.retrieval import RetrievalIndex, windows
 from midline.server.symbols import SymbolIndex
 from midline.server.workspace import Workspace
 
-from .lsp_client import SERVER, capabilities, open_document, status
+from ..lsp_client import SERVER, capabilities, open_document, status
 
 # A function with distinctive names, planted in one file of a workspace of unrelated code; the query is a
 # near copy of it, typed in another file.

@@ -25,7 +25,7 @@ from midline.server.postprocess import error_count, postprocess
 from midline.server.symbols import SymbolIndex
 from midline.training import data
 
-from .lsp_client import inline, open_document, running_server
+from ..lsp_client import inline, open_document, running_server
 
 BLOCKS = 1500  # nested blocks in brace languages
 PY_BLOCKS = 600  # nested Python blocks

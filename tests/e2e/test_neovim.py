@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from .lsp_client import SERVER
-from .test_server import CODE, COMMENT_LINE, SETTINGS
+from ..lsp_client import SERVER
+from tests.e2e.test_server import CODE, COMMENT_LINE, SETTINGS
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 INIT_LUA = HERE / "nvim" / "init.lua"
 DRIVER_LUA = HERE / "nvim" / "complete.lua"
 README = HERE.parent / "README.md"

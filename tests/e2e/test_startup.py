@@ -20,9 +20,9 @@ from lsprotocol import types
 
 from midline.server.model_thread import ModelThread
 
-from .lsp_client import inline, open_document, running_server, status, wait_until_loaded
-from .test_actions import code_actions
-from .test_protocol import RawServer
+from ..lsp_client import inline, open_document, running_server, status, wait_until_loaded
+from tests.server.test_actions import code_actions
+from tests.server.test_protocol import RawServer
 from .test_server import CODE, COMMENT_LINE, SETTINGS
 
 HEAVY = ("torch", "transformers")  # seconds to import: the model thread does it

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from .lsp_client import open_document, running_server
+from ..lsp_client import open_document, running_server
 
 SEED = 13
 SEQUENCES = 120  # per encoding

@@ -14,9 +14,9 @@ from midline.server import server as handlers
 from midline.server.config import Config, Settings
 from midline.server.server import MidlineServer
 
-from .test_readme import settings as dotted
+from tests.test_readme import settings as dotted
 
-MANIFEST = Path(__file__).resolve().parents[1] / "vscode-client/package.json"
+MANIFEST = Path(__file__).resolve().parents[2] / "vscode-client/package.json"
 
 
 async def _change(server: MidlineServer, settings: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from midline.server import sandbox
 from midline.server.sandbox import WORK_DIR, SandboxResult, SandboxUnavailable, run_python, sandbox_state
 from midline.server.verify import verify_tests
 
-from .marks import SANDBOX as STATE, needs_sandbox
+from ..marks import SANDBOX as STATE, needs_sandbox
 
 # A single fork whose child exits at once: harmless even if it were not blocked.
 ONE_FORK = "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('forked')\n"
@@ -433,7 +433,7 @@ def test_a_bubblewrap_that_cannot_isolate_runs_nothing(tmp_path, monkeypatch, fr
 
 
 def test_generate_tests_without_a_sandbox_offers_them_unverified(tmp_path, monkeypatch, fresh_state):
-    from .test_actions import doc, offer_of, resolve
+    from tests.server.test_actions import doc, offer_of, resolve
 
     monkeypatch.setenv("PATH", str(tmp_path))
     d = doc("def add(a, b):\n    return a + b\n", "calc.py", tmp_path)

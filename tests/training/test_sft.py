@@ -25,7 +25,7 @@ from midline.training import train as T
 from midline.training.cli import main
 from midline.training.data import PackedDataset
 
-from .marks import needs_sandbox
+from ..marks import needs_sandbox
 
 OPS = '''\
 """Small arithmetic helpers."""

@@ -23,7 +23,7 @@ from midline.training.data import DataConfig, PackedDataset, build_data
 from midline.training.model import newton_schulz
 from midline.training.train import PRESETS, TrainConfig, lr_at, train
 
-from .corpus_fixtures import write_corpus
+from ..corpus_fixtures import write_corpus
 
 BASE = TrainConfig(**PRESETS["tiny"], batch_size=4, grad_accum=1, max_steps=12, warmup_steps=2, lr=3e-3, min_lr=3e-4,
                    log_every=1, eval_every=6, eval_batches=2, checkpoint_every=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).parent / "data" / "example.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "example.py"
 
 
 def complete(location: str, model: Path) -> subprocess.CompletedProcess:

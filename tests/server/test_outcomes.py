@@ -19,8 +19,8 @@ from midline.server.config import Config
 from midline.server.documents import Document
 from midline.server.outcomes import OutcomeLog, data_folder
 
-from .lsp_client import inline, open_document, running_server, status
-from .test_server import CODE, COMMENT_LINE, SETTINGS
+from ..lsp_client import inline, open_document, running_server, status
+from tests.e2e.test_server import CODE, COMMENT_LINE, SETTINGS
 
 LINE_END = CODE.index("by \n") + len("by ")  # the end of the comment: where the test model's noise is valid Python
 

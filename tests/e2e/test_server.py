@@ -12,7 +12,7 @@ from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from midline.model.syntax import new_parser
 
-from .lsp_client import inline, open_document, running_server, status
+from ..lsp_client import inline, open_document, running_server, status
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.e2e]
 

@@ -13,7 +13,7 @@ from midline.model import languages
 from midline.model.languages import LANGUAGES, PLAIN_TEXT
 from midline.model.syntax import ts_language
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NODE_FIELDS = ("blocks", "imports", "definitions", "containers", "wrappers", "transparent", "calls")
 # The column-0 definition rule as post-processing wrote it before the table held its words.
 LITERAL_DEFINITION = re.compile(

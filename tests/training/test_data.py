@@ -21,7 +21,7 @@ from midline.model.fim import FimPrompt
 from midline.training import data as D
 from midline.training.data import DataConfig, PackedDataset, build_data, fim_example, fim_split
 
-from .corpus_fixtures import write_corpus
+from ..corpus_fixtures import write_corpus
 
 SEQ = 128
 CONFIG = DataConfig(seq_len=SEQ, shard_rows=60, workers=2)

@@ -12,7 +12,7 @@ from lsprotocol import types
 
 from midline.server.config import Config, ConfigError, camel
 
-from .lsp_client import running_server, status
+from ..lsp_client import running_server, status
 
 # Wrong values for each type a setting has; None is wrong unless the setting is nullable.
 BAD: dict[Any, list[Any]] = {

@@ -14,7 +14,7 @@ from midline.server.context import classify_hole
 from midline.server.postprocess import Suggestion
 from midline.training import evaluate as ev, metrics
 
-from .marks import needs_sandbox, require_sandbox
+from ..marks import needs_sandbox, require_sandbox
 
 MATH = '''\
 """Small math helpers."""

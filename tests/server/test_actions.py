@@ -33,8 +33,8 @@ from midline.server.documents import Document
 from midline.model.syntax import new_parser, parses
 from midline.server.verify import verify_tests
 
-from .lsp_client import SERVER, open_document, status, wait_until_loaded
-from .marks import needs_sandbox
+from ..lsp_client import SERVER, open_document, status, wait_until_loaded
+from ..marks import needs_sandbox
 
 CODE = '''import math
 
@@ -250,7 +250,7 @@ def test_stale_offer_is_refused():
 
 # -- the table of actions ---------------------------------------------------------------------------
 
-CLIENT = Path(__file__).resolve().parents[1] / "vscode-client/src/codeActions.ts"
+CLIENT = Path(__file__).resolve().parents[2] / "vscode-client/src/codeActions.ts"
 GO_CALC = "package calc\n\nfunc Add(a, b int) int {\n\treturn a + b\n}\n"
 # Per action: a document, where it is offered there, and a model's answer that resolves it to an outcome.
 PICKED = {

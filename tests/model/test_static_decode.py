@@ -11,7 +11,7 @@ from midline.model import fim, static_decode
 from midline.model.engine import Engine
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
 
-from .test_engine import PROMPTS, transformers_greedy, typing_session
+from tests.model.test_engine import PROMPTS, transformers_greedy, typing_session
 
 
 def engine_on(base: Engine, model=None, **kwargs) -> Engine:

@@ -15,7 +15,7 @@ import pytest
 
 from midline.server.server import MidlineServer
 
-from .lsp_client import SERVER
+from ..lsp_client import SERVER
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32601, -32602, -32603
 SERVER_NOT_INITIALIZED = -32002
