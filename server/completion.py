@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Callable, TypedDict
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
@@ -100,6 +101,15 @@ class Stats:
     tails_cut: int = 0  # suggestions whose unsure last lines were cut
     insecure: int = 0  # suggestions hidden for a high-severity security finding (security.py)
     last_latency_ms: float = 0.0
+
+
+class _Limits(TypedDict):
+    """When a generation stops: the arguments `Backend.generate` and `Engine.candidates` share."""
+
+    max_new_tokens: int
+    should_stop: Callable[[str], bool]
+    cancel: threading.Event
+    deadline: float
 
 
 class Completer:
@@ -238,7 +248,8 @@ class Completer:
             text = generation.text
             # (Only a multi-line hole keeps more than a line; a remote backend gives no log-probabilities.)
             if line_floor is not None and ctx.hole is Hole.MULTI_LINE and generation.token_logprobs:
-                text = cut_unsure_lines(text, self.engine.token_ends(generation.token_ids), generation.token_logprobs, line_floor)
+                ends = self.engine.token_ends(generation.token_ids)
+                text = cut_unsure_lines(text, ends, generation.token_logprobs, line_floor)
                 tails_cut.append(text != generation.text)
             suggestion = postprocess(text, ctx, max_lines)
             if suggestion is not None and config.security.completions and (finding := _insecure(suggestion, ctx)):
@@ -278,8 +289,8 @@ class Completer:
         )
         shown = suggestions[0].text if suggestions else None
         self.trace = Trace(
-            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, shown, *hidden[:1],
-            candidates=len(generations), others=[s.text for s in suggestions[1:]],
+            ctx.line_prefix, ctx.hole.value, generation.text, generation.finish_reason, shown,
+            hidden=hidden[0] if hidden else "", candidates=len(generations), others=[s.text for s in suggestions[1:]],
         )
         halted = next((g.finish_reason for g in generations if g.finish_reason in ("cancelled", "timeout")), None)
         if halted == "cancelled":
@@ -298,7 +309,7 @@ class Completer:
         in one pass, ranked by mean log-probability: the greedy answer and samples (`CANDIDATE_TEMPERATURE`), or
         all sampled at `temperature`. A backend without batched candidates (a remote one) gives one."""
         config = self.config
-        limits = {
+        limits: _Limits = {
             "max_new_tokens": config.max_new_tokens,
             "should_stop": lambda text: block_complete(text, ctx, config.max_lines),
             "cancel": cancel,
@@ -306,8 +317,10 @@ class Completer:
         }
         candidates = getattr(self.engine, "candidates", None)  # the local Engine's; not part of the Backend protocol
         if asked == 1 or candidates is None:
-            sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
-            return [self.engine.generate(prompt, **sampling, **limits)]
+            sampled = self.engine.generate(
+                prompt, temperature=config.temperature, top_p=config.top_p, seed=config.seed, **limits
+            )
+            return [sampled]
         greedy = config.temperature == 0
         return candidates(
             prompt,

@@ -19,11 +19,14 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from midline.model import languages
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a settings section
 
 
 MAX_CANDIDATES = 8  # most suggestions one request samples
@@ -120,14 +123,16 @@ class BackendConfig:
     model: str | None = None  # model name sent to the server (vLLM's served name; required for ollama)
     api_key_env: str | None = None  # environment variable holding an API key, sent as "Authorization: Bearer"
     api_key: str | None = None  # the key itself, where an environment variable can't be used
-    tokenizer: str | None = None  # local dir with the served model's tokenizer.json: exact token counts, FIM format detection
+    # local dir with the served model's tokenizer.json: exact token counts, FIM format detection
+    tokenizer: str | None = None
     context_length: int = 4096  # the served model's context window, in tokens
     timeout_ms: int = 10000  # longest wait to connect, or for the next whole answer (a stream event, else the body)
 
     def __post_init__(self) -> None:
         url_ok = self.kind == "local" or re.match(r"https?://[^/\s]", self.url or "") is not None
         _check("backend.url", self.url, url_ok, f"an http:// or https:// URL for backend.kind {self.kind}")
-        _check("backend.model", self.model, self.kind != "ollama" or bool(self.model), "a model name for backend.kind ollama")
+        model_ok = self.kind != "ollama" or bool(self.model)
+        _check("backend.model", self.model, model_ok, "a model name for backend.kind ollama")
         _check("backend.contextLength", self.context_length, self.context_length >= 64, "at least 64")
         _check("backend.timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
 
@@ -145,10 +150,12 @@ class Config:
     max_lines: int = 12  # of a multi-line suggestion
     candidates: int = 3  # suggestions for an explicit request, sampled in one batched pass, ranked (1: greedy)
     automatic_candidates: int = 1  # the same for an automatic request while no other completion generates
-    debounce_ms: int = 0  # wait after an automatic trigger; explicit requests skip it (0: typing-through and cancellation do better)
+    # wait after an automatic trigger; explicit requests skip it (0: typing-through and cancellation do better)
+    debounce_ms: int = 0
     timeout_ms: int = 5000  # generation time limit; past it the answer is empty
     min_mean_logprob: float | None = None  # hide suggestions less confident than this; None = the model's own floor
-    min_line_logprob: float | None = None  # cut a suggestion at its first later line less confident than this; None = the model's
+    # cut a suggestion at its first later line less confident than this; None = the model's
+    min_line_logprob: float | None = None
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None  # sampling seed, for reproducible sampled suggestions
@@ -306,7 +313,7 @@ def _value(type_: Any, value: Any, key: str) -> Any:
         return as_choice(value, key, args)
     if get_origin(type_) is dict:
         return as_bool_map(value, key)
-    if is_dataclass(type_):
+    if isinstance(type_, type) and is_dataclass(type_):
         return _structure(type_, value, key)
     return _SCALARS[type_](value, key)
 

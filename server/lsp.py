@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,9 @@ def accept_commands(items: list, answer: str | None) -> list:
     with the answer's id and the item's index: the outcome record's accept); unchanged without an answer id."""
     if answer is not None:
         for index, item in enumerate(items):
-            item.command = types.Command(title="midline: accepted", command="midline.accepted", arguments=[answer, index])
+            item.command = types.Command(
+                title="midline: accepted", command="midline.accepted", arguments=[answer, index]
+            )
     return items
 
 
@@ -113,8 +115,10 @@ def explanation_command(capabilities: Capabilities, markdown: str) -> types.Comm
     """`midline.showExplanation` for clients that render it (they say so in their capabilities:
     `experimental.midline.showExplanation`), else the server's own `midline.openExplanation`."""
     experimental = capabilities.experimental if capabilities else None
-    own = isinstance(experimental, dict) and isinstance(experimental.get("midline"), dict) and experimental["midline"].get("showExplanation")
-    return types.Command(title="Show explanation", command="midline.showExplanation" if own else "midline.openExplanation", arguments=[markdown])
+    midline = experimental.get("midline") if isinstance(experimental, dict) else None
+    own = isinstance(midline, dict) and midline.get("showExplanation")
+    command = "midline.showExplanation" if own else "midline.openExplanation"
+    return types.Command(title="Show explanation", command=command, arguments=[markdown])
 
 
 def document_changes(capabilities: Capabilities) -> bool:
@@ -155,22 +159,29 @@ def workspace_edit(
         if create:
             options = types.CreateFileOptions(ignore_if_exists=True)
             changes.append(types.CreateFile(uri=uri, options=options, annotation_id=annotation))
+        document_edits: Sequence[types.TextEdit | types.AnnotatedTextEdit] = text_edits
         if annotation is not None:
-            text_edits = [types.AnnotatedTextEdit(annotation, range=e.range, new_text=e.new_text) for e in text_edits]
+            document_edits = [
+                types.AnnotatedTextEdit(annotation, range=e.range, new_text=e.new_text) for e in text_edits
+            ]
         identifier = types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
-        changes.append(types.TextDocumentEdit(text_document=identifier, edits=text_edits))
+        changes.append(types.TextDocumentEdit(text_document=identifier, edits=document_edits))
     annotations = {annotation: security_annotation(warning)} if annotation is not None and warning else None
     return types.WorkspaceEdit(document_changes=changes, change_annotations=annotations)
 
 
-def replace_edit(capabilities: Capabilities, doc: Document, replace: Replace, codec: PositionCodec) -> types.WorkspaceEdit:
+def replace_edit(
+    capabilities: Capabilities, doc: Document, replace: Replace, codec: PositionCodec
+) -> types.WorkspaceEdit:
     """The replacement's text in place of `doc`'s characters from its start to its end, for the document's current
     version; with its security warning."""
     edit = types.TextEdit(range=span(doc, replace.start, replace.end, codec), new_text=replace.text)
     return workspace_edit(capabilities, [(doc.uri, doc.version, [edit], False)], replace.warning)
 
 
-def tests_edit(capabilities: Capabilities, tests: TestFile, documents: Iterable[Document], codec: PositionCodec) -> types.WorkspaceEdit:
+def tests_edit(
+    capabilities: Capabilities, tests: TestFile, documents: Iterable[Document], codec: PositionCodec
+) -> types.WorkspaceEdit:
     """Generated tests as an edit: a new file created with them, or them appended to the existing file
     (the open document's text and version if it is open, else the text on disk); with their security warning."""
     uri = tests.path.as_uri()
@@ -205,9 +216,11 @@ async def progress(ls: LanguageServer, title: str) -> AsyncIterator[Progress]:
     if future is not None:
         future.add_done_callback(lambda f: task.cancel.set() if f.cancelled() else None)
     ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=f"midline: {title}", cancellable=True))
-    task.report = lambda message: loop.call_soon_threadsafe(
-        ls.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
-    )
+
+    def report(message: str) -> None:
+        loop.call_soon_threadsafe(ls.work_done_progress.report, token, types.WorkDoneProgressReport(message=message))
+
+    task.report = report
     try:
         yield task
     finally:
