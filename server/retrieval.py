@@ -13,6 +13,11 @@ wins over its disk copy until released; `index_disk`, `forget`, `forget_under` f
 `max_files` files and `max_bytes` of text: past them, disk files are left out and an open document pushes out
 the disk files touched least recently. Thread-safe: the workspace is scanned in a background thread. Logs name
 paths and counts, never code.
+
+The index keeps its rows in the standard library's flat arrays, and numpy scores them: it is imported by the first
+search (or sweep), not with this module, so the server answers `initialize` without it (0.2 s). Measured on 200
+queries over site-packages, BM25 in pure Python takes 1.4x numpy's time at 100 files and 20x at the index's full
+16 MB (44 ms a query against 2 ms).
 """
 
 from __future__ import annotations
@@ -26,8 +31,6 @@ from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
-
-import numpy as np
 
 from midline.server.files import OpenVersions, is_under, path_key
 
@@ -92,8 +95,9 @@ def windows(text: str) -> list[tuple[int, int, list[str]]]:
 class RetrievalIndex:
     """Chunks of workspace files, searchable by identifier overlap (BM25), recent files first.
 
-    A chunk is a row of numpy arrays (its file's key, start and end lines, token count); each identifier has a
-    posting list of (chunk row, count) in two arrays, so a search is a few vector operations per query identifier.
+    A chunk is a row of flat arrays (its file's key, start and end lines, token count, whether it is alive); each
+    identifier has a posting list of (chunk row, count) in two arrays, so a search is a few vector operations (numpy
+    views of the arrays) per query identifier.
     Rows of dropped chunks stay in the postings until they outnumber the live rows; then the postings are swept
     and the rows reused.
     """
@@ -103,9 +107,9 @@ class RetrievalIndex:
         self.max_bytes = max_bytes
         self._files: OrderedDict[str, _File] = OrderedDict()  # least recently (re)indexed first
         self._keys: list[str | None] = []  # chunk row -> its file's key; None: free or dropped
-        self._spans = np.zeros((0, 2), np.int32)  # chunk row -> (start, end) lines
-        self._lengths = np.zeros(0, np.float32)  # chunk row -> identifier tokens
-        self._alive = np.zeros(0, bool)  # chunk row -> whether it holds a chunk
+        self._starts, self._ends = array("i"), array("i")  # chunk row -> its first line, its end line
+        self._lengths = array("f")  # chunk row -> identifier tokens
+        self._alive = bytearray()  # chunk row -> whether it holds a chunk (1) or is free or dropped (0)
         self._postings: dict[str, tuple[array, array]] = {}  # token -> (chunk rows, counts)
         self._free: list[int] = []  # rows free to reuse (no posting names them)
         self._dropped = 0  # rows dropped since the last sweep: postings may still name them
@@ -193,14 +197,14 @@ class RetrievalIndex:
             grown = max(len(self._keys), 64)
             self._free = list(range(len(self._keys) + grown - 1, len(self._keys) - 1, -1))
             self._keys += [None] * grown
-            self._spans = np.concatenate([self._spans, np.zeros((grown, 2), np.int32)])
-            self._lengths = np.concatenate([self._lengths, np.zeros(grown, np.float32)])
-            self._alive = np.concatenate([self._alive, np.zeros(grown, bool)])
+            for column in (self._starts, self._ends, self._lengths):
+                column.extend([0] * grown)
+            self._alive.extend(bytes(grown))
         row = self._free.pop()
         self._keys[row] = key
-        self._spans[row] = start, end
+        self._starts[row], self._ends[row] = start, end
         self._lengths[row] = len(tokens)
-        self._alive[row] = True
+        self._alive[row] = 1
         self._chunks += 1
         self._total_length += len(tokens)
         for token, count in Counter(tokens).items():
@@ -225,7 +229,7 @@ class RetrievalIndex:
         self._bytes -= len(file.text)
         for row in file.chunks:
             self._keys[row] = None
-            self._alive[row] = False
+            self._alive[row] = 0
             self._total_length -= int(self._lengths[row])
         self._chunks -= len(file.chunks)
         self._dropped += len(file.chunks)
@@ -234,9 +238,12 @@ class RetrievalIndex:
 
     def _sweep(self) -> None:
         """Remove the dropped rows from the postings and free them."""
+        import numpy as np  # (imported here and in `search`, not with the module)
+
+        alive = np.frombuffer(self._alive, bool).copy()  # (a copy: a view would pin the bytearray's size)
         for token in list(self._postings):
             rows, counts = self._postings[token]
-            keep = self._alive[np.frombuffer(rows, np.int64)]
+            keep = alive[np.frombuffer(rows, np.int64)]
             if keep.all():
                 continue
             if keep.any():
@@ -254,10 +261,14 @@ class RetrievalIndex:
         """The chunks of other files most similar to `query`, best first: BM25 over the query's distinct identifiers,
         boosted for recent files; only chunks sharing `MIN_SHARED` identifiers with the query, and at most one of
         overlapping chunks of a file."""
+        import numpy as np  # (imported by the first search: see the module's docstring)
+
         tokens = set(identifiers(query))
         with self._lock:
             if not self._chunks or not tokens:
                 return []
+            alive = np.frombuffer(self._alive, bool).copy()  # (copies: views would pin the arrays' sizes)
+            lengths = np.frombuffer(self._lengths, np.float32).copy()
             scores = np.zeros(len(self._keys), np.float32)
             shared = np.zeros(len(self._keys), np.int32)
             average = self._total_length / self._chunks
@@ -265,14 +276,14 @@ class RetrievalIndex:
                 if (posting := self._postings.get(token)) is None:
                     continue
                 rows = np.frombuffer(posting[0], np.int64)
-                df = int(np.count_nonzero(self._alive[rows]))  # (postings may name dropped rows)
+                df = int(np.count_nonzero(alive[rows]))  # (postings may name dropped rows)
                 if df > max(MAX_DF_SHARE * self._chunks, 8):
                     continue
                 counts = np.frombuffer(posting[1], np.uint16).astype(np.float32)
                 idf = math.log(1 + (self._chunks - df + 0.5) / (df + 0.5))
-                scores[rows] += idf * counts * (K1 + 1) / (counts + K1 * (1 - B + B * self._lengths[rows] / average))
+                scores[rows] += idf * counts * (K1 + 1) / (counts + K1 * (1 - B + B * lengths[rows] / average))
                 shared[rows] += 1
-            scores[(shared < MIN_SHARED) | ~self._alive] = 0
+            scores[(shared < MIN_SHARED) | ~alive] = 0
             for i, key in enumerate(self._recent):
                 if (file := self._files.get(key)) is not None and file.chunks:
                     scores[file.chunks] *= 1 + RECENT_BOOST * (i + 1) / len(self._recent)
@@ -288,7 +299,7 @@ class RetrievalIndex:
                 key = self._keys[row]
                 if key is None:
                     continue
-                start, end = self._spans[row].tolist()
+                start, end = self._starts[row], self._ends[row]
                 spans = taken.setdefault(key, [])
                 if any(start < other_end and other_start < end for other_start, other_end in spans):
                     continue

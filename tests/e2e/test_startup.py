@@ -26,13 +26,15 @@ from tests.server.test_protocol import RawServer
 from .test_server import CODE, COMMENT_LINE, SETTINGS
 
 HEAVY = ("torch", "transformers")  # seconds to import: the model thread does it
+LAZY = ("numpy",)  # 0.2 s: the first retrieval search imports it (server/retrieval.py)
 
 
 def test_the_server_module_imports_no_model_library():
-    """`midline serve` imports the CLI and the server module before it can answer: neither pulls in torch."""
+    """`midline serve` imports the CLI and the server module before it can answer: neither pulls in torch, or
+    numpy."""
     check = (
         "import json, sys; import midline.server.cli, midline.server.server; "
-        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))))"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY + LAZY)!r}))))"
     )
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
