@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import functools
 import io
+import logging
 import re
 import textwrap
 import warnings
@@ -123,11 +124,32 @@ def warning_for(code: str, language: str, *, context: str = "") -> str | None:
 @functools.cache
 def _tests() -> Any:
     """bandit's test set, every test, loaded once (importing bandit takes ~0.15 s: only when first needed)."""
-    with warnings.catch_warnings():  # bandit loads its plugins with an argument its stevedore deprecates
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from bandit.core import config, test_set
-
+    stevedore = logging.getLogger("stevedore.extension")
+    quiet = _UnusedFormatters()
+    stevedore.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():  # bandit loads its plugins with an argument its stevedore deprecates
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from bandit.core import config, test_set
+    finally:
+        stevedore.removeFilter(quiet)
     return test_set.BanditTestSet(config.BanditConfig())
+
+
+class _UnusedFormatters(logging.Filter):
+    """Drops stevedore's error for a bandit report formatter that fails to load: importing bandit loads them all,
+    and `sarif` needs the optional `sarif_om` (an editor shows every log line the server writes as an error).
+    midline writes no reports; a test plugin that fails to load is still logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from importlib.metadata import entry_points
+
+        self.names = {entry.name for entry in entry_points(group="bandit.formatters")}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not (str(record.msg).startswith("Could not load") and name in self.names)
 
 
 def _bandit(source: str) -> list[Any]:
