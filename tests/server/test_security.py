@@ -128,7 +128,8 @@ def test_the_first_scan_logs_nothing_at_info():
 def test_only_a_report_formatters_load_failure_is_dropped():
     def failure(name: str) -> logging.LogRecord:
         error = ModuleNotFoundError("No module named 'x'")
-        return logging.LogRecord("stevedore.extension", logging.ERROR, "", 0, "Could not load %r: %s", (name, error), None)
+        return logging.LogRecord("stevedore.extension", logging.ERROR, "", 0, "Could not load %r: %s",
+                                 (name, error), None)
 
     quiet = security._UnusedFormatters()
     assert not quiet.filter(failure("sarif"))
