@@ -15,7 +15,7 @@ as comments at the top of the prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Iterable, Literal, Protocol, Sequence
 
 Mode = Literal["psm", "spm"]
@@ -31,10 +31,20 @@ REPO_NAME = "<|midline:repo_name|>"
 SPECIAL_TOKENS: tuple[str, ...] = (EOT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, FILE_SEP, REPO_NAME)
 
 
-def shown_path(path: str | PurePath, root: str | PurePath | None) -> str:
-    """A path as the model sees it in prompts: relative to `root` when inside it, in POSIX form."""
-    p = Path(path)
-    return (p.relative_to(root) if root and p.is_relative_to(root) else p).as_posix()
+def holding_folder(path: str | PurePath, folders: Iterable[str | PurePath]) -> PurePath | None:
+    """The innermost of the workspace `folders` that holds `path` (compared as written), or None."""
+    inside = [PurePath(folder) for folder in folders if PurePath(path).is_relative_to(folder)]
+    return max(inside, key=lambda folder: len(folder.parts), default=None)
+
+
+def shown_path(path: str | PurePath, folders: Iterable[str | PurePath]) -> str:
+    """A path as the model sees it in prompts, in POSIX form: relative to the innermost workspace folder that holds
+    it, as training shows a file's path in its repository; a path in no folder (a file opened from elsewhere, an
+    unsaved document's name) by its file name alone, never absolute: the user's home path means nothing to the
+    model, and a remote backend has no business seeing it."""
+    path = PurePath(path)
+    folder = holding_folder(path, folders)
+    return path.relative_to(folder).as_posix() if folder else path.name
 
 
 class FimFormatError(ValueError):

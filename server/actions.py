@@ -479,8 +479,9 @@ class Actions:
         return security.warning_for(code, language, context=before) if self.config.security.actions else None
 
     def shown(self, path: str | Path) -> str:
-        """A path as the model sees it: relative to the workspace root when inside it (as completion shows it)."""
-        return shown_path(path, self.root)
+        """A path as the model sees it, as completion prompts show it: relative to the workspace folder holding it,
+        else its file name."""
+        return shown_path(path, self.workspace_folders())
 
     async def _explain(self, doc: Document, data: dict, request: Request) -> Outcome:
         target, progress = _target(doc, data), request.progress
@@ -544,6 +545,8 @@ class Actions:
         return Replace(comment.insert, comment.replace_end, text, warning)
 
     def workspace_folders(self) -> list[Path]:
+        """The workspace folders now, the root among them (the server keeps `folders` up to date; its completion
+        prompts follow this list too)."""
         return list(dict.fromkeys([*self.folders, *([self.root] if self.root else [])]))
 
     async def _tests(self, doc: Document, data: dict, request: Request) -> Outcome:
@@ -561,7 +564,7 @@ class Actions:
             python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
         )
         progress.report("writing tests")
-        shown = shown_path(module, place.folder)
+        shown = shown_path(module, [place.folder])
         ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
         source = await self.assistant.run(ask, progress.cancel)
         if not source or not source.strip():

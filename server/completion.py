@@ -22,7 +22,8 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable, TypedDict
+from pathlib import Path
+from typing import Callable, Iterable, TypedDict
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
@@ -125,12 +126,15 @@ class Completer:
         *,
         symbols: SymbolIndex | None = None,
         root: str | None = None,
+        folders: Callable[[], Iterable[str | Path]] | None = None,
         retrieval: RetrievalIndex | None = None,
     ) -> None:
         self.engine = engine
         self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
-        self.prompts = PromptBuilder(engine, self.settings, root=root, symbols=symbols, retrieval=retrieval)
+        self.prompts = PromptBuilder(
+            engine, self.settings, root=root, folders=folders, symbols=symbols, retrieval=retrieval
+        )
         self.stats = Stats()
         self.trace = Trace()
         self._cache: OrderedDict[tuple, tuple[Suggestion, ...]] = OrderedDict()

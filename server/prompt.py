@@ -9,18 +9,23 @@ included; the windows before and after the cursor get the rest, up to `context.b
 that still does not fit (snippets from files with longer paths, tokens that merge differently across lines)
 is built again with windows smaller by what was over.
 
-Paths are shown to the model relative to the workspace root (`model.fim.shown_path`), as training shows them.
+Paths are shown to the model as training shows them (`model.fim.shown_path`): relative to the workspace folder that
+holds them (the innermost; a snippet from a second folder relative to that one), a file in no folder by its name
+alone, never absolute. The repository name shown is the name of the folder holding the file being completed, as
+training pairs a repository's name with a path in it, else the root folder's. The builder follows the live folder
+list (`folders`: the server passes the code actions' list, which it updates as folders are added and removed).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from midline.model import languages
 from midline.model.backend import Backend, EncodedPrompt
-from midline.model.fim import FimPrompt, Mode, Snippet, shown_path
+from midline.model.fim import FimPrompt, Mode, Snippet, holding_folder, shown_path
 
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole, build_context
@@ -70,12 +75,15 @@ class PromptBuilder:
         config: Config | Settings,
         *,
         root: str | Path | None = None,
+        folders: Callable[[], Iterable[str | Path]] | None = None,
         symbols: SymbolIndex | None = None,
         retrieval: RetrievalIndex | None = None,
     ) -> None:
         self.engine = engine
         self.settings = Settings.of(config)
         self.root = Path(root) if root else None
+        # The workspace folders now (the root among them); without a list, the root alone.
+        self.folders: Callable[[], Iterable[str | Path]] = folders or (lambda: [self.root] if self.root else [])
         self.symbols = symbols
         self.retrieval = retrieval
         self._layout = functools.lru_cache(maxsize=256)(self._measure_layout)
@@ -126,27 +134,27 @@ class PromptBuilder:
 
     def layout(self, path: str) -> Layout:
         """What the layout costs in prompts for the file at `path` in the current FIM layout (cached)."""
-        return self._layout(self.shown(path), self.mode)
+        return self._layout(self.shown(path), self.repo(path), self.mode)
 
     def fim_prompt(self, ctx: CompletionContext) -> FimPrompt:
-        """`ctx` as the model sees it: paths relative to the workspace, its repository, its language's comments."""
+        """`ctx` as the model sees it: paths relative to their folders, its repository, its language's comments."""
         return FimPrompt(
             prefix=ctx.prefix,
             suffix=ctx.suffix,
             path=self.shown(ctx.path),
             snippets=[Snippet(self.shown(s.path), s.text) for s in ctx.snippets],
-            repo=self.repo,
+            repo=self.repo(ctx.path),
             comment=languages.resolve(ctx.language).line_comment,
         )
 
     def shown(self, path: str | Path) -> str:
-        """A path as the model sees it: relative to the workspace root when inside it."""
-        return shown_path(path, self.root)
+        """A path as the model sees it: relative to the workspace folder holding it, else its file name."""
+        return shown_path(path, self.folders())
 
-    @property
-    def repo(self) -> str:
-        """The repository name prompts show: the workspace folder's."""
-        return self.root.name if self.root else ""
+    def repo(self, path: str | Path) -> str:
+        """The repository name the prompts of the file at `path` show: its workspace folder's, else the root's."""
+        folder = holding_folder(path, self.folders()) or self.root
+        return folder.name if folder else ""
 
     def count(self, prompt: FimPrompt, mode: Mode | None = None) -> int:
         """Tokens of `prompt` in the backend's FIM format: one per special token (and BOS), the backend's count
@@ -175,8 +183,8 @@ class PromptBuilder:
             ctx = self.context(doc, offset, windows)
         return Prompt(ctx, fim, encoded, tokens)
 
-    def _measure_layout(self, path: str, mode: Mode | None) -> Layout:
-        frame = FimPrompt("", "", path=path, repo=self.repo)
+    def _measure_layout(self, path: str, repo: str, mode: Mode | None) -> Layout:
+        frame = FimPrompt("", "", path=path, repo=repo)
         bare = self.count(frame, mode)
-        with_snippet = self.count(FimPrompt("", "", path=path, snippets=[Snippet(path, "")], repo=self.repo), mode)
+        with_snippet = self.count(FimPrompt("", "", path=path, snippets=[Snippet(path, "")], repo=repo), mode)
         return Layout(bare, with_snippet - bare)

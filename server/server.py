@@ -114,7 +114,8 @@ class MidlineServer(LanguageServer):
                 return None
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
             self.completer = Completer(
-                engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root, retrieval=self.indexes.retrieval
+                engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root,
+                folders=self.actions.workspace_folders, retrieval=self.indexes.retrieval,
             )
             return self.completer
 

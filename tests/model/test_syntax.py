@@ -188,8 +188,12 @@ def test_parsing_head_is_the_longest_head_of_whole_statements_that_parses() -> N
     assert parsing_head("python", "def f(:\n") == ""
 
 
-def test_shown_path_is_relative_to_the_root_when_inside_it() -> None:
+def test_shown_path_is_relative_to_the_folder_holding_it_and_never_absolute() -> None:
     # model/fim.py: the path prompts show (completion, code actions and hover share it)
-    assert shown_path("/w/pkg/a.py", "/w") == "pkg/a.py"
-    assert shown_path("/elsewhere/a.py", "/w") == "/elsewhere/a.py"
-    assert shown_path("/w/a.py", None) == "/w/a.py"
+    assert shown_path("/w/pkg/a.py", ["/w"]) == "pkg/a.py"
+    assert shown_path("/v/lib/b.py", ["/w", "/v"]) == "lib/b.py"  # a second folder
+    assert shown_path("/w/sub/c.py", ["/w/sub", "/w"]) == shown_path("/w/sub/c.py", ["/w", "/w/sub"]) == "c.py"
+    assert shown_path("/elsewhere/a.py", ["/w"]) == "a.py"  # in no folder: the name alone
+    assert shown_path("/w2/a.py", ["/w"]) == "a.py"  # (/w2 is not inside /w)
+    assert shown_path("/w/a.py", []) == "a.py"
+    assert shown_path("untitled:Untitled-1", ["/w"]) == "untitled:Untitled-1"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
+from lsprotocol import types
 
 from midline.model.fim import FimPrompt
 from midline.model.remote import RemoteEngine
+from midline.server import server as handlers
+from midline.server.completion import Completer
 from midline.server.config import Config
 from midline.server.documents import Document
 from midline.server.prompt import MIN_WINDOWS, PromptBuilder
@@ -109,3 +116,64 @@ def test_a_remote_backend_counts_with_its_local_tokenizer(tiny_engine, tmp_path)
     prompt = builder.build(document(tmp_path, f"{DEEP}/app.py"), len(LONG_FILE))
     assert prompt is not None and isinstance(prompt.encoded.text, str)
     assert prompt.tokens == len(tiny_engine.encode(prompt.fim)) <= builder.room
+
+
+USES_GEOMETRY = "from geometry import Vector, distance\n\n\ndef nearest(point: Vector):\n    d = distance(point, point)\n    "
+
+
+def test_paths_are_shown_relative_to_the_folder_holding_them(tiny_engine, tmp_path):
+    """The indexes cover every workspace folder: a definition from the second folder is shown relative to it, a
+    file there is completed as that folder's repository, and a file in no folder shows its name alone. The real
+    Completer with the tiny model; the builder follows the folder list it is given as it changes."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    app, geometry = document(one, "app.py", USES_GEOMETRY), document(two, "lib/geometry.py", GEOMETRY)
+    index = SymbolIndex()
+    index.refresh([app, geometry], exclude=app.uri)
+    folders = [one]
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(tiny_engine, settings(), executor, root=str(one), folders=lambda: folders, symbols=index)
+        before = asyncio.run(completer.complete(app, len(USES_GEOMETRY))).prompt
+        folders.append(two)  # the second folder joins the workspace
+        made = asyncio.run(completer.complete(app, len(USES_GEOMETRY))).prompt
+        elsewhere = document(tmp_path / "elsewhere", "tools/notes.py", USES_GEOMETRY)
+        outside = asyncio.run(completer.complete(elsewhere, len(USES_GEOMETRY))).prompt
+    assert before is not None and made is not None and outside is not None
+    assert [s.path for s in before.fim.snippets] == ["geometry.py"]  # in no folder yet: its name alone
+    assert (made.fim.path, made.fim.repo, [s.path for s in made.fim.snippets]) == ("app.py", "one", ["lib/geometry.py"])
+    assert (outside.fim.path, outside.fim.repo) == ("notes.py", "one")
+    for prompt in (before, made, outside):
+        assert str(tmp_path) not in tiny_engine.tokenizer.decode(prompt.encoded)  # no absolute path reaches the model
+    in_two = completer.prompts.fim_prompt(completer.prompts.context(document(two, "lib/use.py"), len(LONG_FILE)))
+    assert (in_two.path, in_two.repo) == ("lib/use.py", "two")  # the second folder's own repository
+    nested = completer.prompts.fim_prompt(completer.prompts.context(document(two, "lib/sub/x.py"), 10))
+    folders.append(two / "lib")  # a folder inside another: the innermost holds the file
+    inner = completer.prompts.fim_prompt(completer.prompts.context(document(two, "lib/sub/x.py"), 10))
+    assert (nested.path, nested.repo, inner.path, inner.repo) == ("lib/sub/x.py", "two", "sub/x.py", "lib")
+
+
+def test_the_servers_prompts_follow_its_workspace_folders(tiny_model_dir: Path, tmp_path):
+    """The server's handlers, in process: the completer shows paths relative to the folders `initialize` names,
+    and follows the list the server keeps for its actions (which `didChangeWorkspaceFolders` replaces)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+
+    async def scenario() -> None:
+        server = handlers.MidlineServer()
+        folders = [types.WorkspaceFolder(folder.as_uri(), folder.name) for folder in (one, two)]
+        params = types.InitializeParams(
+            capabilities=types.ClientCapabilities(), root_uri=one.as_uri(), workspace_folders=folders,
+            initialization_options={"model": str(tiny_model_dir), "device": "cpu"},
+        )
+        handlers.initialize(server, params)
+        handlers.initialized(server, types.InitializedParams())
+        completer = await server.engine_ready
+        assert completer is not None
+        assert (completer.prompts.shown(str(two / "lib/a.py")), completer.prompts.repo(str(two / "lib/a.py"))) == (
+            "lib/a.py", "two")
+        server.actions.folders = [one]  # `two` removed
+        assert completer.prompts.shown(str(two / "lib/a.py")) == "a.py"
+        server.model_executor.shutdown(wait=True)
+        server.indexes.close()
+
+    asyncio.run(scenario())
