@@ -118,7 +118,8 @@ def test_a_remote_backend_counts_with_its_local_tokenizer(tiny_engine, tmp_path)
     assert prompt.tokens == len(tiny_engine.encode(prompt.fim)) <= builder.room
 
 
-USES_GEOMETRY = "from geometry import Vector, distance\n\n\ndef nearest(point: Vector):\n    d = distance(point, point)\n    "
+USES_GEOMETRY = ("from geometry import Vector, distance\n\n\n"
+                 "def nearest(point: Vector):\n    d = distance(point, point)\n    ")
 
 
 def test_paths_are_shown_relative_to_the_folder_holding_them(tiny_engine, tmp_path):
