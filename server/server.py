@@ -290,7 +290,7 @@ def initialized(ls: MidlineServer, params: types.InitializedParams) -> None:
 
 
 def _folder_paths(ls: MidlineServer) -> list[str]:
-    """The workspace folders (pygls keeps the list), or the root alone for a client that names no folders."""
+    """The workspace folders (as the actions know them), or the root alone for a client that names no folders."""
     return [str(path) for path in ls.actions.folders] or ([ls.root] if ls.root else [])
 
 
