@@ -112,7 +112,7 @@ class MidlineServer(LanguageServer):
                 self.load_error = f"cannot load {where}: {_load_failure(exc)}"
                 self.report(f"midline: {self.load_error}")
                 return None
-            log.info("%s loaded on %s (FIM format: %s)", where, engine.device, engine.fim.name)
+            log.info("%s loaded on %s (FIM format: %s)", where, engine.device, _fim_name(engine))
             self.completer = Completer(
                 engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root,
                 folders=self.actions.workspace_folders, retrieval=self.indexes.retrieval,
@@ -169,7 +169,11 @@ class MidlineServer(LanguageServer):
             self.report(f"midline: invalid settings, keeping the previous ones: {exc}")
             return
         reload = (new.model, new.device, new.fim_format, new.trust_remote_code, new.backend) != (
-            self.config.model, self.config.device, self.config.fim_format, self.config.trust_remote_code, self.config.backend
+            self.config.model,
+            self.config.device,
+            self.config.fim_format,
+            self.config.trust_remote_code,
+            self.config.backend,
         )
         self.config = new  # one assignment: every component reads the holder
         if reload and self.engine_ready is not None:
@@ -190,14 +194,18 @@ class MidlineServer(LanguageServer):
         """A notification's handler failed (the traceback is logged): say so once per method."""
         if method not in self.failed_notifications:
             self.failed_notifications.add(method)
-            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=internal_error_text(method)))
+            self.window_show_message(
+                types.ShowMessageParams(type=types.MessageType.Error, message=internal_error_text(method))
+            )
 
     def document_at(self, uri: str, position: types.Position) -> tuple[Document, int]:
         """The open document and the cursor's offset; InvalidParams for an unknown document or position."""
         try:
             doc = self.documents.get(uri)
         except KeyError:
-            raise JsonRpcInvalidParams(f"The document {uri} is not open; send textDocument/didOpen before asking about it.") from None
+            raise JsonRpcInvalidParams(
+                f"The document {uri} is not open; send textDocument/didOpen before asking about it."
+            ) from None
         try:
             return doc, doc.offset_at(position, self.codec)
         except ValueError as exc:
@@ -232,21 +240,38 @@ def open_engine(config: Config) -> Backend:
         from midline.model.engine import Engine  # torch and transformers: imported here, off the startup path
 
         engine = Engine.load(
-            config.model or DEFAULT_MODEL_DIR, device=config.device, fim_format=config.fim_format, trust_remote_code=config.trust_remote_code
+            config.model or DEFAULT_MODEL_DIR,
+            device=config.device,
+            fim_format=config.fim_format,
+            trust_remote_code=config.trust_remote_code,
         )
         engine.warmup()  # compile and capture now, so no request pays for it
         return engine
+    if backend.url is None:  # BackendConfig requires one for every served kind
+        raise ValueError(f"backend.url is required for backend.kind {backend.kind}")
     return RemoteEngine.load(
-        backend.kind, backend.url, model=backend.model, api_key=api_key_from(backend.api_key, backend.api_key_env),
-        fim_format=config.fim_format, tokenizer=backend.tokenizer, max_context=backend.context_length, timeout_s=backend.timeout_ms / 1000,
+        backend.kind,
+        backend.url,
+        model=backend.model,
+        api_key=api_key_from(backend.api_key, backend.api_key_env),
+        fim_format=config.fim_format,
+        tokenizer=backend.tokenizer,
+        max_context=backend.context_length,
+        timeout_s=backend.timeout_ms / 1000,
     )
 
 
 def _load_failure(exc: Exception) -> str:
     """Why loading failed, in words: an OSError as its reason and file, not Python's `[Errno 13] ...`."""
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror.lower()}{f' ({exc.filename})' if exc.filename else ''}; check the path and its permissions"
+        file = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror.lower()}{file}; check the path and its permissions"
     return str(exc)
+
+
+def _fim_name(engine: Backend) -> str | None:
+    """The name of the backend's FIM format (None: a chat model, which has none)."""
+    return engine.fim.name if engine.fim is not None else None
 
 
 def _model_label(config: Config) -> str:
@@ -275,7 +300,9 @@ def initialize(ls: MidlineServer, params: types.InitializeParams) -> None:
     ls.actions.folders = [Path(path) for folder in folders if (path := to_fs_path(folder.uri))]
     inline = params.capabilities.text_document and params.capabilities.text_document.inline_completion
     ls.client_has_inline_completion = inline is not None
-    ls.client_watches_files = get_capability(params.capabilities, "workspace.did_change_watched_files.dynamic_registration", False)
+    ls.client_watches_files = get_capability(
+        params.capabilities, "workspace.did_change_watched_files.dynamic_registration", False
+    )
     options = params.initialization_options
     if isinstance(options, dict) and isinstance(options.get("midline"), dict):
         options = options["midline"]
@@ -297,8 +324,12 @@ def _folder_paths(ls: MidlineServer) -> list[str]:
 def _watch_files(ls: MidlineServer) -> None:
     """Ask the client to report source files created, changed and deleted on disk, if it can register a watcher."""
     if ls.client_watches_files:
-        options = types.DidChangeWatchedFilesRegistrationOptions(watchers=[types.FileSystemWatcher(glob_pattern=watch_glob())])
-        registration = types.Registration(id="midline-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options)
+        options = types.DidChangeWatchedFilesRegistrationOptions(
+            watchers=[types.FileSystemWatcher(glob_pattern=watch_glob())]
+        )
+        registration = types.Registration(
+            id="midline-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options
+        )
         ls.client_register_capability(types.RegistrationParams(registrations=[registration]))
 
 
@@ -378,7 +409,9 @@ def did_close(ls: MidlineServer, params: types.DidCloseTextDocumentParams) -> No
 def accepted(ls: MidlineServer, *args: Any) -> None:
     """An editor accepted an item of a shown answer (its command): the outcome record's accept."""
     if len(args) != 2 or not isinstance(args[0], str) or type(args[1]) is not int or args[1] < 0:
-        raise JsonRpcInvalidParams("midline.accepted takes the answer's id (a string) and the item's index (an integer).")
+        raise JsonRpcInvalidParams(
+            "midline.accepted takes the answer's id (a string) and the item's index (an integer)."
+        )
     ls.outcomes.accepted(args[0], args[1])
 
 
@@ -462,7 +495,9 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     elif isinstance(outcome, Nothing) and outcome.error:  # the model failed: one error message
         ls.report(f"midline: {outcome.message}")
     elif isinstance(outcome, Nothing) and outcome.message != "cancelled":
-        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"midline: {outcome.message}"))
+        ls.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Info, message=f"midline: {outcome.message}")
+        )
     if isinstance(outcome, (Replace, TestFile)) and outcome.warning:
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning, message=outcome.warning))
     return action
@@ -490,7 +525,7 @@ def _action_data(ls: MidlineServer, data: Any) -> tuple[Document, dict[str, Any]
         value = data.get(key)
         if value is None and key not in required:
             continue
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise invalid(f"data.{key} is required" if value is None else f"data.{key} must be {_WORDS[kind]}")
     if not all(isinstance(line, str) for line in data.get("diagnostics") or []):
         raise invalid("data.diagnostics must be an array of strings")
@@ -561,7 +596,7 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "sandbox": sandbox,
         "index": ls.indexes.stats(),
         "device": str(completer.engine.device),
-        "fimFormat": completer.engine.fim.name,
+        "fimFormat": _fim_name(completer.engine),
         "decodePath": getattr(completer.engine, "decode_path", "remote"),
         "languages": getattr(completer.engine, "languages", None),  # the model's own; None: any
         "generating": completer.generating,
