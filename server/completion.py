@@ -244,7 +244,7 @@ class Completer:
         tails_cut: list[bool] = []
 
         def keep(generation: Generation) -> Suggestion | None:
-            """What the editor may show of one answer: None under the confidence floor, or where post-processing
+            """What post-processing keeps of one answer: None under the confidence floor, or where post-processing
             drops it (its syntax gate, repeated text)."""
             if floor is not None and generation.mean_logprob < floor:  # nan (a remote backend) is never below
                 under_floor.append(generation)
@@ -255,12 +255,15 @@ class Completer:
                 ends = self.engine.token_ends(generation.token_ids)
                 text = cut_unsure_lines(text, ends, generation.token_logprobs, line_floor)
                 tails_cut.append(text != generation.text)
-            suggestion = postprocess(text, ctx, max_lines)
-            if suggestion is not None and config.security.completions and (finding := _insecure(suggestion, ctx)):
+            return postprocess(text, ctx, max_lines)
+
+        def secure(suggestion: Suggestion) -> bool:
+            """Whether `suggestion` has no high security finding (or the scan is off for completions)."""
+            if config.security.completions and (finding := _insecure(suggestion, ctx)):
                 self.stats.insecure += 1
                 hidden.append(f"insecure: {finding}")
-                return None
-            return suggestion
+                return False
+            return True
 
         def run() -> tuple[list[Generation], list[tuple[Suggestion, Generation]]]:
             generations = self._answers(prompt, asked, ctx, cancel)
@@ -268,8 +271,11 @@ class Completer:
                 return generations, []
             kept: dict[Suggestion, Generation] = {}  # in rank order; a duplicate merges into the better-ranked one
             for generation in generations:
-                if (suggestion := keep(generation)) is not None and not repeats_suffix(suggestion, ctx):
-                    kept.setdefault(suggestion, generation)
+                suggestion = keep(generation)
+                if suggestion is None or suggestion in kept or repeats_suffix(suggestion, ctx):
+                    continue
+                if secure(suggestion):  # scanned once per distinct suggestion, after the cheaper filters
+                    kept[suggestion] = generation
             self.stats.low_confidence += len(under_floor) == len(generations)
             self.stats.tails_cut += any(tails_cut)
             return generations, list(kept.items())

@@ -127,9 +127,10 @@ class PromptBuilder:
     def budgets(self, path: str) -> Budgets:
         """The split of the room for a file at `path`: snippets at most a quarter of it, windows the rest."""
         ctx_config = self.config.context
-        room = self.room - self.layout(path).frame
+        layout = self.layout(path)
+        room = self.room - layout.frame
         snippets = min(ctx_config.snippet_budget, room // 4)
-        headers = ctx_config.max_snippets * self.layout(path).per_snippet
+        headers = ctx_config.max_snippets * layout.per_snippet
         return Budgets(max(MIN_WINDOWS, min(ctx_config.budget, room - snippets)), max(0, snippets - headers))
 
     def layout(self, path: str) -> Layout:
@@ -176,8 +177,10 @@ class PromptBuilder:
             fim = self.fim_prompt(ctx)
             encoded = self.engine.encode(fim, self.mode)
             tokens = len(encoded) if isinstance(encoded, list) else self.count(fim, self.mode)
+            if tokens <= room or attempt == _REFITS:
+                break
             budget = self.budgets(doc.path).windows if windows is None else windows
-            if tokens <= room or attempt == _REFITS or budget <= MIN_WINDOWS:
+            if budget <= MIN_WINDOWS:
                 break
             windows = max(MIN_WINDOWS, budget - (tokens - room))
             ctx = self.context(doc, offset, windows)
