@@ -12,6 +12,18 @@
 - `default/`: the model midline ships and serves when no other is configured (`DEFAULT_MODEL_DIR`).
 """
 
+from importlib import metadata
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
+
+
+def _installed_version() -> str:
+    """The `midline` distribution's version (pyproject.toml's, the one place it is written)."""
+    try:
+        return metadata.version("midline")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
+VERSION = _installed_version()

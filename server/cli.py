@@ -10,11 +10,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from midline.model import DEFAULT_MODEL_DIR
+from midline.model import DEFAULT_MODEL_DIR, VERSION
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="midline", description="Private, local AI code completion.")
+    parser.add_argument("--version", action="version", version=f"midline {VERSION}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (logs go to stderr)")
     commands = parser.add_subparsers(dest="command", required=True)

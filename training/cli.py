@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from midline.model import VERSION
 from midline.training import (corpus, data, evaluate, evaluate_tasks, export, positions, sft, sft_mine, tiny_model,
                               tokenizer, train)
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="midline-train",
                                      description="Train midline's FIM code model, stage by stage.")
+    parser.add_argument("--version", action="version", version=f"midline-train {VERSION}")
     stages = parser.add_subparsers(title="stages", metavar="STAGE", required=True)
     for stage in STAGES:
         stage.add_parser(stages)

@@ -309,7 +309,7 @@ def model_card(card: CardInputs) -> str:
     """The README.md of the exported model."""
     sections = [
         _card_intro(card), _card_use(), _card_data(card), _card_tokenizer(card), _card_architecture(card),
-        _card_training(card), _card_evaluation(card), _card_commands(card), _card_limitations(),
+        _card_training(card), _card_evaluation(card), _card_commands(card), _card_licence(card), _card_limitations(),
     ]
     return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
@@ -449,6 +449,16 @@ def _card_commands(card: CardInputs) -> str:
     if not card.commands:
         return "## Reproduce\n\nThe commands were not recorded."
     return "## Reproduce\n\n```sh\n" + "\n".join(card.commands) + "\n```"
+
+
+def _card_licence(card: CardInputs) -> str:
+    """The weights' licence (midline's), and the training data's licences where the corpus recorded them."""
+    text = ("## Licence\n\nThe weights are released under Apache-2.0, midline's licence (`LICENSE` in its "
+            "repository).")
+    licences = (card.manifest or {}).get("licences")
+    if licences:
+        return f"{text} The training files' licences, as the corpus stage recorded them:\n\n{_table(licences)}"
+    return f"{text} The corpus stage did not record the training files' licences."
 
 
 def _card_limitations() -> str:

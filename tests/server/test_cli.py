@@ -35,3 +35,14 @@ def test_bad_locations_say_what_is_wrong(tiny_model_dir, tmp_path):
     ]:
         result = complete(location, tiny_model_dir)
         assert result.returncode == 2 and message in result.stderr, (location, result.stderr)
+
+
+def test_version_is_the_distributions(capsys):
+    from importlib import metadata
+
+    from midline.server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"midline {metadata.version('midline')}\n"

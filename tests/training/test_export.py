@@ -177,3 +177,10 @@ def test_cli(inputs, tmp_path, capsys):
     assert "exported" in capsys.readouterr().out
     card = (tmp_path / "m" / "README.md").read_text()
     assert "midline-train train --out run" in card and "pass@1" in card
+
+
+def test_model_card_states_the_licence_and_tabulates_recorded_data_licences():
+    bare = ex._card_licence(ex.CardInputs(config={}, parameters=1, tokenizer={}))
+    assert "released under Apache-2.0" in bare and "did not record the training files' licences" in bare
+    recorded = ex._card_licence(ex.CardInputs(config={}, parameters=1, tokenizer={}, manifest={"licences": {"MIT": 3}}))
+    assert "| MIT | 3 |" in recorded
