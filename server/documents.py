@@ -307,9 +307,9 @@ class Document:
 
 
 class SyncProtocol(LanguageServerProtocol):
-    """pygls's protocol without pygls's copy of each document: open, change and close go straight to the
-    server's handlers, with the client's positions untouched (pygls's copy would rewrite out-of-range ones
-    in place and split lines where LSP does not)."""
+    """pygls's protocol without pygls's copy of each document: open, change and close (of text documents and of
+    notebooks) go straight to the server's handlers, with the client's positions untouched (pygls's copy would
+    rewrite out-of-range ones in place and split lines where LSP does not)."""
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Generator[Any, Any, None]:
@@ -322,6 +322,24 @@ class SyncProtocol(LanguageServerProtocol):
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Generator[Any, Any, None]:
         yield from self._to_handler(types.TEXT_DOCUMENT_DID_CLOSE, params)
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_OPEN)
+    def lsp_notebook_document__did_open(
+        self, params: types.DidOpenNotebookDocumentParams
+    ) -> Generator[Any, Any, None]:
+        yield from self._to_handler(types.NOTEBOOK_DOCUMENT_DID_OPEN, params)
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def lsp_notebook_document__did_change(
+        self, params: types.DidChangeNotebookDocumentParams
+    ) -> Generator[Any, Any, None]:
+        yield from self._to_handler(types.NOTEBOOK_DOCUMENT_DID_CHANGE, params)
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
+    def lsp_notebook_document__did_close(
+        self, params: types.DidCloseNotebookDocumentParams
+    ) -> Generator[Any, Any, None]:
+        yield from self._to_handler(types.NOTEBOOK_DOCUMENT_DID_CLOSE, params)
 
     def _to_handler(self, method: str, params: Any) -> Generator[Any, Any, None]:
         if (handler := self.fm.features.get(method)) is not None:

@@ -25,7 +25,7 @@ from pygls.capabilities import get_capability
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from midline.model import DEFAULT_MODEL_DIR
+from midline.model import DEFAULT_MODEL_DIR, VERSION
 from midline.model.backend import Backend, ModelLoadError
 from midline.model.fim import FimFormatError
 from midline.model.remote import RemoteEngine, RemoteError, api_key_from
@@ -38,6 +38,7 @@ from .config import Config, ConfigError, CurrentConfig, Settings
 from .documents import Document, DocumentStore, SyncProtocol, utf8
 from .hover import Explainer, hover_target, render
 from .model_thread import ModelThread
+from .notebooks import SYNC_OPTIONS, CellView, NotebookStore, OutsideCell
 from .outcomes import OutcomeLog
 from .postprocess import Suggestion
 from .protocol import MidlineProtocol, internal_error_text, parse_failure, quiet_pygls_logs, strict_converter
@@ -46,8 +47,6 @@ from .symbols import SymbolIndex
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 class ServerProtocol(MidlineProtocol, SyncProtocol):
@@ -62,9 +61,16 @@ class MidlineServer(LanguageServer):
 
     def __init__(self) -> None:
         quiet_pygls_logs()  # before pygls registers its features, a log line each
-        super().__init__("midline", VERSION, protocol_cls=ServerProtocol, converter_factory=strict_converter)
+        super().__init__(
+            "midline",
+            VERSION,
+            protocol_cls=ServerProtocol,
+            converter_factory=strict_converter,
+            notebook_document_sync=SYNC_OPTIONS,
+        )
         self.failed_notifications: set[str] = set()  # methods whose internal error was shown, so each is shown once
         self.documents = DocumentStore()
+        self.notebooks = NotebookStore()  # open notebooks; requests on a cell read it as part of the notebook's script
         self.settings = Settings()  # the one holder: assigning `config` (its `current`) changes it everywhere
         self.symbols = SymbolIndex()
         self.indexes = Workspace(self.settings, symbols=self.symbols)  # the folders' definitions and retrieval chunks
@@ -168,8 +174,9 @@ class MidlineServer(LanguageServer):
         except ConfigError as exc:
             self.report(f"midline: invalid settings, keeping the previous ones: {exc}")
             return
-        reload = (new.model, new.device, new.fim_format, new.trust_remote_code, new.backend) != (
+        reload = (new.model, new.adapter, new.device, new.fim_format, new.trust_remote_code, new.backend) != (
             self.config.model,
+            self.config.adapter,
             self.config.device,
             self.config.fim_format,
             self.config.trust_remote_code,
@@ -198,14 +205,22 @@ class MidlineServer(LanguageServer):
                 types.ShowMessageParams(type=types.MessageType.Error, message=internal_error_text(method))
             )
 
+    def document(self, uri: str) -> Document:
+        """The open document `uri`, or for a notebook cell its view as part of the notebook's script (`notebooks`);
+        InvalidParams if neither is open."""
+        if uri in self.notebooks:  # (before a text document of the same URI: a client may sync a cell both ways)
+            return self.notebooks.view(uri)
+        if uri in self.documents:
+            return self.documents.get(uri)
+        raise JsonRpcInvalidParams(
+            f"The document {uri} is not open; send textDocument/didOpen (or, for a notebook cell,"
+            " notebookDocument/didOpen) before asking about it."
+        )
+
     def document_at(self, uri: str, position: types.Position) -> tuple[Document, int]:
-        """The open document and the cursor's offset; InvalidParams for an unknown document or position."""
-        try:
-            doc = self.documents.get(uri)
-        except KeyError:
-            raise JsonRpcInvalidParams(
-                f"The document {uri} is not open; send textDocument/didOpen before asking about it."
-            ) from None
+        """The open document (or cell view) and the cursor's offset; InvalidParams for an unknown document or
+        position."""
+        doc = self.document(uri)
         try:
             return doc, doc.offset_at(position, self.codec)
         except ValueError as exc:
@@ -244,6 +259,7 @@ def open_engine(config: Config) -> Backend:
             device=config.device,
             fim_format=config.fim_format,
             trust_remote_code=config.trust_remote_code,
+            adapter=config.adapter,
         )
         engine.warmup()  # compile and capture now, so no request pays for it
         return engine
@@ -283,7 +299,8 @@ def _model_label(config: Config) -> str:
 
 def _backend_name(config: Config) -> str:
     if config.backend.kind == "local":
-        return f"the model at {config.model or DEFAULT_MODEL_DIR}"
+        adapter = f" with the adapter {config.adapter}" if config.adapter else ""
+        return f"the model at {config.model or DEFAULT_MODEL_DIR}{adapter}"
     return f"the {config.backend.kind} backend at {config.backend.url}"
 
 
@@ -336,7 +353,7 @@ def _watch_files(ls: MidlineServer) -> None:
 @server.feature(types.SHUTDOWN)
 def shutdown(ls: MidlineServer, params: None) -> None:
     ls.explainer.stop()
-    for uri in [doc.uri for doc in ls.documents]:
+    for uri in [doc.uri for doc in ls.documents] + [cell.doc.uri for nb in ls.notebooks for cell in nb.cells]:
         if ls.completer is not None:
             ls.completer.forget(uri)
     ls.model_executor.shutdown(wait=False, cancel_futures=True)
@@ -405,6 +422,29 @@ def did_close(ls: MidlineServer, params: types.DidCloseTextDocumentParams) -> No
         ls.completer.forget(params.text_document.uri)
 
 
+@server.feature(types.NOTEBOOK_DOCUMENT_DID_OPEN)
+def did_open_notebook(ls: MidlineServer, params: types.DidOpenNotebookDocumentParams) -> None:
+    ls.notebooks.open(params.notebook_document, params.cell_text_documents)
+
+
+@server.feature(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+def did_change_notebook(ls: MidlineServer, params: types.DidChangeNotebookDocumentParams) -> None:
+    """Cells added, removed or moved, their kinds and their text; a change naming an unknown notebook or cell is
+    not applied (logged)."""
+    try:
+        ls.notebooks.change(params, ls.codec)
+    except KeyError as exc:
+        raise JsonRpcInvalidParams(exc.args[0]) from None
+
+
+@server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
+def did_close_notebook(ls: MidlineServer, params: types.DidCloseNotebookDocumentParams) -> None:
+    for uri in ls.notebooks.close(params.notebook_document.uri):
+        ls.outcomes.close(uri)
+        if ls.completer is not None:
+            ls.completer.forget(uri)
+
+
 @server.command("midline.accepted")
 def accepted(ls: MidlineServer, *args: Any) -> None:
     """An editor accepted an item of a shown answer (its command): the outcome record's accept."""
@@ -420,9 +460,12 @@ def document_digest(ls: MidlineServer, *args: Any) -> dict[str, Any] | None:
     """An open document's version and the SHA-256 of its UTF-8 text (None if it is not open): a client checks
     that the server's copy matches its own without the text crossing back."""
     uri = args[0] if args and isinstance(args[0], str) else ""
-    if uri not in ls.documents:
+    if uri in ls.notebooks:  # a cell: its own text
+        doc = ls.notebooks.cell(uri)
+    elif uri in ls.documents:
+        doc = ls.documents.get(uri)
+    else:
         return None
-    doc = ls.documents.get(uri)
     return {"version": doc.version, "sha256": hashlib.sha256(utf8(doc.text)).hexdigest()}
 
 
@@ -466,7 +509,9 @@ def code_action(ls: MidlineServer, params: types.CodeActionParams) -> list[types
         return None
     doc, start = ls.document_at(params.text_document.uri, params.range.start)
     _, end = ls.document_at(params.text_document.uri, params.range.end)
-    diagnostics = [(d.range.start.line, d.message) for d in params.context.diagnostics]
+    # (as lines of the document: a cell's lines are counted in its notebook's script)
+    lines = [doc.line_at(doc.offset_at(d.range.start, ls.codec, clamp=True))[0] for d in params.context.diagnostics]
+    diagnostics = [(line, d.message) for line, d in zip(lines, params.context.diagnostics)]
     offers = actions.offers(doc, start, end, diagnostics, params.context.only)
     return [types.CodeAction(title=o.title, kind=o.kind, data=o.data) for o in offers] or None
 
@@ -489,7 +534,16 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
     if isinstance(outcome, Explanation):
         action.command = lsp.explanation_command(capabilities, outcome.markdown)
     elif isinstance(outcome, Replace):
-        action.edit = lsp.replace_edit(capabilities, doc, outcome, ls.codec)
+        try:
+            in_cell = doc.in_cell(outcome) if isinstance(doc, CellView) else outcome
+            action.edit = lsp.replace_edit(capabilities, doc, in_cell, ls.codec)
+        except OutsideCell:  # the code it replaces runs on into a neighbouring notebook cell
+            message = "midline: the code runs on past this notebook cell, so midline cannot replace it; split it."
+            ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=message))
+            return action
+        if outcome.note:  # what was checked (a fix): in the title, and as a message for clients that take the edit
+            action.title = outcome.titled(action.title)
+            ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=action.title))
     elif isinstance(outcome, TestFile):
         action.edit = lsp.tests_edit(capabilities, outcome, ls.documents, ls.codec)
     elif isinstance(outcome, Nothing) and outcome.error:  # the model failed: one error message
@@ -531,10 +585,9 @@ def _action_data(ls: MidlineServer, data: Any) -> tuple[Document, dict[str, Any]
         raise invalid("data.diagnostics must be an array of strings")
     if actions.BY_NAME[action].about == actions.TARGET and data["start"] > data["end"]:
         raise invalid("data.start must not be after data.end")
-    try:
-        doc = ls.documents.get(data["uri"])
-    except KeyError:
-        raise JsonRpcInvalidParams(f"The document {data['uri']} is not open; {again} once it is.") from None
+    if data["uri"] not in ls.documents and data["uri"] not in ls.notebooks:
+        raise JsonRpcInvalidParams(f"The document {data['uri']} is not open; {again} once it is.")
+    doc = ls.document(data["uri"])
     if max(data.get(key, 0) for key in ("at", "start", "end")) > len(doc.text):
         raise invalid("the action's place is past the end of the document")
     return doc, data
