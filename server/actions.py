@@ -10,8 +10,11 @@ lists them with `data` and no edit. When the user picks one, `codeAction/resolve
 `Actions.resolve`, which runs its resolver: it asks the model (`assistant.py`) and returns an `Outcome`:
 an explanation, an edit of the document, a test file — or a message saying why there is none.
 
-Gates: a fix is offered only if it parses (tree-sitter) and differs from the original; code from a
-comment only if the document still parses with it; Python tests only if they pass against the current
+Gates: a fix is offered only if it differs from the original and the document with it is well formed where the
+original was (`well_formed`: Python compiles it; tree-sitter finds no ERROR or MISSING node), then only if it passes
+in the sandbox every test of the function's evidence that the original passes and one that the original fails
+(`fix_evidence.py`: doctests, workspace tests naming it, a reproducible diagnostic); with no evidence it is offered
+marked unverified, nothing run. Code from a comment only if the document still parses with it; Python tests only if they pass against the current
 code in the sandbox (`verify.py`); other languages' tests are marked unverified. Where `security.scan`
 covers actions, a fix, tests or code from a comment with a high security finding (`security.py`) is
 still offered, with its `warning`: the server shows it, and has the editor ask before applying the edit.
@@ -19,10 +22,12 @@ still offered, with its `warning`: the server shows it, and has the editor ask b
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
 import textwrap
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +38,15 @@ from midline.model.fim import FimPrompt, shown_path
 from midline.model.syntax import line_start, parses, utf8
 from midline.model.tasks import Task
 
-from . import security
+from . import fix_evidence, security
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config, CurrentConfig, Settings
 from .documents import Document
 from .sandbox import sandbox_state
 from .symbols import definitions_of
 from .targets import Comment, Target, comment_at, target_at
-from .verify import UNVERIFIED, Verified, verify_tests
+from .fix_evidence import Evidence, Verdict
+from .verify import UNVERIFIED, TestRun, Verified, run_tests, verify_tests
 
 COMMENT, TARGET = "comment", "target"  # what an action is about: a comment (`comment_at`) or code (`target_at`)
 FIELDS: dict[str, dict[str, type]] = {  # the fields of an action's `data` that name what it is about, by `about`
@@ -210,6 +216,13 @@ class Replace:
     end: int
     text: str
     warning: str | None = None  # the security scan's warning on `text` (security.warning_for), if any
+    note: str | None = None  # what was checked (a fix: "passes 2 tests that failed before", "unverified: ...")
+
+    def titled(self, title: str) -> str:
+        """An action's title with the note: `title: note` for what passed, `title (unverified: ...)` otherwise."""
+        if not self.note:
+            return title
+        return f"{title} ({self.note})" if self.note.startswith(UNVERIFIED) else f"{title}: {self.note}"
 
 
 @dataclass(frozen=True)
@@ -319,8 +332,8 @@ def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
 
 
 def fix_gate(document: str, target: Target, candidate: str, language: str) -> str | None:
-    """The fix as the text replacing the target's lines, or None: empty, the same code, or it does not
-    parse (on its own, dedented, or in the document in place of the target)."""
+    """The fix as the text replacing the target's lines, or None: empty, the same code, or the document with it
+    is not well formed where the original was (`well_formed`)."""
     if not candidate.strip():
         return None
     fixed = _reindent(candidate, target.indent)
@@ -328,12 +341,40 @@ def fix_gate(document: str, target: Target, candidate: str, language: str) -> st
         fixed = fixed.rstrip("\n")
     if _normalized(fixed) == _normalized(target.code):
         return None
-    alone = parses(language, textwrap.dedent(fixed))
-    if alone is None:
-        return None
-    if alone or parses(language, document[: target.start] + fixed + document[target.end :]):
-        return fixed
-    return None
+    after = document[: target.start] + fixed + document[target.end :]
+    return fixed if well_formed(language, document, after, target.code, fixed) else None
+
+
+def well_formed(language: str, before: str, after: str, code: str, fixed: str) -> bool:
+    """Whether the document `after` (with `fixed` in place of `code`) is as well formed as `before`.
+
+    Python: `after` compiles where `before` does (tree-sitter's Python grammar takes an indented first line and
+    stray indentation, so it is not enough), else `fixed` alone, dedented, must be Python's `ast` — unless `code`
+    is code tree-sitter reads and this Python does not (newer syntax): then as other languages. Other languages:
+    tree-sitter finds no ERROR or MISSING node in `after` where it finds none in `before`, else none in `fixed`
+    alone, dedented."""
+    if language == "python":
+        if python_compiles(before):
+            return python_compiles(after)
+        if python_compiles(textwrap.dedent(code), ast_only=True) or not parses(language, textwrap.dedent(code)):
+            return python_compiles(textwrap.dedent(fixed), ast_only=True)
+    if parses(language, before):
+        return bool(parses(language, after))
+    return bool(parses(language, textwrap.dedent(fixed)))
+
+
+def python_compiles(source: str, ast_only: bool = False) -> bool:
+    """Whether this Python compiles `source` as a module (`ast_only`: parses it, so `return` needs no function)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes: the code still compiles
+            if ast_only:
+                ast.parse(source)
+            else:
+                compile(source, "<fix>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
 
 
 def _normalized(code: str) -> str:
@@ -438,6 +479,7 @@ class Actions:
         self.root = Path(root) if root else None
         self.folders = [Path(folder) for folder in folders]  # the workspace folders (the root counts as one)
         self._verified: OrderedDict[str, Verified] = OrderedDict()
+        self._runs: OrderedDict[str, TestRun] = OrderedDict()  # evidence runs of fixes, by content
 
     async def resolve(
         self,
@@ -506,8 +548,82 @@ class Actions:
                 "The model's fix did not parse or changed nothing, so it is not offered;"
                 " try again, or fix the code by hand."
             )
+        fixed_text = doc.text[: target.start] + fixed + doc.text[target.end :]
+        verdict = await self._check_fix(doc, target, fixed_text, diagnostics, progress, request.read)
+        if not verdict.offered:
+            return Nothing(f"The model's fix is not offered: {verdict.note}; try again, or fix the code by hand.")
         before = doc.text[: line_start(doc.text, target.start)]
-        return Replace(target.start, target.end, fixed, self.security_warning(fixed, doc.language, before))
+        return Replace(
+            target.start, target.end, fixed, self.security_warning(fixed, doc.language, before), note=verdict.note
+        )
+
+    async def _check_fix(
+        self,
+        doc: Document,
+        target: Target,
+        fixed_text: str,
+        diagnostics: list[str],
+        progress: Progress,
+        read: Callable[[Path], str | None],
+    ) -> Verdict:
+        """Run the evidence for the target (`fix_evidence.collect`) on the document and on `fixed_text` in the
+        sandbox, and judge the fix; with no evidence nothing runs."""
+        if doc.language != "python":
+            return Verdict(True, f"{UNVERIFIED}: midline runs tests for Python only")
+        if not target.name:
+            return Verdict(True, f"{UNVERIFIED}: no tests found")
+        place = place_tests(doc.path, self.workspace_folders(), doc.language) if doc.uri.startswith("file:") else None
+        if isinstance(place, Placement):
+            dotted, import_root = python_module(place.module, place.folder)
+            folders, paths, module = [place.folder], [str(import_root), str(place.folder)], place.module
+        else:  # not in a workspace folder: the module alone, under a name no other module has; no workspace tests
+            dotted, folders, paths, module = "midline_fixed_module", [], [], None
+        evidence = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: fix_evidence.collect(target.code, target.name, dotted, diagnostics, folders, read, module)
+        )
+        if not evidence:
+            return fix_evidence.judge(evidence, None, None)
+        progress.report(f"checking the fix: {evidence.describe()}, on the current code and on the fix")
+        folder = module.parent if module is not None else None
+        paths = list(dict.fromkeys([*paths, *evidence.paths]))
+        before, after = await asyncio.gather(
+            self._run_evidence(evidence, self._module_files(doc.text, dotted, folder, read), paths),
+            self._run_evidence(evidence, self._module_files(fixed_text, dotted, folder, read), paths),
+        )
+        return fix_evidence.judge(evidence, before, after)
+
+    async def _run_evidence(self, evidence: Evidence, files: dict[str, str], paths: list[str]) -> TestRun:
+        """The evidence's tests run with `files` (the module, as it is or fixed) in the sandbox; cached by content."""
+        named = [*sorted(files.items()), *sorted(evidence.test_files.items())]
+        key = content_hash("evidence", *[part for pair in named for part in pair], *evidence.tests, *paths)
+        if key in self._runs:
+            return self._runs[key]
+        config = self.config.actions
+
+        def run() -> TestRun:
+            return run_tests(
+                evidence.test_files, evidence.tests, files=files, paths=paths, timeout_s=config.test_timeout_ms / 1000,
+                per_test_s=config.per_test_timeout_ms / 1000, memory_mb=config.test_memory_mb,
+            )
+
+        result = await asyncio.get_running_loop().run_in_executor(None, run)
+        self._runs[key] = result
+        while len(self._runs) > max(1, config.cache_size):
+            self._runs.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _module_files(
+        text: str, dotted: str, folder: Path | None, read: Callable[[Path], str | None]
+    ) -> dict[str, str]:
+        """The sandbox's files for a module imported as `dotted` with source `text`: it, and its packages'
+        `__init__.py` read from the folders above `folder` (the module's)."""
+        files = {dotted.replace(".", "/") + ".py": text}
+        for depth in range(dotted.count(".")):
+            package = "/".join(dotted.split(".")[: dotted.count(".") - depth])
+            files[package + "/__init__.py"] = (read(folder / "__init__.py") or "") if folder is not None else ""
+            folder = folder.parent if folder is not None else None
+        return files
 
     async def _from_comment(self, doc: Document, data: dict, request: Request) -> Outcome:
         progress, window = request.progress, request.window
@@ -600,12 +716,7 @@ class Actions:
         key = content_hash(source, doc.text, dotted)
         if key in self._verified:
             return self._verified[key]
-        files = {dotted.replace(".", "/") + ".py": doc.text}
-        folder = place.module.parent
-        for depth in range(dotted.count(".")):  # the packages' __init__.py, for a package module
-            package = "/".join(dotted.split(".")[: dotted.count(".") - depth])
-            files[package + "/__init__.py"] = read(folder / "__init__.py") or ""
-            folder = folder.parent
+        files = self._module_files(doc.text, dotted, place.module.parent, read)
         paths = list(dict.fromkeys(str(p) for p in (import_root, place.folder)))
         config = self.config.actions
         test_file = f"test_{dotted.split('.')[-1]}_midline.py"

@@ -59,10 +59,11 @@ class _Report:
 
     def pytest_collectreport(self, report):
         if report.failed:
-            _say("", "collect-failed")
+            _say(report.nodeid, "collect-failed")
 
 
-args = ["-q", "-p", "no:cacheprovider", "-p", "no:logging", "--rootdir", ".", *{node_ids!r}]
+args = ["-q", "-p", "no:cacheprovider", "-p", "no:logging", "--rootdir", ".", "--continue-on-collection-errors",
+        *{node_ids!r}]
 sys.exit(pytest.main(args, plugins=[_Report()]))
 """
 
@@ -112,61 +113,104 @@ def verify_tests(
         return Verified(
             test_source, note="pytest is not installed in midline's Python environment, so the tests were not run"
         )
+    node_ids = [node_id(test_file, name) for name in tests]
+    run = run_tests(
+        {test_file: test_source}, node_ids, files=files, paths=paths, timeout_s=timeout_s, per_test_s=per_test_s,
+        memory_mb=memory_mb, report=lambda n: report(f"running {n} generated test{'s' * (n != 1)} in the sandbox"),
+    )
+    if not run.ran:
+        return not_run(test_source, run.note)
+    if run.uncollected:
+        return Verified(
+            keep_tests(test_source, []), failed=tests, runs=run.runs, note="the generated test module does not import"
+        )
+    if run.note:  # pytest itself could not run
+        return Verified(keep_tests(test_source, []), failed=tests, runs=run.runs, note=run.note)
+    passed = [name for name, node in zip(tests, node_ids) if run.outcomes.get(node)]
+    return Verified(
+        keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=run.runs
+    )
+
+
+def node_id(test_file: str, name: str) -> str:
+    """The pytest node id of the test `name` (`test_x`, `TestCls.test_x`) in `test_file`."""
+    return f"{test_file}::{name.replace('.', '::')}"
+
+
+@dataclass
+class TestRun:
+    """How tests ran in the sandbox: passed or not, by node id (parametrized cases together)."""
+
+    __test__ = False  # not a pytest class
+
+    outcomes: dict[str, bool] = field(default_factory=dict)
+    uncollected: list[str] = field(default_factory=list)  # test files that did not import
+    runs: int = 0
+    note: str = ""  # pytest could not run, or (`ran` False) why nothing ran
+    ran: bool = True  # False: the sandbox is not available here
+
+    def passed(self, node_ids: Sequence[str]) -> list[str]:
+        return [n for n in node_ids if self.outcomes.get(n)]
+
+
+def run_tests(
+    test_files: dict[str, str],
+    node_ids: Sequence[str],
+    *,
+    files: dict[str, str],
+    paths: Sequence[str] = (),
+    timeout_s: float = 30.0,
+    per_test_s: float = 5.0,
+    memory_mb: int = 1024,
+    report: Callable[[int], None] = lambda remaining: None,
+) -> TestRun:
+    """Run the tests `node_ids` (`node_id`) of `test_files` (name -> source), with `files` beside them, in one
+    sandboxed pytest run, and again without the test that was running when a run was killed (a hang in native
+    code, the memory limit, an exit). A test of a file that does not import fails. `report` gets the number of
+    tests each run has left."""
     state = sandbox_state()
     if not state.available:
-        return not_run(test_source, state.detail)
-    outcomes: dict[str, bool] = {}
-    remaining = list(tests)
-    runs = 0
-    while remaining and runs <= len(tests):
-        runs += 1
-        report(f"running {len(remaining)} generated test{'s' * (len(remaining) != 1)} in the sandbox")
+        return TestRun(note=state.detail, ran=False)
+    out = TestRun()
+    remaining = list(node_ids)
+    while remaining and out.runs <= len(node_ids):
+        out.runs += 1
+        report(len(remaining))
         mark = f"@@midline-{secrets.token_hex(8)}@@ "
-        node_ids = [f"{test_file}::{name.replace('.', '::')}" for name in remaining]
-        code = RUNNER.format(paths=list(paths), per_test=per_test_s, mark=mark, node_ids=node_ids)
+        code = RUNNER.format(paths=list(paths), per_test=per_test_s, mark=mark, node_ids=remaining)
         try:
             result = run_python(
                 code,
-                files={**files, test_file: test_source},
+                files={**files, **test_files},
                 read_only=list(paths),
                 timeout_s=timeout_s,
                 memory_mb=memory_mb,
                 max_processes=64,
             )
         except SandboxUnavailable as e:
-            return not_run(test_source, str(e))
+            return TestRun(note=str(e), ran=False)
         seen: dict[str, bool] = {}
         for line in result.stdout.split("\n"):
             if not line.startswith(mark):
                 continue
-            node_id, outcome = json.loads(line[len(mark):])
+            node, outcome = json.loads(line[len(mark):])
             if outcome == "collect-failed":
-                return Verified(
-                    keep_tests(test_source, []),
-                    failed=tests,
-                    runs=runs,
-                    note="the generated test module does not import",
-                )
-            name = node_id.split("::", 1)[-1].split("[", 1)[0].replace("::", ".")
-            seen[name] = seen.get(name, True) and outcome == "passed"
-        outcomes.update(seen)
-        pending = [name for name in remaining if name not in seen]
+                out.uncollected.append(node)
+                seen.update({n: False for n in remaining if n.split("::", 1)[0] == node})
+                continue
+            node = node.split("[", 1)[0]
+            seen[node] = seen.get(node, True) and outcome == "passed"
+        out.outcomes.update(seen)
+        pending = [n for n in remaining if n not in seen]
         if not seen and result.returncode in (2, 3, 4):  # pytest itself failed (interrupted, internal or usage error)
-            outcomes.update({name: False for name in pending})
+            out.outcomes.update({n: False for n in pending})
             tail = (result.stdout + result.stderr).strip().split("\n")[-1:]
-            return Verified(
-                keep_tests(test_source, []),
-                failed=tests,
-                runs=runs,
-                note=f"pytest could not run: {tail[0] if tail else '?'}",
-            )
+            out.note = f"pytest could not run: {tail[0] if tail else '?'}"
+            return out
         if pending:  # the run ended (killed, or the test exited the interpreter) during pending[0]
-            outcomes[pending[0]] = False
+            out.outcomes[pending[0]] = False
         remaining = pending[1:]
-    passed = [name for name in tests if outcomes.get(name)]
-    return Verified(
-        keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=runs
-    )
+    return out
 
 
 # -- the tests of a test module -------------------------------------------------------------------
