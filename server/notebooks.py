@@ -98,10 +98,35 @@ class Notebook:
         return to_fs_path(self.uri) or self.uri
 
     def changed(self) -> None:
+        """The cells changed (added, removed, moved, kinds): every view is made again."""
         self._views.clear()
 
+    def edit(
+        self,
+        cell: Document,
+        changes: Sequence[types.TextDocumentContentChangeEvent],
+        version: int,
+        codec: PositionCodec,
+    ) -> None:
+        """Edits of `cell`'s text, made in its view too (a keystroke re-parses it incrementally, as any document);
+        the other cells' views, which hold its text as code of theirs, are made again."""
+        view = self._views.get(cell.uri)
+        self._views = {cell.uri: view} if view is not None else {}
+        for change in changes:
+            if view is None or not isinstance(change, types.TextDocumentContentChangePartial):
+                cell.apply_change(change, codec)
+                self._views, view = {}, None
+                continue
+            points = (change.range.start, change.range.end)
+            start, end = sorted(cell.offset_at(point, codec, clamp=True) for point in points)
+            cell.replace(start, end, change.text)
+            view.replace(view.start + start, view.start + end, change.text)
+        cell.version = version
+        if view is not None:
+            view.version = version
+
     def view(self, cell: Document) -> CellView:
-        """`cell` as part of the notebook's script (made once per change of the notebook)."""
+        """`cell` as part of the notebook's script (made again after the cells change, or another cell's text)."""
         if (view := self._views.get(cell.uri)) is None:
             text, start = script(self.cells, cell)
             view = self._views[cell.uri] = CellView(cell, text, start, shown_path(self.path, cell.language))
@@ -167,6 +192,8 @@ class NotebookStore:
         cells = params.change.cells
         if cells is not None:
             _check_cells(notebook, cells)
+            if cells.data or cells.structure:
+                notebook.changed()
             by_uri = {cell.doc.uri: cell for cell in notebook.cells}
             for data in cells.data or []:
                 if data.document in by_uri:
@@ -174,12 +201,9 @@ class NotebookStore:
             if cells.structure is not None:
                 self._restructure(notebook, cells.structure, by_uri)
             for content in cells.text_content or []:
-                doc = self._cell(notebook, content.document.uri)
-                for change in content.changes:
-                    doc.apply_change(change, codec)
-                doc.version = content.document.version
+                cell = self._cell(notebook, content.document.uri)
+                notebook.edit(cell, content.changes, content.document.version, codec)
         notebook.version = params.notebook_document.version
-        notebook.changed()
 
     def _restructure(
         self, notebook: Notebook, structure: types.NotebookDocumentCellChangeStructure, by_uri: dict[str, Cell]

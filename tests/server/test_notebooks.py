@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
@@ -157,6 +158,29 @@ def test_cells_added_moved_removed_and_edited_keep_their_text():
     assert sorted(store.close(NOTEBOOK)) == sorted(cell_uri(n) for n in ("below", "imports", "target", "edited"))
     with pytest.raises(KeyError, match="in no open notebook"):
         store.view(edited)
+
+
+def test_typing_in_a_cell_edits_its_view_in_place():
+    store = NotebookStore()
+    store.open(open_params().notebook_document, open_params().cell_text_documents)
+    edited = cell_uri("edited")
+    view, other = store.view(edited), store.view(cell_uri("below"))
+    rng = random.Random(16)
+    for version in range(2, 202):
+        cell = store.cell(edited)
+        line = rng.randrange(cell.line_count() + 1)  # a line past the end too: clamped, as LSP says
+        start, end = sorted((types.Position(line, rng.randrange(12)), types.Position(line + rng.randrange(2), 3)))
+        text = rng.choice(["x", "", "(", ")\n", "\n    ", "é", "def f():\n"])
+        store.change(change_params(version, edits=[(edited, version, types.Range(start, end), text)]), CODEC)
+    assert store.view(edited) is view and view.version == 201  # edited in place: parsed incrementally
+    cell = store.cell(edited)
+    fresh = NotebookStore()
+    fresh.open(open_params([*CELLS[:2], (CODE, item("edited", cell.text)), CELLS[3]]).notebook_document,
+               open_params([*CELLS[:2], (CODE, item("edited", cell.text)), CELLS[3]]).cell_text_documents)
+    again = fresh.view(edited)
+    assert view.text == again.text and view.start == again.start
+    assert str(view.tree.root_node) == str(again.tree.root_node)
+    assert store.view(cell_uri("below")) is not other and cell.text in store.view(cell_uri("below")).text
 
 
 def test_the_sync_options_name_every_language_and_markdown():
