@@ -99,12 +99,15 @@ class Engine:
     def load(
         cls, path: str | Path, *, device: str = "auto", fim_format: str | None = None, trust_remote_code: bool = False,
         reuse_prefix: bool = True, threads: int | None = None, static: bool | None = None,
+        adapter: str | Path | None = None,
     ) -> Engine:
-        """Load a local model dir; its FIM format is detected from the vocabulary unless `fim_format` names one.
+        """Load a local model dir (with a LoRA `adapter` dir merged in, if given); its FIM format is detected from the
+        vocabulary unless `fim_format` names one.
 
         On CPU this sets torch's process-wide thread count to `threads` (default `CPU_THREADS`).
         """
-        model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code)
+        model, tokenizer, device_ = load_model(path, device=device, trust_remote_code=trust_remote_code,
+                                               adapter=adapter)
         if device_.type == "cpu":
             torch.set_num_threads(threads or CPU_THREADS)
         fmt = fim.get(fim_format) if fim_format else fim.detect(tokenizer.get_vocab())

@@ -1,7 +1,10 @@
-"""Load a local Hugging Face causal LM and its tokenizer: safetensors only, never the hub.
+"""Load a local Hugging Face causal LM and its tokenizer, and optionally a LoRA adapter: safetensors only, never
+the hub.
 
 `load_model` checks the directory first, so every failure is a `ModelLoadError` that says what is
-wrong and how to fix it, instead of a transformers traceback.
+wrong and how to fix it, instead of a transformers traceback. An adapter (a peft directory, as
+`midline-train finetune` writes) is merged into the weights at load, so generation runs the plain model;
+peft is imported only then.
 """
 
 from __future__ import annotations
@@ -32,14 +35,21 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    adapter: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, torch.device]:
-    """Model (in eval mode, on `device`), tokenizer and device, from a local model directory."""
+    """Model (in eval mode, on `device`), tokenizer and device, from a local model directory; with `adapter`, a LoRA
+    adapter directory merged into it."""
     path = Path(path).expanduser()
     check_model_dir(path, trust_remote_code=trust_remote_code)
+    adapter = Path(adapter).expanduser() if adapter is not None else None
+    if adapter is not None:
+        check_adapter_dir(adapter)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     tokenizer = _load_tokenizer(path, trust_remote_code)
     model = _load_weights(path, dtype, trust_remote_code)
+    if adapter is not None:
+        model = merge_adapter(model, adapter)
     try:
         # transformers declares `to` through functools.wraps(torch.nn.Module.to), which mypy reads as the unbound
         # method (wanting the module as its first argument).
@@ -128,6 +138,57 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False) -> dict:
         )
     _check_architecture(config, path, trust_remote_code)
     return config
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_adapter_dir(path: Path) -> dict:
+    """The parsed adapter_config.json of a peft adapter directory, after checking it has safetensors weights."""
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"adapter directory {path} does not exist: set `midline.adapter` to the adapter directory "
+            "`midline-train finetune` wrote (OUT/adapter), or to null"
+        )
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"no {ADAPTER_CONFIG} in {path}: not a peft adapter directory (for a merged model, set `midline.model` "
+            "to it and leave `midline.adapter` null)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path / ADAPTER_CONFIG} is unreadable or not valid JSON ({e})") from e
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+        what = f"only pickled weights ({', '.join(pickled[:3])}), which are refused" if pickled else "no weights"
+        raise ModelLoadError(
+            f"the adapter in {path} has {what}: it needs {ADAPTER_WEIGHTS} (peft's save_pretrained writes it)"
+        )
+    if config.get("peft_type") != "LORA":
+        raise ModelLoadError(f"the adapter in {path} is {config.get('peft_type')!r}; midline loads LoRA adapters")
+    return config
+
+
+def merge_adapter(model: PreTrainedModel, path: Path) -> PreTrainedModel:
+    """The model with the LoRA adapter in `path` merged into its weights (peft, imported here only)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(
+            "loading an adapter needs peft, which is not installed: pip install 'peft>=0.17,<1' (or the train "
+            "extra, pip install 'midline[train]'), or merge the adapter with `midline-train finetune --merge`"
+        ) from None
+    try:
+        peft_model = PeftModel.from_pretrained(model, path, is_trainable=False, local_files_only=True)
+        merged = peft_model.merge_and_unload()
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not apply the adapter in {path} to this model: {type(e).__name__}: {e}. An adapter fits only "
+            "the base model it was trained on (its adapter_config.json names it)"
+        ) from e
+    return cast(PreTrainedModel, merged)
 
 
 def _is_default(path: Path) -> bool:

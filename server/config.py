@@ -142,6 +142,7 @@ class Config:
     """Every setting, with its default."""
 
     model: str | None = None  # local model directory; None = the model shipped with midline
+    adapter: str | None = None  # LoRA adapter directory (`midline-train finetune`), merged into `model` at load
     device: Literal["auto", "cuda", "cpu"] = "auto"
     fim_format: str | None = None  # None = detect from the tokenizer (midline, qwen, starcoder2, ...)
     fim_mode: Literal["auto", "psm", "spm"] = "auto"  # auto = the format's preferred layout

@@ -2,6 +2,7 @@
 
     corpus -> tokenizer -> data -> train -> evaluate (and positions) -> export
     then, for code actions: sft-mine -> sft -> eval-tasks
+    finetune: LoRA on any local FIM model (Qwen2.5-Coder, StarCoder2, ...) on one repository
     and tiny-model, a placeholder model for tests and trying the server
 
 Each stage's module has one `add_parser(stages)` (its subcommand, whose `run(parser, args)` it sets) and one `run`.
@@ -12,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from midline.model import VERSION
-from midline.training import (corpus, data, evaluate, evaluate_tasks, export, positions, sft, sft_mine, tiny_model,
-                              tokenizer, train)
+from midline.training import (corpus, data, evaluate, evaluate_tasks, export, finetune, positions, sft, sft_mine,
+                              tiny_model, tokenizer, train)
 
 # The stages, in pipeline order (the order of `midline-train --help`).
 STAGES = (
@@ -27,6 +28,7 @@ STAGES = (
     sft_mine,  # instruction tasks (explain, tests, fix) mined from the corpus
     sft,  # a fine-tune on them
     evaluate_tasks,
+    finetune,  # LoRA on any local FIM model, on one repository, in its own format
     tiny_model,
 )
 

@@ -29,8 +29,10 @@ The recipe (the knobs are `DataConfig`):
   run). Without a grammar, or where the parse has errors, holes are line-based: node holes become whole
   lines, and every line counts as complete. `line_span_rate` and `end_rate` apply to the chars recipe only.
 - The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
-  i.e. the served prompt, the middle, EOT. With probability `context_rate` an example carries the
-  file-level context the server sends (`<repo_name>repo`, `<file_sep>path`); plain examples too.
+  i.e. the served prompt, the middle, EOT (`fmt=` another family's `FimFormat`, for `finetune.py`; there
+  `mask_prompt` stores the prompt's ids negated, `~id`, so the loss falls on the middle and EOT only). With
+  probability `context_rate` an example carries the file-level context the server sends (`<repo_name>repo`,
+  `<file_sep>path`); plain examples too.
 - Packing: whole examples, best-fit into rows of seq_len + 1 tokens; a row's tail is FIM_PAD, whose
   targets the loss ignores.
 - Shards: shard k of a split is the packing of a fixed run of corpus lines (about `shard_rows` rows),
@@ -59,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimPrompt, encode_text
+from midline.model.fim import EOT, FIM_PAD, MIDLINE, FimFormat, FimPrompt, encode_text
 from midline.model.languages import LanguageSpec, resolve
 from midline.model.syntax import is_word, line_start, thread_parser
 from midline.training.stage import SPLITS, command, corpus_fingerprint, sha256_file, write_json, write_npy
@@ -385,16 +387,17 @@ def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None,
 
 
 def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "",
-                repo: str = "") -> list[int]:
+                repo: str = "", fmt: FimFormat = MIDLINE, mask_prompt: bool = False) -> list[int]:
     """One example's ids, ending with EOT: FIM (PSM or SPM) or plain left-to-right, with or without path/repo."""
     syntax = Syntax.of(text, path) if config.holes == "ast" else None
-    return _example(text, rng, tokenizer, config, path, repo, syntax=syntax)[0]
+    return _example(text, rng, tokenizer, config, path, repo, syntax=syntax, fmt=fmt, mask_prompt=mask_prompt)[0]
 
 
 def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True, *,
-             syntax: Syntax | None = None, offset: int = 0,
-             holes: Counter | None = None) -> tuple[list[int], str, bool]:
-    """(ids, kind: "psm" | "spm" | "plain", has file context). With the ast recipe, `text` lies `offset`
+             syntax: Syntax | None = None, offset: int = 0, holes: Counter | None = None, fmt: FimFormat = MIDLINE,
+             mask_prompt: bool = False) -> tuple[list[int], str, bool]:
+    """(ids, kind: "psm" | "spm" | "plain", has file context), in `fmt`'s layout; with `mask_prompt`, a FIM
+    example's prompt ids negated (`~id`: read, not taught). With the ast recipe, `text` lies `offset`
     characters into a document whose syntax is `syntax`, and `holes` counts the FIM hole's kind."""
     if rng.random() >= config.context_rate:
         path = repo = ""
@@ -406,16 +409,21 @@ def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path:
                 holes[f"hole_{hole}"] += 1
         else:
             prefix, middle, suffix = fim_split(text, rng, config.line_span_rate, config.end_rate)
-        ids = MIDLINE.encode_example(FimPrompt(prefix, suffix, path=path, repo=repo), middle, tokenizer, mode)
+        prompt = FimPrompt(prefix, suffix, path=path, repo=repo)
+        ids = fmt.encode_example(prompt, middle, tokenizer, mode)
+        if mask_prompt:  # encode_example = encode(prompt) + the middle + EOT
+            read = len(ids) - len(encode_text(tokenizer, middle) if middle else []) - 1
+            ids = [~i for i in ids[:read]] + ids[read:]
         return ids, mode, bool(path or repo)
-    ids = header_ids(tokenizer, path, repo) + encode_text(tokenizer, text) + [tokenizer.convert_tokens_to_ids(EOT)]
+    eot = tokenizer.convert_tokens_to_ids(fmt.eot)
+    ids = header_ids(tokenizer, path, repo, fmt) + encode_text(tokenizer, text) + [eot]
     return ids, "plain", bool(path or repo)
 
 
-def header_ids(tokenizer, path: str = "", repo: str = "") -> list[int]:
+def header_ids(tokenizer, path: str = "", repo: str = "", fmt: FimFormat = MIDLINE) -> list[int]:
     """The file-level context the server puts before its FIM tokens (`<repo_name>repo\\n<file_sep>path\\n`)."""
-    ids = MIDLINE.encode(FimPrompt("", "", path=path, repo=repo), tokenizer, "psm")
-    return ids[:-3]  # drop the (empty) <fim_prefix><fim_suffix><fim_middle>
+    ids = fmt.encode(FimPrompt("", "", path=path, repo=repo), tokenizer, "psm")
+    return ids[: ids.index(tokenizer.convert_tokens_to_ids(fmt.prefix))]  # up to the (empty) FIM part
 
 
 def shown_repo(repo: str) -> str:
@@ -444,15 +452,18 @@ def chunks(text: str, tokenizer, budget: int) -> list[str]:
 
 
 def document_examples(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "",
-                      stats: Counter | None = None) -> list[tuple[list[int], str, bool]]:
-    """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context).
-    `stats` counts the ast recipe's hole kinds (`hole_<kind>`)."""
+                      stats: Counter | None = None, fmt: FimFormat = MIDLINE,
+                      mask_prompt: bool = False) -> list[tuple[list[int], str, bool]]:
+    """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context), in `fmt`'s
+    layout. `stats` counts the ast recipe's hole kinds (`hole_<kind>`). With `mask_prompt` (a fine-tune's
+    completion-only loss) the prompt's ids are negated, and a chunk whose FIM split runs over is halved, never
+    taken as plain text."""
     room = config.seq_len + 1
     _check_holes(config)
     syntax = Syntax.of(text, path) if config.holes == "ast" and config.fim_rate > 0 else None
-    if len(header_ids(tokenizer, path, repo)) > room // 4:  # an absurd path: leave the context out
+    if len(header_ids(tokenizer, path, repo, fmt)) > room // 4:  # an absurd path: leave the context out
         path = repo = ""
-    budget = room - len(header_ids(tokenizer, path, repo)) - 4 - SLACK
+    budget = room - len(fmt.encode(FimPrompt("", "", path=path, repo=repo), tokenizer)) - 1 - SLACK
     if budget < 8:
         raise ValueError(f"seq_len {config.seq_len} is too short for FIM examples")
     out = []
@@ -461,10 +472,11 @@ def document_examples(text: str, rng: random.Random, tokenizer, config: DataConf
     while todo:
         offset, chunk = todo.pop()
         holes: Counter = Counter()
-        example = _example(chunk, rng, tokenizer, config, path, repo, syntax=syntax, offset=offset, holes=holes)
-        if len(example[0]) > room:  # the FIM split tokenized longer than the whole: plain text fits
+        example = _example(chunk, rng, tokenizer, config, path, repo, syntax=syntax, offset=offset, holes=holes,
+                           fmt=fmt, mask_prompt=mask_prompt)
+        if len(example[0]) > room and not mask_prompt:  # the FIM split tokenized longer than the whole: plain text fits
             holes.clear()
-            example = _example(chunk, rng, tokenizer, config, path, repo, fim=False)
+            example = _example(chunk, rng, tokenizer, config, path, repo, fim=False, fmt=fmt)
         if len(example[0]) > room:  # the chunk estimate was off: halve it (rare)
             cut = chunk.rfind("\n", 0, len(chunk) // 2) + 1 or len(chunk) // 2
             todo += [(offset + cut, chunk[cut:]), (offset, chunk[:cut])]

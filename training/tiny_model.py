@@ -2,7 +2,9 @@
 
 Its completions are nonsense, but it is a real Hugging Face model directory (config.json,
 model.safetensors, tokenizer.json) in midline's FIM format, so serving, tests and benchmarks run
-end to end before a trained model exists.
+end to end before a trained model exists. `make_family_model` makes one of another family instead: the
+real architecture (Qwen2, Starcoder2, Llama) with a tokenizer that carries that family's real special
+tokens, so its FIM format is detected and laid out as for the real model (`FAMILIES`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sysconfig
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -19,7 +22,7 @@ import torch
 from midline.model import DEFAULT_MODEL_DIR
 from midline.training.model import build_model
 from midline.training.stage import expand_files
-from midline.training.tokenizer import train_tokenizer
+from midline.training.tokenizer import train_tokenizer, train_tokenizer_on_texts
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
@@ -88,6 +91,62 @@ def make_tiny_model(
     return out_dir
 
 
+@dataclass(frozen=True)
+class Family:
+    """A model family: its transformers architecture and its tokenizer's special tokens (as in the real model's
+    tokenizer.json)."""
+
+    architecture: str  # "qwen2", "starcoder2" or "llama"
+    special_tokens: tuple[str, ...]
+    eos: str
+    bos: str | None = None
+    pad: str | None = None
+
+
+FAMILIES = {
+    "qwen2": Family("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
+                              "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"),
+                    eos="<|endoftext|>", pad="<|endoftext|>"),  # Qwen2.5-Coder
+    "starcoder2": Family("starcoder2", ("<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+                                        "<repo_name>", "<file_sep>"), eos="<|endoftext|>", bos="<|endoftext|>"),
+    "deepseek": Family("llama", ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>",
+                                 "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"),
+                       eos="<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>"),  # DeepSeek-Coder: a Llama
+}
+
+
+def make_family_model(out_dir: str | Path, family: str, *, corpus_files: Iterable[Path] | None = None,
+                      vocab_size: int = 1024, hidden_size: int = 64, layers: int = 2, heads: int = 4,
+                      kv_heads: int = 2, max_positions: int = 2048, seed: int = 0) -> Path:
+    """A random-weight model of `family` (one of FAMILIES) with a byte-level BPE tokenizer trained on the files,
+    carrying the family's special tokens; saved to `out_dir`."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Starcoder2Config
+    from transformers import Starcoder2ForCausalLM
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    spec, out_dir = FAMILIES[family], Path(out_dir)
+    files = list(corpus_files) if corpus_files is not None else stdlib_corpus()
+    texts = (f.read_text(encoding="utf-8", errors="replace") for f in files)
+    tokenizer = train_tokenizer_on_texts(texts, vocab_size, out_dir, length=len(files),
+                                         special_tokens=spec.special_tokens, bos=spec.bos, eos=spec.eos, pad=spec.pad)
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(out_dir)
+    ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(t) if t else None
+           for k, t in (("bos", spec.bos), ("eos", spec.eos), ("pad", spec.pad))}
+    shape = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                 max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM),
+                                 "starcoder2": (Starcoder2Config, Starcoder2ForCausalLM)}[spec.architecture]
+    torch.manual_seed(seed)
+    model = model_class(config_class(**shape))
+    model.save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(f"# A tiny random-weight {family} model ({spec.architecture} architecture)\n\n"
+                                       f"Made by `midline-train tiny-model --family {family}` for tests.\n")
+    return out_dir
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -104,12 +163,20 @@ def add_parser(stages) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--max-positions", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--family", choices=["midline", *FAMILIES], default="midline",
+                   help="midline's Llama and tokenizer (default), or another family's architecture and FIM tokens")
     p.set_defaults(run=run)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     files = expand_files(parser, args.files) if args.files else None
     start = time.monotonic()
+    if args.family != "midline":
+        out = make_family_model(args.out, args.family, corpus_files=files, vocab_size=args.vocab_size,
+                                hidden_size=args.hidden_size, layers=args.layers, heads=args.heads,
+                                kv_heads=args.heads, max_positions=args.max_positions, seed=args.seed)
+        print(f"wrote a tiny random-weight {args.family} model to {out} in {time.monotonic() - start:.1f} s")
+        return 0
     out = make_tiny_model(
         args.out, corpus_files=files, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
         layers=args.layers, heads=args.heads, max_positions=args.max_positions, seed=args.seed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -28,12 +28,14 @@ def train_tokenizer(files: Iterable[Path], vocab_size: int, out_dir: Path) -> Pr
 
 
 def train_tokenizer_on_texts(
-    texts: Iterable[str], vocab_size: int, out_dir: Path, *, length: int | None = None
+    texts: Iterable[str], vocab_size: int, out_dir: Path, *, length: int | None = None,
+    special_tokens: Sequence[str] = SPECIAL_TOKENS, bos: str | None = EOT, eos: str = EOT, pad: str | None = FIM_PAD,
 ) -> PreTrainedTokenizerFast:
-    """Train on texts (e.g. a corpus split), save to `out_dir`, and return the tokenizer."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} "
-                         f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    """Train on texts (e.g. a corpus split), save to `out_dir`, and return the tokenizer. The special tokens are
+    midline's unless given (another family's, for `tiny_model.make_family_model`); they take the first ids."""
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)} "
+                         f"(256 bytes + {len(special_tokens)} special tokens)")
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -41,7 +43,7 @@ def train_tokenizer_on_texts(
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)  # in code, whitespace is content
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -49,10 +51,10 @@ def train_tokenizer_on_texts(
 
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token=EOT,
-        eos_token=EOT,
-        pad_token=FIM_PAD,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        additional_special_tokens=[t for t in special_tokens if t not in (bos, eos)],
         clean_up_tokenization_spaces=False,
     )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
