@@ -11,7 +11,13 @@ saved as JSON lines, so every model is measured on the same:
 - fix: a synthetic bug in a function (`sft_mine.mutate`). The model writes after `tasks.FIX.prompt`'s marker;
   `tasks.FIX.parse` reads the answer. fix rate: the answer equals the original function (trailing
   whitespace aside); same tree: the answer's syntax tree equals the original's (formatting and comments
-  aside); parses; unchanged: the answer is the buggy code again.
+  aside); parses; unchanged: the answer is the buggy code again. With the sandbox (not `--no-run`) each answer
+  also goes through the server's fix path twice, side by side: without verification (today's gates before issue
+  20: tree-sitter parses it, it differs) and with it (`actions.fix_gate`, Python compiling the whole module, then
+  `fix_evidence`: the function's doctests run on the buggy module and on the fixed one, `judge` decides; no
+  doctests: offered unverified). Reported per side: offered (the server would show it), right among offered (same
+  tree), wrong offered. `--fix-doctests` builds fix tasks only from functions whose doctests pass on the module
+  and fail on the bug (a user with a failing doctest), so verification has evidence to run.
 - tests: a public top-level function of a held-out module that imports on its own (no relative imports;
   checked in the sandbox), and a mutant of it. The model writes the test module after
   `tasks.TESTS.prompt`'s header; `tasks.TESTS.parse` reads it; the server's `verify_tests` runs it in the
@@ -41,7 +47,10 @@ from midline.training import sft_mine
 from midline.training.evaluate import add_task_arguments, write_report
 from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
-from midline.server.verify import test_functions, verify_tests
+from midline.server import fix_evidence
+from midline.server.actions import fix_gate
+from midline.server.targets import Target
+from midline.server.verify import run_tests, test_functions, verify_tests
 from midline.training import stage
 from midline.training.stage import save_jsonl, sha256_file
 
@@ -60,8 +69,9 @@ assert callable(getattr(module, {name!r}))
 
 
 def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
-                sandbox_timeout_s: float = 20.0) -> list[dict]:
-    """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl."""
+                sandbox_timeout_s: float = 20.0, fix_doctests: bool = False) -> list[dict]:
+    """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl (`fix_doctests`:
+    fix tasks whose doctests catch the bug, `doctested_fix_task`)."""
     docs = [json.loads(line) for line in open(Path(corpus_dir) / "valid.jsonl", encoding="utf-8") if line.strip()]
     docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000),
                   key=lambda d: (d["repo"], d["path"]))
@@ -74,9 +84,14 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
         rng.shuffle(order)
         found, checks = [], 0
         for i in order:
-            if len(found) >= count or checks > 3 * count + 8:
+            if len(found) >= count or (checks > 3 * count + 8 and not (kind == "fix" and fix_doctests)):
                 break
             doc = docs[i]
+            if kind == "fix" and fix_doctests:
+                task = doctested_fix_task(doc, rng, sandbox_timeout_s)
+                if task is not None:
+                    found.append(task)
+                continue
             if kind == "tests":
                 task = _tests_task(doc, rng)
                 if task is None:
@@ -90,7 +105,7 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
             mined = sft_mine.explain_records if kind == "explain" else sft_mine.fix_records
             records = mined(doc, tree, rng, config)
             if records:
-                found.append(rng.choice(records))
+                found.append(rng.choice(records) | ({"module": doc["text"]} if kind == "fix" else {}))
         out += found
     return out
 
@@ -122,6 +137,36 @@ def _tests_task(doc: dict, rng: random.Random) -> dict | None:
             continue
         return {"kind": "tests", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"),
                 "mutation": found[0], "module": text, "mutant": mutant}
+    return None
+
+
+def doctested_fix_task(doc: dict, rng: random.Random, timeout_s: float) -> dict | None:
+    """A fix task from a module-level function with doctests and a bug (`sft_mine.mutate`) they catch: the doctests
+    pass on the module and fail with the bug (run in the sandbox as the server runs them); None if none fits."""
+    text = doc["text"]
+    if ">>>" not in text or len(text) > 200_000:
+        return None
+    tree = parse("python", text)
+    data = utf8(text)
+    config = sft_mine.MineConfig()
+    functions = [n for n in tree.root_node.named_children if unwrap(n, "python").type == "function_definition"
+                 and ">>>" in data[n.start_byte:n.end_byte].decode("utf-8", "replace")]
+    rng.shuffle(functions)
+    for node in functions[:4]:
+        code = sft_mine.definition_code(data, node)
+        if code is None or len(code) > config.max_fix_chars or text.count(code.rstrip("\n")) != 1:
+            continue
+        found = sft_mine.mutate(code, rng)
+        if found is None:
+            continue
+        task = {"kind": "fix", "repo": doc["repo"], "path": doc["path"], "name": node_name(node, "python"),
+                "mutation": found[0], "buggy": found[1], "fixed": code, "module": text, "evidence": "doctests"}
+        buggy_module, _, evidence = _fix_place(task)
+        if not evidence:
+            continue
+        right, wrong = (_evidence_run(evidence, m, timeout_s).passed(evidence.tests) for m in (text, buggy_module))
+        if len(right) == len(evidence.tests) > len(wrong):
+            return task
     return None
 
 
@@ -168,6 +213,46 @@ def score_fix(task: dict, output: str) -> dict:
     return {"result": got, "fixed": normalize(got) == fixed, "same_tree": same_tree(got, task["fixed"]),
             "parses": bool(got) and bool(parses("python", got)), "unchanged": normalize(got) == buggy,
             "edit_similarity": edit_similarity(normalize(got), fixed), "empty": not got}
+
+
+FIX_MODULE = "midline_fixed_module"  # the module's name in the sandbox (the server's, for a file outside a folder)
+
+
+def _fix_place(task: dict) -> tuple[str, Target, fix_evidence.Evidence]:
+    """The buggy module (the task's module with the bug in place of the function, else the buggy function alone),
+    the fix's target in it, and its evidence as the server collects it (no workspace, no diagnostics)."""
+    module, fixed, buggy = task.get("module"), task["fixed"], task["buggy"]
+    start = module.find(fixed.rstrip("\n")) if module and module.count(fixed.rstrip("\n")) == 1 else -1
+    if start < 0:
+        module, start, fixed = fixed, 0, fixed
+    end = start + len(fixed.rstrip("\n")) + (1 if module[start + len(fixed.rstrip("\n")):].startswith("\n") else 0)
+    text = module[:start] + buggy + module[end:]
+    target = Target("function", task.get("name") or "", start, start + len(buggy), buggy)
+    evidence = fix_evidence.collect(buggy, target.name, FIX_MODULE, [], [], lambda path: None)
+    return text, target, evidence
+
+
+def _evidence_run(evidence: fix_evidence.Evidence, module: str, timeout_s: float):
+    return run_tests(evidence.test_files, evidence.tests, files={f"{FIX_MODULE}.py": module}, timeout_s=timeout_s)
+
+
+def verify_fix(task: dict, answer: str, *, timeout_s: float = 30.0) -> dict:
+    """The answer through the server's fix path, without verification (tree-sitter parses it, it differs: the gates
+    before issue 20) and with it (`fix_gate`, then the evidence run on the buggy and the fixed module, `judge`)."""
+    text, target, evidence = _fix_place(task)
+    row = {"offered_plain": bool(answer.strip()) and bool(parses("python", answer))
+           and normalize(answer) != normalize(task["buggy"]), "offered_verified": False, "verified": False,
+           "withheld": "", "evidence_tests": len(evidence.tests)}
+    fixed = fix_gate(text, target, answer, "python") if answer.strip() else None
+    if fixed is None:
+        row["withheld"] = "gate"
+        return row
+    after = text[: target.start] + fixed + text[target.end :]
+    runs = [_evidence_run(evidence, module, timeout_s) for module in (text, after)] if evidence else [None, None]
+    verdict = fix_evidence.judge(evidence, *runs)
+    row.update(offered_verified=verdict.offered, verified=verdict.offered and not verdict.note.startswith("unverified"),
+               withheld="" if verdict.offered else "tests", note=verdict.note)
+    return row
 
 
 def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
@@ -220,6 +305,8 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
             row.update(score_explain(task, generation.text))
         elif task["kind"] == "fix":
             row.update(score_fix(task, generation.text), mutation=task["mutation"])
+            if run_tests:
+                row.update(verify_fix(task, row["result"], timeout_s=sandbox_timeout_s))
         elif run_tests:
             row.update(score_tests(task, generation.text, timeout_s=sandbox_timeout_s), mutation=task["mutation"])
         else:
@@ -255,10 +342,24 @@ def summarize(rows: list[dict], run_tests: bool = True) -> dict:
                                 if (g := [r for r in fix if r["mutation"] == m])}},
         "tests": {"n": len(tests_), "tokens_mean": mean(tests_, "tokens")},
     }
+    if run_tests and fix:
+        out["fix"]["verification"] = {side: _offered(fix, f"offered_{side}") for side in ("plain", "verified")}
+        out["fix"]["verification"]["verified"].update(
+            with_evidence=sum(r["evidence_tests"] > 0 for r in fix), verified=sum(r["verified"] for r in fix),
+            withheld_by_gate=sum(r["withheld"] == "gate" and r["offered_plain"] for r in fix),
+            withheld_by_tests=sum(r["withheld"] == "tests" for r in fix))
     if run_tests and tests_:
         out["tests"].update(pass_rate=mean(tests_, "passes"), kill_rate=mean(tests_, "kills"),
                             tests_mean=mean(tests_, "tests"), passed_mean=mean(tests_, "passed"))
     return out
+
+
+def _offered(rows: list[dict], key: str) -> dict:
+    """What the server shows on one side: offered, right among offered (same tree), wrong offered; counts."""
+    shown = [r for r in rows if r[key]]
+    right = sum(r["same_tree"] for r in shown)
+    return {"offered": len(shown), "right": right, "wrong": len(shown) - right,
+            "precision": right / len(shown) if shown else None}
 
 
 def format_report(report: dict) -> str:
@@ -275,6 +376,14 @@ def format_report(report: dict) -> str:
                      f"parses {f(x['parses'])}  unchanged {f(x['unchanged'])}")
         by_mutation = ", ".join(f"{k} {f(v['fix_rate'])} ({v['n']})" for k, v in x["by_mutation"].items())
         lines.append("         by mutation: " + by_mutation)
+        if "verification" in x:
+            plain, checked = x["verification"]["plain"], x["verification"]["verified"]
+            for label, side in (("without verification", plain), ("with verification   ", checked)):
+                lines.append(f"         {label}: offered {side['offered']}/{x['n']}, right {side['right']}, "
+                             f"wrong {side['wrong']}")
+            lines.append(f"         verification: {checked['with_evidence']} with doctests, {checked['verified']} "
+                         f"offered verified, withheld {checked['withheld_by_gate']} by the compile gate and "
+                         f"{checked['withheld_by_tests']} by the tests")
     if t["n"]:
         if "pass_rate" in t:
             lines.append(f"tests    n={t['n']:<4} pass on the code {f(t['pass_rate'])}  "
@@ -296,6 +405,8 @@ def add_parser(stages) -> None:
     p.add_argument("--tests", type=int, default=30, help="tests tasks (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, nargs=3, metavar=("EXPLAIN", "FIX", "TESTS"), default=[128, 512, 384])
     p.add_argument("--no-run", action="store_true", help="do not run the generated tests in the sandbox")
+    p.add_argument("--fix-doctests", action="store_true",
+                   help="fix tasks only from functions whose doctests catch the bug (verification has evidence)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
     p.set_defaults(run=run)
 
@@ -307,7 +418,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.tasks and args.tasks.exists():
         items, tasks_file = load_tasks(args.tasks), args.tasks
     elif args.corpus:
-        items = build_tasks(args.corpus, per_kind=args.per_kind, tests=0 if args.no_run else args.tests, seed=args.seed)
+        items = build_tasks(args.corpus, per_kind=args.per_kind, tests=0 if args.no_run else args.tests, seed=args.seed,
+                            fix_doctests=args.fix_doctests)
         tasks_file = args.tasks or (args.out.with_suffix(".tasks.jsonl") if args.out else None)
         if tasks_file:
             save_tasks(items, tasks_file)
