@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -288,6 +289,10 @@ async def test_midline_serve_completes_a_notebook_cell_with_the_cells_around_it(
         answered, prefix, suffix = await complete(3, 9)
         assert prefix.startswith("plt.show()\n\n# %matplotlib inline\n") and "Sales" not in prefix
         assert suffix == ")"
+        digest = await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="midline.documentDigest", arguments=[edited])
+        )  # a cell's own text, as the editor has it
+        assert digest == {"version": 2, "sha256": hashlib.sha256(("# revenue\n" + EDITED).encode()).hexdigest()}
 
         # bad input: a change to an unknown notebook is dropped, a request on an unknown cell answered with an error
         client.notebook_document_did_change(types.DidChangeNotebookDocumentParams(
