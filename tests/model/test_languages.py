@@ -41,9 +41,9 @@ def test_every_vscode_id_resolves_to_its_entry():
         assert spec.vscode_ids and all(languages.resolve(id_).name == spec.name for id_ in spec.vscode_ids)
 
 
-@pytest.mark.parametrize("path", ["README.md", "tests/nvim/init.lua"])
+@pytest.mark.parametrize("path", ["nvim/lua/midline/init.lua", "tests/nvim/plain_lsp.lua"])
 def test_neovim_filetypes_are_served(path):
-    listed = re.search(r"filetypes = \{(.*?)\}", (ROOT / path).read_text(encoding="utf-8"))
+    listed = re.search(r"filetypes = \{(.*?)\}", (ROOT / path).read_text(encoding="utf-8"), re.S)
     assert listed and set(re.findall(r'"([^"]+)"', listed[1])) <= set(languages.vscode_ids())
 
 

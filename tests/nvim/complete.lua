@@ -1,80 +1,13 @@
--- Driven by tests/e2e/test_neovim.py, after init.lua (the README's setup):
---   nvim --headless --clean -u tests/nvim/init.lua -S tests/nvim/complete.lua
--- Environment: MIDLINE_CMD and MIDLINE_INIT_OPTIONS (JSON) override the README's `cmd` and
+-- Driven by tests/e2e/test_neovim.py, after plain_lsp.lua (Neovim's own LSP client, without the plugin):
+--   nvim --headless --clean -u tests/nvim/plain_lsp.lua -S tests/nvim/complete.lua
+-- Environment: MIDLINE_CMD and MIDLINE_INIT_OPTIONS (JSON) override plain_lsp.lua's `cmd` and
 -- `init_options`; MIDLINE_FILE is opened, the cursor goes to the end of line MIDLINE_LINE (1-based) in
 -- insert mode once `midline.status` says the model is ready (the server answers initialize before it
 -- loads the model), `vim.lsp.completion.get()` asks the server, and the popup menu's item is selected
 -- (<C-n>) and accepted (<C-y>) as a user would. Then the buffer, the accepted LSP item and a log of
 -- the steps are written as JSON to MIDLINE_OUT and Neovim quits, which stops the server.
-local start = vim.uv.hrtime()
-local timeout = tonumber(vim.env.MIDLINE_TIMEOUT_MS or "20000")
-local events = {} -- what happened when, for the test's failure message
-local done = false
-
-local function log(what)
-  table.insert(events, ("%6.0f ms  %s"):format((vim.uv.hrtime() - start) / 1e6, what))
-end
-
-local function need(name)
-  return vim.env[name] or error("environment variable " .. name .. " is not set")
-end
-
-local function finish(result)
-  if done then
-    return
-  end
-  done = true
-  result.events = events
-  result.lines = vim.api.nvim_buf_get_lines(0, 0, -1, false)
-  local file = assert(io.open(need("MIDLINE_OUT"), "w"))
-  file:write(vim.json.encode(result))
-  file:close()
-  vim.cmd("qa!")
-end
-
--- Polls `condition` from the event loop, never blocking it, so typeahead and LSP replies keep flowing.
-local function when(condition, what, and_then)
-  local deadline = vim.uv.now() + timeout
-  local function poll()
-    if done then
-      return
-    end
-    local ok, value = pcall(condition)
-    if not ok then
-      finish({ error = what .. ": " .. tostring(value) })
-    elseif value then
-      log(what)
-      local ran, err = pcall(and_then, value)
-      if not ran then
-        finish({ error = "after " .. what .. ": " .. tostring(err) })
-      end
-    elseif vim.uv.now() > deadline then
-      finish({ error = "timed out waiting for " .. what })
-    else
-      vim.defer_fn(poll, 10)
-    end
-  end
-  poll()
-end
-
--- The model's state from `midline.status`, asked without blocking: nil until it is `ready` (or `failed`).
-local function model_state(client, buf)
-  local state, asking = nil, false
-  return function()
-    if not asking then
-      asking = true
-      client:request("workspace/executeCommand", { command = "midline.status", arguments = {} }, function(err, result)
-        asking = false
-        if err then
-          state = "error: " .. tostring(err.message)
-        elseif result and result.state ~= "loading" then
-          state = result.state .. (result.error and (": " .. result.error) or "")
-        end
-      end, buf)
-    end
-    return state
-  end
-end
+local H = dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "harness.lua")
+local log, need, finish, when = H.log, H.need, H.finish, H.when
 
 local function main()
   local line = tonumber(need("MIDLINE_LINE"))
@@ -103,7 +36,7 @@ local function main()
     return client and client.initialized and client
   end, "client attached and initialized", function(client)
     log("cmd " .. vim.json.encode(client.config.cmd))
-    when(model_state(client, buf), "model loaded", function(state)
+    when(H.model_state(client, buf), "model loaded", function(state)
       if state ~= "ready" then
         return finish({ error = "the model did not load: " .. state })
       end

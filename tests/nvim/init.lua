@@ -1,8 +1,0 @@
-vim.lsp.config("midline", {
-  cmd = { "midline", "serve" },
-  filetypes = { "python", "javascript", "typescript", "go", "rust", "java", "c", "cpp" },
-  root_markers = { ".git" },
-  init_options = { midline = { maxNewTokens = 64 } },
-  on_attach = function(client, buf) vim.lsp.completion.enable(true, client.id, buf) end,
-})
-vim.lsp.enable("midline")
