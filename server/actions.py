@@ -14,10 +14,11 @@ Gates: a fix is offered only if it differs from the original and the document wi
 original was (`well_formed`: Python compiles it; tree-sitter finds no ERROR or MISSING node), then only if it passes
 in the sandbox every test of the function's evidence that the original passes and one that the original fails
 (`fix_evidence.py`: doctests, workspace tests naming it, a reproducible diagnostic); with no evidence it is offered
-marked unverified, nothing run. Code from a comment only if the document still parses with it; Python tests only if they pass against the current
-code in the sandbox (`verify.py`); other languages' tests are marked unverified. Where `security.scan`
-covers actions, a fix, tests or code from a comment with a high security finding (`security.py`) is
-still offered, with its `warning`: the server shows it, and has the editor ask before applying the edit.
+marked unverified, nothing run. Code from a comment only if the document still parses with it; Python tests only
+if they pass against the current code in the sandbox (`verify.py`); other languages' tests are marked unverified.
+Where `security.scan` covers actions, a fix, tests or code from a comment with a high security finding
+(`security.py`) is still offered, with its `warning`: the server shows it, and has the editor ask before applying
+the edit.
 """
 
 from __future__ import annotations
