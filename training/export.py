@@ -456,6 +456,13 @@ def _card_licence(card: CardInputs) -> str:
     text = ("## Licence\n\nThe weights are released under Apache-2.0, midline's licence (`LICENSE` in its "
             "repository).")
     licences = (card.manifest or {}).get("licences")
+    if licences and all(isinstance(v, dict) for v in licences.values()):  # {licence: {files, bytes, tokens}}
+        rows = [[k, f"{v.get('files', 0):,}", f"{v.get('bytes', 0) / 1e6:.1f}", f"{v.get('tokens', 0):,}"]
+                for k, v in licences.items()]
+        tokens = card.manifest.get("tokens", "")  # type: ignore[union-attr]
+        return (f"{text} The corpus's files' licences (training and validation), as the corpus stage recorded them "
+                f"(tokens {tokens}):\n\n"
+                + _grid(["licence", "files", "MB", "tokens"], rows))
     if licences:
         return f"{text} The training files' licences, as the corpus stage recorded them:\n\n{_table(licences)}"
     return f"{text} The corpus stage did not record the training files' licences."

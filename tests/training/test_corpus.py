@@ -56,8 +56,19 @@ def module(seed: int, functions: int = 6) -> str:
     return "".join(parts)
 
 
+MIT = """MIT License
+
+Copyright (c) 2024 The Example Authors
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and associated
+documentation files (the "Software"), to deal in the Software without restriction, ...
+"""
+
+
 def write(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
+    """The files under `root`, and an MIT LICENSE at its top unless they have one (the stage keeps permissive files
+    by default)."""
+    for rel, content in {"LICENSE": MIT, **files}.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())

@@ -26,6 +26,7 @@ def small_source_tree(root: Path) -> Path:
             target = root / package.replace("/", "_") / file.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(file, target)
+    shutil.copy(STDLIB / "LICENSE.txt", root / "LICENSE.txt")  # PSF-2.0: the corpus stage keeps permissive files
     return root
 
 
