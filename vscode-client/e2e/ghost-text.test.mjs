@@ -1,31 +1,18 @@
 // End to end in a real VS Code: code-server with midline's .vsix installed, driven by Playwright in
-// headless Chromium. It opens a Python file, types at the end of a comment, waits for midline's ghost
-// text, accepts it with Tab, saves, and checks the file on disk is the text before + what was typed +
-// the ghost text that was shown. Then it pauses completions from the status bar (no ghost text), resumes,
+// headless Chromium (harness.mjs). It opens a Python file, types at the end of a comment, waits for midline's
+// ghost text, accepts it with Tab, saves, and checks the file on disk is the text before + what was typed +
+// the ghost text that was shown. Then it pauses completions from the status bar menu (no ghost text), resumes,
 // runs the Explain code action from the command palette, checks midline.showExplanation renders Markdown,
 // and points midline.pythonPath at a Python without midline (an error that says how to fix it).
-// Screenshots go to the artifacts folder.
-//
-// Run by e2e/run.sh, which installs the parts and sets the environment:
-//   CODE_SERVER  the code-server launcher       CHROMIUM  the browser (Debian's chromium)
-//   PLAYWRIGHT   the playwright-core folder     VSIX      the packaged extension
-//   MIDLINE_PYTHON  a Python with midline       MIDLINE_MODEL  a model directory (the tiny test model)
-//   E2E_WORK     a fresh folder for this run    E2E_ARTIFACTS  where screenshots and logs go
+// Screenshots go to the artifacts folder. Run by e2e/run.sh.
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { createRequire } from "node:module";
+import { readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
 
-const env = (name) => {
-  const value = process.env[name];
-  assert.ok(value, `environment variable ${name} is not set (run e2e/run.sh)`);
-  return value;
-};
+import { env, eventually, goToLineEnd, openFromExplorer, pickFromStatusMenu, session, settledGhost } from "./harness.mjs";
 
-// The same document and settings as tests/test_server.py and tests/test_neovim.py: the model has random
+// The same document and settings as tests/e2e/test_server.py and tests/e2e/test_neovim.py: the model has random
 // weights, so the cursor sits at the end of a comment, where any one line is valid Python.
 const CODE = `import math
 
@@ -40,211 +27,32 @@ print(area(2.0))
 `;
 const COMMENT_LINE = 5; // 0-based
 const TYPED = " by "; // typed at the end of the comment: the line becomes test_server.py's comment line
-const SETTINGS = {
-  "midline.debounceMs": 0,
-  "midline.maxNewTokens": 24,
-  "midline.timeoutMs": 20000,
-  "midline.maxLines": 1, // one line of ghost text, so what is shown is all there is to accept
-  "midline.device": "cpu",
-  "midline.logLevel": "INFO",
-  // A clean, quiet workbench: no welcome page, trust prompt, recommendations or minimap in the screenshot.
-  "workbench.startupEditor": "none",
-  "workbench.tips.enabled": false,
-  "security.workspace.trust.enabled": false,
-  "extensions.ignoreRecommendations": true,
-  "telemetry.telemetryLevel": "off",
-  "update.mode": "none",
-  "editor.minimap.enabled": false,
-  "chat.disableAIFeatures": true,
-  "workbench.secondarySideBar.defaultVisibility": "hidden",
-};
 
 const TIMEOUT_MS = 120_000;
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForHttp(url, deadline, isAlive) {
-  while (Date.now() < deadline) {
-    if (!isAlive()) {
-      throw new Error("code-server exited before it answered");
-    }
-    try {
-      const response = await fetch(url);
-      if (response.ok) {
-        return;
-      }
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-  throw new Error(`no answer from ${url}`);
-}
-
-/** Every file under `dir` whose name matches `pattern`. */
-function findFiles(dir, pattern, out = []) {
-  if (!existsSync(dir)) {
-    return out;
-  }
-  for (const name of readdirSync(dir)) {
-    const file = path.join(dir, name);
-    if (statSync(file).isDirectory()) {
-      findFiles(file, pattern, out);
-    } else if (pattern.test(name)) {
-      out.push(file);
-    }
-  }
-  return out;
-}
-
-/** Processes whose command line or working directory is in `folder` (this run's): what this run started. */
-function processesIn(folder) {
-  const pids = [];
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) {
-      continue;
-    }
-    try {
-      const cwd = readlinkSync(`/proc/${name}/cwd`);
-      if (readFileSync(`/proc/${name}/cmdline`, "utf8").includes(folder) || cwd === folder || cwd.startsWith(folder + path.sep)) {
-        pids.push(Number(name));
-      }
-    } catch {
-      // gone, or not ours to read
-    }
-  }
-  return pids;
-}
-
 test("VS Code (code-server): ghost text accepted with Tab, pause, Explain, showExplanation, missing server", { timeout: TIMEOUT_MS + 60_000 }, async (t) => {
-  const codeServer = env("CODE_SERVER");
-  const work = env("E2E_WORK");
-  const artifacts = env("E2E_ARTIFACTS");
-  const { chromium } = createRequire(path.join(env("PLAYWRIGHT"), "package.json"))("playwright-core");
-  const started = Date.now();
-  const deadline = started + TIMEOUT_MS;
-  const events = [];
-  const log = (what) => {
-    const line = `${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s  ${what}`;
-    events.push(line);
-    console.log(line);
-  };
-
-  // A fresh profile each run: typing before the extension has activated gives no ghost text, and old
-  // state (a paused toggle, an open editor) would change what happens.
-  const userData = path.join(work, "user-data");
-  const extensions = path.join(work, "extensions");
-  const workspace = path.join(work, "workspace");
-  for (const dir of [userData, extensions, workspace, artifacts, path.join(userData, "User")]) {
-    mkdirSync(dir, { recursive: true });
-  }
-  const file = path.join(workspace, "circle.py");
-  writeFileSync(file, CODE);
   const keybinding = { key: "ctrl+alt+shift+e", command: "midline.showExplanation", args: "# Rendered by midline\n\nSome **Markdown**." };
-  writeFileSync(path.join(userData, "User", "keybindings.json"), JSON.stringify([keybinding], null, 2));
-  writeFileSync(
-    path.join(userData, "User", "settings.json"),
-    JSON.stringify({ ...SETTINGS, "midline.pythonPath": env("MIDLINE_PYTHON"), "midline.model": env("MIDLINE_MODEL") }, null, 2),
-  );
-  const isolated = {
-    ...process.env,
-    XDG_CONFIG_HOME: path.join(work, "xdg", "config"),
-    XDG_DATA_HOME: path.join(work, "xdg", "data"),
-    XDG_CACHE_HOME: path.join(work, "xdg", "cache"),
-    XDG_STATE_HOME: path.join(work, "xdg", "state"),
-  };
-  const common = ["--auth", "none", "--config", "/dev/null", "--user-data-dir", userData, "--extensions-dir", extensions];
-
-  const install = spawnSync(codeServer, [...common, "--install-extension", env("VSIX")], { env: isolated, encoding: "utf8", timeout: 120_000 });
-  log(`install-extension: exit ${install.status}: ${(install.stdout + install.stderr).trim().split("\n").slice(-2).join(" | ")}`);
-  assert.equal(install.status, 0, install.stdout + install.stderr);
-  assert.ok(readdirSync(extensions).some((name) => name.startsWith("midline.midline-")), `midline is not in ${extensions}`);
-
-  const port = await freePort();
-  const serverLog = [];
-  const server = spawn(
-    codeServer,
-    [...common, "--bind-addr", `127.0.0.1:${port}`, "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust", "--disable-getting-started-override", workspace],
-    { env: isolated, detached: true, stdio: ["ignore", "pipe", "pipe"] },
-  );
-  let exited = false;
-  server.on("exit", () => (exited = true));
-  for (const stream of [server.stdout, server.stderr]) {
-    stream.on("data", (data) => serverLog.push(String(data)));
-  }
-  let browser;
-  let page;
-  t.after(async () => {
-    await browser?.close().catch(() => {});
-    if (!exited) {
-      try {
-        process.kill(-server.pid, "SIGTERM");
-      } catch {
-        // already gone
-      }
-      await new Promise((resolve) => setTimeout(resolve, 1000));
-    }
-    for (const pid of processesIn(work)) {
-      try {
-        process.kill(pid, "SIGKILL"); // only what this run started: it runs in or names this run's folder
-      } catch {
-        // already gone
-      }
-    }
-    writeFileSync(path.join(artifacts, "code-server.log"), serverLog.join(""));
-    writeFileSync(path.join(artifacts, "events.log"), events.join("\n") + "\n");
-  });
-
-  try {
-    await waitForHttp(`http://127.0.0.1:${port}/healthz`, deadline, () => !exited);
-    log(`code-server listening on ${port}`);
-
-    browser = await chromium.launch({ executablePath: env("CHROMIUM"), headless: true, env: isolated }); // its crash reports too
-    page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
-    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);
-    await page.locator(".monaco-workbench").waitFor({ timeout: deadline - Date.now() });
-    log("workbench loaded");
-
+  const s = await session(t, { name: "ghost-text", timeoutMs: TIMEOUT_MS, files: { "circle.py": CODE }, keybindings: [keybinding] });
+  const { page, log, artifacts, work } = s;
+  const file = path.join(s.workspace, "circle.py");
+  const item = s.statusItem;
+  await s.run(async () => {
     // Open circle.py from the explorer, as a user would; its language (python) activates midline.
-    await page.getByRole("treeitem", { name: "circle.py" }).click({ timeout: deadline - Date.now() });
-    const editor = page.locator(".editor-instance .monaco-editor").first();
-    await editor.locator(".view-lines", { hasText: "multiply the square" }).waitFor({ timeout: deadline - Date.now() });
-    log("circle.py open");
+    const editor = await openFromExplorer(s, "circle.py", "multiply the square");
 
     // The status bar item says model · device · latency once the server has loaded its model.
-    const item = page.locator(".statusbar-item", { hasText: "midline" }); // in any state
     const status = page.locator(".statusbar-item", { hasText: /midline: .* · cpu · / });
-    await status.waitFor({ timeout: deadline - Date.now() });
+    await status.waitFor({ timeout: s.left() });
     log(`status bar: ${(await status.innerText()).trim()}`);
 
     // End of the comment line (Ctrl+G goes to its start), then type.
     await editor.locator(".view-lines").click();
-    await page.keyboard.press("Control+G");
-    await page.keyboard.type(String(COMMENT_LINE + 1));
-    await page.keyboard.press("Enter");
-    await page.keyboard.press("End");
+    await goToLineEnd(page, COMMENT_LINE + 1);
     await page.keyboard.type(TYPED, { delay: 80 });
     log(`typed ${JSON.stringify(TYPED)}`);
 
     const ghost = editor.locator(".ghost-text-decoration").first();
-    await ghost.waitFor({ state: "visible", timeout: deadline - Date.now() });
-    // The text shown, once it has stopped changing (a late answer for an earlier keystroke could replace it).
-    const ghostText = async () => (await editor.locator(".ghost-text-decoration").allTextContents()).join("").replace(/\u00a0/g, " ");
-    let shown = await ghostText();
-    for (let previous = ""; shown !== previous; ) {
-      previous = shown;
-      await page.waitForTimeout(500);
-      shown = await ghostText();
-    }
+    const shown = await settledGhost(page, editor, s.left());
     log(`ghost text: ${JSON.stringify(shown)}`);
     assert.ok(shown.trim().length > 0, "the ghost text is empty");
     assert.equal(await editor.locator(".ghost-text").count(), 0, "ghost text spans more than one line (maxLines is 1)");
@@ -257,25 +65,21 @@ test("VS Code (code-server): ghost text accepted with Tab, pause, Explain, showE
     const lines = CODE.split("\n");
     lines[COMMENT_LINE] += TYPED + shown;
     const expected = lines.join("\n");
-    const savedBy = Date.now() + 10_000;
-    while (readFileSync(file, "utf8") !== expected && Date.now() < savedBy) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    const saved = readFileSync(file, "utf8");
+    const saved = await eventually(() => readFileSync(file, "utf8"), expected);
     log(`accepted with Tab and saved: line ${COMMENT_LINE + 1} is ${JSON.stringify(saved.split("\n")[COMMENT_LINE])}`);
     await page.screenshot({ path: path.join(artifacts, "accepted.png") });
     assert.equal(saved, expected, "the document is not the text before + what was typed + the ghost text");
 
-    // A click on the status bar item pauses completions: typing shows no ghost text; another resumes.
-    await status.click();
+    // Pause from the status bar item's menu: typing shows no ghost text; Resume from the same menu.
+    await pickFromStatusMenu(s, "Pause completions");
     await item.locator(".codicon-debug-pause").waitFor({ timeout: 10_000 });
-    log(`paused: ${(await status.innerText()).trim()}`);
+    log(`paused: ${(await item.innerText()).trim()}`);
     await editor.locator(".view-lines").click();
     await page.keyboard.press("Control+End");
     await page.keyboard.type("# the area of a circle of radius 3 is ", { delay: 20 });
     await page.waitForTimeout(3000);
     assert.equal(await editor.locator(".ghost-text-decoration").count(), 0, "ghost text while paused");
-    await status.click();
+    await pickFromStatusMenu(s, "Resume completions");
     await item.locator(".codicon-sparkle").waitFor({ timeout: 10_000 });
     log("no ghost text while paused; resumed");
 
@@ -332,17 +136,8 @@ test("VS Code (code-server): ghost text accepted with Tab, pause, Explain, showE
     await toast.waitFor({ timeout: 30_000 });
     const message = (await toast.innerText()).replace(/\s+/g, " ");
     log(`error: ${message}`);
-    assert.match(message, /-m pip install midline/);
+    assert.match(message, /-m pip install -e \/path\/to\/midline/);
     await item.locator(".codicon-error").waitFor({ timeout: 10_000 });
     await page.screenshot({ path: path.join(artifacts, "no-server.png") });
-    log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  } catch (error) {
-    if (page !== undefined) {
-      await page.screenshot({ path: path.join(artifacts, "failure.png") }).catch(() => {});
-    }
-    const logs = findFiles(path.join(userData, "logs"), /midline|exthost|remoteagent/i)
-      .map((name) => `--- ${name}\n${readFileSync(name, "utf8").slice(-4000)}`)
-      .join("\n");
-    throw new Error(`${error.message}\n\nsteps:\n${events.join("\n")}\n\ncode-server:\n${serverLog.join("").slice(-3000)}\n\nlogs:\n${logs}`, { cause: error });
-  }
+  });
 });

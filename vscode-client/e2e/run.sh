@@ -11,8 +11,13 @@
 # standard npm and apt caches. The Python side is the repository's .venv (or MIDLINE_PYTHON): a Python
 # with midline installed, as .ci/run sets it up. A tiny random-weight model is made for the run.
 #
+# The tests (one code-server each, one after another): ghost-text.test.mjs (type, accept, pause, code actions, a
+# missing server), keys.test.mjs (cycling, accept line, the outcome record, snooze and per-language from the
+# status bar menu), notebook.test.mjs (a Jupyter notebook's Python cell).
+#
 # Artifacts (screenshots, logs) go to vscode-client/e2e/.work/artifacts/; --update-docs also copies the
-# ghost-text screenshot to docs/vscode-ghost-text.png for the README. Exits non-zero on any failure.
+# ghost-text and cycling screenshots to docs/vscode-ghost-text.png and docs/vscode-cycling.png for the README.
+# Exits non-zero on any failure.
 set -euo pipefail
 
 CODE_SERVER_VERSION=4.139.1
@@ -115,12 +120,13 @@ step "end to end: code-server + Playwright + Chromium"
 status=0
 CODE_SERVER="$CODE_SERVER" CHROMIUM="$CHROMIUM" PLAYWRIGHT="$TOOLS/e2e/node_modules/playwright-core" VSIX="$VSIX" \
   MIDLINE_PYTHON="$PYTHON" MIDLINE_MODEL="$MODEL" E2E_WORK="$WORK_ROOT/run" E2E_ARTIFACTS="$ARTIFACTS" \
-  node --test --test-reporter=spec "$HERE/ghost-text.test.mjs" || status=$?
+  node --test --test-concurrency=1 --test-reporter=spec "$HERE/ghost-text.test.mjs" "$HERE/keys.test.mjs" "$HERE/notebook.test.mjs" || status=$?
 ls -l "$ARTIFACTS" || true
 if [ "$status" = 0 ] && [ "$UPDATE_DOCS" = 1 ]; then
   mkdir -p "$REPO/docs"
   cp "$ARTIFACTS/ghost-text.png" "$REPO/docs/vscode-ghost-text.png"
-  step "copied the screenshot to docs/vscode-ghost-text.png"
+  cp "$ARTIFACTS/cycling.png" "$REPO/docs/vscode-cycling.png"
+  step "copied the screenshots to docs/vscode-ghost-text.png and docs/vscode-cycling.png"
 fi
 step "done (exit $status)"
 exit "$status"

@@ -1,8 +1,10 @@
 /**
  * midline for VS Code: starts `midline serve` with vscode-languageclient's node client, so the
  * server's LSP 3.18 inline completions become ghost text; maps `midline.*` settings onto the server's
- * configuration; shows model, device and last latency in the status bar (click: pause/resume); sends
- * the server's log to the "midline" output channel; and adds commands for midline's code actions.
+ * configuration; shows model, device and last latency in the status bar, whose menu pauses, snoozes
+ * (timed) or turns completions off for a language, answering those requests itself (gate.ts); serves Python
+ * (and the other languages') cells of notebooks too; sends the server's log to the "midline" output
+ * channel; and adds commands for midline's code actions.
  */
 import { execFile } from "node:child_process";
 import * as fs from "node:fs";
@@ -22,6 +24,7 @@ import {
 
 import { ACTIONS, pickAction, type ActionSpec } from "./codeActions";
 import { explanationHtml } from "./explanation";
+import { menuEntries, SNOOZE_MINUTES, suspension, withLanguage, formatRemaining, type GateState, type MenuEntry, type Suspension } from "./gate";
 import { PYTHON_PROBE, missingModuleMessage, resolveServerCommand, type ServerCommand } from "./serverCommand";
 import { affectsServer, needsRestart, serverSettingSpecs, serverSettings, type SettingSpec } from "./settings";
 import { lineLeveller } from "./serverLog";
@@ -31,6 +34,9 @@ import { formatStatus, type ClientState, type ServerStatus } from "./status";
 export const LANGUAGES = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust", "java", "c", "cpp"];
 
 const PAUSED_KEY = "midline.paused";
+const SNOOZED_UNTIL_KEY = "midline.snoozedUntil";
+/** How often the status bar's snooze countdown is redrawn. */
+const SNOOZE_TICK_MS = 30_000;
 const POLL_LOADING_MS = 1000;
 const POLL_READY_MS = 60_000;
 
@@ -40,13 +46,20 @@ export interface MidlineApi {
   /** The last `midline.status` result. */
   status(): ServerStatus | undefined;
   paused(): boolean;
+  /** Why requests for `language` (default: the active editor's) are stopped now, if they are. */
+  suspended(language?: string): Suspension | undefined;
   state(): ClientState;
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<MidlineApi> {
   midline = new Midline(context);
   await midline.start();
-  return { status: () => midline?.lastStatus, paused: () => midline?.paused ?? false, state: () => midline?.state ?? "stopped" };
+  return {
+    status: () => midline?.lastStatus,
+    paused: () => midline?.paused ?? false,
+    suspended: (language) => midline?.suspended(language ?? activeLanguage()),
+    state: () => midline?.state ?? "stopped",
+  };
 }
 
 export async function deactivate(): Promise<void> {
@@ -61,6 +74,9 @@ class Midline {
   state: ClientState = "starting";
   lastStatus: ServerStatus | undefined;
   paused: boolean;
+  /** When the snooze ends (ms since the epoch); 0: not snoozed. */
+  private snoozedUntil: number;
+  private snoozeTimer: NodeJS.Timeout | undefined;
   private error: string | undefined;
   private pollTimer: NodeJS.Timeout | undefined;
   private refreshSoon: NodeJS.Timeout | undefined;
@@ -73,14 +89,18 @@ class Midline {
     this.output = vscode.window.createOutputChannel("midline", { log: true });
     this.statusItem = vscode.window.createStatusBarItem("midline.status", vscode.StatusBarAlignment.Right, 100);
     this.statusItem.name = "midline";
-    this.statusItem.command = "midline.toggle";
+    this.statusItem.command = "midline.menu";
     this.specs = serverSettingSpecs(context.extension.packageJSON.contributes.configuration.properties);
     this.paused = context.globalState.get<boolean>(PAUSED_KEY, false);
     void vscode.commands.executeCommand("setContext", PAUSED_KEY, this.paused);
+    this.snoozedUntil = context.globalState.get<number>(SNOOZED_UNTIL_KEY, 0);
     context.subscriptions.push(
       this.output,
       this.statusItem,
-      vscode.commands.registerCommand("midline.toggle", () => this.toggle()),
+      vscode.commands.registerCommand("midline.toggle", () => this.setPaused(!this.paused)),
+      vscode.commands.registerCommand("midline.menu", () => this.showMenu()),
+      vscode.commands.registerCommand("midline.snooze", (minutes?: unknown) => this.snoozeCommand(minutes)),
+      vscode.commands.registerCommand("midline.toggleLanguage", () => this.toggleActiveLanguage()),
       vscode.commands.registerCommand("midline.restart", () => this.restart()),
       vscode.commands.registerCommand("midline.showLog", () => this.output.show(true)),
       vscode.commands.registerCommand("midline.showStatus", () => this.showStatus()),
@@ -89,7 +109,10 @@ class Midline {
       ),
       ...ACTIONS.map((spec) => vscode.commands.registerCommand(spec.command, () => this.runAction(spec))),
       vscode.workspace.onDidChangeConfiguration((event) => this.onConfigurationChanged(event)),
+      vscode.window.onDidChangeActiveTextEditor(() => this.render()),
+      { dispose: () => clearTimeout(this.snoozeTimer) },
     );
+    this.scheduleSnoozeTick();
     this.render();
     this.statusItem.show();
   }
@@ -151,6 +174,9 @@ class Midline {
       documentSelector: LANGUAGES.flatMap((language) => [
         { scheme: "file", language },
         { scheme: "untitled", language },
+        // A notebook's cells of the language (Jupyter's Python cells): synced as notebookDocument/* where
+        // the server declares notebookDocumentSync, else each cell as a text document of its own.
+        { notebook: "*", language },
       ]),
       initializationOptions: () => ({ midline: serverSettings(this.specs, reader()) }),
       outputChannel: this.output,
@@ -170,8 +196,8 @@ class Midline {
       },
       middleware: {
         provideInlineCompletionItems: async (document, position, context, token, next) => {
-          if (this.paused) {
-            return null;
+          if (this.suspended(document.languageId) !== undefined) {
+            return null; // paused, snoozed or off for the language: the server is not asked
           }
           try {
             return await next(document, position, context, token);
@@ -179,7 +205,8 @@ class Midline {
             this.refreshStatusSoon();
           }
         },
-        provideCompletionItem: (document, position, context, token, next) => (this.paused ? null : next(document, position, context, token)),
+        provideCompletionItem: (document, position, context, token, next) =>
+          this.suspended(document.languageId) !== undefined ? null : next(document, position, context, token),
         workspace: {
           // The server pulls its section when a change notification carries none: answer with its keys only.
           configuration: async (params, token, next) => {
@@ -243,13 +270,21 @@ class Midline {
     this.render();
   }
 
+  private gateState(): GateState {
+    return { paused: this.paused, snoozedUntil: this.snoozedUntil, enable: vscode.workspace.getConfiguration("midline").get("enable") };
+  }
+
+  /** Why requests for a document of `language` are stopped now, if they are. */
+  suspended(language: string | undefined): Suspension | undefined {
+    return suspension(this.gateState(), language, Date.now());
+  }
+
   private render(): void {
-    const view = formatStatus(this.state, this.lastStatus, this.paused, this.error);
+    const view = formatStatus(this.state, this.lastStatus, this.suspended(activeLanguage()), this.error);
     this.statusItem.text = view.text;
     const tooltip = new vscode.MarkdownString(view.tooltip);
     tooltip.supportThemeIcons = true;
     this.statusItem.tooltip = tooltip;
-    this.statusItem.command = this.state === "failed" ? "midline.showLog" : "midline.toggle";
     this.statusItem.backgroundColor =
       view.severity === "none" ? undefined : new vscode.ThemeColor(view.severity === "error" ? "statusBarItem.errorBackground" : "statusBarItem.warningBackground");
   }
@@ -291,8 +326,8 @@ class Midline {
     }
   }
 
-  private async toggle(): Promise<void> {
-    this.paused = !this.paused;
+  private async setPaused(paused: boolean): Promise<void> {
+    this.paused = paused;
     await this.context.globalState.update(PAUSED_KEY, this.paused);
     await vscode.commands.executeCommand("setContext", PAUSED_KEY, this.paused);
     if (this.paused) {
@@ -300,6 +335,104 @@ class Midline {
     }
     this.render();
     vscode.window.setStatusBarMessage(this.paused ? "midline: completions paused" : "midline: completions resumed", 2000);
+  }
+
+  /** Snoozes for `minutes` (0: ends the snooze); completions resume by themselves when it ends. */
+  private async snooze(minutes: number): Promise<void> {
+    this.snoozedUntil = minutes > 0 ? Date.now() + minutes * 60_000 : 0;
+    await this.context.globalState.update(SNOOZED_UNTIL_KEY, this.snoozedUntil);
+    if (minutes > 0) {
+      await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
+    }
+    this.scheduleSnoozeTick();
+    this.render();
+    vscode.window.setStatusBarMessage(minutes > 0 ? `midline: completions snoozed for ${formatRemaining(minutes * 60_000)}` : "midline: completions resumed", 2000);
+  }
+
+  /** Redraws the countdown while snoozed, and the status once the snooze is over. */
+  private scheduleSnoozeTick(): void {
+    clearTimeout(this.snoozeTimer);
+    const left = this.snoozedUntil - Date.now();
+    if (this.snoozedUntil === 0) {
+      return;
+    }
+    if (left <= 0) {
+      this.snoozedUntil = 0;
+      void this.context.globalState.update(SNOOZED_UNTIL_KEY, 0);
+      this.render();
+      vscode.window.setStatusBarMessage("midline: snooze over, completions resumed", 4000);
+      return;
+    }
+    this.snoozeTimer = setTimeout(() => {
+      this.render();
+      this.scheduleSnoozeTick();
+    }, Math.min(left, SNOOZE_TICK_MS));
+  }
+
+  /** `midline.snooze`: for the minutes given (a keybinding's `args`), else as picked from a short list. */
+  private async snoozeCommand(minutes: unknown): Promise<void> {
+    if (typeof minutes === "number" && Number.isFinite(minutes) && minutes >= 0) {
+      return this.snooze(minutes);
+    }
+    const entries = menuEntries(this.gateState(), undefined, Date.now()).filter((entry) => entry.action.kind === "snooze" || entry.action.kind === "unsnooze");
+    const picked = await vscode.window.showQuickPick(entries, { title: "midline: snooze completions", placeHolder: `for ${SNOOZE_MINUTES.join(", ")} minutes` });
+    if (picked !== undefined) {
+      await this.run(picked);
+    }
+  }
+
+  /** The status bar item's menu. */
+  private async showMenu(): Promise<void> {
+    const entries = menuEntries(this.gateState(), activeLanguage(), Date.now());
+    const picked = await vscode.window.showQuickPick(entries, { title: "midline", placeHolder: this.statusItem.text.replace(/\$\([^)]*\)\s*/g, "") });
+    if (picked !== undefined) {
+      await this.run(picked);
+    }
+  }
+
+  private async run(entry: MenuEntry): Promise<void> {
+    const action = entry.action;
+    switch (action.kind) {
+      case "pause":
+      case "resume":
+        return this.setPaused(action.kind === "pause");
+      case "snooze":
+        return this.snooze(action.minutes);
+      case "unsnooze":
+        return this.snooze(0);
+      case "language":
+        return this.setLanguage(action.language, action.on);
+      case "showStatus":
+        return this.showStatus();
+      case "showLog":
+        return this.output.show(true);
+      case "restart":
+        return this.restart();
+    }
+  }
+
+  private async toggleActiveLanguage(): Promise<void> {
+    const language = activeLanguage();
+    if (language === undefined) {
+      void vscode.window.showInformationMessage("midline: open a file to turn completions on or off for its language.");
+      return;
+    }
+    await this.setLanguage(language, this.suspended(language)?.kind === "language");
+  }
+
+  /** Turns completions on or off for a language in `midline.enable`, where that setting is set (the
+   * workspace's, else the user's); the server gets the map with the other settings. */
+  private async setLanguage(language: string, on: boolean): Promise<void> {
+    const config = vscode.workspace.getConfiguration("midline");
+    const inspected = config.inspect<Record<string, boolean>>("enable");
+    const target = inspected?.workspaceValue !== undefined ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    const current = target === vscode.ConfigurationTarget.Workspace ? inspected?.workspaceValue : inspected?.globalValue;
+    await config.update("enable", withLanguage(current ?? inspected?.defaultValue, language, on), target);
+    if (!on) {
+      await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
+    }
+    this.render();
+    vscode.window.setStatusBarMessage(`midline: completions ${on ? "on" : "off"} for ${language}`, 2000);
   }
 
   async restart(): Promise<void> {
@@ -322,6 +455,9 @@ class Midline {
 
   private onConfigurationChanged(event: vscode.ConfigurationChangeEvent): void {
     const affects = (section: string) => event.affectsConfiguration(section);
+    if (affects("midline.enable")) {
+      this.render();
+    }
     if (needsRestart(affects)) {
       this.output.info("server command changed: restarting");
       void this.restart();
@@ -402,6 +538,11 @@ const midlineCapabilities: StaticFeature = {
   getState: () => ({ kind: "static" }),
   clear() {},
 };
+
+/** The active editor's language id (a notebook's cell too), if there is one. */
+function activeLanguage(): string | undefined {
+  return vscode.window.activeTextEditor?.document.languageId;
+}
 
 function reader(scope?: vscode.ConfigurationScope): (key: string) => unknown {
   const config = vscode.workspace.getConfiguration("midline", scope);

@@ -26,7 +26,7 @@ export interface Lookup {
 }
 
 export const INSTALL_HINT =
-  "Install the server with `pip install midline` (or `pip install -e .` in a midline checkout), then set " +
+  "Install the server from a midline checkout (`pip install -e /path/to/midline`, or the wheel built from it), then set " +
   "`midline.pythonPath` to that environment's Python, or `midline.serverCommand` to the full command " +
   '(e.g. `["/path/to/.venv/bin/midline", "serve"]`).';
 
@@ -88,5 +88,5 @@ export const PYTHON_PROBE = [
 
 /** The message for a `pythonPath` whose interpreter lacks midline. */
 export function missingModuleMessage(python: string): string {
-  return `midline: the Python at \`${python}\` has no midline server. Run \`${python} -m pip install midline\` (or \`pip install -e .\` in a midline checkout with that Python), or point \`midline.pythonPath\` at the environment that has it.`;
+  return `midline: the Python at \`${python}\` has no midline server. Run \`${python} -m pip install -e /path/to/midline\` (a midline checkout; or install the wheel built from it with that Python), or point \`midline.pythonPath\` at the environment that has it.`;
 }

@@ -1,7 +1,8 @@
 /**
- * The status bar item's text and tooltip, from the server's `midline.status` command. Pure: the
- * extension only copies these strings onto a `StatusBarItem`.
+ * The status bar item's text and tooltip, from the server's `midline.status` command and whether requests
+ * are stopped (gate.ts). Pure: the extension only copies these strings onto a `StatusBarItem`.
  */
+import { describeSuspension, formatRemaining, type Suspension } from "./gate";
 
 /** What `midline.status` returns (server/server.py `status`); every field may be missing. */
 export interface ServerStatus {
@@ -50,17 +51,35 @@ export function formatLatency(ms: number | undefined): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
-export function formatStatus(state: ClientState, status: ServerStatus | undefined, paused: boolean, error?: string): StatusView {
-  const click = paused ? "Click to resume completions." : "Click to pause completions.";
+const SUSPENDED_ICONS: Record<Suspension["kind"], string> = { paused: "$(debug-pause)", snoozed: "$(clock)", language: "$(circle-slash)" };
+
+/** The tooltip's line on whether completions are on. */
+function completionsLine(suspended: Suspension | undefined, now: number): string {
+  switch (suspended?.kind) {
+    case undefined:
+      return "completions on";
+    case "paused":
+      return "completions **paused**";
+    case "snoozed":
+      return `completions **snoozed**, ${formatRemaining(suspended.until - now)} left`;
+    case "language":
+      return `completions **off** for ${escapeMarkdown(suspended.language)} (\`midline.enable\`)`;
+  }
+}
+
+/** The item's view: `suspended` says why requests are stopped (none go to the server then), `now` is for
+ * a snooze's time left. */
+export function formatStatus(state: ClientState, status: ServerStatus | undefined, suspended: Suspension | undefined, error?: string, now = Date.now()): StatusView {
+  const click = "Click for the menu: pause, snooze, per-language, log, restart.";
   if (state === "failed") {
     return {
       text: "$(error) midline",
-      tooltip: `**midline**: the server is not running.\n\n${escapeMarkdown(error ?? "See the midline output channel.")}`,
+      tooltip: `**midline**: the server is not running.\n\n${escapeMarkdown(error ?? "See the midline output channel.")}\n\n${click}`,
       severity: "error",
     };
   }
   if (state === "stopped") {
-    return { text: "$(circle-slash) midline", tooltip: "**midline**: the server has stopped.", severity: "warning" };
+    return { text: "$(circle-slash) midline", tooltip: `**midline**: the server has stopped.\n\n${click}`, severity: "warning" };
   }
   if (state === "starting" || status === undefined) {
     return { text: "$(loading~spin) midline", tooltip: "**midline**: starting the server…", severity: "none" };
@@ -68,18 +87,19 @@ export function formatStatus(state: ClientState, status: ServerStatus | undefine
   const model = modelName(status.model);
   if (status.state === "failed") {
     const why = escapeMarkdown(status.error ?? "See the midline output channel.");
-    return { text: `$(error) midline: ${model}`, tooltip: `**midline**: no model.\n\n${why}`, severity: "error" };
+    return { text: `$(error) midline: ${model}`, tooltip: `**midline**: no model.\n\n${why}\n\n${click}`, severity: "error" };
   }
+  const severity = suspended === undefined || suspended.kind === "language" ? "none" : "warning";
+  const suspendedText = suspended && `${SUSPENDED_ICONS[suspended.kind]} midline: ${describeSuspension(suspended, now)}`;
   if (!status.ready) {
-    const text = paused ? `$(debug-pause) midline: ${model}` : `$(loading~spin) midline: ${model}`;
-    return { text, tooltip: `**midline**: loading ${escapeMarkdown(status.model ?? model)}…\n\n${click}`, severity: "none" };
+    const text = suspendedText ?? `$(loading~spin) midline: ${model}`;
+    return { text, tooltip: `**midline**: loading ${escapeMarkdown(status.model ?? model)}…\n\n${completionsLine(suspended, now)}\n\n${click}`, severity };
   }
   const device = status.device ?? "?";
   const latency = formatLatency(status.lastLatencyMs);
-  const icon = paused ? "$(debug-pause)" : status.generating ? "$(sync~spin)" : "$(sparkle)";
-  const text = `${icon} midline: ${model} · ${device} · ${latency}`;
+  const text = suspendedText ?? `${status.generating ? "$(sync~spin)" : "$(sparkle)"} midline: ${model} · ${device} · ${latency}`;
   const rows = [
-    `**midline** — completions ${paused ? "**paused**" : "on"}`,
+    `**midline** — ${completionsLine(suspended, now)}`,
     "",
     "| | |",
     "| --- | --- |",
@@ -92,7 +112,7 @@ export function formatStatus(state: ClientState, status: ServerStatus | undefine
     "",
     click,
   ];
-  return { text, tooltip: rows.join("\n"), severity: paused ? "warning" : "none" };
+  return { text, tooltip: rows.join("\n"), severity };
 }
 
 /** Markdown-escapes text shown in a tooltip (paths hold `_` and `*`). */

@@ -44,14 +44,14 @@ describe("server command", () => {
     const result = resolveServerCommand(NONE, lookup([]));
     assert.ok("error" in result);
     assert.match(result.error, /`midline` command is not on PATH/);
-    assert.match(result.error, /pip install midline/);
+    assert.match(result.error, /pip install -e \/path\/to\/midline/);
     assert.match(result.error, /midline\.pythonPath/);
     assert.match(result.error, /midline\.serverCommand/);
   });
 
   test("a pythonPath or serverCommand that is not executable is named", () => {
     const python = resolveServerCommand({ ...NONE, pythonPath: "/nope/python" }, lookup(["/usr/bin/midline"]));
-    assert.ok("error" in python && python.error.includes("`/nope/python`") && python.error.includes("pip install midline"));
+    assert.ok("error" in python && python.error.includes("`/nope/python`") && python.error.includes("pip install -e /path/to/midline"));
     const command = resolveServerCommand({ ...NONE, serverCommand: ["nope", "serve"] }, lookup([]));
     assert.ok("error" in command && command.error.includes("`nope`"));
   });
@@ -63,7 +63,7 @@ describe("server command", () => {
   });
 
   test("missing module message", () => {
-    assert.match(missingModuleMessage("/usr/bin/python3"), /`\/usr\/bin\/python3 -m pip install midline`/);
+    assert.match(missingModuleMessage("/usr/bin/python3"), /`\/usr\/bin\/python3 -m pip install -e \/path\/to\/midline`/);
   });
 
   const python = process.env.MIDLINE_PYTHON ?? path.join(__dirname, "..", "..", "..", ".venv", "bin", "python");

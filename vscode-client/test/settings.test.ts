@@ -30,7 +30,7 @@ describe("serverSettings", () => {
     assert.ok(keys.includes("maxNewTokens") && keys.includes("context.budget"));
     assert.deepEqual(
       specs.filter((spec) => spec.nullable).map((spec) => spec.key).slice(0, 3),
-      ["model", "fimFormat", "minMeanLogprob"],
+      ["model", "adapter", "fimFormat"],
     );
   });
 
