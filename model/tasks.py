@@ -46,6 +46,7 @@ QUOTES = '"""'
 FIX_BUGGY = "Buggy version:"
 FIX_PROBLEMS = "Problems:"
 FIX_MARKER = "Fixed version:"  # the line after which the model writes the corrected code
+FEEDBACK = "An earlier attempt failed:"  # a refined ask (server/refine.py) lists the failures under this line
 SYSTEM = "You are an expert programmer. Answer concisely."
 
 Message = dict[str, str]
@@ -212,18 +213,21 @@ def _tests_prompt(
     module: str | None = None,
     test_path: str | None = None,
     language: str = "python",
+    failures: Sequence[str] = (),
 ) -> FimPrompt:
     """Ask for the tests of `names` in a module: the module as a `file_sep` snippet, then the test file
-    (`test_path`, default `tests/test_<module>.py`) whose prefix is `tests_header` + `def test_`.
+    (`test_path`, default `tests/test_<module>.py`) whose prefix is `tests_header` + `def test_`; `failures` (of an
+    earlier attempt) go as comments (`feedback`) above `def test_`.
 
     `module` is the name the tests import (default: the file name without `.py`; a package module's
     dotted name, `pkg.shapes`, where the caller knows it). Other languages: the test file's prefix is
     the comment `// Tests for <names> (<module path>)` and a newline.
     """
+    c = resolve(language).line_comment
     if language == "python":
-        prefix = tests_header(module or module_name(module_path), names) + "def test_"
+        prefix = tests_header(module or module_name(module_path), names) + feedback(failures, c) + "def test_"
     else:
-        prefix = f"{resolve(language).line_comment} Tests for {', '.join(names) or module_path} ({module_path})\n"
+        prefix = f"{c} Tests for {', '.join(names) or module_path} ({module_path})\n" + feedback(failures, c)
     return FimPrompt(
         prefix=prefix,
         suffix="",
@@ -272,12 +276,13 @@ def _tests_example(
 def _parse_tests(prompt: FimPrompt, output: str, language: str = "python") -> str:
     """The whole test module: the prompt's header + the generated text; for Python cut back to the longest
     run of whole top-level statements that parses (a generation stopped mid-function loses that function)."""
-    text = prompt.prefix + without_loop(output)
+    text = without_feedback(prompt.prefix, resolve(language).line_comment) + without_loop(output)
     return parsing_head("python", text) if language == "python" else _ended(text.rstrip())
 
 
 def _tests_messages(
-    module_path: str, module_source: str, names: Sequence[str] = (), language: str = "python"
+    module_path: str, module_source: str, names: Sequence[str] = (), language: str = "python",
+    failures: Sequence[str] = (),
 ) -> list[Message]:
     """Chat messages asking for a pytest module (other languages: the usual test framework)."""
     what = ", ".join(f"`{n}`" for n in names) or "the module"
@@ -289,7 +294,8 @@ def _tests_messages(
     else:
         ask = f"Write unit tests for {what} with the usual test framework for {language}."
     return _chat(
-        f"`{module_path}`:\n\n```{language}\n{_ended(module_source)}```\n\n{ask} Reply with one ```{language} block."
+        f"`{module_path}`:\n\n```{language}\n{_ended(module_source)}```\n\n{ask}{_told(failures)} "
+        f"Reply with one ```{language} block."
     )
 
 
@@ -368,10 +374,15 @@ def _fix_end(language: str) -> str:
 
 
 def _from_comment_prompt(
-    prefix: str, suffix: str, *, path: str = "", snippets: Sequence[Snippet] = (), language: str = "python"
+    prefix: str, suffix: str, *, path: str = "", snippets: Sequence[Snippet] = (), language: str = "python",
+    failures: Sequence[str] = (),
 ) -> FimPrompt:
-    """Ask for the code a comment describes: plain completion, `prefix` ending after the comment's line."""
-    return FimPrompt(prefix=prefix, suffix=suffix, path=path, snippets=snippets, comment=resolve(language).line_comment)
+    """Ask for the code a comment describes: plain completion, `prefix` ending after the comment's line; `failures`
+    (of an earlier attempt) go below it as comments at its indentation (`feedback`)."""
+    c = resolve(language).line_comment
+    last = prefix.rstrip("\n").rsplit("\n", 1)[-1]
+    prefix += feedback(failures, c, last[: len(last) - len(last.lstrip())])
+    return FimPrompt(prefix=prefix, suffix=suffix, path=path, snippets=snippets, comment=c)
 
 
 def _from_comment_target(implementation: str) -> str:
@@ -392,13 +403,38 @@ def _parse_from_comment(output: str, language: str = "python") -> str:
     return text + "\n" if text.strip() else ""
 
 
-def _from_comment_messages(comment: str, context: str, language: str = "python") -> list[Message]:
+def _from_comment_messages(
+    comment: str, context: str, language: str = "python", failures: Sequence[str] = ()
+) -> list[Message]:
     """Chat messages asking for the code a comment describes, given the code around it."""
     return _chat(
         f"Here is a {language} file up to a comment that describes code not yet written:\n\n```{language}\n"
-        f"{_ended(context)}```\n\nWrite the code the comment describes:\n{comment.strip()}\n\n"
+        f"{_ended(context)}```\n\nWrite the code the comment describes:\n{comment.strip()}{_told(failures)}\n\n"
         f"Reply with only that code in one ```{language} block, indented to follow the comment."
     )
+
+
+# -- feedback -------------------------------------------------------------------------------------
+
+
+def feedback(failures: Sequence[str], comment: str = "#", indent: str = "") -> str:
+    """The failures of an earlier attempt as comment lines: `# An earlier attempt failed:`, `# - <failure>`;
+    "" without failures."""
+    if not failures:
+        return ""
+    lines = [f"{comment} {FEEDBACK}", *(f"{comment} - {' '.join(f.split())}" for f in failures)]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+def without_feedback(text: str, comment: str = "#") -> str:
+    """`text` without the `feedback` comment blocks in it."""
+    c = re.escape(comment)
+    return re.sub(rf"^[ \t]*{c} {re.escape(FEEDBACK)}\n(?:[ \t]*{c} - .*\n)*", "", text, flags=re.MULTILINE)
+
+
+def _told(failures: Sequence[str]) -> str:
+    """The failures of an earlier attempt for a chat message."""
+    return "".join([f"\n\n{FEEDBACK}\n", *(f"- {' '.join(f.split())}\n" for f in failures)]) if failures else ""
 
 
 # -- instruction (chat) answers -------------------------------------------------------------------

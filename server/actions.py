@@ -39,7 +39,7 @@ from midline.model.fim import FimPrompt, shown_path
 from midline.model.syntax import line_start, parses, utf8
 from midline.model.tasks import Task
 
-from . import fix_evidence, security
+from . import examples, fix_evidence, quality, security
 from .assistant import Ask, Assistant, Cancelled, Failed, Progress, content_hash
 from .config import Config, CurrentConfig, Settings
 from .documents import Document
@@ -47,6 +47,7 @@ from .sandbox import sandbox_state
 from .symbols import definitions_of
 from .targets import Comment, Target, comment_at, target_at
 from .fix_evidence import Evidence, Verdict
+from .refine import Checked, refine
 from .verify import UNVERIFIED, TestRun, Verified, run_tests, verify_tests
 
 COMMENT, TARGET = "comment", "target"  # what an action is about: a comment (`comment_at`) or code (`target_at`)
@@ -218,6 +219,7 @@ class Replace:
     text: str
     warning: str | None = None  # the security scan's warning on `text` (security.warning_for), if any
     note: str | None = None  # what was checked (a fix: "passes 2 tests that failed before", "unverified: ...")
+    findings: str | None = None  # the lint and security findings it adds (`quality.describe`), if any
 
     def titled(self, title: str) -> str:
         """An action's title with the note: `title: note` for what passed, `title (unverified: ...)` otherwise."""
@@ -237,6 +239,7 @@ class TestFile:
     existing: str | None
     verified: Verified | None  # None: not run (other languages)
     warning: str | None = None  # the security scan's warning on the generated tests (security.warning_for), if any
+    findings: str | None = None  # the lint and security findings it adds (`quality.describe`), if any
 
 
 @dataclass(frozen=True)
@@ -303,29 +306,35 @@ def fix_ask(code: str, diagnostics: list[str], language: str, path: str = "") ->
 
 
 def tests_ask(
-    module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str
+    module_path: str, module_source: str, names: list[str], module: str, test_path: str, language: str,
+    failures: Sequence[str] = (),
 ) -> Ask:
+    """Ask for tests; `failures`: of an earlier attempt, fed back (`refine.py`)."""
     task = tasks.TESTS
-    prompt = task.prompt(module_path, module_source, names, module=module, test_path=test_path, language=language)
+    prompt = task.prompt(
+        module_path, module_source, names, module=module, test_path=test_path, language=language, failures=failures
+    )
     return _ask(
         task,
         language,
-        [module_path, module_source, module, test_path, *names],
+        [module_path, module_source, module, test_path, *names, *failures],
         prompt,
         lambda text: task.parse(prompt, text, language),
-        task.messages(module_path, module_source, names, language),
+        task.messages(module_path, module_source, names, language, failures),
     )
 
 
-def from_comment_ask(prompt: FimPrompt, comment: str, language: str) -> Ask:
+def from_comment_ask(prompt: FimPrompt, comment: str, language: str, failures: Sequence[str] = ()) -> Ask:
+    """Ask for the code a comment describes; `failures`: of an earlier attempt, fed back (`refine.py`)."""
     task = tasks.FROM_COMMENT
     return _ask(
         task,
         language,
-        [prompt.prefix, prompt.suffix],
-        task.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language),
+        [prompt.prefix, prompt.suffix, *failures],
+        task.prompt(prompt.prefix, prompt.suffix, path=prompt.path, snippets=prompt.snippets, language=language,
+                    failures=failures),
         lambda text: task.parse(text, language),
-        task.messages(comment, prompt.prefix[-4000:], language),
+        task.messages(comment, prompt.prefix[-4000:], language, failures),
     )
 
 
@@ -344,6 +353,29 @@ def fix_gate(document: str, target: Target, candidate: str, language: str) -> st
         return None
     after = document[: target.start] + fixed + document[target.end :]
     return fixed if well_formed(language, document, after, target.code, fixed) else None
+
+
+def gate_failure(document: str, target: Target, candidate: str, language: str) -> str:
+    """Why `fix_gate` refused a candidate, one line for the next ask: empty, the same code, or where it does not
+    compile (Python) or parse."""
+    if not candidate.strip():
+        return "the model wrote no fix"
+    fixed = _reindent(candidate, target.indent)
+    if _normalized(fixed) == _normalized(target.code):
+        return "the fix changed nothing"
+    if language == "python":
+        after = document[: target.start] + fixed + document[target.end :]
+        for source in (after, textwrap.dedent(fixed)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    compile(source, "<fix>", "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                line = (exc.lineno or 0) - document[: target.start].count("\n") if source is after else exc.lineno
+                return f"the fix does not compile: line {line}: {exc.msg}"
+            except (ValueError, RecursionError, MemoryError) as exc:
+                return f"the fix does not compile: {type(exc).__name__}"
+    return "the fix does not parse"
 
 
 def well_formed(language: str, before: str, after: str, code: str, fixed: str) -> bool:
@@ -467,6 +499,31 @@ def merge_tests(existing: str, generated: str) -> str:
 # -- resolving ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FixRuns:
+    """A fix's evidence, its runs on the current code and on the fix (None: not run), and the verdict."""
+
+    verdict: Verdict
+    evidence: Evidence
+    before: TestRun | None = None
+    after: TestRun | None = None
+
+    @property
+    def nothing_fails(self) -> bool:
+        """The current code passes all of its tests: no fix can be judged better, so refining stops."""
+        before = self.before
+        return before is not None and before.ran and not before.note and \
+            len(before.passed(self.evidence.tests)) == len(self.evidence.tests)
+
+
+@dataclass(frozen=True)
+class FixCheck:
+    """A candidate fix that passed the gate: its text in place (re-indented) and the verdict on it."""
+
+    fixed: str
+    verdict: Verdict
+
+
 class Actions:
     """Computes picked actions with the model, and caches what the model and the sandbox said."""
 
@@ -538,25 +595,72 @@ class Actions:
         return Explanation(f"### {title}\n\n{explanation}\n")
 
     async def _fix(self, doc: Document, data: dict, request: Request) -> Outcome:
+        """Ask for a fix, gate it and check it against the evidence; a candidate that fails is fed back (its
+        compile error, or the tests it fails) into the next ask, within `actions.attempts` (`refine.py`)."""
         target, diagnostics, progress = _target(doc, data), list(data.get("diagnostics", [])), request.progress
-        progress.report("writing a fix")
-        candidate = await self.assistant.run(
-            fix_ask(target.code, diagnostics, doc.language, self.shown(doc.path)), progress.cancel
-        )
-        fixed = fix_gate(doc.text, target, candidate or "", doc.language)
-        if fixed is None:
+        config, shown = self.config.actions, self.shown(doc.path)
+
+        async def ask(attempt: int, previous: Checked[FixCheck] | None) -> list[str]:
+            if attempt == 1 or previous is None:
+                progress.report("writing a fix")
+                answer = await self.assistant.run(fix_ask(target.code, diagnostics, doc.language, shown),
+                                                  progress.cancel)
+                return [answer] if answer else []
+            compiled = previous.result is not None  # else the original code again, with why the fix did not compile
+            code = textwrap.dedent(previous.answer) if compiled else target.code
+            told = [*previous.failures, *(re.sub(r"^line \d+:\s*", "", d) for d in diagnostics)]
+            return await self.assistant.candidates(
+                fix_ask(code, told, doc.language, shown), config.candidates, progress.cancel
+            )
+
+        async def check(answer: str) -> Checked[FixCheck]:
+            fixed = fix_gate(doc.text, target, answer, doc.language)
+            if fixed is None:
+                return Checked(answer, False, failures=[gate_failure(doc.text, target, answer, doc.language)], score=-1)
+            fixed_text = doc.text[: target.start] + fixed + doc.text[target.end :]
+            checked = await self._check_fix(doc, target, fixed_text, diagnostics, progress, request.read)
+            verdict, after = checked.verdict, checked.after
+            failures = fix_evidence.failures(checked.evidence, after)
+            score = len(after.passed(checked.evidence.tests)) if after is not None else 0
+            return Checked(answer, verdict.offered, FixCheck(fixed, verdict), failures, score, checked.nothing_fails)
+
+        refined = await refine(ask, check, attempts=config.attempts, seconds=config.refine_ms / 1000,
+                               report=progress.report)
+        best = refined.best
+        tried = f" ({refined.tried()})" if refined.attempts > 1 else ""
+        if best is None or best.result is None:
             return Nothing(
-                "The model's fix did not parse or changed nothing, so it is not offered;"
+                f"The model's fix did not parse or changed nothing{tried}, so it is not offered;"
                 " try again, or fix the code by hand."
             )
-        fixed_text = doc.text[: target.start] + fixed + doc.text[target.end :]
-        verdict = await self._check_fix(doc, target, fixed_text, diagnostics, progress, request.read)
-        if not verdict.offered:
-            return Nothing(f"The model's fix is not offered: {verdict.note}; try again, or fix the code by hand.")
+        if not best.passed:
+            return Nothing(
+                f"The model's fix is not offered: {best.result.verdict.note}{tried};"
+                " try again, or fix the code by hand."
+            )
+        fixed = best.result.fixed
         before = doc.text[: line_start(doc.text, target.start)]
-        return Replace(
-            target.start, target.end, fixed, self.security_warning(fixed, doc.language, before), note=verdict.note
+        after_text = doc.text[: target.start] + fixed + doc.text[target.end :]
+        findings = await self._findings(doc.text, after_text, doc.language)
+        return Replace(target.start, target.end, fixed, self.security_warning(fixed, doc.language, before),
+                       note=best.result.verdict.note + refined.on(), findings=findings)
+
+    async def _findings(self, before: str, after: str, language: str) -> str | None:
+        """The lint and security findings that `after` adds to `before` (`quality.py`), said in a line; None if none."""
+        found = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: quality.added_findings(before, after, language)
         )
+        return quality.describe(found)
+
+    def _module_place(self, doc: Document) -> tuple[str, Path | None, list[Path], list[str]]:
+        """How the sandbox imports the document's module: its dotted name, its path in a workspace folder (None
+        outside one: then `midline_fixed_module`, a name no other module has), the folders to look for tests in
+        and the `sys.path` entries (its import root and folder)."""
+        place = place_tests(doc.path, self.workspace_folders(), doc.language) if doc.uri.startswith("file:") else None
+        if isinstance(place, Placement):
+            dotted, import_root = python_module(place.module, place.folder)
+            return dotted, place.module, [place.folder], [str(import_root), str(place.folder)]
+        return "midline_fixed_module", None, [], []
 
     async def _check_fix(
         self,
@@ -566,24 +670,19 @@ class Actions:
         diagnostics: list[str],
         progress: Progress,
         read: Callable[[Path], str | None],
-    ) -> Verdict:
+    ) -> FixRuns:
         """Run the evidence for the target (`fix_evidence.collect`) on the document and on `fixed_text` in the
         sandbox, and judge the fix; with no evidence nothing runs."""
         if doc.language != "python":
-            return Verdict(True, f"{UNVERIFIED}: midline runs tests for Python only")
+            return FixRuns(Verdict(True, f"{UNVERIFIED}: midline runs tests for Python only"), Evidence())
         if not target.name:
-            return Verdict(True, f"{UNVERIFIED}: no tests found")
-        place = place_tests(doc.path, self.workspace_folders(), doc.language) if doc.uri.startswith("file:") else None
-        if isinstance(place, Placement):
-            dotted, import_root = python_module(place.module, place.folder)
-            folders, paths, module = [place.folder], [str(import_root), str(place.folder)], place.module
-        else:  # not in a workspace folder: the module alone, under a name no other module has; no workspace tests
-            dotted, folders, paths, module = "midline_fixed_module", [], [], None
+            return FixRuns(Verdict(True, f"{UNVERIFIED}: no tests found"), Evidence())
+        dotted, module, folders, paths = self._module_place(doc)
         evidence = await asyncio.get_running_loop().run_in_executor(
             None, lambda: fix_evidence.collect(target.code, target.name, dotted, diagnostics, folders, read, module)
         )
         if not evidence:
-            return fix_evidence.judge(evidence, None, None)
+            return FixRuns(fix_evidence.judge(evidence, None, None), evidence)
         progress.report(f"checking the fix: {evidence.describe()}, on the current code and on the fix")
         folder = module.parent if module is not None else None
         paths = list(dict.fromkeys([*paths, *evidence.paths]))
@@ -591,7 +690,7 @@ class Actions:
             self._run_evidence(evidence, self._module_files(doc.text, dotted, folder, read), paths),
             self._run_evidence(evidence, self._module_files(fixed_text, dotted, folder, read), paths),
         )
-        return fix_evidence.judge(evidence, before, after)
+        return FixRuns(fix_evidence.judge(evidence, before, after), evidence, before, after)
 
     async def _run_evidence(self, evidence: Evidence, files: dict[str, str], paths: list[str]) -> TestRun:
         """The evidence's tests run with `files` (the module, as it is or fixed) in the sandbox; cached by content."""
@@ -627,6 +726,9 @@ class Actions:
         return files
 
     async def _from_comment(self, doc: Document, data: dict, request: Request) -> Outcome:
+        """Write the code a comment describes. With input/output examples in it (`examples.py`; Python, where the
+        sandbox runs) several candidates are written and run against them, the first that passes all is offered,
+        and the failures of the best are fed back into the next ask (`refine.py`); else one answer, gated."""
         progress, window = request.progress, request.window
         comment = comment_at(doc, data["at"])
         if comment is None or comment.hash != data.get("hash"):
@@ -640,8 +742,20 @@ class Actions:
             prompt = FimPrompt(
                 prompt.prefix + "\n", prompt.suffix, prompt.path, prompt.snippets, prompt.repo, prompt.comment
             )
+        found = examples.read(comment.text) if doc.language == "python" else examples.Examples()
+        if found and sandbox_state().available:
+            return await self._synthesize(doc, comment, prompt, found, request)
         code = await self.assistant.run(from_comment_ask(prompt, comment.text, doc.language), progress.cancel)
-        if not code or not code.strip():
+        placed = self._placed(doc, comment, code or "")
+        if isinstance(placed, Nothing):
+            return placed
+        note = f"{UNVERIFIED}: examples not run ({sandbox_state().detail})" if found else None
+        return await self._inserted(doc, comment, placed, note)
+
+    def _placed(self, doc: Document, comment: Comment, code: str) -> str | Nothing:
+        """The text to insert for the code the model wrote for `comment` (re-indented, after a line break), or why
+        there is none: no code, only functions the file has, or the document does not parse with it."""
+        if not code.strip():
             return Nothing("The model wrote no code for this comment; try again, or describe the code in more detail.")
         if _only_redefines(code, doc):
             return Nothing(
@@ -651,15 +765,69 @@ class Actions:
         first = code.split("\n", 1)[0]
         if comment.indent and not first[: len(first) - len(first.lstrip())]:
             code = _reindent(code, comment.indent)  # a chat model's block, unindented
-        gap = "" if doc.text[: comment.insert].endswith("\n") else "\n"
-        text = gap + code
+        text = ("" if doc.text[: comment.insert].endswith("\n") else "\n") + code
         new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
         if parses(doc.language, new) is False and parses(doc.language, doc.text) is not False:
             return Nothing(
                 "The model's code does not parse here, so it is not offered; try again, or reword the comment."
             )
-        warning = self.security_warning(code, doc.language, doc.text[: comment.insert] + gap)
-        return Replace(comment.insert, comment.replace_end, text, warning)
+        return text
+
+    async def _inserted(self, doc: Document, comment: Comment, text: str, note: str | None) -> Replace:
+        """The edit inserting `text` for `comment`, with its security warning and the findings it adds."""
+        new = doc.text[: comment.insert] + text + doc.text[comment.replace_end :]
+        gap = text[: len(text) - len(text.lstrip("\n"))]
+        warning = self.security_warning(text.lstrip("\n"), doc.language, doc.text[: comment.insert] + gap)
+        findings = await self._findings(doc.text, new, doc.language)
+        return Replace(comment.insert, comment.replace_end, text, warning, note=note, findings=findings)
+
+    async def _synthesize(
+        self, doc: Document, comment: Comment, prompt: FimPrompt, found: examples.Examples, request: Request
+    ) -> Outcome:
+        """Candidates for `comment`, each run against its examples in the sandbox; the first that passes all."""
+        progress, read, config = request.progress, request.read, self.config.actions
+        dotted, module, _, paths = self._module_place(doc)
+        folder = module.parent if module is not None else None
+        described = _defined_above(doc, comment)  # a docstring's function
+
+        async def ask(attempt: int, previous: Checked[int] | None) -> list[str]:
+            failures = previous.failures if previous is not None else []
+            progress.report(f"writing {config.candidates} candidates for {len(found)} examples")
+            return await self.assistant.candidates(
+                from_comment_ask(prompt, comment.text, doc.language, failures), config.candidates, progress.cancel
+            )
+
+        async def check(code: str) -> Checked[int]:
+            placed = self._placed(doc, comment, code)
+            if isinstance(placed, Nothing):
+                return Checked(code, False, failures=[placed.message.split(";")[0]], score=-1)
+            evidence = found.evidence(dotted, described or _first_defined(code))
+            if not evidence:
+                return Checked(code, False, failures=["the code defines no function to try the examples on"], score=-1)
+            new = doc.text[: comment.insert] + placed + doc.text[comment.replace_end :]
+            run = await self._run_evidence(evidence, self._module_files(new, dotted, folder, read), paths)
+            if not run.ran:  # the sandbox failed since it was found available: as without one
+                return Checked(placed, True, 0, final=True, failures=[run.note])
+            passed = len(run.passed(evidence.tests))
+            return Checked(placed, passed == len(evidence.tests), passed, fix_evidence.failures(evidence, run),
+                           score=passed)
+
+        refined = await refine(ask, check, attempts=config.attempts, seconds=config.refine_ms / 1000,
+                               report=progress.report)
+        best = refined.best
+        if best is None:
+            return Nothing("The model wrote no code for this comment; try again, or describe the code in more detail.")
+        if not best.passed:
+            most = f"the best passes {best.result} of {len(found)}" if best.result is not None else "none runs"
+            return Nothing(
+                f"No code the model wrote passes all {len(found)} examples of the comment ({most};"
+                f" {refined.tried()}), so none is offered; try again, or write it by hand."
+            )
+        if best.result == 0 and best.failures:  # not run after all
+            note = f"{UNVERIFIED}: examples not run ({best.failures[0]})"
+        else:
+            note = f"passes all {best.result} example{'s' * (best.result != 1)}" + refined.on()
+        return await self._inserted(doc, comment, best.answer, note)
 
     def workspace_folders(self) -> list[Path]:
         """The workspace folders now, the root among them (the server keeps `folders` up to date; its completion
@@ -667,7 +835,9 @@ class Actions:
         return list(dict.fromkeys([*self.folders, *([self.root] if self.root else [])]))
 
     async def _tests(self, doc: Document, data: dict, request: Request) -> Outcome:
-        target, progress, read = _target(doc, data), request.progress, request.read
+        """Write tests for the target; Python tests are run against the current code in the sandbox and only the
+        passing ones kept; when none passes, the failures are fed back into the next ask (`refine.py`)."""
+        target, progress, read, config = _target(doc, data), request.progress, request.read, self.config.actions
         if not doc.uri.startswith("file:"):
             return Nothing(
                 "Generate tests: the file is not saved in the workspace folder, so midline has nowhere to write tests;"
@@ -680,19 +850,37 @@ class Actions:
         dotted, import_root = (
             python_module(module, place.folder) if doc.language == "python" else (module.stem, module.parent)
         )
-        progress.report("writing tests")
         shown = shown_path(module, [place.folder])
-        ask = tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language)
-        source = await self.assistant.run(ask, progress.cancel)
-        if not source or not source.strip():
-            return Nothing("The model wrote no tests; try again.")
-        verified = None
-        if doc.language == "python":
+
+        def ask_of(failures: Sequence[str] = ()) -> Ask:
+            return tests_ask(shown, doc.text, [target.name], dotted, place.relative.as_posix(), doc.language, failures)
+
+        async def ask(attempt: int, previous: Checked[Verified] | None) -> list[str]:
+            progress.report("writing tests")
+            if attempt == 1 or previous is None:
+                source = await self.assistant.run(ask_of(), progress.cancel)
+                return [source] if source else []
+            return await self.assistant.candidates(ask_of(previous.failures), config.candidates, progress.cancel)
+
+        async def check(source: str) -> Checked[Verified]:
+            if doc.language != "python":
+                return Checked(source, True)
             verified = await self._verify(source, doc, dotted, import_root, progress, read, place)
-            if verified.ran and not verified.passed:
+            offered = bool(verified.passed) or not verified.ran
+            return Checked(source, offered, verified, verified.failures(), score=len(verified.passed))
+
+        refined = await refine(ask, check, attempts=config.attempts if doc.language == "python" else 1,
+                               seconds=config.refine_ms / 1000, report=progress.report)
+        best = refined.best
+        if best is None:
+            return Nothing("The model wrote no tests; try again.")
+        verified, source = best.result, best.answer
+        if verified is not None:
+            if not best.passed:
                 note = f" ({verified.note})" if verified.note else ""
+                tried = f" ({refined.tried()})" if refined.attempts > 1 else ""
                 return Nothing(
-                    f"None of the generated tests passed against the current code{note}, so none are offered;"
+                    f"None of the generated tests passed against the current code{note}{tried}, so none are offered;"
                     " try again, or check the code."
                 )
             source = verified.source
@@ -702,7 +890,8 @@ class Actions:
         warning = self.security_warning(source, doc.language, "")  # the tests as generated, before they join a file
         existing = read(test_path)
         text = merge_tests(existing, source) if existing is not None else source
-        return TestFile(test_path, text, existing, verified, warning)
+        findings = await self._findings(existing or "", (existing or "") + text, doc.language)
+        return TestFile(test_path, text, existing, verified, warning, findings)
 
     async def _verify(
         self,
@@ -733,6 +922,20 @@ class Actions:
         while len(self._verified) > max(1, config.cache_size):
             self._verified.popitem(last=False)
         return verified
+
+
+def _defined_above(doc: Document, comment: Comment) -> str | None:
+    """The name of the function whose docstring `comment` is (the `def` line above it); None for a line comment."""
+    if comment.replace_end == comment.insert:  # a line comment: the code goes below it
+        return None
+    found = re.findall(r"^[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)", doc.text[: comment.start], re.MULTILINE)
+    return found[-1] if found else None
+
+
+def _first_defined(code: str) -> str | None:
+    """The first function `code` defines at its top level (dedented), if any."""
+    found = re.search(r"^(?:async[ \t]+)?def[ \t]+(\w+)", textwrap.dedent(code), re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _target(doc: Document, data: dict) -> Target:

@@ -31,6 +31,13 @@ if TYPE_CHECKING:  # torch: imported when an instruction model is loaded, not wi
 log = logging.getLogger(__name__)
 
 
+# Candidates for an action (`Assistant.candidates`) are sampled as completion's are (server/completion.py).
+CANDIDATE_TEMPERATURE = 0.8
+CANDIDATE_TOP_P = 0.95
+CANDIDATE_SEED = 0
+_SEPARATOR = "\0"  # between cached candidates
+
+
 class Cancelled(Exception):
     """The task was cancelled (the request, or its progress, was cancelled by the client)."""
 
@@ -181,6 +188,57 @@ class Assistant:
         result = (ask.parse_chat if instruct is not None else ask.parse)(raw)
         self.remember(ask, result)
         return result
+
+    async def candidates(self, ask: Ask, n: int, cancel: threading.Event | None = None) -> list[str]:
+        """Up to `n` distinct results of the task, best first: the local engine's batched candidates
+        (`Engine.candidates`: the greedy answer and samples, in one pass), cached by the task's inputs and `n`; one
+        result (`run`) from an instruction model, a backend without batched candidates, or for `n` 1. Raises as `run`
+        does."""
+        instruct = await self._instruct_model()
+        engine = None if instruct is not None else await self._engine()
+        batched = getattr(engine, "candidates", None)
+        if n <= 1 or batched is None:
+            result = await self.run(ask, cancel)
+            return [result] if result else []
+        many = Ask(ask.task, f"{ask.key}:{n}", ask.prompt, ask.parse, ask.messages, ask.parse_chat, ask.stop,
+                   ask.max_new_tokens)
+        if (hit := self.cached(many)) is not None:
+            self.stats.cache_hits += 1
+            return hit.split(_SEPARATOR) if hit else []
+        cancel = cancel or threading.Event()
+        config = self.config
+        max_new_tokens = ask.max_new_tokens or config.actions.max_new_tokens
+        deadline = time.monotonic() + config.actions.timeout_ms / 1000
+        mode = None if config.fim_mode == "auto" else config.fim_mode
+
+        def generate() -> list[tuple[str, str]]:
+            assert engine is not None and batched is not None
+            found = batched(engine.encode(ask.prompt, mode), n, max_new_tokens=max_new_tokens,
+                            temperature=CANDIDATE_TEMPERATURE, top_p=CANDIDATE_TOP_P, seed=CANDIDATE_SEED,
+                            should_stop=ask.stop, cancel=cancel, deadline=deadline, greedy_first=True)
+            return [(g.text, g.finish_reason) for g in found]
+
+        self._running.add(cancel)
+        self.stats.calls += 1
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(self.executor, generate)
+        except asyncio.CancelledError:
+            cancel.set()
+            self.stats.cancelled += 1
+            raise
+        except Exception as exc:
+            raise Failed(_failure(ask.task, exc)) from exc
+        finally:
+            self._running.discard(cancel)
+        if cancel.is_set() or any(finish == "cancelled" for _, finish in answers):
+            self.stats.cancelled += 1
+            raise Cancelled(ask.task)
+        if any(finish == "timeout" for _, finish in answers):
+            self.stats.timeouts += 1
+        parsed = [ask.parse(text) for text, finish in answers if finish != "timeout"]
+        results = list(dict.fromkeys(r for r in parsed if r.strip()))
+        self.remember(many, _SEPARATOR.join(results))
+        return results
 
     async def _instruct_model(self) -> InstructModel | None:
         """The configured instruction model, loaded once per path; None without one (or if it fails to load)."""

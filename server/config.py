@@ -66,8 +66,14 @@ class ActionsConfig:
     per_test_timeout_ms: int = 5000  # one generated test
     test_memory_mb: int = 1024  # address-space limit of the sandboxed test run
     cache_size: int = 64  # action results remembered, by the code's content hash
+    attempts: int = 3  # asks of a fix, tests or code from a comment whose check fails, the failure fed back each time
+    refine_ms: int = 30000  # no new attempt starts after this long
+    candidates: int = 3  # candidates per ask for code from a comment with examples, and per refined ask
 
     def __post_init__(self) -> None:
+        _check("actions.attempts", self.attempts, 1 <= self.attempts <= 8, "in 1..8")
+        _check("actions.refineMs", self.refine_ms, self.refine_ms >= 0, "at least 0")
+        _check("actions.candidates", self.candidates, 1 <= self.candidates <= 8, "in 1..8")
         _check("actions.maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 8192, "in 1..8192")
         _check("actions.timeoutMs", self.timeout_ms, self.timeout_ms > 0, "at least 1")
         _check("actions.testTimeoutMs", self.test_timeout_ms, self.test_timeout_ms > 0, "at least 1")
@@ -107,11 +113,20 @@ class SecurityConfig:
 
 
 @dataclass
+class AttributionConfig:
+    """The attribution check (`attribution.py`): a completion that repeats a long span of the model's training data
+    verbatim is hidden."""
+
+    index: str | None = None  # an index dir from `midline-train index` (the model's training split); None = off
+
+
+@dataclass
 class OutcomesConfig:
     """A local record of what became of each shown suggestion (outcomes.py): off unless asked for, never sent."""
 
     record: bool = False  # append each shown answer and its outcome (accepted, typed, dismissed) to `file`
     file: str | None = None  # the JSONL file; None = outcomes.jsonl in midline's data folder ($XDG_DATA_HOME/midline)
+    prompts: bool = False  # also keep each prompt (your code, as token ids) for `midline-train rank --dpo`
 
 
 @dataclass
@@ -157,6 +172,9 @@ class Config:
     min_mean_logprob: float | None = None  # hide suggestions less confident than this; None = the model's own floor
     # cut a suggestion at its first later line less confident than this; None = the model's
     min_line_logprob: float | None = None
+    # a learnt ranker (`midline-train rank`'s ranker.json): orders suggestions by predicted acceptance and applies
+    # its floor instead of the model's; None = rank by mean log-probability
+    ranker: str | None = None
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None  # sampling seed, for reproducible sampled suggestions
@@ -170,6 +188,7 @@ class Config:
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     hover: HoverConfig = field(default_factory=HoverConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     def __post_init__(self) -> None:
         _check("maxNewTokens", self.max_new_tokens, 1 <= self.max_new_tokens <= 2048, "in 1..2048")

@@ -33,6 +33,7 @@ _RETURNED = re.compile(r"^(?P<call>.+?) returned (?P<got>.+?), expected (?P<want
 _ASSERT = re.compile(r"^(?:AssertionError:\s*)?assert (?P<expr>.+)$")
 _HEADER = '''\
 """midline's evidence for a fix: the function's doctests and reproduced diagnostics."""
+import ast
 import doctest
 import importlib
 
@@ -48,7 +49,14 @@ def _doctest(text, name):
 
 
 def _reproduce(expression):
-    assert eval(expression, dict(vars(_module))), expression
+    namespace = dict(vars(_module))
+    tree = ast.parse(expression, mode="eval").body
+    if isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.ops[0], ast.Eq):
+        call, want = ast.unparse(tree.left), eval(ast.unparse(tree.comparators[0]), namespace)
+        got = eval(call, namespace)
+        assert got == want, f"{{call}} returned {{got!r}}, expected {{want!r}}"
+    else:
+        assert eval(expression, namespace), expression
 '''
 
 
@@ -61,6 +69,7 @@ class Evidence:
     doctests: int = 0
     workspace: int = 0
     reproductions: int = 0
+    examples: int = 0  # a comment's input/output examples (`examples.py`), for code from a comment
     paths: list[str] = field(default_factory=list)  # the workspace test files' folders (for their own imports)
 
     def __bool__(self) -> bool:
@@ -69,7 +78,8 @@ class Evidence:
     def describe(self) -> str:
         """`2 doctests, 3 workspace tests and 1 reproduced diagnostic`."""
         parts = [_count(n, word) for n, word in ((self.doctests, "doctest"), (self.workspace, "workspace test"),
-                                                 (self.reproductions, "reproduced diagnostic")) if n]
+                                                 (self.reproductions, "reproduced diagnostic"),
+                                                 (self.examples, "example")) if n]
         return " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
 
 
@@ -92,17 +102,10 @@ def collect(
     """The evidence for the function or class `name` whose source is `code`, in the module imported as `module`;
     `diagnostics` as the fix prompt lists them (`line 3: message`); test files under `folders` (not `exclude`,
     the module itself), read with `read`."""
-    evidence = Evidence()
-    generated: list[str] = []
-    for i, (qualified, text) in enumerate(doctests(code)):
-        generated.append(f"def test_doctest_{i}():\n    _doctest({text!r}, {qualified!r})\n")
-    evidence.doctests = len(generated)
-    for i, expression in enumerate(reproductions(diagnostics, name)):
-        generated.append(f"def test_reproduction_{i}():\n    _reproduce({expression!r})\n")
-    evidence.reproductions = len(generated) - evidence.doctests
-    if generated:
-        evidence.test_files[GENERATED] = _HEADER.format(module=module) + "".join("\n\n" + g for g in generated)
-        evidence.tests += [node_id(GENERATED, t.name) for t in test_functions(evidence.test_files[GENERATED])]
+    found = doctests(code)
+    expressions = reproductions(diagnostics, name)
+    evidence = generated(module, {"doctest": found, "reproduction": expressions})
+    evidence.doctests, evidence.reproductions = len(found), len(expressions)
     for i, (path, source, names) in enumerate(workspace_tests(name, folders, read, exclude)):
         copied = f"test_midline_{i}_{path.name}"
         evidence.test_files[copied] = source
@@ -110,6 +113,20 @@ def collect(
         evidence.workspace += len(names)
         evidence.paths.append(str(path.parent))
     evidence.paths = list(dict.fromkeys(evidence.paths))
+    return evidence
+
+
+def generated(module: str, tests: dict[str, Sequence[tuple[str, str] | str]]) -> Evidence:
+    """Evidence of one generated test module (`GENERATED`) for the module imported as `module`: a test
+    `test_<kind>_<i>` per item of each kind, a doctest for a (name, text) pair, `_reproduce` for an expression."""
+    evidence, written = Evidence(), []
+    for kind, items in tests.items():
+        for i, item in enumerate(items):
+            call = f"_doctest({item[1]!r}, {item[0]!r})" if isinstance(item, tuple) else f"_reproduce({item!r})"
+            written.append(f"def test_{kind}_{i}():\n    {call}\n")
+    if written:
+        evidence.test_files[GENERATED] = _HEADER.format(module=module) + "".join("\n\n" + w for w in written)
+        evidence.tests += [node_id(GENERATED, t.name) for t in test_functions(evidence.test_files[GENERATED])]
     return evidence
 
 
@@ -242,9 +259,28 @@ def judge(evidence: Evidence, before: TestRun | None, after: TestRun | None) -> 
     return Verdict(True, note + (f" and the {kept} that passed" if kept else ""))
 
 
+_GENERATED_NAMES = {"doctest": "a doctest", "reproduction": "the diagnostic", "example": "an example"}
+
+
 def _shown(node_ids: Sequence[str], most: int = 3) -> str:
     """Test names for a message: `test_mean, test_spread` (the evidence module's generated names explained)."""
     names = [n.split("::", 1)[-1].replace("::", ".") for n in node_ids[:most]]
-    names = [re.sub(r"^test_doctest_\d+$", "a doctest", re.sub(r"^test_reproduction_\d+$", "the diagnostic", n))
-             for n in names]
+    names = [re.sub(r"^test_(doctest|reproduction|example)_\d+$", lambda m: _GENERATED_NAMES[m[1]], n) for n in names]
     return ", ".join(dict.fromkeys(names)) + (", ..." if len(node_ids) > most else "")
+
+
+def failures(evidence: Evidence, run: TestRun | None, most: int = 3) -> list[str]:
+    """What failed in a run of the evidence, one line each for a prompt: `test_spread failed: test_stats.py:9:
+    assert 1.41 == 1.0`, `an example failed: add(2, 3) returned 6, expected 5` (the generated module's own
+    frame left out); at most `most`."""
+    if run is None:
+        return []
+    out: list[str] = []
+    for node in evidence.tests:
+        if run.outcomes.get(node, False) or len(out) >= most:
+            continue
+        message = run.messages.get(node, "")
+        if message.startswith(GENERATED + ":"):
+            message = message.split(": ", 1)[-1]
+        out.append(f"{_shown([node])} failed" + (f": {message}" if message else ""))
+    return out

@@ -38,6 +38,13 @@ def _too_long(signum, frame):
     raise TimeoutError("the test ran past its time limit ({per_test}s)")
 
 
+def _why(report):
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is None:
+        return str(report.longrepr)[-600:]
+    return "%s:%d: %s" % (os.path.basename(str(crash.path)), crash.lineno, crash.message[:1200])
+
+
 def _say(*fields):
     sys.__stdout__.write("\\n" + {mark!r} + json.dumps(fields) + "\\n")
     sys.__stdout__.flush()
@@ -55,11 +62,11 @@ class _Report:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or report.outcome != "passed":
-            _say(report.nodeid, report.outcome)
+            _say(report.nodeid, report.outcome, _why(report) if report.failed else "")
 
     def pytest_collectreport(self, report):
         if report.failed:
-            _say(report.nodeid, "collect-failed")
+            _say(report.nodeid, "collect-failed", _why(report))
 
 
 args = ["-q", "-p", "no:cacheprovider", "-p", "no:logging", "--rootdir", ".", "--continue-on-collection-errors",
@@ -78,6 +85,13 @@ class Verified:
     runs: int = 0
     note: str = ""  # why nothing could be verified, if so
     ran: bool = True  # False: not run at all (no sandbox here); `source` is then marked unverified
+    messages: dict[str, str] = field(default_factory=dict)  # why a test failed (`failure_message`), by test name
+
+    def failures(self, most: int = 3) -> list[str]:
+        """What failed, one line each for a prompt: `test_add failed: test_calc.py:7: assert 4 == 5`."""
+        lines = [f"{name} failed" + (f": {self.messages[name]}" if name in self.messages else "")
+                 for name in self.failed[:most]]
+        return [self.note] if self.note else lines
 
 
 def not_run(test_source: str, reason: str) -> Verified:
@@ -121,14 +135,16 @@ def verify_tests(
     if not run.ran:
         return not_run(test_source, run.note)
     if run.uncollected:
-        return Verified(
-            keep_tests(test_source, []), failed=tests, runs=run.runs, note="the generated test module does not import"
-        )
+        why = next(iter(run.messages.values()), "")
+        return Verified(keep_tests(test_source, []), failed=tests, runs=run.runs,
+                        note="the generated test module does not import" + (f": {why}" if why else ""))
     if run.note:  # pytest itself could not run
         return Verified(keep_tests(test_source, []), failed=tests, runs=run.runs, note=run.note)
     passed = [name for name, node in zip(tests, node_ids) if run.outcomes.get(node)]
+    messages = {name: run.messages[node] for name, node in zip(tests, node_ids) if node in run.messages}
     return Verified(
-        keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=run.runs
+        keep_tests(test_source, passed), passed=passed, failed=[n for n in tests if n not in passed], runs=run.runs,
+        messages=messages,
     )
 
 
@@ -144,6 +160,7 @@ class TestRun:
     __test__ = False  # not a pytest class
 
     outcomes: dict[str, bool] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)  # why a test failed: `failure_message`, by node id
     uncollected: list[str] = field(default_factory=list)  # test files that did not import
     runs: int = 0
     note: str = ""  # pytest could not run, or (`ran` False) why nothing ran
@@ -193,13 +210,16 @@ def run_tests(
         for line in result.stdout.split("\n"):
             if not line.startswith(mark):
                 continue
-            node, outcome = json.loads(line[len(mark):])
+            node, outcome, why = json.loads(line[len(mark):])
             if outcome == "collect-failed":
                 out.uncollected.append(node)
                 seen.update({n: False for n in remaining if n.split("::", 1)[0] == node})
+                out.messages.update({n: failure_message(why) for n in remaining if n.split("::", 1)[0] == node})
                 continue
             node = node.split("[", 1)[0]
             seen[node] = seen.get(node, True) and outcome == "passed"
+            if why and node not in out.messages:
+                out.messages[node] = failure_message(why)
         out.outcomes.update(seen)
         pending = [n for n in remaining if n not in seen]
         if not seen and result.returncode in (2, 3, 4):  # pytest itself failed (interrupted, internal or usage error)
@@ -209,8 +229,22 @@ def run_tests(
             return out
         if pending:  # the run ended (killed, or the test exited the interpreter) during pending[0]
             out.outcomes[pending[0]] = False
+            out.messages[pending[0]] = f"the test run ended: {result.killed_reason or 'the test exited'}"
         remaining = pending[1:]
     return out
+
+
+def failure_message(why: str, limit: int = 300) -> str:
+    """A test's failure as one line for a prompt or a message: the last frame's `file:line: message`, pytest's
+    `assert` explanation and a doctest's report folded, the sandbox's paths and doctest's rulers left out."""
+    head, _, message = why.partition(": ")
+    if message.startswith("AssertionError: ") and "\nassert " in message:  # `assert x, why`: the why alone
+        message = message[len("AssertionError: "):].split("\nassert ", 1)[0]
+    lines = [line.strip() for line in message.split("\n")]
+    lines = [line for line in lines if line and not line.startswith(("*****", "File \"", "+"))]
+    text = " ".join(" ".join(lines).split())
+    text = f"{head}: {text}" if head and text else text or why.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- the tests of a test module -------------------------------------------------------------------

@@ -169,15 +169,27 @@ def test_appending_tests_drops_imports_the_file_has():
 
 
 class Canned:
-    """An assistant whose model answers each task with fixed text (parsed as the completion model's)."""
+    """An assistant whose model answers each task with fixed text (parsed as the completion model's): a string for
+    every ask of the task, or a list, one item per ask in turn (the last again after that); an item that is a list
+    is the candidates of one ask (`Assistant.candidates`)."""
 
-    def __init__(self, answers: dict[str, str]) -> None:
+    def __init__(self, answers: dict[str, str | list]) -> None:
         self.answers = answers
         self.asks = []
 
-    async def run(self, ask, cancel=None):
+    def _next(self, ask):
         self.asks.append(ask)
-        return ask.parse(self.answers.get(ask.task, ""))
+        answer = self.answers.get(ask.task, "")
+        if isinstance(answer, list):
+            asked = sum(a.task == ask.task for a in self.asks)
+            answer = answer[min(asked, len(answer)) - 1]
+        return answer if isinstance(answer, list) else [answer]
+
+    async def run(self, ask, cancel=None):
+        return ask.parse(self._next(ask)[0])
+
+    async def candidates(self, ask, n, cancel=None):
+        return [parsed for text in self._next(ask)[:n] if (parsed := ask.parse(text)).strip()]
 
 
 def resolve(answers: dict[str, str], d: Document, offer, root: Path | None = None, config: Config | None = None):

@@ -31,6 +31,7 @@ GOOD: dict[Any, list[Any]] = {bool: [True, False], int: [64, 2048], float: [0, 0
 RANGE = {
     "midline.topP": [0.5, 1], "midline.context.prefixShare": [0.5, 1], "midline.maxNewTokens": [64, 2048],
     "midline.actions.maxNewTokens": [64, 2048], "midline.candidates": [1, 8], "midline.automaticCandidates": [1, 8],
+    "midline.actions.attempts": [1, 8], "midline.actions.candidates": [1, 8],
 }
 
 
