@@ -56,8 +56,8 @@ FAMILIES = ("qwen2", "starcoder2", "deepseek")
 def family_dirs(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     """Random-weight Qwen2 (Qwen2.5-Coder's tokens), Starcoder2 and Llama (DeepSeek-Coder's) models, and midline's
     own Llama."""
-    files = stdlib_corpus(limit=40)
-    made = {f: make_family_model(tmp_path_factory.mktemp(f), f, corpus_files=files) for f in FAMILIES}
+    files = stdlib_corpus(limit=12)
+    made = {f: make_family_model(tmp_path_factory.mktemp(f), f, corpus_files=files, vocab_size=512) for f in FAMILIES}
     return {**made, "llama": tiny_model_dir}
 
 
@@ -221,3 +221,25 @@ def test_a_killed_finetune_resumes_to_the_same_adapter(family_dirs, repo, tmp_pa
     with pytest.raises(ValueError, match="other settings"):
         F.finetune(family_dirs["qwen2"], repo, tmp_path / "resumed", config.__class__(**{**config.__dict__,
                                                                                            "rank": 8}))
+
+
+def test_the_output_layer_on_the_taught_positions_alone_gives_the_full_loss(family_dirs, tmp_path):
+    """`middle_loss_sum` runs the output layer on the middles only: the same loss as the whole logits' (train.py's
+    `loss_sum`, which skips negated ids the same way), gradients included."""
+    from peft import LoraConfig, get_peft_model
+
+    from midline.training.train import loss_sum
+
+    engine = Engine.load(family_dirs["qwen2"], device="cpu")
+    assert engine.fim is not None
+    config = F.example_config(engine.fim, 256, seed=0)
+    doc = {"repo": "shop", "path": "billing/mod_0.py", "text": planted_module("billing", 0)}
+    examples = [ids for draw in range(4) for ids in F.file_examples(doc, engine.tokenizer, engine.fim, config, draw)]
+    room = max(len(e) for e in examples)
+    rows = torch.tensor([e + [-1] * (room - len(e)) for e in examples])
+    model = get_peft_model(engine.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    trimmed, full = F.middle_loss_sum(model, rows), loss_sum(model, rows, pad=-1)
+    assert torch.allclose(trimmed, full, rtol=1e-5)
+    (grad_trimmed,) = torch.autograd.grad(trimmed, [p for p in model.parameters() if p.requires_grad][:1])
+    (grad_full,) = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad][:1])
+    assert torch.allclose(grad_trimmed, grad_full, rtol=1e-4, atol=1e-6)
