@@ -18,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+import textwrap
 from collections import Counter
 from dataclasses import dataclass
 
@@ -115,9 +116,16 @@ def describe(found: list[Finding], most: int = 3) -> str | None:
 
 
 def measure(code: str, module: str | None = None) -> dict:
-    """eval-tasks' figures for `code` (a function), in `module` (the module with `code` in place, for lint: names
-    it imports) or alone: complexity, lint and security finding counts (lint None without ruff)."""
-    where = module if module is not None else code
+    """eval-tasks' figures for `code` (a function): its complexity, and its lint and security findings, counted on its
+    own lines of `module` (the module with `code` in place, so that names it imports are known), else of `code`
+    alone; lint None without ruff."""
+    where = module if module is not None and code.rstrip() in module else code
+    first = where[: where.index(code.rstrip())].count("\n") + 1
+    last = first + code.rstrip().count("\n")
+
+    def inside(found: list[Finding]) -> int:
+        return sum(first <= f.line <= last for f in found)
+
     found = lint(where)
-    return {"complexity": complexity(code), "lint": None if found is None else len(found),
-            "security": len(security_findings(where))}
+    return {"complexity": complexity(textwrap.dedent(code)), "lint": None if found is None else inside(found),
+            "security": inside(security_findings(where))}

@@ -33,22 +33,29 @@ as the server's assistant sends it), with the task's stop condition and a token 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import json
 import random
 import re
 import sys
+import tempfile
+import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from midline.model import tasks
-from midline.model.syntax import line_start, node_name, parse, parses, unwrap, utf8
+from midline.model.syntax import definition_parts, line_start, node_name, parse, parses, unwrap, utf8
 from midline.training import sft_mine
 from midline.training.evaluate import add_task_arguments, write_report
 from midline.training.metrics import edit_similarity, normalize, rouge_l, same_tree
 from midline.server.sandbox import SandboxUnavailable, run_python, sandbox_state
-from midline.server import fix_evidence
-from midline.server.actions import fix_gate
+from midline.server import actions, examples, fix_evidence, quality
+from midline.server.actions import Actions, Nothing, Replace, TestFile, fix_gate
+from midline.server.assistant import Assistant
+from midline.server.config import ActionsConfig, Config
+from midline.server.documents import Document
 from midline.server.targets import Target
 from midline.server.verify import run_tests, test_functions, verify_tests
 from midline.training import stage
@@ -69,9 +76,10 @@ assert callable(getattr(module, {name!r}))
 
 
 def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
-                sandbox_timeout_s: float = 20.0, fix_doctests: bool = False) -> list[dict]:
-    """Up to `per_kind` explain and fix tasks and `tests` tests tasks from the corpus's valid.jsonl (`fix_doctests`:
-    fix tasks whose doctests catch the bug, `doctested_fix_task`)."""
+                sandbox_timeout_s: float = 20.0, fix_doctests: bool = False, synthesis: int = 0) -> list[dict]:
+    """Up to `per_kind` explain and fix tasks, `tests` tests tasks and `synthesis` synthesis tasks from the corpus's
+    valid.jsonl (`fix_doctests`: fix tasks whose doctests catch the bug, `doctested_fix_task`; synthesis:
+    `synthesis_task`)."""
     docs = [json.loads(line) for line in open(Path(corpus_dir) / "valid.jsonl", encoding="utf-8") if line.strip()]
     docs = sorted((d for d in docs if d["path"].endswith(".py") and 0 < len(d["text"]) <= 200_000),
                   key=lambda d: (d["repo"], d["path"]))
@@ -107,7 +115,52 @@ def build_tasks(corpus_dir: Path, *, per_kind: int, tests: int, seed: int,
             if records:
                 found.append(rng.choice(records) | ({"module": doc["text"]} if kind == "fix" else {}))
         out += found
-    return out
+    rng = random.Random(f"{seed}:synthesis")
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    found = []
+    for i in order:
+        if len(found) >= synthesis:
+            break
+        task = synthesis_task(docs[i], rng, sandbox_timeout_s)
+        if task is not None:
+            found.append(task)
+    return out + found
+
+
+def synthesis_task(doc: dict, rng: random.Random, timeout_s: float) -> dict | None:
+    """A synthesis task: a module-level function whose docstring carries examples (`examples.read`) that pass on the
+    module in the sandbox; the task is the module with the function's body after the docstring replaced by `pass`
+    (code from a comment, at a docstring). None if none fits."""
+    text = doc["text"]
+    if ">>>" not in text and "->" not in text:
+        return None
+    tree = parse("python", text)
+    data = utf8(text)
+    functions = [n for n in tree.root_node.named_children if unwrap(n, "python").type == "function_definition"]
+    rng.shuffle(functions)
+    for node in functions[:8]:
+        code = sft_mine.definition_code(data, node)
+        parts = definition_parts(code) if code else None
+        if code is None or parts is None or parts.docstring is None or text.count(code.rstrip("\n")) != 1:
+            continue
+        found = examples.read(parts.docstring)
+        name = node_name(node, "python")
+        if not found or not parts.body.strip():
+            continue
+        evidence = found.evidence(FIX_MODULE, name)
+        if not evidence or len(_evidence_run(evidence, text, timeout_s).passed(evidence.tests)) < len(evidence.tests):
+            continue
+        start = text.index(code.rstrip("\n"))
+        body_at = start + code.index(parts.body) if parts.body in code else -1
+        if body_at < 0:
+            continue
+        indent = parts.body[: len(parts.body) - len(parts.body.lstrip())]
+        stub = text[:body_at] + indent + "pass\n" + text[start + len(code.rstrip("\n")) + 1:]
+        return {"kind": "synthesis", "repo": doc["repo"], "path": doc["path"], "name": name, "reference": code,
+                "module": text, "stub": stub, "docstring_at": stub.index(parts.docstring, start),
+                "examples": len(evidence.tests)}
+    return None
 
 
 def _tests_task(doc: dict, rng: random.Random) -> dict | None:
@@ -276,6 +329,124 @@ def score_tests(task: dict, output: str, *, timeout_s: float = 30.0) -> dict:
     return row
 
 
+# -- the server's action path: verification, refinement and synthesis ---------------------------------------
+
+
+class ServerPath:
+    """The server's code actions (`Actions.resolve`) on the loaded engine, as the server runs them, with
+    `actions.attempts` 1 (verified only) and `attempts` (verified and refined), and `candidates` per refined ask;
+    one assistant, so the first attempt's greedy answer is generated once for both."""
+
+    def __init__(self, engine, *, attempts: int, candidates: int, max_new_tokens: int, timeout_s: float) -> None:
+        self.attempts, self.candidates = attempts, candidates
+        settings = ActionsConfig(max_new_tokens=max_new_tokens, timeout_ms=600_000, refine_ms=600_000,
+                                 test_timeout_ms=int(timeout_s * 1000))
+
+        async def get():
+            return engine
+
+        self.assistant = Assistant(get, Config(actions=settings), ThreadPoolExecutor(max_workers=1))
+        self.settings = settings
+
+    def resolve(self, doc: Document, action: str, at: int, *, attempts: int, candidates: int,
+                root: Path | None = None) -> tuple[object, float]:
+        """The outcome of `action` offered at `at`, and the seconds it took."""
+        config = Config(actions=ActionsConfig(**{**vars(self.settings), "attempts": attempts,
+                                                 "candidates": candidates}))
+        offer = next((o for o in actions.offers(doc, at, at) if o.action == action), None)
+        if offer is None:
+            return Nothing(f"no {action} offered"), 0.0
+        started = time.monotonic()
+        outcome = asyncio.run(Actions(self.assistant, config, str(root) if root else None).resolve(doc, offer.data))
+        return outcome, time.monotonic() - started
+
+
+def _eval_uri(task: dict) -> str:
+    """A document outside any workspace folder (its module is `midline_fixed_module` in the sandbox, as a file
+    outside the folders is in the server)."""
+    return f"file:///midline-eval/{PurePosixPath(task['path']).name}"
+
+
+def refined_fix(task: dict, server: ServerPath) -> dict:
+    """The fix task through the server's fix path with one attempt and with `server.attempts`: offered, right (the
+    same tree as the original), the attempt that wrote it."""
+    text, target, _ = _fix_place(task)
+    doc = Document(_eval_uri(task), "python", 1, text)
+    row: dict = {}
+    for side, attempts in (("once", 1), ("refined", server.attempts)):
+        outcome, took = server.resolve(doc, "fix", target.start, attempts=attempts, candidates=server.candidates)
+        offered = isinstance(outcome, Replace)
+        right = offered and same_tree(textwrap.dedent(outcome.text), task["fixed"])
+        row[f"server_{side}"] = {"offered": offered, "right": right, "s": round(took, 2),
+                                 "note": outcome.note if isinstance(outcome, Replace) else outcome.message[:300]}
+    return row
+
+
+def refined_tests(task: dict, server: ServerPath, timeout_s: float) -> dict:
+    """The tests task through the server's tests path (the module in a workspace folder) with one attempt and with
+    `server.attempts`: the kept tests pass on the code (offered), and fail on the mutant (kill)."""
+    row: dict = {}
+    with tempfile.TemporaryDirectory(prefix="midline-eval-") as folder:
+        path = Path(folder) / f"{tasks.module_name(task['path'])}.py"
+        path.write_text(task["module"], encoding="utf-8")
+        doc = Document(path.as_uri(), "python", 1, task["module"])
+        at = re.search(rf"^def {re.escape(task['name'])}\b", task["module"], re.MULTILINE)
+        for side, attempts in (("once", 1), ("refined", server.attempts)):
+            outcome, took = server.resolve(doc, "tests", at.start() if at else 0, attempts=attempts,
+                                           candidates=server.candidates, root=Path(folder))
+            passes = isinstance(outcome, TestFile) and outcome.verified is not None and bool(outcome.verified.passed)
+            kills = False
+            if passes and isinstance(outcome, TestFile) and outcome.verified is not None:
+                test_file = f"test_{tasks.module_name(task['path'])}_midline.py"
+                on_mutant = verify_tests(outcome.verified.source, test_file=test_file,
+                                         files=_files(task, task["mutant"]), timeout_s=timeout_s)
+                kills = bool(on_mutant.failed) or not on_mutant.passed
+            row[f"server_{side}"] = {"passes": passes, "kills": kills, "s": round(took, 2)}
+    return row
+
+
+def score_synthesis(task: dict, server: ServerPath) -> dict:
+    """The synthesis task through the server's code-from-a-comment path at the function's docstring: one greedy
+    answer, `server.candidates` candidates, and candidates with refinement; offered = passes all the examples. The
+    quality figures (`quality.measure`) of the offered function (the last side's) and of the reference."""
+    doc = Document(_eval_uri(task), "python", 1, task["stub"])
+    row: dict = {"examples": task["examples"]}
+    sides = (("greedy", 1, 1), ("candidates", 1, server.candidates), ("refined", server.attempts, server.candidates))
+    offered_module = None
+    for side, attempts, candidates in sides:
+        outcome, took = server.resolve(doc, "fromComment", task["docstring_at"], attempts=attempts,
+                                       candidates=candidates)
+        offered = isinstance(outcome, Replace)
+        row[f"server_{side}"] = {"offered": offered, "s": round(took, 2),
+                                 "note": outcome.note if isinstance(outcome, Replace) else outcome.message[:300]}
+        if isinstance(outcome, Replace):
+            offered_module = doc.text[: outcome.start] + outcome.text + doc.text[outcome.end :]
+    row["quality_reference"] = quality.measure(task["reference"], task["module"])
+    if offered_module is not None:
+        start = task["stub"].index(task["reference"].split("\n", 1)[0])
+        end = start + len(offered_module) - len(task["stub"]) + len(_stub_function(task))
+        row["quality_generated"] = quality.measure(offered_module[start:end], offered_module)
+    return row
+
+
+def _stub_function(task: dict) -> str:
+    """The stub's function (header, docstring, `pass`) as it stands in the stub module."""
+    stub, first = task["stub"], task["reference"].split("\n", 1)[0]
+    start = stub.index(first)
+    end = stub.index("pass\n", task["docstring_at"]) + len("pass\n")
+    return stub[start:end]
+
+
+def fix_quality(task: dict, answer: str) -> dict:
+    """`quality.measure` of the model's fix in the module, and of the original function (the reference)."""
+    text, target, _ = _fix_place(task)
+    row = {"quality_reference": quality.measure(task["fixed"], task.get("module") or task["fixed"])}
+    fixed = fix_gate(text, target, answer, "python") if answer.strip() else None
+    if fixed is not None:
+        row["quality_generated"] = quality.measure(fixed, text[: target.start] + fixed + text[target.end :])
+    return row
+
+
 # -- running --------------------------------------------------------------------------------------
 
 
@@ -286,15 +457,25 @@ def max_new_tokens(task: dict, engine, limits: dict[str, int]) -> int:
 
 
 def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", limits: dict[str, int] | None = None,
-                   run_tests: bool = True, sandbox_timeout_s: float = 30.0, progress: bool = False) -> dict:
-    """Generate an answer to every task with the model and score it; returns the report (JSON-ready)."""
+                   run_tests: bool = True, sandbox_timeout_s: float = 30.0, progress: bool = False,
+                   attempts: int = 1, candidates: int = 3) -> dict:
+    """Generate an answer to every task with the model and score it; returns the report (JSON-ready). With `attempts`
+    over 1 (and the sandbox), fix and tests tasks also go through the server's action path with one attempt and with
+    `attempts` (refinement, `candidates` per refined ask); synthesis tasks always do."""
     from midline.model.engine import Engine
 
     limits = {"explain": 128, "fix": 512, "tests": 384, **(limits or {})}
     started = time.monotonic()
     engine = Engine.load(model_dir, device=device, reuse_prefix=False)
+    server = ServerPath(engine, attempts=attempts, candidates=candidates, max_new_tokens=limits["fix"],
+                        timeout_s=sandbox_timeout_s)
     rows = []
     for task in stage.progress(items, progress, "eval-tasks"):
+        if task["kind"] == "synthesis":
+            if run_tests:
+                rows.append({"kind": "synthesis", "repo": task["repo"], "path": task["path"], "name": task["name"],
+                             **score_synthesis(task, server)})
+            continue
         ids = engine.encode(prompt_of(task))
         generation = engine.generate(ids, max_new_tokens=max_new_tokens(task, engine, limits),
                                      should_stop=tasks.TASKS[task["kind"]].should_stop())
@@ -305,18 +486,25 @@ def evaluate_tasks(model_dir: Path, items: list[dict], *, device: str = "auto", 
             row.update(score_explain(task, generation.text))
         elif task["kind"] == "fix":
             row.update(score_fix(task, generation.text), mutation=task["mutation"])
+            row.update(fix_quality(task, row["result"]))
             if run_tests:
                 row.update(verify_fix(task, row["result"], timeout_s=sandbox_timeout_s))
+                if attempts > 1:
+                    row.update(refined_fix(task, server))
         elif run_tests:
             row.update(score_tests(task, generation.text, timeout_s=sandbox_timeout_s), mutation=task["mutation"])
+            if attempts > 1:
+                row.update(refined_tests(task, server, sandbox_timeout_s))
         else:
             row.update(result=tasks.TESTS.parse(prompt_of(task), generation.text))
         rows.append(row)
     report = {
         "model": str(Path(model_dir).resolve()), "device": str(engine.device), "fim_format": engine.fim.name,
         "settings": {"max_new_tokens": limits, "run_tests": run_tests, "sandbox_timeout_s": sandbox_timeout_s,
-                     "decoding": "greedy"},
-        "tasks": {"count": len(items), "by_kind": {k: sum(t["kind"] == k for t in items) for k in KINDS}},
+                     "decoding": "greedy", "attempts": attempts, "candidates": candidates,
+                     "lint": f"ruff --isolated --select {','.join(quality.RUFF_RULES)}"},
+        "tasks": {"count": len(items),
+                  "by_kind": {k: sum(t["kind"] == k for t in items) for k in (*KINDS, "synthesis")}},
         "metrics": summarize(rows, run_tests),
         "elapsed_s": round(time.monotonic() - started, 1),
         "per_task": rows,
@@ -351,6 +539,34 @@ def summarize(rows: list[dict], run_tests: bool = True) -> dict:
     if run_tests and tests_:
         out["tests"].update(pass_rate=mean(tests_, "passes"), kill_rate=mean(tests_, "kills"),
                             tests_mean=mean(tests_, "tests"), passed_mean=mean(tests_, "passed"))
+    if fix and "server_once" in fix[0]:
+        out["fix"]["refinement"] = {side: {"offered": sum(r[f"server_{side}"]["offered"] for r in fix),
+                                           "right": sum(r[f"server_{side}"]["right"] for r in fix),
+                                           "s_mean": mean([r[f"server_{side}"] for r in fix], "s")}
+                                    for side in ("once", "refined")}
+    if tests_ and "server_once" in tests_[0]:
+        out["tests"]["refinement"] = {side: {"pass_rate": mean([r[f"server_{side}"] for r in tests_], "passes"),
+                                             "kill_rate": mean([r[f"server_{side}"] for r in tests_], "kills"),
+                                             "s_mean": mean([r[f"server_{side}"] for r in tests_], "s")}
+                                      for side in ("once", "refined")}
+    synthesis = [r for r in rows if r["kind"] == "synthesis"]
+    out["synthesis"] = {"n": len(synthesis), "examples_mean": mean(synthesis, "examples"),
+                        **{side: {"success_rate": mean([r[f"server_{side}"] for r in synthesis], "offered"),
+                                  "s_mean": mean([r[f"server_{side}"] for r in synthesis], "s")}
+                           for side in ("greedy", "candidates", "refined") if synthesis}}
+    out["quality"] = {kind: _quality(group) for kind, group in (("fix", fix), ("synthesis", synthesis)) if group}
+    return out
+
+
+def _quality(rows: list[dict]) -> dict:
+    """Means of `quality.measure`'s figures over the generated code (where there is some) and the references."""
+    out = {}
+    for side in ("generated", "reference"):
+        measured = [r[f"quality_{side}"] for r in rows if f"quality_{side}" in r]
+        out[side] = {"n": len(measured)}
+        for key in ("complexity", "lint", "security"):
+            have = [m[key] for m in measured if m[key] is not None]
+            out[side][key] = sum(have) / len(have) if have else None
     return out
 
 
@@ -384,6 +600,11 @@ def format_report(report: dict) -> str:
             lines.append(f"         verification: {checked['with_evidence']} with doctests, {checked['verified']} "
                          f"offered verified, withheld {checked['withheld_by_gate']} by the compile gate and "
                          f"{checked['withheld_by_tests']} by the tests")
+    for label, side in (("without refinement", "once"), ("with refinement   ", "refined")):
+        if "refinement" in x:
+            r = x["refinement"][side]
+            lines.append(f"         server path, {label}: offered {r['offered']}/{x['n']}, right {r['right']}, "
+                         f"{f(r['s_mean'])} s a task")
     if t["n"]:
         if "pass_rate" in t:
             lines.append(f"tests    n={t['n']:<4} pass on the code {f(t['pass_rate'])}  "
@@ -391,6 +612,20 @@ def format_report(report: dict) -> str:
                          f"tests written {f(t['tests_mean'])}, passing {f(t['passed_mean'])} per task")
         else:
             lines.append(f"tests    n={t['n']:<4} (not run)")
+        for label, side in (("without refinement", "once"), ("with refinement   ", "refined")):
+            if "refinement" in t:
+                r = t["refinement"][side]
+                lines.append(f"         server path, {label}: pass on the code {f(r['pass_rate'])}  pass and kill "
+                             f"{f(r['kill_rate'])}  {f(r['s_mean'])} s a task")
+    y = m.get("synthesis", {})
+    if y.get("n"):
+        lines.append(f"synth    n={y['n']:<4} examples {f(y['examples_mean'])} per task; passes all examples: "
+                     + ", ".join(f"{side} {f(y[side]['success_rate'])} ({f(y[side]['s_mean'])} s)"
+                                 for side in ("greedy", "candidates", "refined")))
+    for kind, q in m.get("quality", {}).items():
+        lines.append(f"quality  {kind:<9} " + "; ".join(
+            f"{side} (n={q[side]['n']}): complexity {f(q[side]['complexity'])}, lint {f(q[side]['lint'])}, "
+            f"security {f(q[side]['security'])}" for side in ("generated", "reference")))
     return "\n".join(lines)
 
 
@@ -407,6 +642,12 @@ def add_parser(stages) -> None:
     p.add_argument("--no-run", action="store_true", help="do not run the generated tests in the sandbox")
     p.add_argument("--fix-doctests", action="store_true",
                    help="fix tasks only from functions whose doctests catch the bug (verification has evidence)")
+    p.add_argument("--synthesis", type=int, default=0,
+                   help="synthesis tasks: held-out functions whose docstrings carry examples (default: %(default)s)")
+    p.add_argument("--attempts", type=int, default=1,
+                   help="over 1: fix and tests tasks also through the server's path with one attempt and with this "
+                        "many (refinement); synthesis's refined side (default: %(default)s)")
+    p.add_argument("--candidates", type=int, default=3, help="candidates per refined ask (default: %(default)s)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the JSON report here")
     p.set_defaults(run=run)
 
@@ -419,7 +660,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         items, tasks_file = load_tasks(args.tasks), args.tasks
     elif args.corpus:
         items = build_tasks(args.corpus, per_kind=args.per_kind, tests=0 if args.no_run else args.tests, seed=args.seed,
-                            fix_doctests=args.fix_doctests)
+                            fix_doctests=args.fix_doctests, synthesis=0 if args.no_run else args.synthesis)
         tasks_file = args.tasks or (args.out.with_suffix(".tasks.jsonl") if args.out else None)
         if tasks_file:
             save_tasks(items, tasks_file)
@@ -429,7 +670,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("no tasks: the held-out split has no functions to ask about")
     limits = dict(zip(KINDS, args.max_new_tokens))
     report = evaluate_tasks(args.model, items, device=args.device, limits=limits, run_tests=not args.no_run,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), attempts=args.attempts, candidates=args.candidates)
     report["tasks"].update(file=str(tasks_file) if tasks_file else None, seed=args.seed,
                            sha256=sha256_file(tasks_file) if tasks_file else None)
     write_report(report, args.out, format_report(report))

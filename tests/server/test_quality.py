@@ -60,5 +60,6 @@ def test_a_fix_that_adds_lint_findings_says_so(tmp_path):
     outcome = asyncio.run(Actions(Canned({"fix": answer}), Config()).resolve(d, offer.data))
     assert isinstance(outcome, Replace) and outcome.note == "unverified: no tests found"
     assert outcome.findings == "adds 1 lint finding (F841 Local variable `n` is assigned to but never used (line 2))"
-    clean = asyncio.run(Actions(Canned({"fix": "def total(xs):\n    return sum(xs)\n"}), Config()).resolve(d, offer.data))
+    clean_fix = "def total(xs):\n    return sum(xs)\n"
+    clean = asyncio.run(Actions(Canned({"fix": clean_fix}), Config()).resolve(d, offer.data))
     assert isinstance(clean, Replace) and clean.findings is None
