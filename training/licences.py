@@ -116,7 +116,19 @@ def normalise(name: str) -> str:
         else:
             m = re.fullmatch(r"(\(*)\s*(.*?)\s*(\)*)", piece.strip())
             out.append(m[1] + _one(m[2]) + m[3])  # type: ignore[index]
-    return "".join(out)
+    return _unwrap("".join(out))
+
+
+def _unwrap(expression: str) -> str:
+    """The expression without parentheses around the whole of it."""
+    while expression.startswith("(") and expression.endswith(")"):
+        depth = 0
+        for i, c in enumerate(expression):
+            depth += (c == "(") - (c == ")")
+            if depth == 0 and i < len(expression) - 1:
+                return expression  # the first one closes before the end: `(A) OR (B)`
+        expression = expression[1:-1].strip()
+    return expression
 
 
 def _one(name: str) -> str:

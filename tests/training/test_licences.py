@@ -58,7 +58,8 @@ def test_the_python_licence_text_is_psf():
     ("MIT License", "MIT"), ("Apache 2.0", "Apache-2.0"), ("Apache Software License", "Apache-2.0"),
     ("License :: OSI Approved :: BSD License", "BSD"), ("new BSD", "BSD-3-Clause"), ("GPL-2+", "GPL-2.0-or-later"),
     ("GPL-2", "GPL-2.0-only"), ("LGPLv3", "LGPL-3.0-only"), ("MIT/Apache-2.0", "MIT OR Apache-2.0"),
-    ("(MIT OR Apache-2.0) AND Zlib", "(MIT OR Apache-2.0) AND Zlib"), ("Python Software Foundation License", "PSF-2.0"),
+    ("(MIT OR Apache-2.0) AND Zlib", "(MIT OR Apache-2.0) AND Zlib"),
+    ("((GPL-2.0 WITH x) OR MIT)", "(GPL-2.0-only WITH x) OR MIT"), ("Python Software Foundation License", "PSF-2.0"),
     ("GPL-2 with Linux-syscall-note", "GPL-2.0-only WITH Linux-syscall-note"), ("Public Domain", L.PUBLIC_DOMAIN),
     ("Some Custom Licence 1.0", "Some Custom Licence 1.0"),
 ])
