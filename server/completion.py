@@ -11,6 +11,8 @@ An explicit request (and an automatic one while the model is idle, per `automati
 suggestions, for the editor to cycle through: the model's candidates from one batched pass, best first by mean
 log-probability, each post-processed; those dropped there or that repeat the text after the cursor are left out,
 and duplicates merge into the better-ranked one. A backend without batched candidates (a remote one) gives one.
+With an attribution index (the `attribution.index` setting, attribution.py), a suggestion that repeats a long span
+of the model's training data verbatim is hidden, as is one with a high security finding (security.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable, Iterable, TypedDict
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
-from . import security
+from . import attribution, security
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
@@ -101,6 +103,7 @@ class Stats:
     low_confidence: int = 0  # suggestions hidden for a mean log-probability under the floor
     tails_cut: int = 0  # suggestions whose unsure last lines were cut
     insecure: int = 0  # suggestions hidden for a high-severity security finding (security.py)
+    attributed: int = 0  # suggestions hidden for repeating a long span of the training data (attribution.py)
     last_latency_ms: float = 0.0
 
 
@@ -128,8 +131,10 @@ class Completer:
         root: str | None = None,
         folders: Callable[[], Iterable[str | Path]] | None = None,
         retrieval: RetrievalIndex | None = None,
+        report: Callable[[str], None] = log.error,
     ) -> None:
         self.engine = engine
+        self.report = report  # says once that a setting's file cannot be used
         self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
         self.prompts = PromptBuilder(
@@ -138,6 +143,9 @@ class Completer:
         self.stats = Stats()
         self.trace = Trace()
         self._cache: OrderedDict[tuple, tuple[Suggestion, ...]] = OrderedDict()
+        # (path, mtime, size) -> the loaded attribution index
+        self._attribution: tuple[tuple, attribution.AttributionIndex | None] = ((), None)
+        self.attribution_error: str | None = None
         self._shown: dict[str, _Shown] = {}
         self._latest: dict[str, int] = {}  # uri -> id of its newest request
         self._running: dict[str, threading.Event] = {}  # uri -> cancel flag of its generation
@@ -166,7 +174,8 @@ class Completer:
         trace: Trace | None = None
         config = self.config
         sampling = (config.temperature, config.top_p, config.seed)
-        key = (tuple(prompt), ctx.hole, ctx.block, config.max_lines, *sampling, asked)
+        checked_by = self._attribution[0] if self.attribution_index() is not None else None
+        key = (tuple(prompt), ctx.hole, ctx.block, config.max_lines, *sampling, asked, checked_by)
         if key in self._cache:
             self.stats.cache_hits += 1
             self._cache.move_to_end(key)
@@ -184,6 +193,26 @@ class Completer:
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
         return self.config.enabled_for(doc.language_id, self.engine.languages)
+
+    def attribution_index(self) -> attribution.AttributionIndex | None:
+        """The `attribution.index` setting's index, loaded again when its header changes; None when unset or unusable
+        (then the error is reported once and suggestions are not checked)."""
+        path = self.config.attribution.index
+        if path is None:
+            self.attribution_error = None
+            return None
+        try:
+            stat = (Path(path).expanduser() / attribution.HEADER).stat()
+            key: tuple = (path, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = (path,)
+        if key != self._attribution[0]:
+            try:
+                self._attribution, self.attribution_error = (key, attribution.AttributionIndex.load(path)), None
+            except attribution.AttributionError as exc:
+                self._attribution, self.attribution_error = (key, None), str(exc)
+                self.report(f"midline: {exc}; suggestions are not checked against the training data")
+        return self._attribution[1]
 
     @property
     def generating(self) -> bool:
@@ -265,6 +294,16 @@ class Completer:
                 return False
             return True
 
+        index = self._attribution[1] if self.config.attribution.index is not None else None
+
+        def original(suggestion: Suggestion) -> bool:
+            """Whether `suggestion` repeats no long span of the training data verbatim (or no index is set)."""
+            if index is not None and (match := index.match(suggestion.text)):
+                self.stats.attributed += 1
+                hidden.append(f"attribution: {match.describe()}")
+                return False
+            return True
+
         def run() -> tuple[list[Generation], list[tuple[Suggestion, Generation]]]:
             generations = self._answers(prompt, asked, ctx, cancel)
             if any(g.finish_reason in ("cancelled", "timeout") for g in generations):
@@ -274,7 +313,8 @@ class Completer:
                 suggestion = keep(generation)
                 if suggestion is None or suggestion in kept or repeats_suffix(suggestion, ctx):
                     continue
-                if secure(suggestion):  # scanned once per distinct suggestion, after the cheaper filters
+                # (scanned once per distinct suggestion, after the cheaper filters)
+                if original(suggestion) and secure(suggestion):
                     kept[suggestion] = generation
             self.stats.low_confidence += len(under_floor) == len(generations)
             self.stats.tails_cut += any(tails_cut)

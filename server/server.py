@@ -121,7 +121,7 @@ class MidlineServer(LanguageServer):
             log.info("%s loaded on %s (FIM format: %s)", where, engine.device, _fim_name(engine))
             self.completer = Completer(
                 engine, self.settings, self.model_executor, symbols=self.symbols, root=self.root,
-                folders=self.actions.workspace_folders, retrieval=self.indexes.retrieval,
+                folders=self.actions.workspace_folders, retrieval=self.indexes.retrieval, report=self.report,
             )
             return self.completer
 
@@ -658,4 +658,17 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "actions": {**lsp.camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
         "hover": {"explained": ls.explainer.computed, "pending": ls.explainer.pending},
         "outcomes": ls.outcomes.status(),
+        "attribution": _attribution_status(completer),
     }
+
+
+def _attribution_status(completer: Completer) -> dict[str, Any] | None:
+    """The `attribution.index` setting's state for `midline.status`: the index's size, or why it is not used; None
+    when unset."""
+    index = completer.attribution_index()
+    if completer.config.attribution.index is None:
+        return None
+    if index is None:
+        return {"index": completer.config.attribution.index, "error": completer.attribution_error}
+    return {"index": completer.config.attribution.index, "fingerprints": len(index.fingerprints),
+            "ngram": index.ngram, "window": index.window}

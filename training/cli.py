@@ -1,6 +1,7 @@
 """`midline-train`: one subcommand per training stage, in pipeline order.
 
     corpus -> tokenizer -> data -> train -> evaluate (and positions) -> export
+    index: the attribution index of the training split, for the server's attribution check
     then, for code actions: sft-mine -> sft -> eval-tasks
     finetune: LoRA on any local FIM model (Qwen2.5-Coder, StarCoder2, ...) on one repository
     and tiny-model, a placeholder model for tests and trying the server
@@ -13,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from midline.model import VERSION
-from midline.training import (corpus, data, evaluate, evaluate_tasks, export, finetune, positions, sft, sft_mine,
-                              tiny_model, tokenizer, train)
+from midline.training import (attribution, corpus, data, evaluate, evaluate_tasks, export, finetune, positions, sft,
+                              sft_mine, tiny_model, tokenizer, train)
 
 # The stages, in pipeline order (the order of `midline-train --help`).
 STAGES = (
@@ -25,6 +26,7 @@ STAGES = (
     evaluate,
     positions,  # completion where editors ask, and a typing replay
     export,
+    attribution,  # `index`: the training split's attribution index, for the server
     sft_mine,  # instruction tasks (explain, tests, fix) mined from the corpus
     sft,  # a fine-tune on them
     evaluate_tasks,
