@@ -11,6 +11,8 @@ An explicit request (and an automatic one while the model is idle, per `automati
 suggestions, for the editor to cycle through: the model's candidates from one batched pass, best first by mean
 log-probability, each post-processed; those dropped there or that repeat the text after the cursor are left out,
 and duplicates merge into the better-ranked one. A backend without batched candidates (a remote one) gives one.
+With a learnt ranker (the `ranker` setting, ranker.py) the suggestions are ordered by predicted acceptance instead,
+and those under the ranker's floor for the position kind are hidden (in place of the model's confidence floor).
 With an attribution index (the `attribution.index` setting, attribution.py), a suggestion that repeats a long span
 of the model's training data verbatim is hidden, as is one with a high security finding (security.py).
 """
@@ -30,6 +32,7 @@ from typing import Callable, Iterable, TypedDict
 from midline.model.backend import Backend, EncodedPrompt, Generation
 
 from . import attribution, security
+from . import ranker as ranking
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
@@ -82,6 +85,8 @@ class Completion:
     generation: Generation | None = None
     trace: Trace | None = None
     prompt: Prompt | None = None  # the prompt it answers (None where there was none: typed through, no hole, off)
+    # each suggestion's features (ranker.features), where a ranker or the outcome record wants them, else empty
+    features: list[dict] = field(default_factory=list)
     typed_through: bool = False  # the rest of the document's shown suggestion, whose start the user typed
 
     @property
@@ -134,7 +139,7 @@ class Completer:
         report: Callable[[str], None] = log.error,
     ) -> None:
         self.engine = engine
-        self.report = report  # says once that a setting's file cannot be used
+        self.report = report  # says once that the ranker file cannot be used
         self.settings = Settings.of(config)  # the server's holder, shared with its other components
         self.executor = executor  # one worker: the model runs one generation at a time
         self.prompts = PromptBuilder(
@@ -142,7 +147,9 @@ class Completer:
         )
         self.stats = Stats()
         self.trace = Trace()
-        self._cache: OrderedDict[tuple, tuple[Suggestion, ...]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[tuple[Suggestion, ...], tuple[dict, ...]]] = OrderedDict()
+        self._ranker: tuple[tuple, ranking.Ranker | None] = ((), None)  # (path, mtime, size) -> the loaded ranker
+        self.ranker_error: str | None = None
         # (path, mtime, size) -> the loaded attribution index
         self._attribution: tuple[tuple, attribution.AttributionIndex | None] = ((), None)
         self.attribution_error: str | None = None
@@ -174,25 +181,49 @@ class Completer:
         trace: Trace | None = None
         config = self.config
         sampling = (config.temperature, config.top_p, config.seed)
+        ranker = self.ranker()
+        ranked_by = self._ranker[0] if ranker is not None else None
         checked_by = self._attribution[0] if self.attribution_index() is not None else None
-        key = (tuple(prompt), ctx.hole, ctx.block, config.max_lines, *sampling, asked, checked_by)
+        key = (tuple(prompt), ctx.hole, ctx.block, config.max_lines, *sampling, asked, ranked_by,
+               config.outcomes.record, checked_by)
         if key in self._cache:
             self.stats.cache_hits += 1
             self._cache.move_to_end(key)
-            suggestions = list(self._cache[key])
+            cached, cached_features = self._cache[key]
+            suggestions, features = list(cached), list(cached_features)
         else:
-            finished, generation, suggestions = await self._generate(doc.uri, ctx, prompt, asked)
+            finished, generation, suggestions, features = await self._generate(doc.uri, ctx, prompt, asked, ranker)
             trace = self.trace
             if finished:
-                self._remember(key, suggestions)
+                self._remember(key, suggestions, features)
         if suggestions:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestions, asked)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
-        return Completion(suggestions, generation, trace, prompt=built)
+        return Completion(suggestions, generation, trace, prompt=built, features=features)
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
         return self.config.enabled_for(doc.language_id, self.engine.languages)
+
+    def ranker(self) -> ranking.Ranker | None:
+        """The `ranker` setting's ranker, loaded again when its file changes; None when unset or unusable (then the
+        error is reported once and suggestions are ranked by the model's log-probability)."""
+        path = self.config.ranker
+        if path is None:
+            self.ranker_error = None
+            return None
+        try:
+            stat = Path(path).expanduser().stat()
+            key: tuple = (path, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = (path,)
+        if key != self._ranker[0]:
+            try:
+                self._ranker, self.ranker_error = (key, ranking.load(path)), None
+            except ranking.RankerError as exc:
+                self._ranker, self.ranker_error = (key, None), str(exc)
+                self.report(f"midline: {exc}; ranking by the model's log-probability")
+        return self._ranker[1]
 
     def attribution_index(self) -> attribution.AttributionIndex | None:
         """The `attribution.index` setting's index, loaded again when its header changes; None when unset or unusable
@@ -253,19 +284,24 @@ class Completer:
         return list(dict.fromkeys(rest for rest in rests if rest.text))
 
     async def _generate(
-        self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt, asked: int
-    ) -> tuple[bool, Generation, list[Suggestion]]:
+        self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt, asked: int, ranker: ranking.Ranker | None
+    ) -> tuple[bool, Generation, list[Suggestion], list[dict]]:
         """Generate and post-process off the event loop; a newer request for the same document stops this one.
 
         Returns whether the generation finished (a cancelled or timed-out one is not cached), the generation behind
-        the first suggestion (the best-ranked one where none is kept), and the suggestions, best first.
+        the first suggestion (the best-ranked one where none is kept), the suggestions, best first, and their
+        features (where a ranker or the outcome record wants them).
         """
         if (previous := self._running.get(uri)) is not None:
             previous.set()
         cancel = self._running[uri] = threading.Event()
         config = self.config
         max_lines = config.max_lines
-        floor = _floor(config.min_mean_logprob, self.engine, "min_mean_logprob", ctx.position)
+        # (A ranker's floor replaces the model's; a floor the user set stays.)
+        floor = config.min_mean_logprob
+        if ranker is None:
+            floor = _floor(floor, self.engine, "min_mean_logprob", ctx.position)
+        described = ranker is not None or config.outcomes.record
         line_floor = _floor(config.min_line_logprob, self.engine, "min_line_logprob", ctx.position)
 
         hidden: list[str] = []  # why run() hid the post-processed suggestion
@@ -304,7 +340,18 @@ class Completer:
                 return False
             return True
 
-        def run() -> tuple[list[Generation], list[tuple[Suggestion, Generation]]]:
+        def rank(kept: list[tuple[Suggestion, Generation, dict]]) -> list[tuple[Suggestion, Generation, dict]]:
+            """`kept` by the ranker's predicted acceptance, best first, without those under its floor."""
+            assert ranker is not None
+            scored = sorted(((ranker.predict(f, ctx), i) for i, (_, _, f) in enumerate(kept)), reverse=True)
+            least = ranker.floor_for(ctx.position)
+            shown = [kept[i] for p, i in scored if p >= least]
+            if kept and not shown:
+                self.stats.low_confidence += 1
+                hidden.append(f"ranker: predicted acceptance {scored[0][0]:.3f} under its floor {least:.3f}")
+            return shown
+
+        def run() -> tuple[list[Generation], list[tuple[Suggestion, Generation, dict]]]:
             generations = self._answers(prompt, asked, ctx, cancel)
             if any(g.finish_reason in ("cancelled", "timeout") for g in generations):
                 return generations, []
@@ -318,7 +365,9 @@ class Completer:
                     kept[suggestion] = generation
             self.stats.low_confidence += len(under_floor) == len(generations)
             self.stats.tails_cut += any(tails_cut)
-            return generations, list(kept.items())
+            order = {id(g): i for i, g in enumerate(generations)}  # the model's rank of each answer
+            ranked = [(s, g, ranking.features(s, g, ctx, order[id(g)]) if described else {}) for s, g in kept.items()]
+            return generations, rank(ranked) if ranker is not None else ranked
 
         self.stats.model_calls += 1
         try:
@@ -330,7 +379,8 @@ class Completer:
         finally:
             if self._running.get(uri) is cancel:
                 del self._running[uri]
-        suggestions = [suggestion for suggestion, _ in kept]
+        suggestions = [suggestion for suggestion, _, _ in kept]
+        features = [shown for _, _, shown in kept] if described else []
         generation = kept[0][1] if kept else generations[0]
         log.debug(
             "generated %d tokens in %.0f ms (%s, prompt %d tokens; %d of %d answers kept)",
@@ -345,12 +395,12 @@ class Completer:
         halted = next((g.finish_reason for g in generations if g.finish_reason in ("cancelled", "timeout")), None)
         if halted == "cancelled":
             self.stats.cancelled += 1
-            return False, generation, []
+            return False, generation, [], []
         if halted == "timeout":
             self.stats.timeouts += 1
             log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
-            return False, generation, []
-        return True, generation, suggestions
+            return False, generation, [], []
+        return True, generation, suggestions, features
 
     def _answers(
         self, prompt: EncodedPrompt, asked: int, ctx: CompletionContext, cancel: threading.Event
@@ -382,10 +432,10 @@ class Completer:
             **limits,
         )
 
-    def _remember(self, key: tuple, suggestions: list[Suggestion]) -> None:
+    def _remember(self, key: tuple, suggestions: list[Suggestion], features: list[dict]) -> None:
         if self.config.cache_size <= 0:
             return
-        self._cache[key] = tuple(suggestions)
+        self._cache[key] = (tuple(suggestions), tuple(features))
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
 

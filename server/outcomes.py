@@ -1,8 +1,9 @@
 """A local record of what became of each shown suggestion (opt-in: `outcomes.record`, off by default).
 
-It is the data a later ranking or preference model trains on, and it never leaves the machine: one JSON line
-per shown answer is appended to `outcomes.file` (default: `outcomes.jsonl` in `data_folder()`). Nothing is
-kept or written while the setting is off.
+It is the data a ranking or preference model trains on (`midline-train rank`), and it never leaves the machine: one
+JSON line per shown answer is appended to `outcomes.file` (default: `outcomes.jsonl` in `data_folder()`). Nothing is
+kept or written while the setting is off. Each suggestion's `features` (ranker.py) are kept with it; the prompt
+itself only with `outcomes.prompts` (token ids; the preference fine-tune needs them), else its hash alone.
 
 The outcomes, per document (the editor shows one answer at a time: its items, best first):
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .completion import Completion
 from .config import Config, CurrentConfig, Settings
 from .documents import Document
 from .prompt import Prompt
@@ -74,6 +76,8 @@ class Shown:
     position: str  # the cursor's position kind: mid_line, line_end, new_line
     hole: str
     model: str
+    features: list[dict] = field(default_factory=list)  # each suggestion's (ranker.features), where computed
+    prompt: list[Any] | None = None  # the prompt as the model was given it, with `outcomes.prompts` only
     shown: float = field(default_factory=time.time)
     showing: list[int] = field(default_factory=list)  # indexes of the suggestions its items show now, in item order
     typed: int = 0  # characters typed through
@@ -82,12 +86,13 @@ class Shown:
     decided: float | None = None
 
     def record(self) -> dict[str, Any]:
-        """The JSON line: the prompt's hash, never the prompt."""
+        """The JSON line: the prompt's hash, and the prompt only where `outcomes.prompts` kept it."""
         return {
             "id": self.id, "outcome": self.outcome, "accepted": self.accepted, "typed": self.typed,
             "suggestions": self.suggestions, "shown": round(self.shown, 3), "decided": round(self.decided or 0.0, 3),
             "latency_ms": round(self.latency_ms, 1), "prompt_sha256": self.prompt_sha256, "language": self.language,
-            "position": self.position, "hole": self.hole, "model": self.model,
+            "position": self.position, "hole": self.hole, "model": self.model, "features": self.features,
+            **({"prompt": self.prompt} if self.prompt is not None else {}),
         }
 
 
@@ -115,17 +120,30 @@ class OutcomeLog:
         configured = self.config.outcomes.file
         return Path(configured).expanduser() if configured else data_folder() / FILE_NAME
 
+    def note(self, doc: Document, offset: int, completion: Completion, latency_ms: float, model: str) -> None:
+        """`completion`, the answer at `offset` in `doc`: a new answer, a typed-through one, or none."""
+        texts = [suggestion.text for suggestion in completion.suggestions]
+        if completion.typed_through:
+            self.continued(doc, offset, texts)
+        elif texts and completion.prompt is not None:
+            self.shown(doc, offset, texts, completion.prompt, latency_ms, model, completion.features)
+        else:
+            self.empty(doc)
+
     def shown(
-        self, doc: Document, offset: int, suggestions: Sequence[str], prompt: Prompt, latency_ms: float, model: str
+        self, doc: Document, offset: int, suggestions: Sequence[str], prompt: Prompt, latency_ms: float, model: str,
+        features: Sequence[dict] = (),
     ) -> str | None:
-        """A new answer: `suggestions` (best first) at `offset`, made from `prompt` in `latency_ms` by `model`; the
-        document's previous answer is decided. Its id, None while not recording."""
+        """A new answer: `suggestions` (best first, with their `features`) at `offset`, made from `prompt` in
+        `latency_ms` by `model`; the document's previous answer is decided. Its id, None while not recording."""
         if not self._check():
             return None
         self._decide(doc.uri)
         ctx = prompt.context
-        answer = Shown(uuid.uuid4().hex, doc.uri, offset, list(suggestions), latency_ms, prompt_sha256(prompt.encoded),
-                       ctx.language, ctx.position, ctx.hole.value, model)
+        encoded = prompt.encoded
+        kept = list(encoded) if self.config.outcomes.prompts else None  # token ids (a remote model's: its texts)
+        answer = Shown(uuid.uuid4().hex, doc.uri, offset, list(suggestions), latency_ms, prompt_sha256(encoded),
+                       ctx.language, ctx.position, ctx.hole.value, model, list(features), kept)
         answer.showing = list(range(len(answer.suggestions)))
         self._showing[doc.uri] = self._by_id[answer.id] = answer
         return answer.id

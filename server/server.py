@@ -147,14 +147,8 @@ class MidlineServer(LanguageServer):
 
     def noted(self, doc: Document, offset: int, completion: Completion, completer: Completer) -> Completion:
         """`completion`, noted in the outcome record (where it is on): a new answer, a typed-through one, or none."""
-        texts = [suggestion.text for suggestion in completion.suggestions]
-        if completion.typed_through:
-            self.outcomes.continued(doc, offset, texts)
-        elif texts and completion.prompt is not None:
-            latency = completer.stats.last_latency_ms  # (this request's: set just before complete() returned)
-            self.outcomes.shown(doc, offset, texts, completion.prompt, latency, _model_label(self.config))
-        else:
-            self.outcomes.empty(doc)
+        latency = completer.stats.last_latency_ms  # (this request's: set just before complete() returned)
+        self.outcomes.note(doc, offset, completion, latency, _model_label(self.config))
         return completion
 
     def read_text(self, path: Path) -> str | None:
@@ -554,6 +548,9 @@ async def resolve_code_action(ls: MidlineServer, action: types.CodeAction) -> ty
         )
     if isinstance(outcome, (Replace, TestFile)) and outcome.warning:
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning, message=outcome.warning))
+    if isinstance(outcome, (Replace, TestFile)) and outcome.findings:  # lint and security findings it adds
+        message = f"midline: {action.title.removeprefix('midline: ')} {outcome.findings}"
+        ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=message))
     return action
 
 
@@ -658,6 +655,7 @@ def status(ls: MidlineServer, *args: Any) -> dict[str, Any]:
         "actions": {**lsp.camel_keys(dataclasses.asdict(ls.assistant.stats)), "generating": ls.assistant.generating},
         "hover": {"explained": ls.explainer.computed, "pending": ls.explainer.pending},
         "outcomes": ls.outcomes.status(),
+        "ranker": _ranker_status(completer),
         "attribution": _attribution_status(completer),
     }
 
@@ -672,3 +670,11 @@ def _attribution_status(completer: Completer) -> dict[str, Any] | None:
         return {"index": completer.config.attribution.index, "error": completer.attribution_error}
     return {"index": completer.config.attribution.index, "fingerprints": len(index.fingerprints),
             "ngram": index.ngram, "window": index.window}
+
+
+def _ranker_status(completer: Completer) -> dict[str, Any] | None:
+    """The `ranker` setting's state for `midline.status`: its file, or why it is not used; None when unset."""
+    ranker = completer.ranker()
+    if completer.config.ranker is None:
+        return None
+    return {"file": completer.config.ranker, **({"error": completer.ranker_error} if ranker is None else {})}

@@ -4,6 +4,8 @@
     index: the attribution index of the training split, for the server's attribution check
     then, for code actions: sft-mine -> sft -> eval-tasks
     finetune: LoRA on any local FIM model (Qwen2.5-Coder, StarCoder2, ...) on one repository
+    rank: learn from the outcome record (a ranker for the server; with --dpo a preference fine-tune)
+    attention: what the model looks at for one completion (a heat map of attention per prompt line)
     and tiny-model, a placeholder model for tests and trying the server
 
 Each stage's module has one `add_parser(stages)` (its subcommand, whose `run(parser, args)` it sets) and one `run`.
@@ -14,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 from midline.model import VERSION
-from midline.training import (attribution, corpus, data, evaluate, evaluate_tasks, export, finetune, positions, sft,
-                              sft_mine, tiny_model, tokenizer, train)
+from midline.training import (attention, attribution, corpus, data, evaluate, evaluate_tasks, export, finetune,
+                              positions, rank, sft, sft_mine, tiny_model, tokenizer, train)
 
 # The stages, in pipeline order (the order of `midline-train --help`).
 STAGES = (
@@ -31,6 +33,8 @@ STAGES = (
     sft,  # a fine-tune on them
     evaluate_tasks,
     finetune,  # LoRA on any local FIM model, on one repository, in its own format
+    rank,  # a ranker learnt from the outcome record (and a DPO fine-tune)
+    attention,  # attention per prompt line for one completion
     tiny_model,
 )
 

@@ -51,7 +51,9 @@ greedy). Enter inserts the line break and the next line's indentation (auto-inde
 counted as typed). At pause points (a line start after auto-indent; after a non-word character that follows a
 word character) the replay asks `complete(automatic=True)`; if the suggestion's first line is exactly the rest of
 the line to type (and not empty), it is accepted: its characters count as accepted and the cursor jumps past them.
-Figures: the share of accepted characters, suggestions shown and accepted, p50/p95 time to ghost text.
+Figures: the share of accepted characters, suggestions shown and accepted, p50/p95 time to ghost text. With
+`--outcomes FILE` each answer goes to an outcome record as the server writes it (server/outcomes.py, prompts kept):
+accepted when its first line is what comes next, else typed through or dismissed; `midline-train rank` learns from it.
 
 Repository context (`--retrieval off|on|both`): each task's Completer gets the indexes of its repository's other
 held-out files (`workspaces.Workspaces`), as the server indexes the workspace: cross-file definitions, and retrieved
@@ -83,7 +85,8 @@ from midline.model.languages import resolve
 from midline.model.loader import ModelLoadError
 from midline.model.syntax import error_count, header_colon, is_word, line_end, line_start, new_parser, node_name, parse
 from midline.server.completion import Completer
-from midline.server.config import Config
+from midline.server.config import Config, OutcomesConfig
+from midline.server.outcomes import OutcomeLog
 from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
@@ -450,9 +453,11 @@ def summarize_positions(rows: list[dict]) -> dict:
 # -- typing replay --------------------------------------------------------------------------------
 
 
-async def replay_function(task: Task, complete: Complete, *, uri: str = "file:///workspace/replay.py") -> dict:
+async def replay_function(task: Task, complete: Complete, *, uri: str = "file:///workspace/replay.py",
+                          accept: Callable[[], None] | None = None) -> dict:
     """Type `task.middle` at `task.offset` into a Document of `task.text_with_hole` (see the module docstring),
-    asking `complete` at the pause points. Returns the function's figures."""
+    asking `complete` at the pause points (`accept` runs when a suggestion is accepted). Returns the function's
+    figures."""
     doc = Document(uri, "python", 1, task.text_with_hole)
     codec = PositionCodec()
     typed, cursor, i = task.middle, task.offset, 0
@@ -480,6 +485,8 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
             end = typed.find("\n", i)
             rest = typed[i : end if end >= 0 else len(typed)]
             if suggestion is not None and rest and suggestion.text.split("\n", 1)[0] == rest:
+                if accept is not None:
+                    accept()
                 insert(rest)
                 i += len(rest)
                 accepted, accepted_chars = accepted + 1, accepted_chars + len(rest)
@@ -506,24 +513,36 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
     }
 
 
-def replay(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None = None) -> list[dict]:
+def replay(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None = None,
+           model: str = "") -> list[dict]:
     """Each replay task typed through its own `Completer` (`config` as the server's; with `workspaces`, the indexes
-    of the task's repository)."""
-    return asyncio.run(_replay_all(engine, tasks, config, workspaces))
+    of the task's repository). With `config.outcomes.record`, each answer goes to the outcome record as the server
+    writes it (an accepted suggestion: one whose first line is what comes next), labelled with `model`."""
+    return asyncio.run(_replay_all(engine, tasks, config, workspaces, model))
 
 
-async def _replay_all(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None) -> list[dict]:
+async def _replay_all(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None,
+                      model: str) -> list[dict]:
     rows = []
+    outcomes = OutcomeLog(config)
     with ThreadPoolExecutor(max_workers=1) as executor:
         for task in tasks:
             root = task_root(task.repo)
+            uri = (root / task.path).as_uri()
             symbols, retrieval = workspaces.indexes(task.repo) if workspaces is not None else (None, None)
             completer = Completer(engine, config, executor, root=str(root), symbols=symbols, retrieval=retrieval)
 
             async def suggest(doc: Document, offset: int) -> Suggestion | None:
-                return (await completer.complete(doc, offset, automatic=True)).suggestion
+                completion = await completer.complete(doc, offset, automatic=True)
+                outcomes.note(doc, offset, completion, completer.stats.last_latency_ms, model)
+                return completion.suggestion
 
-            row = await replay_function(task, suggest, uri=(root / task.path).as_uri())
+            def accept() -> None:
+                if (shown := outcomes.showing(uri)) is not None:
+                    outcomes.accepted(shown, 0)
+
+            row = await replay_function(task, suggest, uri=uri, accept=accept)
+            outcomes.close(uri)
             rows.append({**row, "model_calls": completer.stats.model_calls})
     return rows
 
@@ -555,12 +574,14 @@ def with_retrieval(config: Config, on: bool) -> Config:
 def evaluate_positions(
     model_dir: Path, tasks: list[Task], *, device: str = "auto", max_new_tokens: int = 64, timeout_ms: int = 60_000,
     progress: bool = False, floors: bool = True, workspaces: Workspaces | None = None, retrieval: str | None = None,
+    record: Path | None = None,
 ) -> dict:
     """Complete the position tasks and type the replay tasks with one engine; returns the report (JSON-ready).
     Without `floors`, every suggestion is shown whatever its confidence (to calibrate the model's floors). With
     `workspaces`, each task's Completer has its repository's indexes; `retrieval` "on" or "off" sets
     `context.retrieval`, and "both" completes each position task without retrieval too: the report's `metrics`
-    are with it, `without_retrieval` holds the same figures without it."""
+    are with it, `without_retrieval` holds the same figures without it. With `record`, the typing replay writes
+    its answers to that outcome record (JSONL, appended; prompts kept), for `midline-train rank`."""
     started = time.monotonic()
     engine = Engine.load(model_dir, device=device)
     config = eval_config(max_new_tokens, timeout_ms)
@@ -573,7 +594,10 @@ def evaluate_positions(
     outcomes = complete_side_by_side(engine, positions, configs, progress=progress, workspaces=workspaces)
     rows, *others = [[_row(task, outcome) for task, outcome in zip(positions, done)] for done in outcomes]
     replay_config = dataclasses.replace(config, cache_size=Config().cache_size)
-    typing = replay(engine, [t for t in tasks if t.kind == REPLAY], replay_config, workspaces)
+    if record is not None:
+        replay_config = dataclasses.replace(
+            replay_config, outcomes=OutcomesConfig(record=True, file=str(record), prompts=True))
+    typing = replay(engine, [t for t in tasks if t.kind == REPLAY], replay_config, workspaces, Path(model_dir).name)
     kinds = [kind for kind in KINDS if any(r["kind"] == kind for r in rows)]
     report = {
         "model": str(Path(model_dir).resolve()),
@@ -679,6 +703,9 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tasks-only", action="store_true", help="build and save the --tasks file, evaluate nothing")
     p.add_argument("--no-floors", action="store_true",
                    help="show every suggestion, however unsure (to calibrate the model's confidence floors)")
+    p.add_argument("--outcomes", type=Path, metavar="FILE",
+                   help="write the typing replay's answers to this outcome record (JSONL, appended; prompts kept; "
+                        "accepted: the first line is what comes next), for `midline-train rank`")
     p.add_argument("--retrieval", choices=("off", "on", "both"),
                    help="give each task its repository's other files from --corpus, as the server's workspace "
                         "(cross-file definitions; retrieved chunks unless off); both: each position task without and "
@@ -711,7 +738,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         report = evaluate_positions(args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens,
                                     timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(), floors=not args.no_floors,
-                                    workspaces=workspaces, retrieval=args.retrieval)
+                                    workspaces=workspaces, retrieval=args.retrieval, record=args.outcomes)
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
     report["tasks"].update(file=str(tasks_file) if tasks_file else None,
