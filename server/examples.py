@@ -3,7 +3,7 @@
 Three forms are read (Python code is assumed: the checks run in the Python sandbox):
 
 - doctest lines: `>>> f(2)` with the expected output on the lines below (statements without output before an
-  example, `>>> xs = [1, 2]`, run before it);
+  example, `>>> xs = [1, 2]`, run before it; `# doctest: +SKIP` ones left out);
 - a call and its result: `f(2) -> 4`, `f(2) => 4`, `f(2) == 4`, `f(2) returns 4`, `f(2) gives 4`;
 - prose: `returns 4 for 2` (also `for x=2`, `given 2`, `when given 2`), a call of the function being written.
 
@@ -63,6 +63,8 @@ def read(comment: str) -> Examples:
     except ValueError:  # a malformed doctest (inconsistent indentation)
         parsed = []
     for example in parsed:
+        if example.options.get(doctest.SKIP):  # `# doctest: +SKIP`: not run, so no example
+            continue
         if not example.want.strip():
             setup.append(example.source)
             continue

@@ -174,6 +174,7 @@ def test_examples_are_read_from_doctests_arrows_and_prose():
     assert docstring.doctests == [("example_0", ">>> xs = [1]\n>>> fib(len(xs))\n1\n"),
                                   ("example_1", ">>> xs = [1]\n>>> fib(10)\n55\n")]
     assert len(examples.read("# Sum the squares; returns the total for a list")) == 0
+    assert len(examples.read('"""Random bytes.\n\n    >>> token_bytes(16)  #doctest:+SKIP\n    b"x"\n"""')) == 0
 
 
 # -- what failed, as a prompt line ------------------------------------------------------------------------------
