@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from midline.model import DEFAULT_MODEL_DIR, fim, languages
 from midline.model.loader import ModelLoadError, check_model_dir, load_model, resolve_dtype
+from midline.training import gguf_export
 from midline.training.stage import command_line
 
 MAX_TOTAL_MB = 60.0  # all weight files together, in MB (10^6 bytes)
@@ -532,10 +533,19 @@ def _duration(seconds: float) -> str:
 def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The `export` subcommand."""
     p = stages.add_parser("export",
-                          help="write a trained run as midline's default model (bf16, sharded, with a model card)")
-    p.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR",
-                   help="training run dir (with model/ and checkpoint/state.json)")
-    p.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR", help="default: %(default)s")
+                          help="write a trained run as midline's default model (bf16, sharded, with a model card), "
+                               "or a model directory as GGUF for llama.cpp (--gguf)")
+    p.add_argument("--run", dest="run_dir", type=Path, metavar="DIR",
+                   help="training run dir (with model/ and checkpoint/state.json); required unless --gguf")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help=f"the model directory (default: {DEFAULT_MODEL_DIR}); with --gguf the .gguf file "
+                        "(default: <model name>-<type>.gguf here)")
+    p.add_argument("--gguf", choices=gguf_export.WEIGHT_TYPES, metavar="TYPE",
+                   help=f"write --model as one GGUF file with these weights ({', '.join(gguf_export.WEIGHT_TYPES)})")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, metavar="DIR",
+                   help="with --gguf: any local FIM model directory midline loads (default: midline's model)")
+    p.add_argument("--pre", type=gguf_export.valid_pre_name, metavar="NAME",
+                   help="with --gguf: llama.cpp's pre-tokenizer name, when midline cannot tell it from tokenizer.json")
     p.add_argument("--corpus", type=Path, metavar="DIR", help="corpus dir, for the data section (manifest.json)")
     p.add_argument("--data", type=Path, metavar="DIR", help="data dir, for the example settings (meta.json)")
     p.add_argument("--eval", type=Path, metavar="FILE",
@@ -551,10 +561,20 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.gguf:
+        try:
+            path = gguf_export.export_gguf(args.model, args.out, args.gguf, pre=args.pre)
+        except (gguf_export.GgufExportError, fim.FimFormatError) as e:
+            parser.error(str(e))
+        print(f"wrote {path} ({path.stat().st_size / MB:.1f} MB, {args.gguf})")
+        return 0
+    if args.run_dir is None:
+        parser.error("export needs --run DIR (or --gguf TYPE to write a model directory as GGUF)")
     commands = [*(args.command or []), command_line()]
     try:
         out = export(
-            args.run_dir, args.out, corpus_dir=args.corpus, data_dir=args.data, eval_report=args.eval, command=commands,
+            args.run_dir, args.out or DEFAULT_MODEL_DIR, corpus_dir=args.corpus, data_dir=args.data,
+            eval_report=args.eval, command=commands,
             hardware=args.hardware, max_shard_mb=args.max_shard_mb, allow_large=args.allow_large,
         )
     except (ExportError, ModelLoadError, fim.FimFormatError) as e:

@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from midline.model import DEFAULT_MODEL_DIR, fim
+from midline.model import fim
 from midline.model.engine import Engine
 from midline.model.fim import FimPrompt
 from midline.model.loader import ModelLoadError
@@ -169,7 +169,7 @@ def test_cli(inputs, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     ex.add_parser(parser.add_subparsers())
     defaults = parser.parse_args(["export", "--run", "r"])
-    assert defaults.out == DEFAULT_MODEL_DIR and defaults.run_dir == Path("r")
+    assert defaults.out is None and defaults.run_dir == Path("r")  # None: DEFAULT_MODEL_DIR (--gguf: a file)
     args = parser.parse_args(["export", "--run", str(inputs["run"]), "--out", str(tmp_path / "m"), "--max-shard-mb",
                               str(SHARD_MB), "--eval", str(inputs["eval"]), "--command",
                               "midline-train train --out run"])
