@@ -8,11 +8,20 @@ one `RemoteEngine`, which does the HTTP, the streaming and the limits for all of
   SGLang, LM Studio). The FIM prompt is rendered as text by `midline.model.fim` in the served model's format;
   the server tokenizes it, special tokens included (so a FIM token's string typed in the code itself is parsed
   as that token too, where the local engine keeps it text).
-- `llamacpp`: `POST {url}/infill`, llama.cpp's fill-in-the-middle endpoint: prefix, suffix and extra-context
-  snippets go as fields, and the server lays them out with the model's own FIM tokens (`fimMode` is the
-  server's choice there: `--spm-infill`).
+- `llamacpp`: llama.cpp's server. When the served model's FIM format is known here (`fimFormat`, or detected
+  from a local `tokenizer`), `POST {url}/completion` with the prompt midline lays out itself, as token ids when
+  the tokenizer is local (exactly the local engine's prompt), else as text. Otherwise `POST {url}/infill`:
+  prefix, suffix and extra-context snippets go as fields, and the server lays them out with the model's FIM
+  tokens from its GGUF (`fimMode` is the server's choice there: `--spm-infill`); /infill keeps extra context
+  only up to n_ctx - n_batch - 2 n_predict tokens, so with llama-server's default batch (2048) and a context
+  of 2048 or less (midline's model has 1024) it drops all of it, silently.
 - `ollama`: `POST {url}/api/generate` with `raw: true`. Ollama's `/v1/completions` wraps the prompt in the
   model's template (ollama/ollama#5544), which would break a rendered FIM prompt; raw mode takes it verbatim.
+
+Every request asks for the generated tokens' log-probabilities (OpenAI `logprobs`, llama.cpp `n_probs`, Ollama
+`logprobs`), so the confidence floors (`minMeanLogprob`, `minLineLogprob`, and the model's own from the
+`midline.json` beside a local `tokenizer`) apply to remote models as to the local engine; a server that sends
+none leaves `mean_logprob` nan, which no floor hides.
 
 Every request streams (server-sent events, or Ollama's JSON lines), so a cancelled, superseded or timed-out
 completion closes the connection mid-generation and the serving engine stops working on it. Failures
@@ -97,7 +106,8 @@ class RemoteProtocolError(RemoteError):
 
 
 class RemotePrompt(NamedTuple):
-    """A FIM prompt ready to send: rendered text (openai, ollama) or its parts (llamacpp).
+    """A FIM prompt ready to send: rendered text (openai, ollama, llamacpp /completion), its token ids (llamacpp
+    /completion with a local tokenizer) or its parts (llamacpp /infill).
 
     A tuple of strings, so the Completer's cache key (`tuple(prompt)`) works as it does for token ids.
     """
@@ -106,14 +116,23 @@ class RemotePrompt(NamedTuple):
     prefix: str = ""  # llamacpp: input_prefix
     suffix: str = ""  # llamacpp: input_suffix
     extra: tuple[tuple[str, str], ...] = ()  # llamacpp: input_extra as (filename, text)
+    ids: tuple[int, ...] = ()  # llamacpp /completion: the prompt's token ids, sent instead of `text`
+
+
+class Chunk(NamedTuple):
+    """One parsed event of an answer."""
+
+    text: str  # new text
+    done: str | None = None  # the finish reason, if the answer ends here
+    prompt_tokens: int | None = None  # if reported
+    logprobs: tuple[float, ...] = ()  # of the tokens this event carries, if sent
+    ids: tuple[int, ...] = ()  # those tokens' ids, if sent (llama.cpp)
 
 
 class RemoteEngine:
     """A model behind an HTTP server: a `Backend`."""
 
     reuse_prefix = False  # the serving engine does its own prefix caching
-    min_mean_logprob = None  # no confidence floors: a server sends no log-probabilities
-    min_line_logprob = None
     languages = None  # any language
 
     def __init__(
@@ -127,10 +146,12 @@ class RemoteEngine:
         tokenizer: Any = None,
         max_context: int = 4096,
         timeout_s: float = 10.0,
+        floors: dict[str, Any] | None = None,
     ):
         if kind not in PROTOCOLS:
             raise RemoteError(f"unknown backend kind {kind!r}: use {', '.join(PROTOCOLS)} (or local)")
-        protocol = self.protocol = PROTOCOLS[kind]()
+        # llama.cpp: the prompt midline lays out, to /completion, wherever the model's FIM format is known
+        protocol = self.protocol = _LlamaCppCompletion() if kind == "llamacpp" and fim_format else PROTOCOLS[kind]()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError(f"backend URL {url!r} is not an http:// or https:// URL with a host")
@@ -148,6 +169,9 @@ class RemoteEngine:
         self.tokenizer = tokenizer
         self.max_context = max_context
         self.timeout_s = timeout_s
+        # the model's own confidence floors (its midline.json), as the local engine has them
+        self.min_mean_logprob = (floors or {}).get("min_mean_logprob")
+        self.min_line_logprob = (floors or {}).get("min_line_logprob")
         self.device = f"{kind} {self.url}"  # where generation runs, for logs and `midline.status`
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
@@ -176,7 +200,7 @@ class RemoteEngine:
         fmt = fim.get(fim_format) if fim_format else fim.detect(tok.get_vocab()) if tok is not None else None
         return cls(
             kind, url, model=model, api_key=api_key, fim_format=fmt, tokenizer=tok, max_context=max_context,
-            timeout_s=timeout_s,
+            timeout_s=timeout_s, floors=_model_floors(Path(tokenizer).expanduser()) if tokenizer else None,
         )
 
     # -- the Backend protocol -------------------------------------------------------------------
@@ -186,8 +210,12 @@ class RemoteEngine:
         return self._count_tokens(text)
 
     def encode(self, prompt: FimPrompt, mode: Mode | None = None) -> RemotePrompt:
-        """The request's prompt: rendered in the model's FIM format, or (llamacpp) the parts /infill takes."""
-        return self.protocol.encode(self.fim, prompt, mode)
+        """The request's prompt: rendered in the model's FIM format (its token ids too, for llama.cpp's /completion
+        with a local tokenizer), or the parts llama.cpp's /infill takes."""
+        encoded = self.protocol.encode(self.fim, prompt, mode)
+        if self.protocol.sends_ids and self.tokenizer is not None:
+            return encoded._replace(ids=tuple(self.fim.encode(prompt, self.tokenizer, mode)))
+        return encoded
 
     def generate(
         self,
@@ -203,8 +231,9 @@ class RemoteEngine:
     ) -> Generation:
         """Stream a completion of `prompt`; the same contract as `Engine.generate`.
 
-        The server sends text, not token ids: `token_ids` is the text re-encoded by the local tokenizer (empty
-        without one), and `mean_logprob` is nan.
+        `token_ids` are the server's where it sends them (llama.cpp), else the text re-encoded by the local
+        tokenizer (empty without one); `mean_logprob` and `token_logprobs` are the server's log-probabilities of the
+        tokens kept (nan and [] when it sends none; `token_logprobs` also [] when they do not pair with `token_ids`).
 
         Stops on the server's end of text or length limit ("eot", "length"), when `should_stop` says so after a
         chunk ("stop"), on `cancel` ("cancelled") or at `deadline` ("timeout", a `time.monotonic()` time); the
@@ -219,18 +248,22 @@ class RemoteEngine:
         start = time.monotonic()
         payload = protocol.payload(self, prompt, max_new_tokens, temperature, top_p, seed)
         text, finish, prompt_tokens = "", None, None
+        logprobs: list[float] = []
+        ids: list[int] = []
         with _Request(self, payload, cancel, deadline) as events:
             for event in events:
-                delta, done, reported = self._parse(event)
+                delta, done, reported, chunk_logprobs, chunk_ids = self._parse(event)
                 prompt_tokens = reported or prompt_tokens
                 if delta:  # the order of Engine.generate's checks after a token: stop token, should_stop, limit
                     text, stopped = _cut_at_stop(text + delta, self.fim.stop_tokens)
-                    if stopped:
+                    if stopped:  # (the stop token's own log-probability is not the answer's)
                         finish = "eot"
                         break
-                    if should_stop is not None and should_stop(text):
-                        finish = "stop"
-                        break
+                logprobs += chunk_logprobs
+                ids += chunk_ids
+                if delta and should_stop is not None and should_stop(text):
+                    finish = "stop"
+                    break
                 if done is not None:
                     finish = done
                     break
@@ -243,18 +276,23 @@ class RemoteEngine:
                 finish = "timeout"
             else:
                 raise RemoteProtocolError(f"{self._where()} ended the stream before the completion finished")
+        if not ids and self.tokenizer is not None and text:
+            ids = fim.encode_text(self.tokenizer, text)
         return Generation(
             text=text,
-            token_ids=fim.encode_text(self.tokenizer, text) if self.tokenizer is not None and text else [],
+            token_ids=ids,
             finish_reason=finish,
-            mean_logprob=math.nan,
+            mean_logprob=sum(logprobs) / len(logprobs) if logprobs else math.nan,
             prompt_tokens=prompt_tokens or self._prompt_tokens(prompt),
             elapsed_s=time.monotonic() - start,
+            token_logprobs=logprobs if len(logprobs) == len(ids) else [],
         )
 
     def _prompt_tokens(self, prompt: RemotePrompt) -> int:
         """The prompt's length where the server did not report it: counted here (special tokens as the server
         parses them)."""
+        if prompt.ids:
+            return len(prompt.ids)
         if self.tokenizer is not None and prompt.text:
             return len(self.tokenizer.encode(prompt.text, add_special_tokens=False))
         extra = "".join(text for _, text in prompt.extra)
@@ -273,8 +311,8 @@ class RemoteEngine:
         """Where each token's text ends in `decode(token_ids)` (as `Engine.token_ends`; needs a local tokenizer)."""
         return decoded_ends(self.decode, token_ids)
 
-    def _parse(self, event: Any) -> tuple[str, str | None, int | None]:
-        """One streamed (or whole) answer: (new text, finish reason if it ends here, prompt tokens if reported)."""
+    def _parse(self, event: Any) -> Chunk:
+        """One streamed (or whole) answer's event."""
         if not isinstance(event, dict):
             raise RemoteProtocolError(f"{self._where()} sent {_short(event)}, not a JSON object")
         if "error" in event:
@@ -313,6 +351,7 @@ class _Protocol:
     """
 
     needs_fim = True  # the prompt is rendered here, so the served model's FIM format must be known
+    sends_ids = False  # the prompt goes as token ids when a local tokenizer gives them
     json_lines = False  # the answer streams as JSON lines whatever its Content-Type says
 
     def endpoint(self, base: str) -> str:
@@ -338,8 +377,8 @@ class _Protocol:
     ) -> dict:
         raise NotImplementedError
 
-    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
-        """(new text, finish reason if it ends here, prompt tokens if reported); may raise KeyError, TypeError, ..."""
+    def parse(self, event: dict) -> Chunk:
+        """One event; may raise KeyError, TypeError, ..."""
         raise NotImplementedError
 
 
@@ -355,7 +394,7 @@ class _OpenAICompletions(_Protocol):
     ) -> dict:
         payload: dict[str, Any] = {
             "prompt": prompt.text, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-            "stream": True, "stop": list(engine.fim.stop_tokens)[:MAX_STOP_SEQUENCES],
+            "stream": True, "stop": list(engine.fim.stop_tokens)[:MAX_STOP_SEQUENCES], "logprobs": 1,
         }
         if engine.model_name:
             payload["model"] = engine.model_name
@@ -363,14 +402,14 @@ class _OpenAICompletions(_Protocol):
             payload["seed"] = seed
         return payload
 
-    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+    def parse(self, event: dict) -> Chunk:
         usage = event.get("usage") or {}
         if not event.get("choices"):  # e.g. a usage-only chunk
-            return "", None, usage.get("prompt_tokens")
+            return Chunk("", None, usage.get("prompt_tokens"))
         choice = event["choices"][0]
         reason = choice.get("finish_reason")
         done = None if reason is None else "length" if reason == "length" else "eot"
-        return _text(choice["text"]), done, usage.get("prompt_tokens")
+        return Chunk(_text(choice["text"]), done, usage.get("prompt_tokens"), _openai_logprobs(choice.get("logprobs")))
 
 
 class _LlamaCppInfill(_Protocol):
@@ -398,19 +437,86 @@ class _LlamaCppInfill(_Protocol):
         payload: dict[str, Any] = {
             "input_prefix": prompt.prefix, "input_suffix": prompt.suffix,
             "input_extra": [{"filename": name, "text": text} for name, text in prompt.extra],
-            "n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p,
-            "stream": True, "cache_prompt": True,
+            **_llamacpp_settings(max_new_tokens, temperature, top_p, seed),
         }
-        if seed is not None:
-            payload["seed"] = seed
         return payload
 
-    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+    def parse(self, event: dict) -> Chunk:
         done = None
         if event.get("stop"):
             limit = event.get("stop_type") == "limit" or event.get("stopped_limit")
             done = "length" if limit else "eot"
-        return _text(event.get("content", "")), done, event.get("tokens_evaluated")
+        content = _text(event.get("content", ""))
+        ids = tuple(int(i) for i in event.get("tokens") or ())
+        return Chunk(content, done, event.get("tokens_evaluated"),
+                     _llamacpp_logprobs(event.get("completion_probabilities"), content), ids)
+
+
+class _LlamaCppCompletion(_LlamaCppInfill):
+    """llama.cpp's `POST /completion` with the prompt laid out here: token ids (exactly the local engine's prompt,
+    special tokens included) when a local tokenizer gives them, else the rendered text, which the server
+    tokenizes with special tokens parsed."""
+
+    needs_fim = True
+    sends_ids = True
+
+    def endpoint(self, base: str) -> str:
+        return base + "/completion"
+
+    def encode(self, fim_format: FimFormat, prompt: FimPrompt, mode: Mode | None) -> RemotePrompt:
+        return RemotePrompt(fim_format.render(prompt, mode))
+
+    def from_text(self, text: str) -> RemotePrompt:
+        return RemotePrompt(text)
+
+    def check_prompt(self, prompt: RemotePrompt) -> None:
+        if not prompt.text and not prompt.ids:
+            raise ValueError("the prompt is empty")
+
+    def payload(
+        self, engine: RemoteEngine, prompt: RemotePrompt, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None,
+    ) -> dict:
+        return {"prompt": list(prompt.ids) if prompt.ids else prompt.text, "stop": list(engine.fim.stop_tokens),
+                **_llamacpp_settings(max_new_tokens, temperature, top_p, seed)}
+
+
+def _llamacpp_settings(max_new_tokens: int, temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:
+    """The settings both llama.cpp endpoints take; `n_probs: 1` sends each token's log-probability and
+    `return_tokens` its id."""
+    settings: dict[str, Any] = {"n_predict": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                                "stream": True, "cache_prompt": True, "n_probs": 1, "return_tokens": True}
+    if temperature == 0:
+        settings["top_k"] = 1  # greedy, whatever the server's default sampler chain
+    if seed is not None:
+        settings["seed"] = seed
+    return settings
+
+
+def _llamacpp_logprobs(probabilities: Any, content: str) -> tuple[float, ...]:
+    """Log-probabilities of the tokens of one llama.cpp event: `{"logprob": x, ...}` per token (llama.cpp since
+    late 2024), or the older `{"content": token, "probs": [{"tok_str", "prob"}]}` (the chosen token's prob)."""
+    out = []
+    for entry in probabilities or ():
+        if "logprob" in entry:
+            out.append(float(entry["logprob"]))
+            continue
+        token = entry.get("content", content)
+        prob = next((p["prob"] for p in entry.get("probs") or () if p.get("tok_str") == token), None)
+        if prob is None:  # the chosen token is not among those sent: no figure for it
+            return ()
+        out.append(math.log(prob) if prob > 0 else -math.inf)
+    return tuple(out)
+
+
+def _openai_logprobs(logprobs: Any) -> tuple[float, ...]:
+    """Log-probabilities of a completion choice's tokens: OpenAI's and vLLM's `{"token_logprobs": [...]}`, or
+    llama.cpp's `{"content": [{"logprob": x}, ...]}`."""
+    if not logprobs:
+        return ()
+    if "token_logprobs" in logprobs:
+        return tuple(float(x) for x in logprobs["token_logprobs"] if x is not None)
+    return tuple(float(entry["logprob"]) for entry in logprobs.get("content") or ())
 
 
 class _OllamaGenerate(_Protocol):
@@ -436,13 +542,16 @@ class _OllamaGenerate(_Protocol):
         }
         if seed is not None:
             options["seed"] = seed
-        return {"model": engine.model_name, "prompt": prompt.text, "raw": True, "stream": True, "options": options}
+        # logprobs: Ollama 0.12.11 and later (older ones ignore it)
+        return {"model": engine.model_name, "prompt": prompt.text, "raw": True, "stream": True, "options": options,
+                "logprobs": True}
 
-    def parse(self, event: dict) -> tuple[str, str | None, int | None]:
+    def parse(self, event: dict) -> Chunk:
         done = None
         if event.get("done"):
             done = "length" if event.get("done_reason") == "length" else "eot"
-        return _text(event.get("response", "")), done, event.get("prompt_eval_count")
+        logprobs = tuple(float(entry["logprob"]) for entry in event.get("logprobs") or ())
+        return Chunk(_text(event.get("response", "")), done, event.get("prompt_eval_count"), logprobs)
 
 
 # The protocol of each `kind`.
@@ -763,6 +872,18 @@ def _load_tokenizer(path: Path) -> Any:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is a settings problem to report
         raise RemoteError(f"cannot load the tokenizer in {path} (`midline.backend.tokenizer`): {exc}") from exc
+
+
+def _model_floors(path: Path) -> dict[str, Any]:
+    """The confidence floors in the `midline.json` beside a local tokenizer (a midline model's own), if any."""
+    folder = path.parent if path.is_file() else path
+    try:
+        settings = json.loads((folder / "midline.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(settings, dict):
+        return {}
+    return {k: settings[k] for k in ("min_mean_logprob", "min_line_logprob") if k in settings}
 
 
 def api_key_from(key: str | None, env: str | None) -> str | None:

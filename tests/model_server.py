@@ -9,7 +9,14 @@ tests.
 - `POST /infill`: llama.cpp's fill-in-the-middle endpoint: `input_prefix`, `input_suffix` and `input_extra`
   laid out by the model's FIM format in PSM order, as llama.cpp does with a model's FIM tokens; streamed as
   `data:` events whose last one has `"stop": true`.
+- `POST /completion`: llama.cpp's completion endpoint: `prompt` as token ids or text (special tokens parsed);
+  `return_tokens` adds each event's token ids.
 - `POST /api/generate`: Ollama's generation with `"raw": true`, streamed as JSON lines.
+
+A greedy request that asks for log-probabilities (OpenAI `logprobs`, llama.cpp `n_probs`, Ollama `logprobs`) gets
+each token's in the shape that server sends (vLLM's `token_logprobs`, llama.cpp's `completion_probabilities`,
+Ollama's `logprobs`); it is generated a token at a time (each `generate` call reuses the cached prefix) so every
+event carries its own tokens'.
 
 Tokens go out as they are generated (chunked transfer encoding), and a client that closes the connection stops
 the generation at the next write, as the real servers do. Knobs for failure tests: `token_delay_s`,
@@ -27,7 +34,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
+from midline.model.backend import Generation
 from midline.model.fim import FimPrompt, Snippet
+
+Token = tuple[int, float, str]  # a generated token: id, log-probability, its text
 
 
 @dataclass
@@ -118,7 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
                                 {"error": {"message": "invalid API key", "type": "authentication_error", "code": 401}})
         if ms.fail is not None:
             return self._answer(*ms.fail)
-        protocol = {"/v1/completions": _OpenAI, "/infill": _LlamaCpp, "/api/generate": _Ollama}.get(self.path)
+        protocol = {"/v1/completions": _OpenAI, "/infill": _LlamaCpp, "/completion": _LlamaCppCompletion,
+                    "/api/generate": _Ollama}.get(self.path)
         if protocol is None:
             return self._answer(404, {"error": {"message": f"File Not Found: {self.path}", "type": "not_found_error"}})
         if ms.first_byte_delay_s:
@@ -138,17 +149,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _generate(self, ms: ModelServer, request: _Protocol, stream: bool) -> None:
         sent, hit_stop, disconnected = "", False, False
+        pending: list[Token] = []  # tokens not yet sent (one that adds no text goes with the next)
 
-        def on_token(text: str) -> bool:  # Engine.generate's should_stop: called with the text after each token
+        def on_token(text: str, token: Token | None = None) -> bool:  # Engine.generate's should_stop, after a token
             nonlocal sent, hit_stop, disconnected
             ms.tokens_generated += 1
             cuts = [i for i in (text.find(s) for s in request.stop) if i >= 0]
             if cuts:
                 text, hit_stop = text[: min(cuts)], True
+            if token is not None and not cuts:
+                pending.append(token)
             if text.startswith(sent) and len(text) > len(sent):
+                request.tokens += pending
+                tokens = list(pending)
+                pending.clear()
                 if stream:
                     try:
-                        self._chunk(request.event(text[len(sent) :]))
+                        self._chunk(request.event(text[len(sent) :], tokens))
                     except OSError:  # the client closed the connection: stop generating
                         disconnected = True
                         return True
@@ -159,10 +176,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         if stream:
             self._start_stream(request.content_type)
-        generation = ms.engine.generate(
-            request.ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature, top_p=request.top_p,
-            seed=request.seed, should_stop=on_token,
-        )
+        if request.logprobs and request.temperature == 0:
+            generation = _stepwise(ms.engine, request, on_token)
+        else:
+            generation = ms.engine.generate(
+                request.ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                top_p=request.top_p, seed=request.seed, should_stop=on_token,
+            )
         finish = "disconnected" if disconnected else "stop" if hit_stop else generation.finish_reason
         try:
             if stream:
@@ -227,6 +247,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+def _stepwise(engine: Any, request: _Protocol, on_token: Callable[[str, Token], bool]) -> Generation:
+    """Greedy generation a token at a time, each token's id and log-probability handed to `on_token` with the text."""
+    ids: list[int] = []
+    logprobs: list[float] = []
+    finish = "length"
+    for _ in range(request.max_new_tokens):
+        step = engine.generate(request.ids + ids, max_new_tokens=1)
+        if step.finish_reason == "eot":
+            finish = "eot"
+            break
+        before = engine.decode(ids)
+        ids += step.token_ids
+        logprobs += step.token_logprobs
+        text = engine.decode(ids)
+        if on_token(text, (ids[-1], logprobs[-1], text[len(before):])):
+            finish = "stop"
+            break
+    return Generation(text=engine.decode(ids), token_ids=ids, finish_reason=finish,
+                      mean_logprob=sum(logprobs) / len(logprobs) if logprobs else float("nan"),
+                      prompt_tokens=len(request.ids), elapsed_s=0.0, token_logprobs=logprobs)
+
+
 class _Protocol:
     """One request in one API's terms: the prompt's token ids, sampling settings, and the answer's shapes."""
 
@@ -241,6 +283,8 @@ class _Protocol:
         self.top_p = float(payload.get("top_p", 1.0))
         self.seed = payload.get("seed")
         self.stop: list[str] = []
+        self.logprobs = False  # the request asks for the tokens' log-probabilities
+        self.tokens: list[Token] = []  # the tokens sent so far
 
     def parse_text(self, text: str) -> list[int]:
         """Token ids of a text prompt, its special-token strings parsed as special tokens (vLLM, llama.cpp)."""
@@ -260,20 +304,26 @@ class _OpenAI(_Protocol):
         self.max_new_tokens = int(payload.get("max_tokens", 16))
         stop = payload.get("stop") or []
         self.stop = [stop] if isinstance(stop, str) else list(stop)
+        self.logprobs = bool(payload.get("logprobs"))
 
-    def choice(self, text: str, finish: str | None) -> dict[str, Any]:
+    def choice(self, text: str, finish: str | None, tokens: list[Token] | None = None) -> dict[str, Any]:
         reason = None if finish is None else "length" if finish == "length" else "stop"
+        logprobs = None
+        if self.logprobs and tokens:  # vLLM's (and OpenAI's legacy) completion log-probabilities
+            logprobs = {"tokens": [t for _, _, t in tokens], "token_logprobs": [lp for _, lp, _ in tokens],
+                        "top_logprobs": [{t: lp} for _, lp, t in tokens], "text_offset": [0] * len(tokens)}
         return {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
 
-    def event(self, delta: str) -> bytes:
-        return self.sse(self.choice(delta, None))
+    def event(self, delta: str, tokens: list[Token] | None = None) -> bytes:
+        return self.sse(self.choice(delta, None, tokens))
 
     def last(self, finish: str, generated: int) -> bytes:
         return self.sse(self.choice("", finish)) + b"data: [DONE]\n\n"
 
     def whole(self, text: str, finish: str, generated: int) -> dict[str, Any]:
-        return {**self.choice(text, finish), "usage": {"prompt_tokens": len(self.ids), "completion_tokens": generated}}
+        return {**self.choice(text, finish, self.tokens),
+                "usage": {"prompt_tokens": len(self.ids), "completion_tokens": generated}}
 
 
 class _LlamaCpp(_Protocol):
@@ -283,20 +333,48 @@ class _LlamaCpp(_Protocol):
         prompt = FimPrompt(prefix=payload["input_prefix"], suffix=payload["input_suffix"], snippets=extra)
         self.ids = engine.fim.encode(prompt, engine.tokenizer, "psm")
         self.max_new_tokens = int(payload.get("n_predict", 16))
+        self.logprobs = int(payload.get("n_probs", 0)) > 0
+        self.stop = list(payload.get("stop") or [])
 
-    def final(self, text: str, finish: str, generated: int) -> dict[str, Any]:
+    def probabilities(self, tokens: list[Token]) -> dict[str, Any]:
+        """llama.cpp's per-token fields (its format since late 2024): ids with `return_tokens`, and with `n_probs`
+        each token's log-probability, bytes and top candidates (here the chosen one alone)."""
+        out: dict[str, Any] = {}
+        if self.payload.get("return_tokens"):
+            out["tokens"] = [i for i, _, _ in tokens]
+        if self.logprobs:
+            entries = [{"id": i, "token": t, "bytes": list(t.encode()), "logprob": lp} for i, lp, t in tokens]
+            out["completion_probabilities"] = [{**e, "top_logprobs": [dict(e)]} for e in entries]
+        return out
+
+    def final(self, text: str, finish: str, generated: int, tokens: list[Token] | None = None) -> dict[str, Any]:
         stop_type = {"length": "limit", "stop": "word"}.get(finish, "eos")
         return {"content": text, "stop": True, "stop_type": stop_type, "tokens_predicted": generated,
-                "tokens_evaluated": len(self.ids)}
+                "tokens_evaluated": len(self.ids), **self.probabilities(tokens or [])}
 
-    def event(self, delta: str) -> bytes:
-        return self.sse({"content": delta, "stop": False, "index": 0})
+    def event(self, delta: str, tokens: list[Token] | None = None) -> bytes:
+        return self.sse({"content": delta, "stop": False, "index": 0, **self.probabilities(tokens or [])})
 
     def last(self, finish: str, generated: int) -> bytes:
         return self.sse(self.final("", finish, generated))
 
     def whole(self, text: str, finish: str, generated: int) -> dict[str, Any]:
-        return self.final(text, finish, generated)
+        return self.final(text, finish, generated, self.tokens)
+
+
+class _LlamaCppCompletion(_LlamaCpp):
+    def __init__(self, engine: Any, payload: dict[str, Any]) -> None:
+        _Protocol.__init__(self, engine, payload)
+        prompt = payload["prompt"]
+        if isinstance(prompt, list):
+            if not prompt or not all(isinstance(i, int) and 0 <= i < len(engine.tokenizer) for i in prompt):
+                raise ValueError("prompt token ids out of the vocabulary")
+            self.ids = list(prompt)
+        else:
+            self.ids = self.parse_text(prompt)
+        self.max_new_tokens = int(payload.get("n_predict", 16))
+        self.logprobs = int(payload.get("n_probs", 0)) > 0
+        self.stop = list(payload.get("stop") or [])
 
 
 class _Ollama(_Protocol):
@@ -310,20 +388,24 @@ class _Ollama(_Protocol):
         self.ids = self.parse_text(payload["prompt"])
         self.max_new_tokens = int(options.get("num_predict", 16))
         self.stop = list(options.get("stop") or [])
+        self.logprobs = payload.get("logprobs") is True
 
-    def line(self, text: str, finish: str | None, generated: int = 0) -> dict[str, Any]:
+    def line(self, text: str, finish: str | None, generated: int = 0, tokens: list[Token] | None = None
+             ) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.payload.get("model"), "created_at": "2025-01-01T00:00:00Z",
                                "response": text, "done": finish is not None}
+        if self.logprobs and tokens:  # Ollama 0.12.11+
+            out["logprobs"] = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for _, lp, t in tokens]
         if finish is not None:
             out.update(done_reason="length" if finish == "length" else "stop", prompt_eval_count=len(self.ids),
                        eval_count=generated)
         return out
 
-    def event(self, delta: str) -> bytes:
-        return json.dumps(self.line(delta, None)).encode() + b"\n"
+    def event(self, delta: str, tokens: list[Token] | None = None) -> bytes:
+        return json.dumps(self.line(delta, None, 0, tokens)).encode() + b"\n"
 
     def last(self, finish: str, generated: int) -> bytes:
         return json.dumps(self.line("", finish, generated)).encode() + b"\n"
 
     def whole(self, text: str, finish: str, generated: int) -> dict[str, Any]:
-        return self.line(text, finish, generated)
+        return self.line(text, finish, generated, self.tokens)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -51,7 +52,9 @@ PROMPT = FimPrompt(
     snippets=[Snippet("pkg/paths.py", "def expand(path):\n    return os.path.expanduser(path)\n")],
     repo="proj",
 )
-# llama.cpp gets no path or repository name: the server lays out the snippets and the prefix/suffix (PSM here)
+# llama.cpp's /infill gets no path or repository name: the server lays out the snippets and the prefix/suffix (PSM
+# here). It is used where midline does not know the model's FIM format ("infill": llama.cpp without fimFormat or a
+# tokenizer); with it, llama.cpp gets midline's own prompt on /completion, as token ids.
 INFILL_PROMPT = FimPrompt(prefix=PROMPT.prefix, suffix=PROMPT.suffix, snippets=PROMPT.snippets)
 KINDS = ("openai", "llamacpp", "ollama")
 
@@ -72,13 +75,16 @@ def served(model_server):
 
 
 def remote(server: ModelServer, tiny_engine, kind: str = "openai", **kwargs) -> RemoteEngine:
-    """A backend for the served tiny model, with its tokenizer and FIM format (as `backend.tokenizer` gives)."""
+    """A backend for the served tiny model, with its tokenizer and FIM format (as `backend.tokenizer` gives); "infill":
+    llama.cpp knowing neither (so /infill, the server's layout)."""
+    if kind == "infill":
+        return RemoteEngine("llamacpp", server.url, **kwargs)
     return RemoteEngine(kind, server.url, model="tiny", fim_format=tiny_engine.fim, tokenizer=tiny_engine.tokenizer,
                         **kwargs)
 
 
 def local_greedy(tiny_engine, kind: str, max_new_tokens: int, **kwargs):
-    prompt, mode = (INFILL_PROMPT, "psm") if kind == "llamacpp" else (PROMPT, None)
+    prompt, mode = (INFILL_PROMPT, "psm") if kind == "infill" else (PROMPT, None)
     ids = tiny_engine.encode(prompt, mode)
     return ids, tiny_engine.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
 
@@ -90,7 +96,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "infill"])
 def test_remote_greedy_completion_equals_the_local_engine(served, tiny_engine, kind, stream):
     served.ignore_stream = not stream  # "whole": a server that ignores "stream" and answers with one JSON body
     ids, expected = local_greedy(tiny_engine, kind, 24)
@@ -105,12 +111,51 @@ def test_remote_greedy_completion_equals_the_local_engine(served, tiny_engine, k
         assert payload["stream"] and payload["max_tokens"] == 24
         assert payload["temperature"] == 0 and payload["model"] == "tiny"
         assert payload["stop"] == list(tiny_engine.fim.stop_tokens[:4])
-    elif kind == "llamacpp":
-        assert payload["n_predict"] == 24
+        assert payload["logprobs"] == 1
+    elif kind == "llamacpp":  # midline's prompt as token ids, to /completion
+        assert request["path"] == "/completion" and payload["prompt"] == ids
+        assert payload["n_predict"] == 24 and payload["n_probs"] == 1 and payload["top_k"] == 1
+    elif kind == "infill":
+        assert request["path"] == "/infill" and payload["n_predict"] == 24 and payload["n_probs"] == 1
         assert payload["input_extra"] == [{"filename": "pkg/paths.py", "text": PROMPT.snippets[0].text}]
     else:
-        assert payload["raw"] is True
+        assert payload["raw"] is True and payload["logprobs"] is True
         assert payload["options"]["num_predict"] == 24 and payload["options"]["num_ctx"] == 4096
+    # the server's log-probabilities, so confidence floors apply as to the local engine
+    assert got.mean_logprob == pytest.approx(expected.mean_logprob, abs=1e-4)
+    if kind in ("llamacpp", "infill"):  # llama.cpp sends the token ids too
+        assert got.token_ids == expected.token_ids
+    if got.token_ids == expected.token_ids:
+        assert got.token_logprobs == pytest.approx(expected.token_logprobs, abs=1e-4)
+
+
+def test_confidence_floors_apply_to_a_remote_model(served, tiny_engine, tiny_model_dir, tmp_path):
+    """A remote answer has the server's mean log-probability, so the user's floor hides it when it is less confident,
+    as it would the local engine's; the model's own floors come from the midline.json beside the local tokenizer."""
+    doc = Document((tmp_path / "home.py").as_uri(), "python", 1, CODE)
+
+    def complete(backend: RemoteEngine, **settings):
+        config = Config(debounce_ms=0, max_new_tokens=24, candidates=1, **settings)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            return asyncio.run(Completer(backend, config, executor).complete(doc, CURSOR))
+
+    plain = RemoteEngine.load("llamacpp", served.url, tokenizer=tiny_model_dir)
+    assert plain.min_mean_logprob is None and plain.min_line_logprob is None
+    shown = complete(plain)
+    mean = shown.generation.mean_logprob
+    assert shown.suggestion is not None and -20 < mean < 0
+    assert complete(plain, min_mean_logprob=mean - 0.01).suggestion == shown.suggestion
+    assert complete(plain, min_mean_logprob=mean + 0.01).suggestion is None
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).write_bytes((tiny_model_dir / name).read_bytes())
+    floors = {"min_mean_logprob": {"mid_line": mean + 0.01}, "min_line_logprob": -2.0}
+    (model_dir / "midline.json").write_text(json.dumps(floors))
+    backend = RemoteEngine.load("llamacpp", served.url, tokenizer=model_dir)
+    assert (backend.min_mean_logprob, backend.min_line_logprob) == (floors["min_mean_logprob"], -2.0)
+    assert complete(backend).suggestion is None
 
 
 def test_sampling_settings_reach_the_server_and_match_the_local_engine(served, tiny_engine):
@@ -374,6 +419,8 @@ def test_load_detects_the_format_from_a_local_tokenizer_and_counts_tokens(tiny_m
     estimated = RemoteEngine("openai", "http://127.0.0.1:1", fim_format=tiny_engine.fim)
     assert estimated.count_tokens(text) == 16 and estimated.count_tokens("") == 0
     assert RemoteEngine("llamacpp", "http://h:2").fim.name == "server-side"  # llama.cpp applies the model's own format
+    assert RemoteEngine("llamacpp", "http://h:2")._path == "/infill"
+    assert RemoteEngine.load("llamacpp", "http://h:2", tokenizer=tiny_model_dir)._path == "/completion"
     with pytest.raises(RemoteError, match="fimFormat"):
         RemoteEngine.load("openai", "http://127.0.0.1:1")
     with pytest.raises(RemoteError, match="backend.model"):
@@ -404,9 +451,9 @@ CODE = "import os\n\n\ndef home():\n    # the user's home directory, from \n    
 CURSOR = CODE.index("from ") + len("from ")
 
 
-@pytest.mark.parametrize("kind", ["openai", "llamacpp"])
+@pytest.mark.parametrize("kind", ["openai", "llamacpp", "infill"])
 def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engine, tmp_path, kind):
-    mode = "psm" if kind == "llamacpp" else "auto"
+    mode = "psm" if kind == "infill" else "auto"
     config = Config(debounce_ms=0, max_new_tokens=24, fim_mode=mode, candidates=1)  # the greedy answer, as served
     doc = Document((tmp_path / "home.py").as_uri(), "python", 1, CODE)
     suggestions = []
@@ -416,7 +463,7 @@ def test_completer_suggests_the_same_through_a_remote_backend(served, tiny_engin
             suggestions.append(asyncio.run(completer.complete(doc, CURSOR)).suggestion)
             assert asyncio.run(completer.complete(doc, CURSOR)).suggestion == suggestions[-1]
             assert completer.stats.cache_hits == 1
-    if kind == "openai":  # llama.cpp's layout has no path or repository name: a different prompt, so another suggestion
+    if kind != "infill":  # /infill's layout has no path or repository name: a different prompt, another suggestion
         assert suggestions[0] is not None and suggestions[1] == suggestions[0]
     assert len(served.requests) == 1
 
@@ -503,3 +550,32 @@ async def test_a_failing_explanation_shows_one_message(served, tiny_model_dir, t
         assert len(shown) == 1, shown
         assert shown[0][0] == types.MessageType.Error
         assert "explain failed" in shown[0][1] and "CUDA out of memory (test)" in shown[0][1]
+
+
+def test_log_probabilities_in_each_servers_shapes():
+    """The shapes real servers send: llama.cpp's stream event (since late 2024, and the older `probs`), its
+    /v1/completions choice, vLLM's (OpenAI's legacy) choice, and Ollama's line."""
+    llamacpp = {"index": 0, "content": " os", "tokens": [2658], "stop": False, "id_slot": 0, "tokens_predicted": 1,
+                "tokens_evaluated": 40, "completion_probabilities": [
+                    {"id": 2658, "token": " os", "bytes": [32, 111, 115], "logprob": -0.25,
+                     "top_logprobs": [{"id": 2658, "token": " os", "bytes": [32, 111, 115], "logprob": -0.25}]}]}
+    chunk = remote_module._LlamaCppInfill().parse(llamacpp)
+    assert (chunk.text, chunk.logprobs, chunk.ids, chunk.prompt_tokens) == (" os", (-0.25,), (2658,), 40)
+    old = {"content": " os", "stop": False, "completion_probabilities": [
+        {"content": " os", "probs": [{"tok_str": " os", "prob": 0.5}, {"tok_str": " sys", "prob": 0.2}]}]}
+    assert remote_module._LlamaCppInfill().parse(old).logprobs == pytest.approx((-0.6931,), abs=1e-4)
+    not_sent = {"content": " os",
+                "completion_probabilities": [{"content": " os", "probs": [{"tok_str": "x", "prob": 1}]}]}
+    assert remote_module._LlamaCppInfill().parse(not_sent).logprobs == ()
+    openai = remote_module._OpenAICompletions()
+    vllm = {"choices": [{"index": 0, "text": " os.path", "finish_reason": None, "logprobs": {
+        "text_offset": [0, 3], "token_logprobs": [-0.25, -1.5], "tokens": [" os", ".path"],
+        "top_logprobs": [{" os": -0.25}, {".path": -1.5}]}}]}
+    assert openai.parse(vllm).logprobs == (-0.25, -1.5)
+    llamacpp_v1 = {"choices": [{"index": 0, "text": " os", "finish_reason": None, "logprobs": {"content": [
+        {"id": 2658, "token": " os", "bytes": [32, 111, 115], "logprob": -0.25, "top_logprobs": []}]}}]}
+    assert openai.parse(llamacpp_v1).logprobs == (-0.25,)
+    assert openai.parse({"choices": [{"text": " os", "logprobs": None}]}).logprobs == ()
+    ollama = {"model": "qwen", "response": " os", "done": False,
+              "logprobs": [{"token": " os", "logprob": -0.25, "bytes": [32, 111, 115]}]}
+    assert remote_module._OllamaGenerate().parse(ollama).logprobs == (-0.25,)
