@@ -3,7 +3,7 @@
 Written with the `gguf` package (llama.cpp's own writer), without llama.cpp's converter, which refuses any
 tokenizer trained from scratch (it identifies pre-tokenizers by a hash of their output). Here the pre-tokenizer
 is declared as what it is, read from tokenizer.json's structure: a bare byte-level pre-tokenizer with GPT-2's
-regex (midline's) is `gpt2`, StarCoder's digits-then-bytes is `starcoder`, Qwen2's split regex is `qwen2`;
+regex (midline's) is `gpt-2`, StarCoder's digits-then-bytes is `starcoder`, Qwen2's split regex is `qwen2`;
 anything else needs `--pre NAME` (llama.cpp's name for it). The FIM token ids (`tokenizer.ggml.fim_*`) come from
 the FIM format midline detects, so llama-server's `/infill` works and the ids match the local engine's.
 
@@ -149,7 +149,7 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None) -> str | None:
     parts = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
     kinds = [p.get("type") for p in parts or []]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "starcoder"
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):

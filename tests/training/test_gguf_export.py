@@ -53,7 +53,7 @@ def test_midline_model_metadata_declares_gpt2_pre_tokenizer_and_fim_ids(tiny_mod
     config = json.loads((tiny_model_dir / "config.json").read_text())
     vocab = tiny_tokenizer.get_vocab()
     assert fields["general.architecture"] == "llama"
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt2"
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert {k.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): v for k, v in fields.items()
             if k.startswith("tokenizer.ggml.fim_")} == {
         "fim_pre": vocab[fim.FIM_PREFIX], "fim_suf": vocab[fim.FIM_SUFFIX], "fim_mid": vocab[fim.FIM_MIDDLE],
@@ -129,7 +129,7 @@ def test_other_families_keep_their_architecture_and_fim_tokens(family, tmp_path)
 
 def test_pre_tokenizer_names_by_structure():
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-    assert G.pre_tokenizer_name(byte_level) == "gpt2"
+    assert G.pre_tokenizer_name(byte_level) == "gpt-2"
     assert G.pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, byte_level]}) == "starcoder"
     assert G.pre_tokenizer_name({"type": "Sequence", "pretokenizers": [
@@ -151,8 +151,8 @@ def test_unknown_pre_tokenizer_is_refused_unless_named(tiny_model_dir, tmp_path)
     with pytest.raises(G.GgufExportError, match="--pre"):
         G.export_gguf(model_dir, tmp_path / "x.gguf", "f16")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf-*"))
-    fields, _ = read(G.export_gguf(model_dir, tmp_path / "x.gguf", "f16", pre="gpt2"))
-    assert fields["tokenizer.ggml.pre"] == "gpt2"
+    fields, _ = read(G.export_gguf(model_dir, tmp_path / "x.gguf", "f16", pre="gpt-2"))
+    assert fields["tokenizer.ggml.pre"] == "gpt-2"
 
 
 def test_cli_writes_gguf_and_rejects_bad_input(tiny_model_dir, tmp_path, capsys):
