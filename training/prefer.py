@@ -37,6 +37,7 @@ class PreferConfig:
     rank: int = 8  # LoRA rank
     alpha: int = 16
     held_out: float = 0.2
+    max_pairs: int = 0  # at most this many pairs, a seeded sample (0: all)
     seed: int = 0
     device: str = "auto"
 
@@ -90,6 +91,8 @@ def prefer(model_dir: Path, records: list[dict], out_dir: Path, c: PreferConfig 
 
     started = time.monotonic()
     all_pairs = pairs(records)
+    if c.max_pairs and len(all_pairs) > c.max_pairs:
+        all_pairs = random.Random(c.seed).sample(all_pairs, c.max_pairs)
     if not all_pairs:
         raise ValueError("the log has no accepted suggestion with a dismissed one to prefer it over and a prompt kept "
                          "(record with the outcomes.prompts setting on)")

@@ -241,6 +241,8 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="with --dpo: the model that wrote the record's suggestions")
     p.add_argument("--steps", type=int, default=30, help="with --dpo: optimizer steps (default: %(default)s)")
     p.add_argument("--beta", type=float, default=0.1, help="with --dpo: DPO's beta (default: %(default)s)")
+    p.add_argument("--max-pairs", type=int, default=0,
+                   help="with --dpo: at most this many pairs, a seeded sample (default: all)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=run)
     return p
@@ -264,7 +266,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from midline.training import prefer
 
         report["dpo"] = prefer.prefer(args.model, records, args.out / "dpo", prefer.PreferConfig(
-            steps=args.steps, beta=args.beta, seed=args.seed, held_out=args.held_out, device=args.device))
+            steps=args.steps, beta=args.beta, seed=args.seed, held_out=args.held_out, max_pairs=args.max_pairs,
+            device=args.device))
     write_json(args.out / "report.json", report, indent=1)
     print(format_report(report))
     if args.dpo:

@@ -139,9 +139,9 @@ def test_pairs_are_accepted_against_dismissed_at_the_same_prompt_or_position():
 
 
 def test_dpo_raises_the_accepted_suggestions_margin(tiny_engine, tiny_model_dir, tmp_path):
-    config = D.PreferConfig(steps=6, lr=3e-3, batch=4, device="cpu", held_out=0.25)
-    summary = D.prefer(tiny_model_dir, dpo_log(tiny_engine), tmp_path / "dpo", config)
-    assert summary["pairs"]["train"] > 0
+    config = D.PreferConfig(steps=6, lr=3e-3, batch=4, device="cpu", held_out=0.25, max_pairs=10)
+    summary = D.prefer(tiny_model_dir, dpo_log(tiny_engine), tmp_path / "dpo", config)  # 12 pairs, 10 used
+    assert summary["pairs"]["train"] > 0 and summary["pairs"]["train"] + summary["pairs"]["held_out"] == 10
     assert summary["margin_after"]["train"] > summary["margin_before"]["train"] + 0.5
     assert (tmp_path / "dpo" / "adapter" / "adapter_config.json").is_file()
     assert json.loads((tmp_path / "dpo" / "summary.json").read_text())["steps"] == 6
