@@ -54,6 +54,13 @@ class Feed:
     delay_s: float = 0.0
 
 
+def answer(text: str) -> Feed:
+    """An OpenAI-compatible stream whose one event is `text` (the served model's answer, planted)."""
+    event = {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
+             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
+    return Feed(lambda: iter([b"data: " + json.dumps(event).encode() + b"\n\n", b"data: [DONE]\n\n"]))
+
+
 class ModelServer:
     """The HTTP server and its knobs; use as a context manager (it serves from a daemon thread)."""
 

@@ -16,20 +16,13 @@ from midline.server.documents import Document
 from midline.training.attribution import build_index
 
 from ..lsp_client import inline, open_document, running_server, status
-from ..model_server import ModelServer
+from ..model_server import answer
 from ..training.test_attribution import PLANTED, write_corpus
-from .test_security import answer
 
 DOCUMENT = "def interval_coverage(intervals, lo, hi):\n    \n"
 CURSOR = len("def interval_coverage(intervals, lo, hi):\n    ")
 COPIED = PLANTED[PLANTED.index("covered = 0") :].rstrip("\n") + "\n"  # the planted body, as the model would write it
 NOVEL = "total = sum(b - a for a, b in intervals if b > a)\n    return total / max(hi - lo, 1)\n"
-
-
-@pytest.fixture(scope="module")
-def served(tiny_engine):
-    with ModelServer(tiny_engine) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 
@@ -17,7 +16,7 @@ from midline.server.actions import Replace
 from midline.server.notebooks import CELL_SEPARATOR, SYNC_OPTIONS, NotebookStore, OutsideCell
 
 from ..lsp_client import inline, running_server, status
-from ..model_server import Feed, ModelServer
+from ..model_server import answer
 from tests.server.test_actions import client_capabilities, code_actions
 
 NOTEBOOK = "file:///ws/analysis.ipynb"
@@ -192,18 +191,6 @@ def test_the_sync_options_name_every_language_and_markdown():
 
 # -- over the protocol ----------------------------------------------------------------------------------------
 
-
-def answer(text: str) -> Feed:
-    """An OpenAI-compatible stream whose one event is `text` (the served model's answer, planted)."""
-    event = {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
-             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
-    return Feed(lambda: iter([b"data: " + json.dumps(event).encode() + b"\n\n", b"data: [DONE]\n\n"]))
-
-
-@pytest.fixture(scope="module")
-def served(tiny_engine):
-    with ModelServer(tiny_engine) as server:
-        yield server
 
 
 def notebook_client() -> types.ClientCapabilities:

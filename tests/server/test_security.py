@@ -6,7 +6,6 @@ and as a fix `midline serve` offers it as an edit that needs confirmation, with 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from midline.server.config import Config, ConfigError
 from midline.server.documents import Document
 
 from ..lsp_client import inline, open_document, running_server, status
-from ..model_server import Feed, ModelServer
+from ..model_server import answer
 from tests.server.test_actions import client_capabilities
 
 FUNCTION = "import os\nimport subprocess\n\n\ndef run(cmd, s, b):\n    "  # a suggestion's context: in a body
@@ -168,18 +167,6 @@ PLANTED = "subprocess.call(cmd, shell=True)\n"
 DOCUMENT = "import subprocess\n\n\ndef run(cmd):\n    \n"
 CURSOR = DOCUMENT.index("cmd):\n    ") + len("cmd):\n    ")
 
-
-def answer(text: str) -> Feed:
-    """An OpenAI-compatible stream whose one event is `text`."""
-    event = {"id": "cmpl-test", "object": "text_completion", "model": "tiny",
-             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
-    return Feed(lambda: iter([b"data: " + json.dumps(event).encode() + b"\n\n", b"data: [DONE]\n\n"]))
-
-
-@pytest.fixture(scope="module")
-def served(tiny_engine):
-    with ModelServer(tiny_engine) as server:
-        yield server
 
 
 @pytest.mark.parametrize(
