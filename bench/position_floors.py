@@ -1,16 +1,17 @@
 r"""Confidence floors by cursor position, calibrated on a `midline-train positions --no-floors` report.
 
-The server hides a suggestion whose generated tokens' mean log-probability is under the model's floor for the
-cursor's position (`CompletionContext.position`: "mid_line", "line_end", "new_line"). This reads a report made
-with every suggestion shown, maps each task to the position the server saw, and for each position prints what a
-floor keeps and hides: suggestions whose first line is right, and those whose first line is wrong. The floor
-chosen for a position is the highest, up to `--max-floor`, that hides at most `--keep-loss` of the right
-suggestions; with a few right suggestions a position (tens of tasks each), a higher floor is noise. Only the
-`--calibrate` positions get one (default: new_line); the others keep `--default`. Mid-line, the typing replay
-lost accepted characters under a higher floor. At a line end, the floor judges the mean of all generated tokens
-while the model writes on past what is shown (the next function, cut by post-processing), so a higher floor hid
-short right answers there (README's quickstart: ` total` after `return` scored -0.83). The last line is the
-`min_mean_logprob` object for the model's midline.json.
+The server hides a suggestion whose shown tokens' mean log-probability is under the model's floor for the
+cursor's position (`CompletionContext.position`: "mid_line", "line_end", "new_line"): the tokens that write what
+post-processing kept (`completion.shown_logprob`), not those it cut (at a line end the model writes on past the
+shown line, e.g. the next function). This reads a report made with every suggestion shown (its rows'
+`shown_logprob`; a report from before it existed has only `mean_logprob`, of all generated tokens, and is read by
+that), maps each task to the position the server saw, and for each position prints what a floor keeps and hides:
+suggestions whose first line is right, and those whose first line is wrong. The floor chosen for a position is the
+highest, up to `--max-floor`, that hides at most `--keep-loss` of the right suggestions; with a few right
+suggestions a position (tens of tasks each), a higher floor is noise. Only the `--calibrate` positions get one
+(default: all three); the others keep `--default`. The typing replay (the positions report's other half) is the
+check of a chosen floor: run the evaluation again with it. The last line is the `min_mean_logprob` object for the
+model's midline.json.
 
     midline-train positions --model model/default --tasks WORK/positions.tasks.jsonl --no-floors \
         --out WORK/no-floors.json
@@ -33,11 +34,17 @@ def position(row: dict) -> str:
     return "line_end" if row["cursor"].split("█", 1)[0].strip() else "new_line"
 
 
+def confidence(row: dict) -> float | None:
+    """What the server's floor judges for a task row: the shown tokens' mean log-probability (None: not known)."""
+    return row["shown_logprob"] if "shown_logprob" in row else row["mean_logprob"]
+
+
 def split(rows: list[dict], floor: float | None) -> tuple[int, int, int, int]:
     """(right kept, wrong kept, right hidden, wrong hidden) of the shown suggestions under `floor`."""
     counts = [0, 0, 0, 0]
     for row in rows:
-        hidden = floor is not None and row["mean_logprob"] is not None and row["mean_logprob"] < floor
+        mean = confidence(row)
+        hidden = floor is not None and mean is not None and mean < floor
         counts[2 * hidden + (not row["exact_first_line"])] += 1
     return counts[0], counts[1], counts[2], counts[3]
 
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-loss", type=float, default=0.1,
                         help="share of right suggestions a floor may hide (default: %(default)s)")
     parser.add_argument("--max-floor", type=float, default=-0.6, help="the highest floor chosen (default: %(default)s)")
-    parser.add_argument("--calibrate", nargs="+", default=["new_line"],
+    parser.add_argument("--calibrate", nargs="+", default=["mid_line", "line_end", "new_line"],
                         help="positions to calibrate (default: %(default)s)")
     parser.add_argument("--default", type=float, default=-1.0,
                         help="the floor of the other positions (default: %(default)s)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -36,7 +37,7 @@ from . import ranker as ranking
 from .config import Config, CurrentConfig, Settings
 from .context import CompletionContext, Hole
 from .documents import Document
-from .postprocess import Suggestion, block_complete, cut_unsure_lines, postprocess, repeats_suffix
+from .postprocess import Suggestion, block_complete, cut_unsure_lines, kept_end, postprocess, repeats_suffix
 from .prompt import Prompt, PromptBuilder
 from .retrieval import RetrievalIndex
 from .symbols import SymbolIndex
@@ -88,6 +89,9 @@ class Completion:
     # each suggestion's features (ranker.features), where a ranker or the outcome record wants them, else empty
     features: list[dict] = field(default_factory=list)
     typed_through: bool = False  # the rest of the document's shown suggestion, whose start the user typed
+    # the first suggestion's `shown_logprob` (what the confidence floor judged); nan without a model call or
+    # log-probabilities
+    confidence: float = math.nan
 
     @property
     def suggestion(self) -> Suggestion | None:
@@ -105,7 +109,7 @@ class Stats:
     typed_through: int = 0
     cancelled: int = 0
     timeouts: int = 0
-    low_confidence: int = 0  # suggestions hidden for a mean log-probability under the floor
+    low_confidence: int = 0  # answers with nothing shown where one was under the confidence floor
     tails_cut: int = 0  # suggestions whose unsure last lines were cut
     insecure: int = 0  # suggestions hidden for a high-severity security finding (security.py)
     attributed: int = 0  # suggestions hidden for repeating a long span of the training data (attribution.py)
@@ -179,6 +183,7 @@ class Completer:
         ctx, prompt = built.context, built.encoded
         generation: Generation | None = None
         trace: Trace | None = None
+        confidence = math.nan
         config = self.config
         sampling = (config.temperature, config.top_p, config.seed)
         ranker = self.ranker()
@@ -192,14 +197,16 @@ class Completer:
             cached, cached_features = self._cache[key]
             suggestions, features = list(cached), list(cached_features)
         else:
-            finished, generation, suggestions, features = await self._generate(doc.uri, ctx, prompt, asked, ranker)
+            finished, generation, suggestions, features, confidence = await self._generate(
+                doc.uri, ctx, prompt, asked, ranker
+            )
             trace = self.trace
             if finished:
                 self._remember(key, suggestions, features)
         if suggestions:
             self._shown[doc.uri] = _Shown(doc.text[:offset], doc.text[offset:], suggestions, asked)
         self.stats.last_latency_ms = (time.perf_counter() - started) * 1000
-        return Completion(suggestions, generation, trace, prompt=built, features=features)
+        return Completion(suggestions, generation, trace, prompt=built, features=features, confidence=confidence)
 
     def enabled(self, doc: Document) -> bool:
         """Whether to complete in `doc`'s language: the `enable` setting, else the model's own languages."""
@@ -285,12 +292,13 @@ class Completer:
 
     async def _generate(
         self, uri: str, ctx: CompletionContext, prompt: EncodedPrompt, asked: int, ranker: ranking.Ranker | None
-    ) -> tuple[bool, Generation, list[Suggestion], list[dict]]:
+    ) -> tuple[bool, Generation, list[Suggestion], list[dict], float]:
         """Generate and post-process off the event loop; a newer request for the same document stops this one.
 
         Returns whether the generation finished (a cancelled or timed-out one is not cached), the generation behind
-        the first suggestion (the best-ranked one where none is kept), the suggestions, best first, and their
-        features (where a ranker or the outcome record wants them).
+        the first suggestion (the best-ranked one where none is kept), the suggestions, best first, their features
+        (where a ranker or the outcome record wants them), and the first suggestion's `shown_logprob` (nan: none).
+        The confidence floor judges each answer after post-processing, on the tokens that write what is shown.
         """
         if (previous := self._running.get(uri)) is not None:
             previous.set()
@@ -305,22 +313,27 @@ class Completer:
         line_floor = _floor(config.min_line_logprob, self.engine, "min_line_logprob", ctx.position)
 
         hidden: list[str] = []  # why run() hid the post-processed suggestion
-        under_floor: list[Generation] = []
+        means: dict[Suggestion, float] = {}  # each kept suggestion's shown_logprob (its best-ranked answer's)
+        under_floor: list[float] = []  # the shown means of the answers hidden under the floor
         tails_cut: list[bool] = []
 
-        def keep(generation: Generation) -> Suggestion | None:
-            """What post-processing keeps of one answer: None under the confidence floor, or where post-processing
-            drops it (its syntax gate, repeated text)."""
-            if floor is not None and generation.mean_logprob < floor:  # nan (a remote backend) is never below
-                under_floor.append(generation)
-                return None
-            text = generation.text
-            # (Only a multi-line hole keeps more than a line; a remote backend gives no log-probabilities.)
-            if line_floor is not None and ctx.hole is Hole.MULTI_LINE and generation.token_logprobs:
-                ends = self.engine.token_ends(generation.token_ids)
-                text = cut_unsure_lines(text, ends, generation.token_logprobs, line_floor)
+        def keep(generation: Generation) -> tuple[Suggestion, float] | None:
+            """What post-processing keeps of one answer and its `shown_logprob`; None where post-processing drops
+            it (its syntax gate, repeated text) or that mean is under the confidence floor."""
+            text, logprobs = generation.text, generation.token_logprobs
+            ends = self.engine.token_ends(generation.token_ids) if logprobs else []  # (none from a remote backend)
+            # (Only a multi-line hole keeps more than a line.)
+            if line_floor is not None and ctx.hole is Hole.MULTI_LINE and logprobs:
+                text = cut_unsure_lines(text, ends, logprobs, line_floor)
                 tails_cut.append(text != generation.text)
-            return postprocess(text, ctx, max_lines)
+            suggestion = postprocess(text, ctx, max_lines)
+            if suggestion is None:
+                return None
+            mean = shown_logprob(generation, ends, suggestion.text)
+            if floor is not None and mean < floor:  # nan (no log-probabilities) is never below
+                under_floor.append(mean)
+                return None
+            return suggestion, mean
 
         def secure(suggestion: Suggestion) -> bool:
             """Whether `suggestion` has no high security finding (or the scan is off for completions)."""
@@ -357,13 +370,19 @@ class Completer:
                 return generations, []
             kept: dict[Suggestion, Generation] = {}  # in rank order; a duplicate merges into the better-ranked one
             for generation in generations:
-                suggestion = keep(generation)
-                if suggestion is None or suggestion in kept or repeats_suffix(suggestion, ctx):
+                if (answer := keep(generation)) is None:
+                    continue
+                suggestion, mean = answer
+                means.setdefault(suggestion, mean)
+                if suggestion in kept or repeats_suffix(suggestion, ctx):
                     continue
                 # (scanned once per distinct suggestion, after the cheaper filters)
                 if original(suggestion) and secure(suggestion):
                     kept[suggestion] = generation
-            self.stats.low_confidence += len(under_floor) == len(generations)
+            if under_floor and not kept:
+                self.stats.low_confidence += 1
+                hidden.append(f"confidence: the shown tokens' mean log-probability {max(under_floor):.3f} is under "
+                              f"the floor {floor:.3f}")
             self.stats.tails_cut += any(tails_cut)
             order = {id(g): i for i, g in enumerate(generations)}  # the model's rank of each answer
             ranked = [(s, g, ranking.features(s, g, ctx, order[id(g)]) if described else {}) for s, g in kept.items()]
@@ -395,12 +414,12 @@ class Completer:
         halted = next((g.finish_reason for g in generations if g.finish_reason in ("cancelled", "timeout")), None)
         if halted == "cancelled":
             self.stats.cancelled += 1
-            return False, generation, [], []
+            return False, generation, [], [], math.nan
         if halted == "timeout":
             self.stats.timeouts += 1
             log.warning("generation passed the %d ms time limit; answering with nothing", config.timeout_ms)
-            return False, generation, [], []
-        return True, generation, suggestions, features
+            return False, generation, [], [], math.nan
+        return True, generation, suggestions, features, means[suggestions[0]] if suggestions else math.nan
 
     def _answers(
         self, prompt: EncodedPrompt, asked: int, ctx: CompletionContext, cancel: threading.Event
@@ -438,6 +457,22 @@ class Completer:
         self._cache[key] = (tuple(suggestions), tuple(features))
         while len(self._cache) > self.config.cache_size:
             self._cache.popitem(last=False)
+
+
+def shown_logprob(generation: Generation, ends: list[int], shown: str) -> float:
+    """The mean log-probability of the generated tokens that write the suggestion text `shown`: those up to the
+    token that writes the last character of the part of the model's text that post-processing kept (`kept_end`:
+    white space before it included, the text cut after it not), `ends` being where each token ends in that text
+    (`Backend.token_ends`). All tokens where `shown` is not made of the model's first non-blank characters; the
+    generation's own mean without per-token log-probabilities (nan from a remote backend, never under a floor)."""
+    logprobs = generation.token_logprobs
+    if not logprobs:
+        return generation.mean_logprob
+    end = kept_end(generation.text, shown)
+    count = len(logprobs)
+    if end is not None:
+        count = next((i + 1 for i, token_end in enumerate(ends) if token_end >= end), count)
+    return sum(logprobs[:count]) / count
 
 
 def _floor(configured: float | None, engine: Backend, name: str, position: str) -> float | None:

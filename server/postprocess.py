@@ -12,6 +12,7 @@
 
 `cut_unsure_lines` runs before it when the model gave per-token log-probabilities: a line after the first
 that the model was unsure of (its tokens' mean log-probability under a floor) is cut, with all that follows.
+`kept_end` says which part of the model's text a suggestion kept (the tokens the confidence floor judges).
 
 `block_complete` runs after every generated token and applies the cheap stopping rules of the same
 pipeline, so generation ends as soon as the answer is whole.
@@ -93,6 +94,30 @@ def cut_unsure_lines(text: str, token_ends: list[int], token_logprobs: list[floa
         if (scores := sums.get(i)) and sum(scores) / len(scores) < floor:
             return "\n".join(lines[:i])
     return text
+
+
+def kept_end(raw: str, shown: str) -> int | None:
+    """Where the part of the model's text `raw` that the suggestion text `shown` keeps ends: just after the character
+    of `raw` that gives `shown`'s last non-blank one; None where `shown` has none, or is not made of `raw`'s first
+    non-blank characters.
+
+    Post-processing (`cut_unsure_lines` and `postprocess`) only drops blank lines and white space before the answer,
+    re-indents it and cuts its end, and the server adds the indentation it typed, so `shown`'s non-blank characters
+    are `raw`'s first ones, in order: the kept part is `raw` up to the last of them (white space before it, which
+    places the answer, included; what was cut after it not)."""
+    wanted = [char for char in shown if not char.isspace()]
+    if not wanted:
+        return None
+    found = 0
+    for at, char in enumerate(raw):
+        if char.isspace():
+            continue
+        if char != wanted[found]:
+            return None
+        found += 1
+        if found == len(wanted):
+            return at + 1
+    return None
 
 
 def postprocess(text: str, ctx: CompletionContext, max_lines: int) -> Suggestion | None:

@@ -423,6 +423,7 @@ class Outcome:
     tokens: int
     finish_reason: str  # of the generation; "none" when the server did not call the model
     mean_logprob: float = math.nan  # of the generated tokens (nan: no model call)
+    shown_logprob: float = math.nan  # of the tokens that write the suggestion (what the confidence floor judges)
 
 
 def eval_config(max_new_tokens: int, timeout_ms: int) -> Config:
@@ -473,7 +474,7 @@ async def _complete_all(
                 tokens = len(generation.token_ids) if generation else 0
                 done.append(Outcome(completion.suggestion, latency, tokens,
                                     generation.finish_reason if generation else "none",
-                                    generation.mean_logprob if generation else math.nan))
+                                    generation.mean_logprob if generation else math.nan, completion.confidence))
     return outcomes
 
 

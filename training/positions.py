@@ -424,6 +424,7 @@ def _row(task: Task, outcome: Outcome) -> dict:
         **score_position(task, outcome.suggestion),
         "latency_ms": outcome.latency_ms, "tokens": outcome.tokens, "finish_reason": outcome.finish_reason,
         "mean_logprob": None if math.isnan(outcome.mean_logprob) else round(outcome.mean_logprob, 4),
+        "shown_logprob": None if math.isnan(outcome.shown_logprob) else round(outcome.shown_logprob, 4),
         "cursor": cursor_line[: task.offset - start] + "█" + cursor_line[task.offset - start :],
         "suggestion": outcome.suggestion.text if outcome.suggestion else None,
         "replace": outcome.suggestion.replace if outcome.suggestion else 0,

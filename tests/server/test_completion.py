@@ -141,13 +141,18 @@ def test_the_models_own_floor_applies_unless_the_settings_name_one(completer, tm
     assert complete(completer, doc(tmp_path), CURSOR) is not None
 
 
-def test_the_models_floor_may_differ_by_cursor_position(completer, tmp_path, monkeypatch):
-    """CODE's cursor ends a comment line ("line_end"); a blank line in a body is "new_line"."""
-    monkeypatch.setattr(completer.engine, "min_mean_logprob", {"new_line": 0.0})
-    completer.config = Config(debounce_ms=0, max_new_tokens=16, cache_size=0)
-    assert complete(completer, doc(tmp_path), CURSOR) is not None  # no floor for this position
-    text = "def f(x):\n    y = x + 1\n    \n"
-    assert complete(completer, doc(tmp_path, text), text.index("    \n") + 4) is None
+def test_the_models_floor_may_differ_by_cursor_position(tiny_engine, tmp_path, monkeypatch):
+    """The end of a complete line is "line_end"; a blank line in a body is "new_line". (The scripted answer's mean
+    log-probability is -0.1.)"""
+    monkeypatch.setattr(tiny_engine, "min_mean_logprob", {"new_line": 0.0})
+    engine = ScriptedEngine(tiny_engine, "\n        print(name)\n")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        completer = Completer(engine, Config(debounce_ms=0, cache_size=0), executor)  # type: ignore[arg-type]
+        at_end = LOOP.format("█")
+        assert complete(completer, doc(tmp_path, at_end.replace("█", "")), at_end.index("█")) is not None  # no floor
+        engine.answer = "print(out)\n"
+        blank = LOOP.format("\n█")
+        assert complete(completer, doc(tmp_path, blank.replace("█", ""), name="b.py"), blank.index("█")) is None
     assert completer.stats.low_confidence == 1
 
 
