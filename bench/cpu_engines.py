@@ -27,7 +27,7 @@ from typing import Callable
 from midline.model import DEFAULT_MODEL_DIR
 from midline.model.engine import Engine
 from midline.model.fim import FimPrompt
-from midline.training.gguf_export import export_gguf
+from midline.model.gguf_export import export_gguf
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "example.py"
 THREADS = 2

@@ -7,8 +7,11 @@ only: they encode a FIM prompt, generate from it, and size their windows with `c
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeAlias, TypeVar
 
 from midline.model.fim import FimFormat, FimPrompt, Mode
@@ -112,3 +115,41 @@ class Backend(Protocol[PromptT]):
 def decoded_ends(decode: Callable[[list[int]], str], token_ids: list[int]) -> list[int]:
     """Where each token's text ends in `decode(token_ids)` (a token that ends mid-character ends where it began)."""
     return [len(decode(token_ids[: i + 1])) for i in range(len(token_ids))]
+
+
+# The cursor positions a confidence floor may name (`CompletionContext.position` in the server).
+CURSOR_POSITIONS = ("mid_line", "line_end", "new_line")
+
+
+def model_settings(path: Path) -> dict:
+    """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
+    e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0, "languages": ["python"]}`: the mean token
+    log-probability below which its suggestions are hidden, below which a line after a suggestion's first is
+    cut with all that follows, and the languages it was trained on (completion is on for those by default).
+    A floor may differ by cursor position: `{"mid_line": -1.0, "line_end": -0.6, "new_line": -1.2}`
+    (`CompletionContext.position`; a position it does not name has no floor)."""
+    file = path / "midline.json"
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        for key in ("min_mean_logprob", "min_line_logprob"):
+            value = settings.get(key)
+            floors = value if isinstance(value, dict) else {"": value}
+            unknown = set(floors) - {"", *CURSOR_POSITIONS}
+            if value is not None and (unknown or not all(_is_number(v) for v in floors.values())):
+                raise ValueError(
+                    f"{key} must be a number, or an object of numbers by cursor position "
+                    f"({', '.join(CURSOR_POSITIONS)}); got {json.dumps(value)}"
+                )
+        languages = settings.get("languages")
+        if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
+            raise ValueError("languages must be a list of language ids")
+    except (ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{file}: {exc}") from None
+    return settings
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (a boolean is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import math
 import os
@@ -31,10 +30,11 @@ from typing import Callable, Generator, Iterator, Sequence, cast
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from midline.model import fim
-from midline.model.backend import Generation, decoded_ends
+from midline.model import decoding, fim
+from midline.model.backend import Generation, decoded_ends, model_settings
+from midline.model.decoding import NgramIndex, common_prefix
 from midline.model.fim import FimFormat, FimFormatError, FimPrompt, Mode
-from midline.model.loader import ModelLoadError, load_model
+from midline.model.loader import load_model
 from midline.model.static_decode import CHUNK, StaticDecoder, unsupported
 
 log = logging.getLogger(__name__)
@@ -234,8 +234,9 @@ class Engine:
                 box = [cache]  # the dynamic stream puts each step's cache here
                 steps = self._dynamic_steps(box, prompt_ids[reused:], temperature, top_p, generator)
 
-            [tokens], [logprobs], [finish_reason] = self._decode(
-                ([step] for step in steps), 1, max_new_tokens, should_stop, cancel, deadline, ignore_eos
+            [tokens], [logprobs], [finish_reason] = decoding.run_stops(
+                ([step] for step in steps), 1, max_new_tokens, self.stop_ids, self.decode, should_stop, cancel,
+                deadline, ignore_eos,
             )
             started = inspect.getgeneratorstate(steps) != inspect.GEN_CREATED  # the prompt went into the cache
             steps.close()
@@ -323,8 +324,9 @@ class Engine:
                     if i + 1 < max_new_tokens:  # the last tokens are never fed back
                         logits = step(tokens, len(prompt_ids) + i)
 
-            rows, logprobs, finish = self._decode(
-                batch_steps(logits), n, max_new_tokens, should_stop, cancel, deadline, ignore_eos
+            rows, logprobs, finish = decoding.run_stops(
+                batch_steps(logits), n, max_new_tokens, self.stop_ids, self.decode, should_stop, cancel, deadline,
+                ignore_eos,
             )
             if static:
                 self._batch[n] = (decoder, prompt_ids if self.reuse_prefix else [])  # the rows differ after the prompt
@@ -337,43 +339,6 @@ class Engine:
                 for row, lp, f in zip(rows, logprobs, finish)
             ]
             return sorted(generations, key=lambda g: -g.mean_logprob if g.token_ids else math.inf)
-
-    def _decode(
-        self, steps: Iterator[list[tuple[int, float]]], n: int, max_new_tokens: int,
-        should_stop: Callable[[str], bool] | None, cancel: threading.Event | None, deadline: float | None,
-        ignore_eos: bool,
-    ) -> tuple[list[list[int]], list[list[float]], list[str]]:
-        """The stop checks of `generate` and `candidates`: each of `steps` is a (token, log-probability) per row.
-
-        A row ends on a stop token ("eot") or when `should_stop` says so after a token ("stop"); cancel and deadline
-        end all rows ("cancelled", "timeout"), checked before each step; the rest end at `max_new_tokens` ("length").
-        Returns each row's tokens, their log-probabilities and finish reason. A step is taken only while a row is open.
-        """
-        rows: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[list[float]] = [[] for _ in range(n)]
-        finish: list[str | None] = [None] * n
-        for _ in range(max_new_tokens):
-            halted: str | None = None
-            if cancel is not None and cancel.is_set():
-                halted = "cancelled"
-            elif deadline is not None and time.monotonic() > deadline:
-                halted = "timeout"
-            if halted:
-                finish = [f or halted for f in finish]
-                break
-            for r, (token, logprob) in enumerate(next(steps)):
-                if finish[r]:
-                    continue
-                if token in self.stop_ids and not ignore_eos:
-                    finish[r] = "eot"
-                    continue
-                rows[r].append(token)
-                logprobs[r].append(logprob)
-                if should_stop is not None and should_stop(self.decode(rows[r])):
-                    finish[r] = "stop"
-            if all(finish):
-                break
-        return rows, logprobs, [f or "length" for f in finish]
 
     def _dynamic_steps(
         self, box: list, feed: list[int], temperature: float, top_p: float, generator: torch.Generator | None,
@@ -506,82 +471,9 @@ def pick(
     return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None])[:, 0]
 
 
-# The cursor positions a confidence floor may name (`CompletionContext.position` in the server).
-CURSOR_POSITIONS = ("mid_line", "line_end", "new_line")
-
-
-def model_settings(path: Path) -> dict:
-    """midline's serving settings that ship with a model (`midline.json` beside config.json; {} if none),
-    e.g. `{"min_mean_logprob": -1.0, "min_line_logprob": -2.0, "languages": ["python"]}`: the mean token
-    log-probability below which its suggestions are hidden, below which a line after a suggestion's first is
-    cut with all that follows, and the languages it was trained on (completion is on for those by default).
-    A floor may differ by cursor position: `{"mid_line": -1.0, "line_end": -0.6, "new_line": -1.2}`
-    (`CompletionContext.position`; a position it does not name has no floor)."""
-    file = path / "midline.json"
-    if not file.is_file():
-        return {}
-    try:
-        settings = json.loads(file.read_text(encoding="utf-8"))
-        for key in ("min_mean_logprob", "min_line_logprob"):
-            value = settings.get(key)
-            floors = value if isinstance(value, dict) else {"": value}
-            unknown = set(floors) - {"", *CURSOR_POSITIONS}
-            if value is not None and (unknown or not all(_is_number(v) for v in floors.values())):
-                raise ValueError(
-                    f"{key} must be a number, or an object of numbers by cursor position "
-                    f"({', '.join(CURSOR_POSITIONS)}); got {json.dumps(value)}"
-                )
-        languages = settings.get("languages")
-        if languages is not None and not (isinstance(languages, list) and all(isinstance(x, str) for x in languages)):
-            raise ValueError("languages must be a list of language ids")
-    except (ValueError, AttributeError) as exc:
-        raise ModelLoadError(f"{file}: {exc}") from None
-    return settings
-
-
-def _is_number(value: object) -> bool:
-    """A finite JSON number (a boolean is not one)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     """Next token from a 1-D logits vector: argmax at temperature 0, else from the top-p nucleus."""
     return int(pick(logits[None], temperature, top_p, generator)[0][0])
-
-
-class NgramIndex:
-    """Prompt lookup: the tokens that followed the most recent earlier occurrence of the last 3 (else 2) tokens.
-
-    (A single token's last occurrence predicts too little: with one-token matches too, drafts paid off less on the CPU.)
-    """
-
-    SIZES = (3, 2)
-
-    def __init__(self, ids: list[int]):
-        self.ids: list[int] = []
-        self.ends: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence (not counting the last)
-        for token in ids:
-            self.append(token)
-
-    def append(self, token: int) -> None:
-        end = len(self.ids)  # the n-grams ending at the old end are now "earlier"
-        for n in self.SIZES:
-            if end >= n:
-                self.ends[tuple(self.ids[end - n : end])] = end
-        self.ids.append(token)
-
-    def draft(self, k: int) -> list[int]:
-        end = len(self.ids)
-        for n in self.SIZES:
-            if end >= n and (at := self.ends.get(tuple(self.ids[end - n :]))) is not None:
-                return self.ids[at : at + k]
-        return []
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token id lists."""
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def croppable(cache: object) -> bool:

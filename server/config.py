@@ -159,6 +159,8 @@ class Config:
     model: str | None = None  # local model directory; None = the model shipped with midline
     adapter: str | None = None  # LoRA adapter directory (`midline-train finetune`), merged into `model` at load
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # what runs a local model: auto = llama.cpp where no CUDA GPU is used and llama-cpp-python is installed, else torch
+    engine: Literal["auto", "torch", "llamacpp"] = "auto"
     fim_format: str | None = None  # None = detect from the tokenizer (midline, qwen, starcoder2, ...)
     fim_mode: Literal["auto", "psm", "spm"] = "auto"  # auto = the format's preferred layout
     trust_remote_code: bool = False

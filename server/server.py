@@ -17,7 +17,7 @@ import hashlib
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -29,6 +29,10 @@ from midline.model import DEFAULT_MODEL_DIR, VERSION
 from midline.model.backend import Backend, ModelLoadError
 from midline.model.fim import FimFormatError
 from midline.model.remote import RemoteEngine, RemoteError, api_key_from
+
+if TYPE_CHECKING:
+    from midline.model.engine import Engine
+    from midline.model.llamacpp import LlamaCppEngine
 
 from . import actions, lsp
 from .actions import Actions, Explanation, Nothing, Replace, TestFile
@@ -246,15 +250,8 @@ def open_engine(config: Config) -> Backend:
     """The configured backend: the local model, or (`backend.kind` openai, llamacpp, ollama) a serving engine."""
     backend = config.backend
     if backend.kind == "local":
-        from midline.model.engine import Engine  # torch and transformers: imported here, off the startup path
-
-        engine = Engine.load(
-            config.model or DEFAULT_MODEL_DIR,
-            device=config.device,
-            fim_format=config.fim_format,
-            trust_remote_code=config.trust_remote_code,
-            adapter=config.adapter,
-        )
+        path = Path(config.model).expanduser() if config.model else DEFAULT_MODEL_DIR
+        engine = _llamacpp_engine(config, path) or _torch_engine(config, path)
         engine.warmup()  # compile and capture now, so no request pays for it
         return engine
     if backend.url is None:  # BackendConfig requires one for every served kind
@@ -269,6 +266,30 @@ def open_engine(config: Config) -> Backend:
         max_context=backend.context_length,
         timeout_s=backend.timeout_ms / 1000,
     )
+
+
+def _llamacpp_engine(config: Config, path: Path) -> LlamaCppEngine | None:
+    """llama.cpp in process (`model/llamacpp.py`) where the `engine` setting asks for it, or allows it (auto) and it
+    can serve this model here; else None. Neither torch nor transformers is imported on this path."""
+    from midline.model import llamacpp
+
+    if config.engine == "torch":
+        return None
+    reason = llamacpp.unsupported(path, device=config.device, adapter=config.adapter,
+                                  trust_remote_code=config.trust_remote_code)
+    if reason is not None:
+        if config.engine == "llamacpp":
+            raise ModelLoadError(f"the llama.cpp engine can't serve {path}: {reason}")
+        log.info("serving with PyTorch: %s", reason)
+        return None
+    return llamacpp.LlamaCppEngine.load(path, fim_format=config.fim_format)
+
+
+def _torch_engine(config: Config, path: Path) -> Engine:
+    from midline.model.engine import Engine  # torch and transformers: imported here, off the startup path
+
+    return Engine.load(path, device=config.device, fim_format=config.fim_format,
+                       trust_remote_code=config.trust_remote_code, adapter=config.adapter)
 
 
 def _load_failure(exc: Exception) -> str:

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -14,6 +14,20 @@ from midline.training.tiny_model import make_tiny_model, stdlib_corpus
 
 BROKEN_KINDS = ("missing", "file", "no_config", "bad_config", "bin_only", "no_weights", "no_tokenizer", "remote_code",
                 "corrupt_weights", "wrong_weights")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Models converted for llama.cpp (model/llamacpp.py) go to this session's folder, not the user's cache; servers
+    started by tests inherit it."""
+    path = tmp_path_factory.mktemp("midline-cache")
+    previous = os.environ.get("MIDLINE_CACHE")
+    os.environ["MIDLINE_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["MIDLINE_CACHE"]
+    else:
+        os.environ["MIDLINE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

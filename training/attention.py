@@ -142,6 +142,7 @@ def explain(location: str, *, model: str | None = None, settings: dict | None = 
     offset = _offset(text, line, column)
     config = Config.from_json(settings or {})
     config.model, config.device = model or config.model, device
+    config.engine = "torch"  # attentions come from the PyTorch model (llama.cpp returns none)
     if config.backend.kind != "local":
         raise ValueError("attention needs a local model (backend.kind local): a served one returns no attentions")
     engine = open_engine(config)

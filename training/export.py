@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 
 from midline.model import DEFAULT_MODEL_DIR, fim, languages
 from midline.model.loader import ModelLoadError, check_model_dir, load_model, resolve_dtype
-from midline.training import gguf_export
+from midline.model import gguf_export
 from midline.training.stage import command_line
 
 MAX_TOTAL_MB = 60.0  # all weight files together, in MB (10^6 bytes)

@@ -80,7 +80,7 @@ from pathlib import Path
 import tree_sitter
 from lsprotocol import types
 from midline.model import fim
-from midline.model.engine import Engine
+from midline.model.backend import Backend
 from midline.model.languages import resolve
 from midline.model.loader import ModelLoadError
 from midline.model.syntax import error_count, header_colon, is_word, line_end, line_start, new_parser, node_name, parse
@@ -90,6 +90,7 @@ from midline.server.outcomes import OutcomeLog
 from midline.server.context import Hole, classify_hole
 from midline.server.documents import Document
 from midline.server.postprocess import Suggestion
+from midline.server.server import open_engine
 from midline.training.evaluate import (
     add_task_arguments,
     MIN_MIDDLE_CHARS,
@@ -514,7 +515,7 @@ async def replay_function(task: Task, complete: Complete, *, uri: str = "file://
     }
 
 
-def replay(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None = None,
+def replay(engine: Backend, tasks: list[Task], config: Config, workspaces: Workspaces | None = None,
            model: str = "") -> list[dict]:
     """Each replay task typed through its own `Completer` (`config` as the server's; with `workspaces`, the indexes
     of the task's repository). With `config.outcomes.record`, each answer goes to the outcome record as the server
@@ -522,7 +523,7 @@ def replay(engine: Engine, tasks: list[Task], config: Config, workspaces: Worksp
     return asyncio.run(_replay_all(engine, tasks, config, workspaces, model))
 
 
-async def _replay_all(engine: Engine, tasks: list[Task], config: Config, workspaces: Workspaces | None,
+async def _replay_all(engine: Backend, tasks: list[Task], config: Config, workspaces: Workspaces | None,
                       model: str) -> list[dict]:
     rows = []
     outcomes = OutcomeLog(config)
@@ -575,16 +576,17 @@ def with_retrieval(config: Config, on: bool) -> Config:
 def evaluate_positions(
     model_dir: Path, tasks: list[Task], *, device: str = "auto", max_new_tokens: int = 64, timeout_ms: int = 60_000,
     progress: bool = False, floors: bool = True, workspaces: Workspaces | None = None, retrieval: str | None = None,
-    record: Path | None = None,
+    record: Path | None = None, engine_kind: str = "torch",
 ) -> dict:
     """Complete the position tasks and type the replay tasks with one engine; returns the report (JSON-ready).
     Without `floors`, every suggestion is shown whatever its confidence (to calibrate the model's floors). With
     `workspaces`, each task's Completer has its repository's indexes; `retrieval` "on" or "off" sets
     `context.retrieval`, and "both" completes each position task without retrieval too: the report's `metrics`
     are with it, `without_retrieval` holds the same figures without it. With `record`, the typing replay writes
-    its answers to that outcome record (JSONL, appended; prompts kept), for `midline-train rank`."""
+    its answers to that outcome record (JSONL, appended; prompts kept), for `midline-train rank`. `engine_kind` is
+    the server's `engine` setting (torch, llamacpp, or auto: what the server would choose here)."""
     started = time.monotonic()
-    engine = Engine.load(model_dir, device=device)
+    engine = open_engine(Config.from_json({"model": str(model_dir), "device": device, "engine": engine_kind}))
     config = eval_config(max_new_tokens, timeout_ms)
     if not floors:
         config = dataclasses.replace(config, min_mean_logprob=-math.inf)
@@ -603,6 +605,7 @@ def evaluate_positions(
     report = {
         "model": str(Path(model_dir).resolve()),
         "device": str(engine.device),
+        "engine": f"{type(engine).__name__} ({getattr(engine, 'decode_path', '')})",
         "fim_format": engine.fim.name,
         "settings": {"max_new_tokens": max_new_tokens, "timeout_ms": timeout_ms, "server_config": config.to_json(),
                      "replay_server_config": replay_config.to_json()},
@@ -707,6 +710,8 @@ def add_parser(stages: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--outcomes", type=Path, metavar="FILE",
                    help="write the typing replay's answers to this outcome record (JSONL, appended; prompts kept; "
                         "accepted: the first line is what comes next), for `midline-train rank`")
+    p.add_argument("--engine", choices=("torch", "llamacpp", "auto"), default="torch",
+                   help="what runs the model, as the server's `engine` setting (default: %(default)s)")
     p.add_argument("--retrieval", choices=("off", "on", "both"),
                    help="give each task its repository's other files from --corpus, as the server's workspace "
                         "(cross-file definitions; retrieved chunks unless off); both: each position task without and "
@@ -739,7 +744,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         report = evaluate_positions(args.model, tasks, device=args.device, max_new_tokens=args.max_new_tokens,
                                     timeout_ms=args.timeout_ms, progress=sys.stderr.isatty(), floors=not args.no_floors,
-                                    workspaces=workspaces, retrieval=args.retrieval, record=args.outcomes)
+                                    workspaces=workspaces, retrieval=args.retrieval, record=args.outcomes,
+                                    engine_kind=args.engine)
     except (ModelLoadError, fim.FimFormatError) as e:
         parser.error(str(e))
     report["tasks"].update(file=str(tasks_file) if tasks_file else None,

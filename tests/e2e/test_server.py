@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams, JsonRpcRequestCancelled
 
+from midline.model.llamacpp import CPU_THREADS
 from midline.model.syntax import new_parser
 
 from ..lsp_client import inline, open_document, running_server, status
@@ -119,7 +121,10 @@ async def test_position_outside_document_is_invalid_params_and_server_keeps_serv
     with pytest.raises(JsonRpcInvalidParams):
         await inline(client, (root / "never-opened.py").as_uri(), 0, 0)
     assert (await status(client))["ready"]
-    assert (await status(client))["decodePath"] == "static"  # a Llama layout on the CPU: static cache, eager steps
+    # a Llama layout on the CPU: llama.cpp in process where it is installed, else PyTorch's static cache, eager steps
+    threads = f"{CPU_THREADS} thread{'s' * (CPU_THREADS > 1)}"
+    expected = f"llama.cpp, q8_0, {threads}" if importlib.util.find_spec("llama_cpp") else "static"
+    assert (await status(client))["decodePath"] == expected
 
 
 async def test_unknown_language_gets_plain_text_context(lsp):

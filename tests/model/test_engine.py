@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from midline.model import fim
-from midline.model.engine import Engine, model_settings, sample
+from midline.model.backend import model_settings
+from midline.model.engine import Engine, sample
 from midline.model.fim import FimFormatError, FimPrompt, Snippet
 from midline.model.loader import ModelLoadError
 

@@ -188,7 +188,7 @@ def test_unsupported_models_are_named(tiny_engine):
 
 
 def test_ngram_index_drafts_what_followed_the_last_occurrence():
-    from midline.model.engine import NgramIndex
+    from midline.model.decoding import NgramIndex
 
     index = NgramIndex([1, 2, 3, 4, 1, 2])
     assert index.draft(3) == [3, 4, 1]  # after the earlier "1 2"

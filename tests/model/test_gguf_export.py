@@ -13,7 +13,7 @@ from safetensors import safe_open
 from midline.model import DEFAULT_MODEL_DIR, fim
 from midline.model.engine import Engine
 from midline.model.fim import FimPrompt
-from midline.training import gguf_export as G
+from midline.model import gguf_export as G
 from midline.training.cli import main
 from midline.training.tiny_model import make_family_model, stdlib_corpus
 

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -146,8 +146,9 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None) -> str | None:
     """llama.cpp's name for a tokenizer.json pre-tokenizer, from its structure; None if not one known here."""
     if not pre_tokenizer:
         return None
-    parts = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
-    kinds = [p.get("type") for p in parts or []]
+    sequence = pre_tokenizer.get("type") == "Sequence"
+    parts: list[dict[str, Any]] = (pre_tokenizer.get("pretokenizers") or []) if sequence else [pre_tokenizer]
+    kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
@@ -226,8 +227,6 @@ def _read_optional_json(path: Path) -> dict[str, Any]:
 
 def _tensors(model_dir: Path, config: dict[str, Any], arch: str) -> Iterator[tuple[str, np.ndarray]]:
     """The model's tensors as float32 arrays, Hugging Face names, in file order; llama's q/k rows permuted."""
-    from safetensors import safe_open
-
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise GgufExportError(f"no .safetensors weights in {model_dir}")
@@ -235,16 +234,38 @@ def _tensors(model_dir: Path, config: dict[str, Any], arch: str) -> Iterator[tup
     kv_heads = config.get("num_key_value_heads") or heads
     tied = config.get("tie_word_embeddings", False)
     for path in files:
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
-                    continue
-                array = f.get_tensor(name).float().numpy()
-                if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
-                    array = rotary_interleave(array, heads)
-                elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):
-                    array = rotary_interleave(array, kv_heads)
-                yield name, array
+        for name, array in read_safetensors(path):
+            if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
+                continue
+            if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
+                array = rotary_interleave(array, heads)
+            elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):
+                array = rotary_interleave(array, kv_heads)
+            yield name, array
+
+
+# safetensors dtype -> (numpy dtype of the stored values, how to widen them to float32)
+_FLOATS: dict[str, tuple[np.dtype, Callable[[np.ndarray], np.ndarray]]] = {
+    "F32": (np.dtype("<f4"), lambda a: a),
+    "F16": (np.dtype("<f2"), lambda a: a.astype(np.float32)),
+    "BF16": (np.dtype("<u2"), lambda a: (a.astype(np.uint32) << 16).view(np.float32)),  # bf16 = float32's high half
+}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Each tensor of a .safetensors file as a float32 array, in file order, read with numpy alone (no torch: the
+    server's llama.cpp path exports with this). The format: an 8-byte header size, a JSON header, the raw data."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+        if info["dtype"] not in _FLOATS:
+            raise GgufExportError(f"{path.name}: tensor {name} is {info['dtype']}; GGUF export reads F32, F16, BF16")
+        stored, widen = _FLOATS[info["dtype"]]
+        start, end = info["data_offsets"]
+        yield name, widen(data[start:end].view(stored).reshape(info["shape"]))
 
 
 def rotary_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
