@@ -1,4 +1,5 @@
-"""midline's PyTorch CPU engine vs llama.cpp (in process, llama-cpp-python) on midline's default model, side by side.
+"""midline's CPU engines (PyTorch, and llama.cpp in process as the server runs it: model/llamacpp.py) vs llama.cpp
+driven by llama-cpp-python's own generate loop, on midline's default model, side by side.
 
 The default model is exported to GGUF by `midline-train export --gguf` (f32, bf16, q8_0) into a temporary folder;
 every engine gets the same prompt token ids (a FIM prompt at a `return` of tests/data/example.py, in midline's
@@ -8,7 +9,8 @@ interleaved (each round runs every engine once) and repeated `--repeats` times; 
 Columns: cold first token (empty cache: the whole prompt, then one token), the same with `--tokens` tokens, decode
 ms per token ((tokens time - first token time) / (tokens - 1)), and a keystroke (the prompt with one more
 character typed, the previous prompt's cache reused: `--tokens` tokens). Then how many of the greedy tokens each
-llama.cpp row shares with midline's before the first difference.
+row shares with midline's PyTorch engine before the first difference. midline's engines run with prompt-lookup
+drafts, as served (greedy tokens are the same with or without them); llama-cpp-python's loop has none.
 
     python bench/cpu_engines.py --out bench/cpu_engines.md     # about 2 minutes on 2 cores
 """
@@ -27,6 +29,7 @@ from typing import Callable
 from midline.model import DEFAULT_MODEL_DIR
 from midline.model.engine import Engine
 from midline.model.fim import FimPrompt
+from midline.model.llamacpp import LlamaCppEngine
 from midline.model.gguf_export import export_gguf
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "example.py"
@@ -45,7 +48,8 @@ def prompts(engine: Engine) -> tuple[list[int], list[int]]:
 Run = Callable[[list[int], int, bool], tuple[float, float, list[int]]]  # (ids, tokens, cold) -> first s, total s, ids
 
 
-def midline_runner(engine: Engine) -> Run:
+def engine_runner(engine: Engine | LlamaCppEngine) -> Run:
+    """One of midline's engines, as the server runs it (drafts on): first token timed by the stop callback."""
     def run(ids: list[int], n: int, cold: bool) -> tuple[float, float, list[int]]:
         if cold:
             engine.clear_cache()
@@ -90,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--types", default="f32,bf16,q8_0", help="GGUF weight types (comma-separated)")
     parser.add_argument("--out", type=Path, help="write the report (markdown) here too")
+    parser.add_argument("--no-engine", action="store_true", help="leave out midline's llama.cpp engine")
     args = parser.parse_args(argv)
 
     load = os.getloadavg()[0]
     engine = Engine.load(DEFAULT_MODEL_DIR, device="cpu", threads=THREADS)
     ids, typed = prompts(engine)
-    runners: dict[str, Run] = {"midline (fp32, drafts on)": midline_runner(engine)}
+    runners: dict[str, Run] = {"midline PyTorch (fp32, drafts on)": engine_runner(engine)}
+    if not args.no_engine:
+        chosen = LlamaCppEngine.load(DEFAULT_MODEL_DIR, threads=THREADS)
+        runners[f"midline llama.cpp engine ({chosen.decode_path}, drafts on)"] = engine_runner(chosen)
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.types.split(","):
             path = export_gguf(DEFAULT_MODEL_DIR, Path(folder) / f"midline-{kind}.gguf", kind)
