@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, TypedDict
 
 from midline.model.backend import Backend, EncodedPrompt, Generation
+from midline.model.remote import RemoteError
 
 from . import attribution, security
 from . import ranker as ranking
@@ -321,7 +322,7 @@ class Completer:
             """What post-processing keeps of one answer and its `shown_logprob`; None where post-processing drops
             it (its syntax gate, repeated text) or that mean is under the confidence floor."""
             text, logprobs = generation.text, generation.token_logprobs
-            ends = self.engine.token_ends(generation.token_ids) if logprobs else []  # (none from a remote backend)
+            ends = self._token_ends(generation) if logprobs else []  # (none from some remote backends)
             # (Only a multi-line hole keeps more than a line.)
             if line_floor is not None and ctx.hole is Hole.MULTI_LINE and logprobs:
                 text = cut_unsure_lines(text, ends, logprobs, line_floor)
@@ -450,6 +451,14 @@ class Completer:
             greedy_first=greedy,
             **limits,
         )
+
+    def _token_ends(self, generation: Generation) -> list[int]:
+        """Where each generated token ends in the text; none where the backend can't tell (a served model without a
+        local tokenizer: its log-probabilities are then judged all together)."""
+        try:
+            return self.engine.token_ends(generation.token_ids)
+        except RemoteError:
+            return []
 
     def _remember(self, key: tuple, suggestions: list[Suggestion], features: list[dict]) -> None:
         if self.config.cache_size <= 0:
