@@ -472,8 +472,9 @@ def shown_logprob(generation: Generation, ends: list[int], shown: str) -> float:
     """The mean log-probability of the generated tokens that write the suggestion text `shown`: those up to the
     token that writes the last character of the part of the model's text that post-processing kept (`kept_end`:
     white space before it included, the text cut after it not), `ends` being where each token ends in that text
-    (`Backend.token_ends`). All tokens where `shown` is not made of the model's first non-blank characters; the
-    generation's own mean without per-token log-probabilities (nan from a remote backend, never under a floor)."""
+    (`Backend.token_ends`). All tokens where `shown` is not made of the model's first non-blank characters or
+    `ends` is empty (the backend can't place its tokens); the generation's own mean without per-token
+    log-probabilities (nan from a remote backend without them, never under a floor)."""
     logprobs = generation.token_logprobs
     if not logprobs:
         return generation.mean_logprob

@@ -123,3 +123,4 @@ def test_shown_logprob_counts_the_tokens_up_to_the_last_kept_character(tiny_engi
     count = next(i + 1 for i, end in enumerate(ends) if end >= len(" total"))
     assert shown_logprob(generation, ends, " total") == pytest.approx(sum(logprobs[:count]) / count)
     assert shown_logprob(generation, ends, "unrelated") == pytest.approx(generation.mean_logprob)
+    assert shown_logprob(generation, [], " total") == pytest.approx(generation.mean_logprob)  # tokens not placed
