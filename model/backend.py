@@ -47,6 +47,13 @@ class Generation:
     reused_tokens: int = 0  # leading prompt tokens whose KV cache came from the previous generation
     token_logprobs: list[float] = field(default_factory=list)  # log-probability of each generated token
 
+    @classmethod
+    def of(cls, text: str, token_ids: list[int], logprobs: list[float], finish_reason: str, prompt_tokens: int,
+           elapsed_s: float, reused_tokens: int = 0) -> Generation:
+        """A local engine's generation: its mean log-probability is that of its tokens' (nan for none)."""
+        mean = sum(logprobs) / len(logprobs) if logprobs else math.nan
+        return cls(text, token_ids, finish_reason, mean, prompt_tokens, elapsed_s, reused_tokens, logprobs)
+
 
 class Backend(Protocol[PromptT]):
     """What the server uses of a model: a FIM format, a context size, token counts, encode and generate.

@@ -247,15 +247,8 @@ class Engine:
             cache = cache if decoder is not None else box[0]
             if self.reuse_prefix and (decoder is not None or croppable(cache)):
                 self._cache, self._cached_ids = cache, fed
-            return Generation(
-                text=self.decode(tokens),
-                token_ids=tokens,
-                finish_reason=finish_reason,
-                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else math.nan,
-                prompt_tokens=len(prompt_ids),
-                elapsed_s=time.monotonic() - start,
-                reused_tokens=reused,
-                token_logprobs=logprobs,
+            return Generation.of(
+                self.decode(tokens), tokens, logprobs, finish_reason, len(prompt_ids), time.monotonic() - start, reused
             )
 
     def candidates(
@@ -332,10 +325,7 @@ class Engine:
                 self._batch[n] = (decoder, prompt_ids if self.reuse_prefix else [])  # the rows differ after the prompt
             elapsed = time.monotonic() - start
             generations = [
-                Generation(
-                    self.decode(row), row, f, sum(lp) / len(lp) if lp else math.nan, len(prompt_ids), elapsed, reused,
-                    lp,
-                )
+                Generation.of(self.decode(row), row, lp, f, len(prompt_ids), elapsed, reused)
                 for row, lp, f in zip(rows, logprobs, finish)
             ]
             return sorted(generations, key=lambda g: -g.mean_logprob if g.token_ids else math.inf)

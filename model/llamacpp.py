@@ -233,15 +233,8 @@ class LlamaCppEngine:
                 raise
             finally:
                 steps.close()
-            return Generation(
-                text=self.decode(tokens),
-                token_ids=tokens,
-                finish_reason=finish_reason,
-                mean_logprob=sum(logprobs) / len(logprobs) if logprobs else math.nan,
-                prompt_tokens=len(prompt_ids),
-                elapsed_s=time.monotonic() - start,
-                reused_tokens=reused,
-                token_logprobs=logprobs,
+            return Generation.of(
+                self.decode(tokens), tokens, logprobs, finish_reason, len(prompt_ids), time.monotonic() - start, reused
             )
 
     def candidates(
