@@ -166,6 +166,7 @@ class LlamaCppEngine:
         engine.min_mean_logprob = settings.get("min_mean_logprob")
         engine.min_line_logprob = settings.get("min_line_logprob")
         engine.languages = tuple(settings["languages"]) if settings.get("languages") is not None else None
+        engine.stop_ids |= _generation_eos(path)  # as the PyTorch engine stops on the model's generation config's
         return engine
 
     def __del__(self) -> None:
@@ -377,3 +378,14 @@ def _read_config(path: Path) -> dict[str, Any]:
         return json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} is not a model directory midline can read (config.json: {exc})") from exc
+
+
+def _generation_eos(path: Path) -> frozenset[int]:
+    """The end token ids of the model's generation_config.json (an id or a list of them; none without the file)."""
+    import json
+
+    try:
+        eos = json.loads((path / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else [e for e in eos or [] if isinstance(e, int)])

@@ -145,6 +145,7 @@ def test_families_load_and_write_their_own_fim_layout(tmp_path):
         prompt = FimPrompt(prefix="def f(x):\n    return ", suffix="\n\nprint(f(2))\n", path="pkg/f.py")
         ids = torch_engine.encode(prompt)
         assert engine.encode(prompt) == ids and engine.fim == torch_engine.fim
+        assert engine.stop_ids == torch_engine.stop_ids, family
         want = torch_engine.generate(ids, max_new_tokens=12, ignore_eos=True).token_ids
         assert first_difference(engine.generate(ids, max_new_tokens=12, ignore_eos=True).token_ids, want) >= 8, family
 
