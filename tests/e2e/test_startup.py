@@ -44,7 +44,9 @@ def test_the_server_module_imports_no_model_library():
 @pytest.mark.asyncio
 @pytest.mark.e2e
 async def test_requests_before_the_model_is_ready_are_answered_at_once(tiny_model_dir, tmp_path):
-    async with running_server({"model": str(tiny_model_dir), **SETTINGS}, tmp_path, loaded=False) as (client, _):
+    # PyTorch's load (importing torch) takes seconds: long enough to ask during it (llama.cpp's takes a fraction of one)
+    settings = {"model": str(tiny_model_dir), "engine": "torch", **SETTINGS}
+    async with running_server(settings, tmp_path, loaded=False) as (client, _):
         assert (await status(client))["state"] == "loading"  # initialize was answered first
         uri = (tmp_path / "circle.py").as_uri()
         open_document(client, uri, CODE)
