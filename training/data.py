@@ -81,6 +81,7 @@ class DataConfig:
     end_rate: float = 0.1  # share of FIM middles that run on to the chunk's end (an empty suffix)
     holes: str = "chars"  # FIM hole recipe: "chars" (uniform spans, line_span_rate, end_rate) or "ast" (AST_HOLES)
     context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
+    mask_prompt: bool = False  # completion-only loss (a fine-tune's): FIM prompts' ids stored negated, read not taught
     seed: int = 0
     shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
     workers: int | None = None  # tokenizing processes; None: one per core, 0: in this process
@@ -523,6 +524,8 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     tokenizer = load_tokenizer(tokenizer_dir)
     params = {**asdict(config), "workers": None, "tokenizer_sha256": sha256_file(tokenizer_dir / "tokenizer.json"),
               "corpus": corpus_fingerprint(corpus_dir)}
+    if not config.mask_prompt:  # recorded when on only: builds from before the option still resume
+        del params["mask_prompt"]
     if config.holes == "ast":  # the mixture is code, not a knob: a changed one must not resume old shards
         params.update(ast_holes=AST_HOLES, ast_nodes=AST_NODES, more_lines=MORE_LINES, max_lines=MAX_LINES,
                       max_node_lines=MAX_NODE_LINES, tries=TRIES, empty_at_line_end=EMPTY_AT_LINE_END)
@@ -543,7 +546,7 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tokenizer_dir), config))
     else:
         _init_worker(str(tokenizer_dir), config)
-    pad, dtype = tokenizer.convert_tokens_to_ids(FIM_PAD), _dtype(len(tokenizer))
+    pad, dtype = tokenizer.convert_tokens_to_ids(FIM_PAD), _dtype(len(tokenizer), config.mask_prompt)
     try:
         splits = {split: _build_split(corpus_dir / f"{split}.jsonl", split, out_dir, config, params, pool, pad, dtype)
                   for split in SPLITS}
@@ -556,9 +559,8 @@ def build_data(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, config: Dat
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
             shutil.copyfile(tokenizer_dir / name, out_dir / "tokenizer" / name)
-    vocab = len(tokenizer)
     meta = {
-        "seq_len": config.seq_len, "dtype": _dtype(vocab).name, "vocab_size": vocab,
+        "seq_len": config.seq_len, "dtype": dtype.name, "vocab_size": len(tokenizer),
         "pad_id": pad, "eot_id": tokenizer.convert_tokens_to_ids(EOT), "tokenizer": str(tokenizer_dir.resolve()),
         "format": MIDLINE.name, "fim_rate": config.fim_rate, "spm_rate": config.spm_rate,
         "line_span_rate": config.line_span_rate, "end_rate": config.end_rate, "holes": config.holes,
@@ -669,7 +671,8 @@ def _encode_task(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarr
             continue
         rng = random.Random(f"{config.seed}/{split}/{number}")
         for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""),
-                                                        repo=shown_repo(doc.get("repo", "")), stats=stats):
+                                                        repo=shown_repo(doc.get("repo", "")), stats=stats,
+                                                        mask_prompt=config.mask_prompt):
             ids += example
             lengths.append(len(example))
             stats[kind] += 1
@@ -712,8 +715,9 @@ def _write_shard(path: Path, tokens: np.ndarray, lengths: np.ndarray, order: np.
     return len(out)
 
 
-def _dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16 if vocab_size <= 65535 else np.int32)
+def _dtype(vocab_size: int, signed: bool = False) -> np.dtype:
+    """The rows' dtype: uint16 where the ids fit, int32 for a bigger vocabulary or negated (`~id`) prompts."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 and not signed else np.int32)
 
 
 def _check_holes(config: DataConfig) -> None:
@@ -842,6 +846,8 @@ def add_parser(stages) -> None:
                    help="FIM hole recipe: chars (uniform spans, --line-span-rate, --end-rate) "
                         "or ast (editor-like holes chosen with tree-sitter)")
     p.add_argument("--context-rate", type=float, default=d.context_rate, help="share of examples with repo name + path")
+    p.add_argument("--mask-prompt", action="store_true",
+                   help="teach the FIM middles only (a fine-tune's completion-only loss): prompts are read, not taught")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-rows", type=int, default=d.shard_rows)
     p.add_argument("--workers", type=int, default=None, help="default: one per core; 0: no subprocesses")
@@ -852,8 +858,8 @@ def add_parser(stages) -> None:
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = DataConfig(seq_len=args.seq_len, fim_rate=args.fim_rate, spm_rate=args.spm_rate,
                         line_span_rate=args.line_span_rate, end_rate=args.end_rate, holes=args.holes,
-                        context_rate=args.context_rate, seed=args.seed, shard_rows=args.shard_rows,
-                        workers=args.workers)
+                        context_rate=args.context_rate, mask_prompt=args.mask_prompt, seed=args.seed,
+                        shard_rows=args.shard_rows, workers=args.workers)
     start = time.monotonic()
     meta = build_data(args.corpus, args.tokenizer, args.out, config, force=args.force, command=command())
     for split, s in meta["splits"].items():

@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 from collections import Counter
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -512,6 +513,23 @@ def test_ast_recipe_is_deterministic_and_recorded(corpus_dir, tiny_model_dir, ti
     assert "holes" not in chars["splits"]["train"] and chars["holes"] == "chars"
     with pytest.raises(ValueError, match="hole recipe"):
         build_data(corpus_dir, tiny_model_dir, tmp_path / "bad", DataConfig(holes="words"))
+
+
+def test_masked_prompts_teach_the_middles_only(corpus_dir, tiny_model_dir, tiny_tokenizer, tmp_path):
+    """`mask_prompt` (a fine-tune's completion-only loss) stores the same rows with each FIM prompt's ids negated:
+    the taught targets are the middles and their EOT, and padding."""
+    config = DataConfig(seq_len=SEQ, shard_rows=60, workers=0, holes="ast", fim_rate=1.0)
+    plain = build_data(corpus_dir, tiny_model_dir, tmp_path / "plain", config)
+    masked = build_data(corpus_dir, tiny_model_dir, tmp_path / "masked", replace(config, mask_prompt=True))
+    assert masked["dtype"] == "int32" and plain["dtype"] == "uint16" and masked["params"]["mask_prompt"]
+    assert masked["splits"] == plain["splits"]
+    rows, same = (np.concatenate([np.load(tmp_path / run / name) for name in masked["splits"]["train"]["shards"]])
+                  for run in ("masked", "plain"))
+    assert np.array_equal(np.where(rows < 0, ~rows, rows), same)
+    eot, prefix = (tiny_tokenizer.convert_tokens_to_ids(t) for t in (fim.EOT, fim.FIM_PREFIX))
+    taught = rows[(rows >= 0) & (rows != masked["pad_id"])]
+    assert (taught == eot).sum() == masked["splits"]["train"]["examples"] and prefix not in taught
+    assert 0 < (rows < 0).sum() and (rows >= 0).sum() < (rows < 0).sum()  # most of a row is read, not taught
 
 
 def test_chars_recipe_is_unchanged(tiny_tokenizer):
