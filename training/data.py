@@ -29,8 +29,9 @@ The recipe (the knobs are `DataConfig`):
   run). Without a grammar, or where the parse has errors, holes are line-based: node holes become whole
   lines, and every line counts as complete. `line_span_rate` and `end_rate` apply to the chars recipe only.
 - The layout is the server's: `MIDLINE.encode_example(FimPrompt(prefix, suffix, path=, repo=), middle)`,
-  i.e. the served prompt, the middle, EOT (`fmt=` another family's `FimFormat`, for `finetune.py`; there
-  `mask_prompt` stores the prompt's ids negated, `~id`, so the loss falls on the middle and EOT only). With
+  i.e. the served prompt, the middle, EOT (`fmt=` another family's `FimFormat`, for `finetune.py`). `mask_prompt`
+  (a fine-tune's: `finetune.py`, `--mask-prompt`) stores a FIM prompt's ids negated, `~id`, so the loss falls on
+  the middle and EOT only (plain examples, 1 - `fim_rate` of them, stay taught whole). With
   probability `context_rate` an example carries the file-level context the server sends (`<repo_name>repo`,
   `<file_sep>path`); plain examples too.
 - Packing: whole examples, best-fit into rows of seq_len + 1 tokens; a row's tail is FIM_PAD, whose
@@ -81,7 +82,7 @@ class DataConfig:
     end_rate: float = 0.1  # share of FIM middles that run on to the chunk's end (an empty suffix)
     holes: str = "chars"  # FIM hole recipe: "chars" (uniform spans, line_span_rate, end_rate) or "ast" (AST_HOLES)
     context_rate: float = 0.9  # share of examples with the repo name + file path the server sends
-    mask_prompt: bool = False  # completion-only loss (a fine-tune's): FIM prompts' ids stored negated, read not taught
+    mask_prompt: bool = False  # completion-only loss (a fine-tune's): FIM prompts' ids negated, read not taught
     seed: int = 0
     shard_rows: int = 16384  # about this many rows per shard (shards are sized from corpus bytes)
     workers: int | None = None  # tokenizing processes; None: one per core, 0: in this process
@@ -388,16 +389,16 @@ def ast_split(text: str, rng: random.Random, syntax: Syntax | None = None,
 
 
 def fim_example(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "",
-                repo: str = "", fmt: FimFormat = MIDLINE, mask_prompt: bool = False) -> list[int]:
+                repo: str = "", fmt: FimFormat = MIDLINE) -> list[int]:
     """One example's ids, ending with EOT: FIM (PSM or SPM) or plain left-to-right, with or without path/repo."""
     syntax = Syntax.of(text, path) if config.holes == "ast" else None
-    return _example(text, rng, tokenizer, config, path, repo, syntax=syntax, fmt=fmt, mask_prompt=mask_prompt)[0]
+    return _example(text, rng, tokenizer, config, path, repo, syntax=syntax, fmt=fmt)[0]
 
 
 def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path: str, repo: str, fim: bool = True, *,
-             syntax: Syntax | None = None, offset: int = 0, holes: Counter | None = None, fmt: FimFormat = MIDLINE,
-             mask_prompt: bool = False) -> tuple[list[int], str, bool]:
-    """(ids, kind: "psm" | "spm" | "plain", has file context), in `fmt`'s layout; with `mask_prompt`, a FIM
+             syntax: Syntax | None = None, offset: int = 0, holes: Counter | None = None,
+             fmt: FimFormat = MIDLINE) -> tuple[list[int], str, bool]:
+    """(ids, kind: "psm" | "spm" | "plain", has file context), in `fmt`'s layout; with `config.mask_prompt`, a FIM
     example's prompt ids negated (`~id`: read, not taught). With the ast recipe, `text` lies `offset`
     characters into a document whose syntax is `syntax`, and `holes` counts the FIM hole's kind."""
     if rng.random() >= config.context_rate:
@@ -412,7 +413,7 @@ def _example(text: str, rng: random.Random, tokenizer, config: DataConfig, path:
             prefix, middle, suffix = fim_split(text, rng, config.line_span_rate, config.end_rate)
         prompt = FimPrompt(prefix, suffix, path=path, repo=repo)
         ids = fmt.encode_example(prompt, middle, tokenizer, mode)
-        if mask_prompt:  # encode_example = encode(prompt) + the middle + EOT
+        if config.mask_prompt:  # encode_example = encode(prompt) + the middle + EOT
             read = len(ids) - len(encode_text(tokenizer, middle) if middle else []) - 1
             ids = [~i for i in ids[:read]] + ids[read:]
         return ids, mode, bool(path or repo)
@@ -453,10 +454,9 @@ def chunks(text: str, tokenizer, budget: int) -> list[str]:
 
 
 def document_examples(text: str, rng: random.Random, tokenizer, config: DataConfig, *, path: str = "", repo: str = "",
-                      stats: Counter | None = None, fmt: FimFormat = MIDLINE,
-                      mask_prompt: bool = False) -> list[tuple[list[int], str, bool]]:
+                      stats: Counter | None = None, fmt: FimFormat = MIDLINE) -> list[tuple[list[int], str, bool]]:
     """A document's examples, one per chunk, each at most seq_len + 1 tokens: (ids, kind, has context), in `fmt`'s
-    layout. `stats` counts the ast recipe's hole kinds (`hole_<kind>`). With `mask_prompt` (a fine-tune's
+    layout. `stats` counts the ast recipe's hole kinds (`hole_<kind>`). With `config.mask_prompt` (a fine-tune's
     completion-only loss) the prompt's ids are negated, and a chunk whose FIM split runs over is halved, never
     taken as plain text."""
     room = config.seq_len + 1
@@ -474,8 +474,8 @@ def document_examples(text: str, rng: random.Random, tokenizer, config: DataConf
         offset, chunk = todo.pop()
         holes: Counter = Counter()
         example = _example(chunk, rng, tokenizer, config, path, repo, syntax=syntax, offset=offset, holes=holes,
-                           fmt=fmt, mask_prompt=mask_prompt)
-        if len(example[0]) > room and not mask_prompt:  # the FIM split tokenized longer than the whole: plain text fits
+                           fmt=fmt)
+        if len(example[0]) > room and not config.mask_prompt:  # the FIM split ran over the whole: plain text fits
             holes.clear()
             example = _example(chunk, rng, tokenizer, config, path, repo, fim=False, fmt=fmt)
         if len(example[0]) > room:  # the chunk estimate was off: halve it (rare)
@@ -671,8 +671,7 @@ def _encode_task(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, np.ndarr
             continue
         rng = random.Random(f"{config.seed}/{split}/{number}")
         for example, kind, context in document_examples(doc["text"], rng, tokenizer, config, path=doc.get("path", ""),
-                                                        repo=shown_repo(doc.get("repo", "")), stats=stats,
-                                                        mask_prompt=config.mask_prompt):
+                                                        repo=shown_repo(doc.get("repo", "")), stats=stats):
             ids += example
             lengths.append(len(example))
             stats[kind] += 1

@@ -147,16 +147,16 @@ def repository_corpus(repo_dir: Path, out_dir: Path, *, valid_fraction: float = 
 
 def example_config(fmt: fim.FimFormat, seq_len: int, seed: int) -> DataConfig:
     """The data stage's recipe for a fine-tune: every example FIM, syntax-aware holes, in the layout the server sends
-    (the format's default mode, with the repository name and path)."""
+    (the format's default mode, with the repository name and path), the prompt masked."""
     return DataConfig(seq_len=seq_len, fim_rate=1.0, spm_rate=1.0 if fmt.default_mode == "spm" else 0.0,
-                      holes="ast", context_rate=1.0, seed=seed)
+                      holes="ast", context_rate=1.0, mask_prompt=True, seed=seed)
 
 
 def file_examples(doc: dict, tokenizer, fmt: fim.FimFormat, config: DataConfig, draw: int) -> list[list[int]]:
     """Draw `draw` of a file's examples: its chunks' FIM examples, the prompt's ids negated (`~id`)."""
     rng = random.Random(f"{config.seed}/{draw}/{doc['path']}")
     return [ids for ids, _, _ in document_examples(doc["text"], rng, tokenizer, config, path=doc["path"],
-                                                   repo=doc["repo"], fmt=fmt, mask_prompt=True)]
+                                                   repo=doc["repo"], fmt=fmt)]
 
 
 def build_rows(corpus_dir: Path, out_dir: Path, tokenizer, fmt: fim.FimFormat, c: FinetuneConfig) -> dict:
